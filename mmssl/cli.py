@@ -1,0 +1,192 @@
+"""Command line: ``train.py`` / ``mmssl train``, ``mmssl tasks``, ``mmssl probe``.
+
+Every expected failure (unknown task, bad override, missing data, ...) ends in
+one ``error:`` line and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from mmssl import config as config_lib
+from mmssl.errors import MmsslError
+from mmssl.registry import TASKS
+
+
+def _load_tasks() -> None:
+    import mmssl.tasks  # noqa: F401  (registers every task)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="demo (default), a Hugging Face Hub id, or a local folder")
+    p.add_argument("--dataset-config", help="the Hub dataset's config name (e.g. clean)")
+    p.add_argument("--split", help="the training split (default train)")
+    p.add_argument("--eval-split", help="the split scored by the evaluation (default test)")
+    p.add_argument("--label-column", help="column holding the label to probe (e.g. speaker_id)")
+    p.add_argument("--audio-column", help="column holding the audio (default audio)")
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column",
+             "output_dir", "max_steps", "log_with")
+    out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "streaming", False):
+        out["streaming"] = True
+    return out
+
+
+def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], overrides: list[str]) -> Any:
+    """defaults <- recipe (YAML) <- command-line flags <- key=value overrides."""
+    _load_tasks()
+    task = TASKS.get(task_name)()
+    cfg = task.default_config()
+    if recipe:
+        data = config_lib.load_recipe(recipe)
+        named = data.pop("task", task_name)
+        if named != task_name:
+            raise config_lib.ConfigError(f"{recipe} is a recipe for task '{named}', not '{task_name}'")
+        cfg = config_lib.apply_overrides(cfg, data)
+    cfg = config_lib.apply_overrides(cfg, flags)
+    cfg = config_lib.apply_overrides(cfg, dict(config_lib.parse_override(o) for o in overrides))
+    if not flags.get("output_dir") and "output_dir" not in dict(config_lib.parse_override(o) for o in overrides):
+        if cfg.output_dir == "":
+            cfg = dataclasses.replace(cfg, output_dir=f"runs/{task_name}")
+    if cfg.log_with not in (None, "tensorboard", "wandb"):
+        raise config_lib.ConfigError(f"log_with must be tensorboard or wandb, not '{cfg.log_with}'")
+    for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise config_lib.ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    return task, cfg
+
+
+def run_training(task: Any, cfg: Any) -> dict | None:
+    from accelerate import Accelerator
+
+    from mmssl.encoders.io import load_encoder, save_encoder
+    from mmssl.trainer import train
+
+    if cfg.log_with == "tensorboard":
+        _require("tensorboard", "--log-with tensorboard needs tensorboard: pip install 'mmssl[track]'")
+    elif cfg.log_with == "wandb":
+        _require("wandb", "--log-with wandb needs wandb: pip install wandb")
+    accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir)
+    accelerator.print(f"task {task.name} ({task.modality}, {task.encoder}, {task.objective}); "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}, "
+                      f"mixed precision {accelerator.mixed_precision}\n{config_lib.describe(cfg)}")
+    objective, accelerator = train(task, cfg, accelerator)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        save_encoder(objective.export_encoder(), out / "encoder", **task.encoder_meta(cfg))
+    accelerator.wait_for_everyone()
+    report = None
+    if cfg.evaluate and accelerator.is_main_process:
+        report = task.evaluate(cfg, load_encoder(out), out)
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        print(f"\n{report['table']}\n\nwrote {out / 'eval.json'}; encoder in {out / 'encoder'}")
+    accelerator.wait_for_everyone()
+    return report
+
+
+def _require(module: str, message: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MmsslError(message)
+
+
+def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Pretrain an encoder: a task = data + encoder + objective.")
+    p.add_argument("--task", required=True, help="a registered task (python -m mmssl tasks)")
+    p.add_argument("--config", help="a YAML recipe of overrides (configs/*.yaml)")
+    _data_args(p)
+    p.add_argument("--streaming", action="store_true", help="stream the Hub dataset instead of downloading it")
+    p.add_argument("--output-dir", help="run directory (default runs/<task>); rerunning with it resumes")
+    p.add_argument("--max-steps", type=int, help="optimizer steps")
+    p.add_argument("--log-with", help="also log to tensorboard or wandb")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, checked against field types")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    return _guard(lambda: run_training(*resolve_config(args.task, args.config, _flag_overrides(args), args.overrides)))
+
+
+def cmd_tasks(_: argparse.Namespace) -> None:
+    _load_tasks()
+    rows = [("task", "modality", "encoder", "objective", "default data")]
+    for name in TASKS.names():
+        t = TASKS.get(name)
+        rows.append((name, t.modality, t.encoder, t.objective, t.default_data))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Evaluate a trained encoder (or the random baseline) with its task's probes on any dataset."""
+    from mmssl.encoders.io import encoder_config, load_encoder
+
+    _load_tasks()
+    meta = encoder_config(args.checkpoint)
+    task = TASKS.get(meta["task"])()
+    saved = Path(args.checkpoint) / "config.yaml"
+    import yaml
+
+    base = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
+    cfg = config_lib.apply_overrides(task.default_config(), {k: v for k, v in base.items() if v is not None})
+    flags = _flag_overrides(args)
+    if flags.get("dataset") not in (None, "demo"):  # a new dataset: its own splits and columns
+        cfg = dataclasses.replace(cfg, split="train", eval_split=None, label_column=None)
+    cfg = config_lib.apply_overrides(cfg, flags)
+    report = task.evaluate(cfg, load_encoder(args.checkpoint), Path(args.checkpoint))
+    print(report["table"])
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.report}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":
+        return train_main(argv[1:])
+    p = argparse.ArgumentParser(prog="mmssl", description="mmssl: self-supervised learning for vision, audio and video")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="pretrain (same arguments as train.py)")
+    sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=cmd_tasks)
+    probe = sub.add_parser("probe", help="linear probes of a trained encoder on a labelled dataset")
+    probe.add_argument("--checkpoint", required=True, help="a run directory (with encoder/) or an encoder folder")
+    _data_args(probe)
+    probe.add_argument("--report", help="also write the report as JSON here")
+    probe.set_defaults(fn=cmd_probe)
+    args = p.parse_args(argv)
+    return _guard(lambda: args.fn(args))
+
+
+def _one_line(e: BaseException) -> str:
+    """Errors re-raised from DataLoader workers carry the worker's traceback: keep its last line."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", text)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _guard(fn: Callable[[], Any]) -> int:
+    try:
+        fn()
+    except MmsslError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0

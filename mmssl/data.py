@@ -1,0 +1,92 @@
+"""Deterministic, resumable batching shared by every task.
+
+A run's data stream is a pure function of (seed, global batch index): epoch e
+shuffles with a generator seeded by (seed, e), global batch g takes the next
+``processes * batch_size`` items, and process r keeps its contiguous slice.
+Every item carries its own seed, so random crops and augmentations do not
+depend on worker scheduling, process count or where a run was resumed. Hence
+two processes see exactly the samples one process would see for the same
+global batch, and a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mmssl.errors import DataError
+
+
+def sample_seed(seed: int, global_batch: int, slot: int, global_size: int) -> int:
+    return (seed * 1_000_003 + global_batch * global_size + slot) % (2**63 - 1)
+
+
+class StepBatchSampler(Sampler):
+    """Yields, forever, this process's list of ``(index, sample_seed)`` for each global batch."""
+
+    def __init__(self, num_items: int, batch_size: int, world: int, rank: int, seed: int, start_batch: int = 0):
+        self.n, self.batch_size, self.world, self.rank = num_items, batch_size, world, rank
+        self.seed, self.start_batch = seed, start_batch
+        self.global_size = batch_size * world
+        if num_items < self.global_size:
+            raise DataError(
+                f"the dataset has {num_items} items, fewer than one global batch of {self.global_size} "
+                f"({world} process(es) x batch_size {batch_size}); lower batch_size"
+            )
+        self.per_epoch = num_items // self.global_size  # drop_last: every batch is full
+
+    def batch(self, g: int) -> list[tuple[int, int]]:
+        epoch, pos = divmod(g, self.per_epoch)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        perm = torch.randperm(self.n, generator=gen)
+        start = pos * self.global_size + self.rank * self.batch_size
+        return [
+            (int(perm[start + j]), sample_seed(self.seed, g, self.rank * self.batch_size + j, self.global_size))
+            for j in range(self.batch_size)
+        ]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = self.start_batch
+        while True:
+            yield self.batch(g)
+            g += 1
+
+
+class SeededItems(Dataset):
+    """``dataset[(i, seed)]`` -> ``transform(source[i], torch.Generator seeded with seed)``."""
+
+    def __init__(self, source: Any, transform: Callable[[Any, torch.Generator], dict]):
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        return self.transform(self.source[index], torch.Generator().manual_seed(seed))
+
+
+def train_loader(
+    source: Any,
+    transform: Callable[[Any, torch.Generator], dict],
+    batch_size: int,
+    world: int,
+    rank: int,
+    seed: int,
+    start_batch: int = 0,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
+    """An endless loader of this process's share of every global batch, from ``start_batch`` on."""
+    sampler = StepBatchSampler(len(source), batch_size, world, rank, seed, start_batch)
+    return DataLoader(
+        SeededItems(source, transform),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        persistent_workers=num_workers > 0,
+        # Worker seeds come from this generator, not the global RNG, so creating the
+        # iterator after a resume does not shift the global random stream.
+        generator=torch.Generator().manual_seed(seed),
+    )

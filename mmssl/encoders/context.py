@@ -1,0 +1,105 @@
+"""Autoregressive context networks: z_1..z_t -> c_t, never looking ahead.
+
+Both map (B, T, D_in) -> (B, T, D) and expose ``embed_dim``. ``sequence`` wraps
+a frame encoder and a context network into one encoder whose tokens are c_t.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mmssl.registry import ENCODERS
+
+
+@ENCODERS.register("gru")
+class GRUContext(nn.Module):
+    def __init__(self, in_dim: int, dim: int = 256, layers: int = 1):
+        super().__init__()
+        self.rnn = nn.GRU(in_dim, dim, num_layers=layers, batch_first=True)
+        self.embed_dim = dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, T, D_in) -> (B, T, D)
+        c, _ = self.rnn(z)
+        return c
+
+
+class _CausalBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(self.norm1(x)), "b t (three h d) -> three b h t d", three=3, h=self.heads)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, T, d)
+        x = x + self.proj(rearrange(attn, "b h t d -> b t (h d)"))
+        return x + self.mlp(self.norm2(x))
+
+
+@ENCODERS.register("causal_transformer")
+class CausalTransformerContext(nn.Module):
+    """Pre-norm transformer with causal attention and sinusoidal positions."""
+
+    def __init__(self, in_dim: int, dim: int = 256, layers: int = 2, heads: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.inp = nn.Linear(in_dim, dim)
+        self.blocks = nn.ModuleList(_CausalBlock(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.embed_dim = dim
+
+    @staticmethod
+    def positions(t: int, dim: int, device: torch.device) -> torch.Tensor:
+        pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+        freq = torch.exp(torch.arange(0, dim, 2, device=device) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(t, dim, device=device)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+        return pe
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, T, D_in) -> (B, T, D)
+        x = self.inp(z)
+        x = x + self.positions(x.shape[1], x.shape[2], x.device).to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+@ENCODERS.register("sequence")
+class SequenceEncoder(nn.Module):
+    """A frame encoder followed by a context network; its tokens are c_t.
+
+    ``forward_frames`` gives z_t and ``forward_context`` maps z to c, which is
+    what CPC needs; everything else uses the plain encoder interface.
+    """
+
+    def __init__(self, frames: dict, context: dict):
+        super().__init__()
+        self.frames = ENCODERS.build(frames["name"], **frames.get("kwargs", {}))
+        ctx_kwargs = {"in_dim": self.frames.embed_dim, **context.get("kwargs", {})}
+        self.context = ENCODERS.build(context["name"], **ctx_kwargs)
+        self.embed_dim = self.context.embed_dim
+        self.hop = getattr(self.frames, "hop", 1)
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        return self.frames.forward_features(x)
+
+    def forward_context(self, z: torch.Tensor) -> torch.Tensor:
+        return self.context(z)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_context(self.forward_frames(x))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x))

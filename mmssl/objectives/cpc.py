@@ -1,0 +1,79 @@
+"""Contrastive Predictive Coding (van den Oord et al., arXiv:1807.03748).
+
+An encoder maps the signal to frames z_t, an autoregressive context network
+summarises z_<=t into c_t, and a separate linear predictor W_k per step
+k = 1..K scores W_k c_t against z_{t+k} (the positive) and against negatives
+drawn from all frames of all sequences on all processes (InfoNCE).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmssl import dist
+from mmssl.losses import cpc_info_nce
+from mmssl.registry import OBJECTIVES
+
+
+@OBJECTIVES.register("cpc")
+class CPC(nn.Module):
+    def __init__(self, encoder: nn.Module, steps: int = 12, num_negatives: int = 128, negatives_from: str = "batch"):
+        """
+        Args:
+            encoder: a sequence encoder (``forward_frames`` -> z, ``forward_context`` -> c).
+            steps: K, the number of future frames predicted.
+            num_negatives: M negatives per position, shared by the K steps.
+            negatives_from: "batch" (any frame of any sequence on any process) or
+                "sequence" (frames of the same sequence only).
+        """
+        super().__init__()
+        if negatives_from not in ("batch", "sequence"):
+            raise ValueError(f"negatives_from must be 'batch' or 'sequence', not {negatives_from!r}")
+        if steps < 1 or num_negatives < 1:
+            raise ValueError("steps and num_negatives must be positive")
+        self.encoder = encoder
+        self.steps, self.num_negatives, self.negatives_from = steps, num_negatives, negatives_from
+        z_dim, c_dim = encoder.frames.embed_dim, encoder.embed_dim
+        # One (c_dim -> z_dim) map per step, held as a single tensor so all steps run in one einsum.
+        self.predictors = nn.Parameter(torch.randn(steps, c_dim, z_dim) / c_dim**0.5)
+
+    def sample_negatives(self, batch: int, length: int, usable: int, device: torch.device) -> torch.Tensor:
+        """Negative indices (batch * usable, M) into the pool of this process.
+
+        They are drawn for the global batch from the (process-synchronised) RNG
+        and this process keeps its rows, so any number of processes draws
+        exactly what one process would draw for the same global batch.
+        """
+        world, rank = dist.world_size(), dist.rank()
+        rows = world * batch * usable
+        if self.negatives_from == "batch":
+            idx = torch.randint(world * batch * length, (rows, self.num_negatives), device=device)
+        else:
+            seq = torch.arange(world * batch, device=device).repeat_interleave(usable)
+            idx = seq[:, None] * length + torch.randint(length, (rows, self.num_negatives), device=device)
+        return idx[rank * batch * usable : (rank + 1) * batch * usable]
+
+    def forward(self, batch: dict) -> dict:
+        x = batch["input"]
+        z = self.encoder.forward_frames(x)  # (B, T, Dz)
+        c = self.encoder.forward_context(z)  # (B, T, Dc)
+        B, T, Dz = z.shape
+        usable = T - self.steps
+        if usable < 1:
+            raise ValueError(f"a crop of {T} frames is too short to predict {self.steps} steps ahead")
+        pool = dist.all_gather(z.reshape(B * T, Dz))  # (world * B * T, Dz), gradients kept
+        offset = dist.rank() * B * T
+        pred = torch.einsum("btc,kcd->kbtd", c[:, :usable], self.predictors.to(c.dtype))  # (K, B, T-K, Dz)
+        t = torch.arange(usable, device=z.device)
+        k = torch.arange(1, self.steps + 1, device=z.device)
+        b = torch.arange(B, device=z.device)
+        pos_index = offset + b[None, :, None] * T + t[None, None, :] + k[:, None, None]  # (K, B, T-K)
+        neg_index = self.sample_negatives(B, T, usable, z.device)
+        loss_k, acc_k = cpc_info_nce(pred.flatten(1, 2), pool, pos_index.flatten(1), neg_index)
+        out = {"loss": loss_k.mean(), "acc": acc_k.mean().detach()}
+        for i in (0, self.steps // 2, self.steps - 1):
+            out[f"acc_step{i + 1}"] = acc_k[i].detach()
+        return out
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder

@@ -1,0 +1,70 @@
+"""Open a dataset split from the Hugging Face Hub or a local folder, with one-line errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mmssl.errors import DataError
+
+
+def looks_like_path(spec: str) -> bool:
+    """A Hub id is ``name`` or ``owner/name``; anything else is meant as a path."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+
+
+def open_split(spec: str, split: str, config: str | None = None, streaming: bool = False, folder_builder: str = "audiofolder") -> Any:
+    """Load one split of a Hub dataset id or a local folder.
+
+    A local folder may be a ``save_to_disk`` dataset, or raw files read with
+    ``folder_builder`` (``audiofolder`` / ``imagefolder``): class subfolders
+    become a ``label`` column, ``train`` / ``test`` subfolders become splits.
+    """
+    import datasets
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise DataError(f"--dataset {spec}: expected a folder, found a file")
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{spec} has no split '{split}'; it has: {', '.join(loaded)}")
+                return loaded[split]
+            return loaded
+        try:
+            return datasets.load_dataset(folder_builder, data_dir=str(path), split=split, streaming=streaming)
+        except FileNotFoundError as e:
+            raise DataError(f"{spec}: no data files found for {folder_builder} ({e})") from None
+        except ValueError as e:
+            if "split" in str(e).lower():
+                raise DataError(f"{spec}: no split '{split}' ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{spec}: {str(e).splitlines()[0]}") from None
+    if looks_like_path(spec):
+        raise DataError(f"--dataset {spec}: no such folder")
+    try:
+        return datasets.load_dataset(spec, name=config, split=split, streaming=streaming)
+    except ConnectionError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub is not reachable from here"
+        raise DataError(
+            f"cannot load '{spec}' from the Hugging Face Hub ({why}); download it beforehand "
+            f"or pass a local folder with --dataset PATH"
+        ) from None
+    except FileNotFoundError:
+        raise DataError(f"'{spec}' is neither a local folder nor a dataset on the Hugging Face Hub") from None
+    except ValueError as e:
+        raise DataError(f"{spec}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # datasets raises many types (DatasetNotFoundError, ...): keep one line
+        raise DataError(f"cannot load '{spec}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def check_columns(dataset: Any, spec: str, **wanted: str | None) -> None:
+    """Raise a DataError naming the existing columns when a requested one is missing."""
+    columns = list(dataset.column_names or []) if getattr(dataset, "column_names", None) is not None else []
+    if not columns and hasattr(dataset, "features") and dataset.features:
+        columns = list(dataset.features)
+    for option, column in wanted.items():
+        if column is not None and columns and column not in columns:
+            raise DataError(f"{spec}: no column '{column}' (set by {option}); columns: {', '.join(columns)}")

@@ -1,0 +1,39 @@
+"""The task interface: a config, a model, a data stream and an evaluation, under one name."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+from torch import nn
+
+from mmssl.config import TrainConfig
+
+
+class Task:
+    """Subclass, set the class attributes and register with ``@TASKS.register(name)``."""
+
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = ""
+    encoder: ClassVar[str] = ""
+    objective: ClassVar[str] = ""
+    default_data: ClassVar[str] = "demo"
+    Config: ClassVar[type[TrainConfig]] = TrainConfig
+
+    def default_config(self) -> TrainConfig:
+        return self.Config(task=self.name, output_dir=f"runs/{self.name}")
+
+    def build_objective(self, cfg: Any) -> nn.Module:
+        """The objective module (it owns the encoder and any target networks)."""
+        raise NotImplementedError
+
+    def train_loader(self, cfg: Any, start_batch: int, world: int, rank: int) -> Iterable[dict]:
+        """An endless stream of this process's batches, starting at global batch ``start_batch``."""
+        raise NotImplementedError
+
+    def encoder_meta(self, cfg: Any) -> dict:
+        """Metadata saved beside the encoder (modality, sample rate, ...)."""
+        return {"task": self.name, "modality": self.modality}
+
+    def evaluate(self, cfg: Any, encoder: nn.Module, out_dir: Path) -> dict:
+        """The task's evaluation of a trained encoder: a JSON-able report with a ``table`` string."""
+        return {"table": "no evaluation for this task"}

@@ -1,0 +1,172 @@
+"""The training loop on Hugging Face Accelerate.
+
+prepare -> (micro-batches: forward, backward) -> clip -> step -> objective.after_step
+-> log -> save_state. The learning rate is a pure function of the step, the
+data stream a pure function of the global batch index (mmssl.data), so a run
+resumed from ``DIR/checkpoints/step_N`` ends exactly where an uninterrupted run ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmssl import config as config_lib
+from mmssl.config import ConfigError
+from mmssl.errors import TrainingError
+from mmssl.task import Task
+
+
+def lr_at(step: int, cfg: Any) -> float:
+    """Linear warmup from 0 to ``cfg.lr`` over ``warmup_steps``, then cosine down to
+    ``min_lr_ratio * lr`` at ``max_steps``. ``step`` counts optimizer steps from 0."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint: ``trainer_state.json`` is written after everything else."""
+    done = sorted((out_dir / "checkpoints").glob("step_*/trainer_state.json"))
+    return done[-1].parent if done else None
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _prepare_output(accelerator: Accelerator, cfg: Any, out_dir: Path) -> None:
+    saved = out_dir / "config.yaml"
+    if saved.is_file() and latest_checkpoint(out_dir) is not None:
+        import yaml
+
+        diff = config_lib.differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+        if diff:
+            raise ConfigError(
+                f"{out_dir} holds a run with another config ({'; '.join(diff[:3])}); "
+                "use a new --output-dir to start a new run"
+            )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, saved)
+
+
+def _save(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None:
+    ckpt = out_dir / "checkpoints" / f"step_{step:07d}"
+    accelerator.save_state(str(ckpt))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}))
+        done = sorted((out_dir / "checkpoints").glob("step_*"))
+        for old in done[: max(0, len(done) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple[nn.Module, Accelerator]:
+    """Train ``task`` with ``cfg`` for ``cfg.max_steps`` optimizer steps (resuming if possible).
+
+    Returns the unwrapped objective and the accelerator.
+    """
+    out_dir = Path(cfg.output_dir)
+    accelerator = accelerator or Accelerator(log_with=cfg.log_with, project_dir=str(out_dir))
+    _prepare_output(accelerator, cfg, out_dir)
+    set_seed(cfg.seed)
+    objective = task.build_objective(cfg)
+    if accelerator.num_processes > 1 and accelerator.device.type != "cpu":
+        # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
+        objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=accelerator.device.type == "cuda" or None
+    )
+    model, optimizer = accelerator.prepare(objective, optimizer)
+    objective = accelerator.unwrap_model(model)
+
+    step = 0
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        accelerator.print(f"resuming from {ckpt} (step {step} of {cfg.max_steps})")
+    if cfg.log_with:
+        accelerator.init_trackers(task.name, config={k: v for k, v in config_lib.to_dict(cfg).items() if v is not None})
+
+    world = accelerator.num_processes
+    batches = iter(task.train_loader(cfg, step * cfg.grad_accum, world, accelerator.process_index))
+    samples_per_step = cfg.batch_size * world * cfg.grad_accum
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_main_process, desc=task.name, dynamic_ncols=True)
+    sums: dict[str, torch.Tensor] = {}
+    count, tick = 0, time.perf_counter()
+    log_file = out_dir / "metrics.jsonl"
+    model.train()
+    while step < cfg.max_steps:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        metrics: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            batch = _to_device(next(batches), accelerator.device)
+            # Only the last micro-batch all-reduces gradients across processes.
+            sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+            with sync:
+                out = model(batch)
+                accelerator.backward(out["loss"] / cfg.grad_accum)
+            for k, v in out.items():
+                metrics[k] = metrics.get(k, 0) + v.detach().float() / cfg.grad_accum
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.clip_grad) if cfg.clip_grad > 0 else torch.zeros(())
+        bad = (~torch.isfinite(metrics["loss"])) | (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device)))
+        if accelerator.reduce(bad.float().reshape(1), reduction="sum").item() > 0:
+            last = latest_checkpoint(out_dir)
+            raise TrainingError(
+                f"non-finite loss or gradient at step {step + 1}; stopped without updating the weights. "
+                f"Last good checkpoint: {last if last else 'none'}. Lower lr or check the data."
+            )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if hasattr(objective, "after_step"):
+            objective.after_step(step + 1, cfg.max_steps)  # EMA / queue / prototype updates
+        step += 1
+        bar.update(1)
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0) + v
+        count += 1
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            names = sorted(sums)
+            means = accelerator.reduce(torch.stack([sums[k] / count for k in names]), reduction="mean").tolist()
+            elapsed = time.perf_counter() - tick
+            row = {"step": step, **dict(zip(names, means)), "lr": lr, "samples_per_s": samples_per_step * count / elapsed}
+            if accelerator.is_main_process:
+                with log_file.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{row['samples_per_s']:.1f}")
+            if cfg.log_with:
+                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+            sums, count, tick = {}, 0, time.perf_counter()
+        if step % cfg.save_every == 0 or step == cfg.max_steps:
+            _save(accelerator, out_dir, step, cfg.keep_checkpoints)
+    bar.close()
+    if cfg.log_with:
+        accelerator.end_training()
+    model.eval()
+    return objective, accelerator

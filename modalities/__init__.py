@@ -1,0 +1,1 @@
+"""Data, per modality: readers, Hugging Face adapters, augmentations, embedded demo data."""

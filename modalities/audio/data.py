@@ -1,0 +1,227 @@
+"""Audio sources: the embedded demo corpus, Hugging Face datasets and local audiofolders.
+
+Every source yields mono float32 waveforms at 16 kHz with an optional utterance
+label and optional 10 ms frame labels. Files are decoded here (soundfile for
+WAV/FLAC/OGG, torchcodec where installed for the rest), not by ``datasets``, so a
+broken file becomes a warning that names it instead of a crash in a worker.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmssl.errors import DataError
+from mmssl.sources import check_columns, open_split
+
+SAMPLE_RATE = 16000
+
+
+class AudioReadError(DataError):
+    pass
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MMSSL_CACHE", Path.home() / ".cache" / "mmssl"))
+
+
+def decode(value: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A ``datasets`` audio value ({"bytes", "path"} or {"array", "sampling_rate"}) or a path
+    -> mono float32 waveform (n,) at ``sample_rate``. Raises AudioReadError naming the file."""
+    if isinstance(value, (str, os.PathLike)):
+        value = {"path": str(value), "bytes": None}
+    name = value.get("path") or "<embedded audio>"
+    if value.get("array") is not None:
+        wav, sr = np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"])
+    else:
+        wav, sr = _read(value.get("bytes"), value.get("path"), name)
+    if wav.ndim == 2:  # (n, channels) -> mono
+        wav = wav.mean(axis=1)
+    if wav.size == 0:
+        raise AudioReadError(f"{name}: empty audio")
+    if sr != sample_rate:
+        import torchaudio.functional as AF
+
+        wav = AF.resample(torch.from_numpy(np.ascontiguousarray(wav)), sr, sample_rate).numpy()
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def _read(data: bytes | None, path: str | None, name: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if data is None and path is None:
+        raise AudioReadError(f"{name}: neither bytes nor a path")
+    try:
+        wav, sr = sf.read(io.BytesIO(data) if data is not None else path, dtype="float32", always_2d=False)
+        return wav, sr
+    except Exception as first:  # soundfile cannot read it: try torchcodec (mp3, m4a, ...) if present
+        try:
+            from torchcodec.decoders import AudioDecoder
+        except Exception:
+            raise AudioReadError(f"{name}: unreadable audio ({first})") from None
+        try:
+            samples = AudioDecoder(data if data is not None else path).get_all_samples()
+            return samples.data.numpy().T, int(samples.sample_rate)
+        except Exception as second:
+            raise AudioReadError(f"{name}: unreadable audio ({second})") from None
+
+
+class DemoAudio:
+    """The embedded synthetic speech corpus: label = speaker, frames = phones (10 ms)."""
+
+    def __init__(self, split: str):
+        from mmssl.modalities.audio.synthetic import PHONES, load_demo_corpus
+
+        corpus = load_demo_corpus(_cache_dir() / "audio_demo")
+        if split not in corpus:
+            raise DataError(f"the audio demo has splits {', '.join(corpus)}, not '{split}'")
+        self.data = corpus[split]
+        self.num_classes = int(max(corpus["train"]["speaker"].max(), corpus["test"]["speaker"].max())) + 1
+        self.num_frame_classes = len(PHONES)
+        self.name = f"demo/{split}"
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.data["audio"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "audio": self.data["audio"][i],
+            "label": int(self.data["speaker"][i]),
+            "frames": self.data["phones"][i],
+            "name": f"{self.name}/{i}",
+        }
+
+
+class HFAudio:
+    """A map-style ``datasets`` split read as audio, labels mapped to 0..C-1.
+
+    Unreadable or empty files found by a header scan are skipped (and counted
+    in one warning); a file that fails later is replaced by the next readable one
+    with a warning that names it, so training never dies inside a worker.
+    """
+
+    def __init__(self, ds: Any, spec: str, audio_column: str, label_column: str | None, vocab: list | None = None):
+        import datasets
+
+        check_columns(ds, spec, **{"--audio-column": audio_column, "--label-column": label_column})
+        feature = ds.features[audio_column]
+        if isinstance(feature, datasets.Audio):
+            ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+        self.ds, self.audio_column, self.label_column, self.name = ds, audio_column, label_column, spec
+        self.num_frame_classes = 0
+        self.labels = None
+        if label_column is not None:
+            values = ds[label_column]
+            self.vocab = vocab if vocab is not None else sorted(set(values), key=str)
+            index = {v: i for i, v in enumerate(self.vocab)}
+            self.labels = np.array([index.get(v, -1) for v in values])
+            self.num_classes = len(self.vocab)
+        self.rows = self._scan()
+
+    def _scan(self) -> list[int]:
+        import soundfile as sf
+
+        rows, self.skipped = [], []
+        for i, value in enumerate(self.ds[self.audio_column]):
+            path, data = (value or {}).get("path"), (value or {}).get("bytes")
+            if data is None and path and Path(path).suffix.lower() in (".wav", ".flac", ".ogg"):
+                try:  # a cheap header check catches truncated and empty files up front
+                    if sf.info(path).frames == 0:
+                        raise RuntimeError("empty audio")
+                except Exception as e:
+                    self.skipped.append(f"{Path(path).name} ({str(e).splitlines()[0][:80]})")
+                    continue
+            rows.append(i)
+        if self.skipped:
+            warnings.warn(
+                f"{self.name}: skipped {len(self.skipped)} of {len(self.ds)} audio files that cannot be read: "
+                + "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else ""),
+                stacklevel=2,
+            )
+        if not rows:
+            raise DataError(f"{self.name}: none of its {len(self.ds)} audio files can be read")
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        for attempt in range(len(self.rows)):
+            row = self.rows[(i + attempt) % len(self.rows)]
+            try:
+                audio = decode(self.ds[row][self.audio_column])
+            except AudioReadError as e:
+                warnings.warn(f"skipping unreadable audio: {e}", stacklevel=2)
+                continue
+            label = int(self.labels[row]) if self.labels is not None else -1
+            return {"audio": audio, "label": label, "frames": None, "name": f"{self.name}[{row}]"}
+        raise DataError(f"{self.name}: no readable audio left")
+
+
+def open_audio(spec: str, split: str, config: str | None = None, audio_column: str = "audio",
+               label_column: str | None = None, vocab: list | None = None) -> DemoAudio | HFAudio:
+    """``--dataset`` value -> an audio source for ``split``."""
+    if spec == "demo":
+        return DemoAudio(split)
+    ds = open_split(spec, split, config=config)
+    return HFAudio(ds, spec, audio_column, label_column, vocab)
+
+
+def random_crop(audio: np.ndarray, length: int, gen: torch.Generator) -> torch.Tensor:
+    """A random window of ``length`` samples; shorter audio is zero-padded at the end."""
+    wav = torch.from_numpy(audio)
+    if len(wav) <= length:
+        return torch.nn.functional.pad(wav, (0, length - len(wav)))
+    start = int(torch.randint(len(wav) - length + 1, (1,), generator=gen))
+    return wav[start : start + length]
+
+
+class StreamingAudio(torch.utils.data.IterableDataset):
+    """Random crops from a streamed ``datasets`` split, this process's shard only.
+
+    A resumed run replays the stream's shuffled order and discards the examples
+    already consumed (without decoding them), so it continues at the same place
+    unless files were skipped as unreadable along the way.
+    """
+
+    def __init__(self, spec: str, split: str, config: str | None, audio_column: str, crop: int,
+                 batch_size: int, world: int, rank: int, seed: int, start_batch: int):
+        super().__init__()
+        self.spec, self.split, self.config, self.audio_column, self.crop = spec, split, config, audio_column, crop
+        self.world, self.rank, self.seed = world, rank, seed
+        self.skip = start_batch * batch_size
+        first = open_split(spec, split, config=config, streaming=True)  # fail early, in the main process
+        check_columns(first, spec, **{"--audio-column": audio_column})
+
+    def __iter__(self):
+        import datasets
+        from datasets.distributed import split_dataset_by_node
+
+        ds = open_split(self.spec, self.split, config=self.config, streaming=True)
+        ds = ds.cast_column(self.audio_column, datasets.Audio(decode=False))
+        ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world).shuffle(seed=self.seed, buffer_size=1000)
+        count, epoch = 0, 0
+        while True:
+            ds.set_epoch(epoch)
+            empty = True
+            for example in ds:
+                empty = False
+                count += 1
+                if count <= self.skip:
+                    continue
+                try:
+                    wav = decode(example[self.audio_column])
+                except AudioReadError as e:
+                    warnings.warn(f"skipping unreadable audio: {e}", stacklevel=2)
+                    continue
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7_919 + count)
+                yield {"input": random_crop(wav, self.crop, gen)}
+            if empty:
+                raise DataError(f"{self.spec}: the streamed split '{self.split}' is empty")
+            epoch += 1
