@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Softmax in fp32 under bf16/fp16 autocast; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """InfoNCE (arXiv:1807.03748): -log softmax of the positive among positive + negatives.
 
@@ -21,7 +26,7 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, te
     else:
         neg = torch.einsum("nd,nmd->nm", query, negatives)
     logits = torch.cat([pos, neg], dim=1) / temperature
-    return F.cross_entropy(logits.float(), torch.zeros(len(query), dtype=torch.long, device=query.device))
+    return F.cross_entropy(_at_least_fp32(logits), torch.zeros(len(query), dtype=torch.long, device=query.device))
 
 
 def cpc_info_nce(
@@ -41,7 +46,7 @@ def cpc_info_nce(
     pos = torch.einsum("knd,knd->kn", pred, pool[pos_index])[..., None]  # (K, N, 1)
     neg = torch.einsum("knd,nmd->knm", pred, pool[neg_index])  # (K, N, M)
     neg = neg.masked_fill(neg_index[None] == pos_index[..., None], float("-inf"))
-    logits = torch.cat([pos, neg], dim=-1).float()  # (K, N, 1 + M); the positive is class 0
+    logits = _at_least_fp32(torch.cat([pos, neg], dim=-1))  # (K, N, 1 + M); the positive is class 0
     loss = -logits.log_softmax(dim=-1)[..., 0].mean(dim=1)
     acc = (logits.argmax(dim=-1) == 0).float().mean(dim=1)
     return loss, acc

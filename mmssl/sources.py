@@ -1,6 +1,7 @@
 """Open a dataset split from the Hugging Face Hub or a local folder, with one-line errors."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def open_split(spec: str, split: str, config: str | None = None, streaming: bool
                 return loaded[split]
             return loaded
         try:
-            return datasets.load_dataset(folder_builder, data_dir=str(path), split=split, streaming=streaming)
+            return _load_folder(folder_builder, path, split, streaming)
         except FileNotFoundError as e:
             raise DataError(f"{spec}: no data files found for {folder_builder} ({e})") from None
         except ValueError as e:
@@ -58,6 +59,40 @@ def open_split(spec: str, split: str, config: str | None = None, streaming: bool
         raise DataError(f"{spec}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # datasets raises many types (DatasetNotFoundError, ...): keep one line
         raise DataError(f"cannot load '{spec}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def audio_feature(decode: bool = False) -> Any:
+    """A ``datasets.Audio`` feature that stores paths and bytes without importing torchcodec.
+
+    ``datasets.Audio.encode_example`` imports torchcodec even for a plain file path, so an
+    ``audiofolder`` (and any streamed audio) fails where torchcodec is absent or cannot load
+    FFmpeg; mmssl decodes the files itself (soundfile, else torchcodec).
+    """
+    import datasets
+
+    @dataclasses.dataclass
+    class PathAudio(datasets.Audio):
+        def encode_example(self, value: Any) -> dict:
+            if isinstance(value, (str, os.PathLike)):
+                return {"bytes": None, "path": str(value)}
+            if isinstance(value, dict) and "array" not in value and (value.get("bytes") is not None or value.get("path") is not None):
+                return {"bytes": value.get("bytes"), "path": value.get("path")}
+            return super().encode_example(value)
+
+    return PathAudio(decode=decode)
+
+
+def _load_folder(folder_builder: str, path: Path, split: str, streaming: bool) -> Any:
+    """``load_dataset(folder_builder, data_dir=path)``, with audio files kept as paths (see audio_feature)."""
+    import datasets
+
+    builder = datasets.load_dataset_builder(folder_builder, data_dir=str(path))
+    if folder_builder == "audiofolder":
+        builder.BASE_FEATURE = type(audio_feature())
+    if streaming:
+        return builder.as_streaming_dataset(split=split)
+    builder.download_and_prepare()
+    return builder.as_dataset(split=split)
 
 
 def check_columns(dataset: Any, spec: str, **wanted: str | None) -> None:

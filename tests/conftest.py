@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The demo corpus is generated once per test session into a shared cache.
+os.environ.setdefault("MMSSL_CACHE", str(ROOT / ".pytest_cache" / "mmssl"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each test builds its own Accelerator; accelerate keeps process-wide singletons."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def tiny_cpc(**extra):
+    """Overrides that make cpc_audio run in a second on the CPU."""
+    return {
+        "batch_size": 4, "num_workers": 0, "channels": 16, "context_dim": 16, "crop_samples": 3200,
+        "prediction_steps": 3, "num_negatives": 8, "warmup_steps": 2, "log_every": 1, **extra,
+    }

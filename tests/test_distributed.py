@@ -1,0 +1,77 @@
+"""Two processes (gloo) give the loss and gradients of one process on the same global batch."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mmssl import dist as mdist
+from mmssl.encoders.io import build_encoder
+from mmssl.objectives.cpc import CPC
+from mmssl.tasks.cpc_audio import CPCAudio, CPCAudioConfig
+
+GLOBAL_BATCH = 4
+
+
+def make_objective(negatives_from="batch"):
+    torch.manual_seed(0)
+    cfg = CPCAudioConfig(channels=16, context_dim=16)
+    return CPC(build_encoder(CPCAudio().encoder_spec(cfg)), steps=3, num_negatives=8, negatives_from=negatives_from)
+
+
+def make_batch():
+    return torch.randn(GLOBAL_BATCH, 3200, generator=torch.Generator().manual_seed(1))
+
+
+def loss_and_grads(objective, wav):
+    torch.manual_seed(123)  # the negatives are drawn from this (process-synchronised) RNG
+    out = objective({"input": wav})
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in objective.named_parameters()}
+    return out["loss"].detach(), grads
+
+
+def _worker(rank, world, port, path, negatives_from):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    objective = make_objective(negatives_from)
+    local = make_batch().chunk(world)[rank]
+    loss, grads = loss_and_grads(objective, local)
+    # What DDP does: average the parameter gradients and (for reporting) the loss.
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= world
+    dist.all_reduce(loss)
+    if rank == 0:
+        torch.save({"loss": loss / world, "grads": grads}, path)
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two(tmp_path, negatives_from):
+    path = tmp_path / f"two_{negatives_from}.pt"
+    mp.spawn(_worker, args=(2, _free_port(), str(path), negatives_from), nprocs=2, join=True)
+    return torch.load(path)
+
+
+def test_cpc_two_processes_match_one(tmp_path):
+    for negatives_from in ("batch", "sequence"):
+        one_loss, one_grads = loss_and_grads(make_objective(negatives_from), make_batch())
+        two = run_two(tmp_path, negatives_from)
+        torch.testing.assert_close(two["loss"], one_loss, rtol=1e-5, atol=1e-6)
+        assert one_grads.keys() == two["grads"].keys()
+        for name, g in one_grads.items():
+            torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_all_gather_without_process_group_is_identity():
+    x = torch.randn(3, 2, requires_grad=True)
+    assert mdist.all_gather(x) is x
+    assert mdist.world_size() == 1 and mdist.rank() == 0
