@@ -74,7 +74,7 @@ def run_training(task: Any, cfg: Any) -> dict | None:
         _require("tensorboard", "--log-with tensorboard needs tensorboard: pip install 'mmssl[track]'")
     elif cfg.log_with == "wandb":
         _require("wandb", "--log-with wandb needs wandb: pip install wandb")
-    accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir)
+    accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir, cpu=_cpu_processes())
     accelerator.print(f"task {task.name} ({task.modality}, {task.encoder}, {task.objective}); "
                       f"{accelerator.num_processes} process(es) on {accelerator.device}, "
                       f"mixed precision {accelerator.mixed_precision}\n{config_lib.describe(cfg)}")
@@ -89,7 +89,18 @@ def run_training(task: Any, cfg: Any) -> dict | None:
         (out / "eval.json").write_text(json.dumps(report, indent=2))
         print(f"\n{report['table']}\n\nwrote {out / 'eval.json'}; encoder in {out / 'encoder'}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # flushes trackers, then ends the process group
     return report
+
+
+def _cpu_processes() -> bool:
+    """Several processes on a machine without a GPU: accelerate needs cpu=True to use gloo
+    (``accelerate launch --multi_gpu`` on CPU otherwise leaves each process alone)."""
+    import os
+
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _require(module: str, message: str) -> None:
@@ -99,8 +110,15 @@ def _require(module: str, message: str) -> None:
         raise MmsslError(message)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error:`` line (exit 2) like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Pretrain an encoder: a task = data + encoder + objective.")
+    p = _Parser(prog=prog, description="Pretrain an encoder: a task = data + encoder + objective.")
     p.add_argument("--task", required=True, help="a registered task (python -m mmssl tasks)")
     p.add_argument("--config", help="a YAML recipe of overrides (configs/*.yaml)")
     _data_args(p)
@@ -113,7 +131,8 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+    # key=value overrides may come before, between and after the options
+    args = train_parser().parse_intermixed_args(argv)
     return _guard(lambda: run_training(*resolve_config(args.task, args.config, _flag_overrides(args), args.overrides)))
 
 
@@ -155,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":
         return train_main(argv[1:])
-    p = argparse.ArgumentParser(prog="mmssl", description="mmssl: self-supervised learning for vision, audio and video")
+    p = _Parser(prog="mmssl", description="mmssl: self-supervised learning for vision, audio and video")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="pretrain (same arguments as train.py)")
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=cmd_tasks)

@@ -166,7 +166,5 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             _save(accelerator, out_dir, step, cfg.keep_checkpoints)
     bar.close()
-    if cfg.log_with:
-        accelerator.end_training()
     model.eval()
     return objective, accelerator

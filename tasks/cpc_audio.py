@@ -45,7 +45,7 @@ class CPCAudio(Task):
     modality = "audio"
     encoder = "cpc_conv + gru"
     objective = "cpc"
-    default_data = "embedded synthetic speech (24 speakers, 17 phones)"
+    default_data = "embedded synthetic speech (24 speakers, 22 phones)"
     Config = CPCAudioConfig
 
     def encoder_spec(self, cfg: CPCAudioConfig) -> dict:
