@@ -28,13 +28,14 @@ from mmssl.task import Task
 class CPCAudioConfig(TrainConfig):
     audio_column: str = "audio"
     crop_samples: int = 20480  # 1.28 s, 128 frames
-    channels: int = 256  # conv encoder width (the paper: 512)
+    channels: int = 128  # conv encoder width (the paper: 512)
     context: str = "gru"  # gru | causal_transformer
     context_dim: int = 256
     context_layers: int = 1
     prediction_steps: int = 12
     num_negatives: int = 128
     negatives_from: str = "batch"  # batch | sequence
+    temperature: float | None = 0.1  # cosine similarity / temperature; none: the paper's dot product
     probe_max_utterances: int = 4000
     probe_max_seconds: float = 10.0
 
@@ -61,7 +62,8 @@ class CPCAudio(Task):
     def build_objective(self, cfg: CPCAudioConfig) -> CPC:
         if cfg.crop_samples % 160:
             raise DataError(f"crop_samples must be a multiple of 160 (one 10 ms frame), got {cfg.crop_samples}")
-        return CPC(build_encoder(self.encoder_spec(cfg)), cfg.prediction_steps, cfg.num_negatives, cfg.negatives_from)
+        return CPC(build_encoder(self.encoder_spec(cfg)), cfg.prediction_steps, cfg.num_negatives, cfg.negatives_from,
+                   cfg.temperature)
 
     def train_loader(self, cfg: CPCAudioConfig, start_batch: int, world: int, rank: int) -> DataLoader:
         if cfg.streaming:

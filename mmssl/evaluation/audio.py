@@ -45,7 +45,7 @@ def encoder_features(encoder: nn.Module, batch_size: int = 16) -> Callable[[list
     device = next(encoder.parameters()).device
     hop = getattr(encoder, "hop", FRAME_HOP)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def features(wavs: list[np.ndarray]) -> list[torch.Tensor]:
         out: list[torch.Tensor | None] = [None] * len(wavs)
         order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))

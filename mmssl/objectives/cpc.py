@@ -8,6 +8,7 @@ drawn from all frames of all sequences on all processes (InfoNCE).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmssl import dist
@@ -17,7 +18,8 @@ from mmssl.registry import OBJECTIVES
 
 @OBJECTIVES.register("cpc")
 class CPC(nn.Module):
-    def __init__(self, encoder: nn.Module, steps: int = 12, num_negatives: int = 128, negatives_from: str = "batch"):
+    def __init__(self, encoder: nn.Module, steps: int = 12, num_negatives: int = 128, negatives_from: str = "batch",
+                 temperature: float | None = None):
         """
         Args:
             encoder: a sequence encoder (``forward_frames`` -> z, ``forward_context`` -> c).
@@ -25,6 +27,9 @@ class CPC(nn.Module):
             num_negatives: M negatives per position, shared by the K steps.
             negatives_from: "batch" (any frame of any sequence on any process) or
                 "sequence" (frames of the same sequence only).
+            temperature: None scores with the dot product, as the paper; a number scores
+                with cosine similarity divided by it (as wav2vec 2.0), which escapes the
+                initial plateau much sooner on short runs.
         """
         super().__init__()
         if negatives_from not in ("batch", "sequence"):
@@ -33,6 +38,7 @@ class CPC(nn.Module):
             raise ValueError("steps and num_negatives must be positive")
         self.encoder = encoder
         self.steps, self.num_negatives, self.negatives_from = steps, num_negatives, negatives_from
+        self.temperature = temperature
         z_dim, c_dim = encoder.frames.embed_dim, encoder.embed_dim
         # One (c_dim -> z_dim) map per step, held as a single tensor so all steps run in one einsum.
         self.predictors = nn.Parameter(torch.randn(steps, c_dim, z_dim) / c_dim**0.5)
@@ -69,7 +75,11 @@ class CPC(nn.Module):
         b = torch.arange(B, device=z.device)
         pos_index = offset + b[None, :, None] * T + t[None, None, :] + k[:, None, None]  # (K, B, T-K)
         neg_index = self.sample_negatives(B, T, usable, z.device)
-        loss_k, acc_k = cpc_info_nce(pred.flatten(1, 2), pool, pos_index.flatten(1), neg_index)
+        pred = pred.flatten(1, 2)
+        if self.temperature is not None:
+            pred = F.normalize(pred, dim=-1) / self.temperature
+            pool = F.normalize(pool, dim=-1)
+        loss_k, acc_k = cpc_info_nce(pred, pool, pos_index.flatten(1), neg_index)
         out = {"loss": loss_k.mean(), "acc": acc_k.mean().detach()}
         for i in (0, self.steps // 2, self.steps - 1):
             out[f"acc_step{i + 1}"] = acc_k[i].detach()
