@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from mmssl.errors import DataError
 
 
@@ -21,7 +23,6 @@ def open_split(spec: str, split: str, config: str | None = None, streaming: bool
     ``folder_builder`` (``audiofolder`` / ``imagefolder``): class subfolders
     become a ``label`` column, ``train`` / ``test`` subfolders become splits.
     """
-    import datasets
 
     path = Path(spec).expanduser()
     if path.exists():
@@ -47,8 +48,8 @@ def open_split(spec: str, split: str, config: str | None = None, streaming: bool
     try:
         return datasets.load_dataset(spec, name=config, split=split, streaming=streaming)
     except ConnectionError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hub is not reachable from here"
+        offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "0").lower() in ("1", "true", "yes", "on")]
+        why = f"{offline[0]} is set" if offline else "the Hub is not reachable from here"
         raise DataError(
             f"cannot load '{spec}' from the Hugging Face Hub ({why}); download it beforehand "
             f"or pass a local folder with --dataset PATH"
@@ -61,34 +62,33 @@ def open_split(spec: str, split: str, config: str | None = None, streaming: bool
         raise DataError(f"cannot load '{spec}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-def audio_feature(decode: bool = False) -> Any:
+@dataclasses.dataclass
+class PathAudio(datasets.Audio):
     """A ``datasets.Audio`` feature that stores paths and bytes without importing torchcodec.
 
     ``datasets.Audio.encode_example`` imports torchcodec even for a plain file path, so an
     ``audiofolder`` (and any streamed audio) fails where torchcodec is absent or cannot load
     FFmpeg; mmssl decodes the files itself (soundfile, else torchcodec).
     """
-    import datasets
 
-    @dataclasses.dataclass
-    class PathAudio(datasets.Audio):
-        def encode_example(self, value: Any) -> dict:
-            if isinstance(value, (str, os.PathLike)):
-                return {"bytes": None, "path": str(value)}
-            if isinstance(value, dict) and "array" not in value and (value.get("bytes") is not None or value.get("path") is not None):
-                return {"bytes": value.get("bytes"), "path": value.get("path")}
-            return super().encode_example(value)
+    def encode_example(self, value: Any) -> dict:
+        if isinstance(value, (str, os.PathLike)):
+            return {"bytes": None, "path": str(value)}
+        if isinstance(value, dict) and "array" not in value and (value.get("bytes") is not None or value.get("path") is not None):
+            return {"bytes": value.get("bytes"), "path": value.get("path")}
+        return super().encode_example(value)
 
+
+def audio_feature(decode: bool = False) -> PathAudio:
     return PathAudio(decode=decode)
 
 
 def _load_folder(folder_builder: str, path: Path, split: str, streaming: bool) -> Any:
     """``load_dataset(folder_builder, data_dir=path)``, with audio files kept as paths (see audio_feature)."""
-    import datasets
 
     builder = datasets.load_dataset_builder(folder_builder, data_dir=str(path))
     if folder_builder == "audiofolder":
-        builder.BASE_FEATURE = type(audio_feature())
+        builder.BASE_FEATURE = PathAudio
     if streaming:
         return builder.as_streaming_dataset(split=split)
     builder.download_and_prepare()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mmssl.errors import DataError
-from mmssl.sources import check_columns, open_split
+from mmssl.sources import audio_feature, check_columns, open_split
 
 SAMPLE_RATE = 16000
 
@@ -135,17 +135,19 @@ class HFAudio:
                     if sf.info(path).frames == 0:
                         raise RuntimeError("empty audio")
                 except Exception as e:
-                    self.skipped.append(f"{Path(path).name} ({str(e).splitlines()[0][:80]})")
+                    reason = str(e).splitlines()[0].replace(f"Error opening {path!r}: ", "")  # the name says which
+                    self.skipped.append(f"{Path(path).name} ({reason[:80]})")
                     continue
             rows.append(i)
+        if not rows:
+            raise DataError(f"{self.name}: none of its {len(self.ds)} audio files can be read: "
+                            + "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else ""))
         if self.skipped:
             warnings.warn(
                 f"{self.name}: skipped {len(self.skipped)} of {len(self.ds)} audio files that cannot be read: "
                 + "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else ""),
                 stacklevel=2,
             )
-        if not rows:
-            raise DataError(f"{self.name}: none of its {len(self.ds)} audio files can be read")
         return rows
 
     def __len__(self) -> int:
@@ -200,16 +202,16 @@ class StreamingAudio(torch.utils.data.IterableDataset):
         check_columns(first, spec, **{"--audio-column": audio_column})
 
     def __iter__(self):
-        import datasets
         from datasets.distributed import split_dataset_by_node
 
         ds = open_split(self.spec, self.split, config=self.config, streaming=True)
-        ds = ds.cast_column(self.audio_column, datasets.Audio(decode=False))
+        # datasets.Audio would import torchcodec to encode every streamed example, even a path
+        ds = ds.cast_column(self.audio_column, audio_feature(decode=False))
         ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world).shuffle(seed=self.seed, buffer_size=1000)
         count, epoch = 0, 0
         while True:
             ds.set_epoch(epoch)
-            empty = True
+            empty, decoded, failed = True, 0, []
             for example in ds:
                 empty = False
                 count += 1
@@ -219,9 +221,14 @@ class StreamingAudio(torch.utils.data.IterableDataset):
                     wav = decode(example[self.audio_column])
                 except AudioReadError as e:
                     warnings.warn(f"skipping unreadable audio: {e}", stacklevel=2)
+                    failed.append(str(e))
                     continue
+                decoded += 1
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7_919 + count)
                 yield {"input": random_crop(wav, self.crop, gen)}
             if empty:
                 raise DataError(f"{self.spec}: the streamed split '{self.split}' is empty")
+            if failed and not decoded:  # a whole pass without one readable file: stop, do not spin forever
+                raise DataError(f"{self.spec}: none of the {len(failed)} streamed audio files of split "
+                                f"'{self.split}' can be read: " + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else ""))
             epoch += 1
