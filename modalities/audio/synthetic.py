@@ -13,9 +13,9 @@ A much simplified Klatt-style source-filter synthesiser:
 * Phones: vowels, fricatives, plosives (closure, place-specific burst, aspiration or voice onset),
   nasals, /hh/ and silence, with per-token durations scaled by the speaker's rate.
 * Speakers differ in f0 mean and range, tract scale, open quotient, breathiness, jitter, bandwidth,
-  tilt and rate. A random per-utterance recording channel (gain, tilt, broad EQ bumps, low
-  coloured noise) makes the average spectrum a weak speaker cue while pitch and source traits stay
-  reliable, as with averaged MFCCs on real speech.
+  tilt and rate. A random per-utterance recording channel (gain, gentle tilt, broad EQ bumps of a
+  few dB, low coloured noise) makes the average spectrum a weaker speaker cue while pitch and
+  source traits stay reliable, as with averaged MFCCs on real speech.
 Every draw comes from a generator seeded by (seed, speaker[, utterance]), so an utterance does not
 depend on the corpus size or on the order of generation.
 """
@@ -33,7 +33,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 FRAME_HOP = 160  # one phone label per 10 ms
-CACHE_VERSION = 1  # bump whenever the generator's output changes
+CACHE_VERSION = 2  # bump whenever the generator's output changes
 
 # Vowel formants F1-F3 (Hz) of a reference adult male tract (Peterson & Barney).
 _VOWELS = {"iy": (270, 2290, 3010), "ih": (390, 1990, 2550), "eh": (530, 1840, 2480),
@@ -176,8 +176,8 @@ def _utterance(seed: int, s: int, u: int, spk: dict, seconds: tuple[float, float
     fric = 1.5 * _db(lvl) * np.exp(-0.5 * (octs / np.where(octs < 0, wlo, whi)) ** 2)
 
     # Recording channel, fixed over the utterance: tilt plus three broad EQ bumps.
-    g, cen, wid = r.normal(0, 4, 3), r.uniform(np.log2(0.15), np.log2(6), 3), r.uniform(0.4, 1.2, 3)
-    chan = _db(r.uniform(-2, 2) * _LOGF + g @ np.exp(-0.5 * ((_LOGF - cen[:, None]) / wid[:, None]) ** 2))
+    g, cen, wid = r.normal(0, 1.5, 3), r.uniform(np.log2(0.15), np.log2(6), 3), r.uniform(0.4, 1.2, 3)
+    chan = _db(r.uniform(-0.7, 0.7) * _LOGF + g @ np.exp(-0.5 * ((_LOGF - cen[:, None]) / wid[:, None]) ** 2))
 
     def spectra(x):
         frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, (_N, _N + _HOP)), _N)[::_HOP][:nfr]
