@@ -89,7 +89,8 @@ def test_encoder_save_and_load_roundtrip(tmp_path):
 def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
     from mmssl.cli import resolve_config
 
-    assert set(SMOKE) == set(TASKS.names()), "add new tasks to SMOKE"
+    shipped = {n for n in TASKS.names() if TASKS.get(n).__module__.startswith("mmssl.tasks.")}
+    assert set(SMOKE) == shipped, "add new tasks to SMOKE"
     for name, overrides in SMOKE.items():
         task, cfg = resolve_config(name, None, {"output_dir": str(tmp_path / name)},
                                    [f"{k}={v}" for k, v in overrides.items()])
