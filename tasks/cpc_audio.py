@@ -26,6 +26,7 @@ from mmssl.task import Task
 
 @dataclasses.dataclass(frozen=True)
 class CPCAudioConfig(TrainConfig):
+    max_steps: int = 250  # about 2.5 minutes on 2 CPU cores
     audio_column: str = "audio"
     crop_samples: int = 20480  # 1.28 s, 128 frames
     channels: int = 128  # conv encoder width (the paper: 512)
