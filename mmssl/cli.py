@@ -53,9 +53,8 @@ def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], ov
         cfg = config_lib.apply_overrides(cfg, data)
     cfg = config_lib.apply_overrides(cfg, flags)
     cfg = config_lib.apply_overrides(cfg, dict(config_lib.parse_override(o) for o in overrides))
-    if not flags.get("output_dir") and "output_dir" not in dict(config_lib.parse_override(o) for o in overrides):
-        if cfg.output_dir == "":
-            cfg = dataclasses.replace(cfg, output_dir=f"runs/{task_name}")
+    if not cfg.output_dir:  # a recipe or override that empties it falls back to the default
+        cfg = dataclasses.replace(cfg, output_dir=f"runs/{task_name}")
     if cfg.log_with not in (None, "tensorboard", "wandb"):
         raise config_lib.ConfigError(f"log_with must be tensorboard or wandb, not '{cfg.log_with}'")
     for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints"):

@@ -35,11 +35,18 @@ class StepBatchSampler(Sampler):
                 f"({world} process(es) x batch_size {batch_size}); lower batch_size"
             )
         self.per_epoch = num_items // self.global_size  # drop_last: every batch is full
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The epoch's shuffled order, drawn once per epoch rather than once per batch."""
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        return self._perm
 
     def batch(self, g: int) -> list[tuple[int, int]]:
         epoch, pos = divmod(g, self.per_epoch)
-        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        perm = torch.randperm(self.n, generator=gen)
+        perm = self.permutation(epoch)
         start = pos * self.global_size + self.rank * self.batch_size
         return [
             (int(perm[start + j]), sample_seed(self.seed, g, self.rank * self.batch_size + j, self.global_size))

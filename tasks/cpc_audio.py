@@ -20,7 +20,7 @@ from mmssl.evaluation.audio import audio_probes
 from mmssl.modalities.audio import SAMPLE_RATE, open_audio, random_crop
 from mmssl.modalities.audio.data import StreamingAudio
 from mmssl.objectives.cpc import CPC
-from mmssl.registry import ENCODERS, TASKS
+from mmssl.registry import TASKS
 from mmssl.task import Task
 
 

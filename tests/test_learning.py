@@ -7,22 +7,11 @@ from tiny_tasks import TinyCPC
 from mmssl.cli import run_training
 from mmssl.data import train_loader
 from mmssl.modalities.audio import random_crop
+from mmssl.modalities.audio.data import CorpusSplit
 from mmssl.modalities.audio.synthetic import generate_corpus
 from mmssl.registry import TASKS
 
 CORPUS = {}
-
-
-class Split:
-    def __init__(self, data, name):
-        self.data, self.name = data, name
-
-    def __len__(self):
-        return len(self.data["audio"])
-
-    def __getitem__(self, i):
-        return {"audio": self.data["audio"][i], "label": int(self.data["speaker"][i]),
-                "frames": self.data["phones"][i], "name": f"{self.name}/{i}"}
 
 
 def corpus():
@@ -39,7 +28,7 @@ class TinySpeechCPC(TinyCPC):
         def transform(item, gen):
             return {"input": random_crop(item["audio"], cfg.crop_samples, gen)}
 
-        return train_loader(Split(corpus()["train"], "train"), transform, cfg.batch_size, world, rank, cfg.seed,
+        return train_loader(CorpusSplit(corpus()["train"], "train"), transform, cfg.batch_size, world, rank, cfg.seed,
                             start_batch, 0)
 
     def evaluate(self, cfg, encoder, out_dir=None):
@@ -48,8 +37,8 @@ class TinySpeechCPC(TinyCPC):
 
         torch.manual_seed(cfg.seed + 1)
         random = build_encoder(encoder.spec).eval()
-        return audio_probes({"cpc": encoder, "random": random}, Split(corpus()["train"], "train"),
-                            Split(corpus()["test"], "test"))
+        return audio_probes({"cpc": encoder, "random": random}, CorpusSplit(corpus()["train"], "train"),
+                            CorpusSplit(corpus()["test"], "test"))
 
 
 def test_short_cpc_run_beats_random_encoder_on_phone_probe(tmp_path):

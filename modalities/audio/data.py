@@ -71,20 +71,11 @@ def _read(data: bytes | None, path: str | None, name: str) -> tuple[np.ndarray, 
             raise AudioReadError(f"{name}: unreadable audio ({second})") from None
 
 
-class DemoAudio:
-    """The embedded synthetic speech corpus: label = speaker, frames = phones (10 ms)."""
+class CorpusSplit:
+    """One split of a generated corpus (see synthetic.py): label = speaker, frames = phones (10 ms)."""
 
-    def __init__(self, split: str):
-        from mmssl.modalities.audio.synthetic import PHONES, load_demo_corpus
-
-        corpus = load_demo_corpus(_cache_dir() / "audio_demo")
-        if split not in corpus:
-            raise DataError(f"the audio demo has splits {', '.join(corpus)}, not '{split}'")
-        self.data = corpus[split]
-        self.num_classes = int(max(corpus["train"]["speaker"].max(), corpus["test"]["speaker"].max())) + 1
-        self.num_frame_classes = len(PHONES)
-        self.name = f"demo/{split}"
-        self.skipped: list[str] = []
+    def __init__(self, data: dict, name: str):
+        self.data, self.name = data, name
 
     def __len__(self) -> int:
         return len(self.data["audio"])
@@ -96,6 +87,16 @@ class DemoAudio:
             "frames": self.data["phones"][i],
             "name": f"{self.name}/{i}",
         }
+
+
+def demo_audio(split: str) -> CorpusSplit:
+    """The embedded synthetic speech corpus, generated once and cached."""
+    from mmssl.modalities.audio.synthetic import load_demo_corpus
+
+    corpus = load_demo_corpus(_cache_dir() / "audio_demo")
+    if split not in corpus:
+        raise DataError(f"the audio demo has splits {', '.join(corpus)}, not '{split}'")
+    return CorpusSplit(corpus[split], f"demo/{split}")
 
 
 class HFAudio:
@@ -114,7 +115,6 @@ class HFAudio:
         if isinstance(feature, datasets.Audio):
             ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
         self.ds, self.audio_column, self.label_column, self.name = ds, audio_column, label_column, spec
-        self.num_frame_classes = 0
         self.labels = None
         if label_column is not None:
             values = ds[label_column]
@@ -139,13 +139,12 @@ class HFAudio:
                     self.skipped.append(f"{Path(path).name} ({reason[:80]})")
                     continue
             rows.append(i)
+        listing = "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
         if not rows:
-            raise DataError(f"{self.name}: none of its {len(self.ds)} audio files can be read: "
-                            + "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else ""))
+            raise DataError(f"{self.name}: none of its {len(self.ds)} audio files can be read: {listing}")
         if self.skipped:
             warnings.warn(
-                f"{self.name}: skipped {len(self.skipped)} of {len(self.ds)} audio files that cannot be read: "
-                + "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else ""),
+                f"{self.name}: skipped {len(self.skipped)} of {len(self.ds)} audio files that cannot be read: {listing}",
                 stacklevel=2,
             )
         return rows
@@ -167,10 +166,10 @@ class HFAudio:
 
 
 def open_audio(spec: str, split: str, config: str | None = None, audio_column: str = "audio",
-               label_column: str | None = None, vocab: list | None = None) -> DemoAudio | HFAudio:
+               label_column: str | None = None, vocab: list | None = None) -> CorpusSplit | HFAudio:
     """``--dataset`` value -> an audio source for ``split``."""
     if spec == "demo":
-        return DemoAudio(split)
+        return demo_audio(split)
     ds = open_split(spec, split, config=config)
     return HFAudio(ds, spec, audio_column, label_column, vocab)
 
