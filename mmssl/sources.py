@@ -103,3 +103,8 @@ def check_columns(dataset: Any, spec: str, **wanted: str | None) -> None:
     for option, column in wanted.items():
         if column is not None and columns and column not in columns:
             raise DataError(f"{spec}: no column '{column}' (set by {option}); columns: {', '.join(columns)}")
+
+
+def cache_dir() -> Path:
+    """Where generated demo data is cached: $MMSSL_CACHE, else ~/.cache/mmssl."""
+    return Path(os.environ.get("MMSSL_CACHE", Path.home() / ".cache" / "mmssl"))
