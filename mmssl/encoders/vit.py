@@ -1,0 +1,169 @@
+"""Vision Transformer over patches, spectrogram patches or video tubelets.
+
+ViT (arXiv:2010.11929) in the form MAE uses it (arXiv:2111.06377): a linear
+patch embedding, fixed sin-cos positions on the patch grid, no class token,
+pre-norm blocks and a final LayerNorm; the pooled feature is the mean token.
+Any number of patched axes works through ``Patchify``: (H, W) for images and
+spectrograms, (T, H, W) for video tubelets (VideoMAE, arXiv:2203.12602).
+
+Besides the encoder interface it exposes the hooks MAE needs to run the
+encoder on a subset of tokens: ``patchify``, ``grid``, ``num_patches``,
+``embed`` and ``forward_tokens``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mmssl.encoders.patchify import Patchify
+from mmssl.registry import ENCODERS
+
+# size -> (dim, depth, heads), as DeiT / MAE name them
+PRESETS = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears with zero bias, LayerNorm weight 1 and bias 0.
+
+    Xavier rather than PyTorch's default (kaiming-uniform with a = sqrt(5)) keeps the
+    residual stream's scale about constant across depth at the start of training.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
+    """Fixed sin-cos position embedding of an N-D patch grid (MAE, arXiv:2111.06377).
+
+    Each axis gets an equal share of the channels: sines and cosines of its integer
+    coordinate at frequencies 1 / 10000^(j / half). With 2 axes this is MAE's 2-D table
+    (up to the order of the axes); channels left over when ``dim`` is not a multiple
+    of 2 * len(grid) are zero.
+
+    Args:
+        grid: patches per axis, (g_0, ..., g_{n-1}).
+        dim: embedding width.
+    Returns:
+        (prod(grid), dim) float32, rows in the row-major token order of ``Patchify``.
+    """
+    half = dim // (2 * len(grid))  # frequencies per axis
+    if half < 1:
+        raise ValueError(f"dim {dim} is too small for sin-cos positions on a {len(grid)}-axis grid")
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)  # (half,)
+    coords = torch.meshgrid(*(torch.arange(g, dtype=torch.float64) for g in grid), indexing="ij")
+    parts = []
+    for c in coords:
+        angle = c.reshape(-1, 1) * omega  # (N, half)
+        parts += [angle.sin(), angle.cos()]
+    pe = torch.cat(parts, dim=1)  # (N, 2 * half * n)
+    return F.pad(pe, (0, dim - pe.shape[1])).float()
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). (B, N, D) -> (B, N, D).
+
+    Args:
+        dim: token width D, divisible by ``heads``.
+        heads: attention heads.
+        mlp_ratio: MLP hidden width / D.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        init_weights(self)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention (no mask) of already normalised tokens (B, N, D) -> (B, N, D)."""
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        # The fused kernel never materialises the (N, N) attention matrix per head.
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+@ENCODERS.register("vit")
+class ViT(nn.Module):
+    """Patches (B, C, *input_size) -> tokens (B, N, D), N = prod(input_size / patch).
+
+    Args:
+        size: preset "tiny" (192 wide, 12 layers, 3 heads), "small" (384, 12, 6) or "base" (768, 12, 12).
+        input_size: sizes of the patched axes: (H, W) for images, (F, T) for spectrograms,
+            (T, H, W) for video. Other sizes divisible by the patch also work: positions are the
+            fixed sin-cos table of whatever grid the input gives.
+        patch: patch size per axis, same length as ``input_size`` ((pt, ph, pw) tubelets for video).
+        channels: input channels C (3 for RGB, 1 for spectrograms).
+        dim, depth, heads: override the preset's width, number of blocks and heads.
+        mlp_ratio: MLP hidden width / dim.
+    """
+
+    def __init__(self, size: str = "tiny", input_size: Sequence[int] = (32, 32), patch: Sequence[int] = (4, 4),
+                 channels: int = 3, dim: int | None = None, depth: int | None = None, heads: int | None = None,
+                 mlp_ratio: float = 4.0):
+        super().__init__()
+        if size not in PRESETS:
+            raise ValueError(f"unknown ViT size {size!r}; known: {', '.join(PRESETS)}")
+        if len(input_size) != len(patch):
+            raise ValueError(f"input_size {list(input_size)} and patch {list(patch)} must have the same length")
+        p_dim, p_depth, p_heads = PRESETS[size]
+        dim = p_dim if dim is None else dim
+        depth = p_depth if depth is None else depth
+        heads = p_heads if heads is None else heads
+        self.patchify = Patchify(patch, channels)
+        self.grid = self.patchify.grid(input_size)
+        self.num_patches = math.prod(self.grid)
+        self.embed_dim = dim
+        self.patch_embed = nn.Linear(self.patchify.patch_dim, dim)
+        # A buffer, not a parameter: it is a function of the grid, so it is rebuilt rather than saved.
+        self.register_buffer("pos_embed", sincos_pos_embed(self.grid, dim)[None], persistent=False)  # (1, N, D)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        init_weights(self)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, *input_size) -> patch tokens plus positions (B, N, D), before any block."""
+        grid = self.patchify.grid(x.shape)
+        tokens = self.patch_embed(self.patchify.to_patches(x))  # (B, N, D)
+        if grid == self.grid:
+            return tokens + self.pos_embed.to(tokens.dtype)
+        # Another input size (e.g. SwAV's small local crops): the sin-cos table of its own grid,
+        # the same function of the patch position, so no learned table needs interpolating.
+        return tokens + sincos_pos_embed(grid, self.embed_dim).to(tokens.device, tokens.dtype)[None]
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Blocks and final norm on any subset of embedded tokens: (B, N', D) -> (B, N', D)."""
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, *input_size) -> tokens (B, N, D)."""
+        return self.forward_tokens(self.embed(x))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, D): the mean token, MAE's global pooling without a class token."""
+        return tokens.mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.forward_features(x))

@@ -1,0 +1,210 @@
+"""Patchify, ViT, ResNet and MAE: layouts, shapes, save/load, and the MAE loss against a plain reference."""
+import json
+import math
+
+import pytest
+import torch
+
+from mmssl import ENCODERS, OBJECTIVES, load_encoder, save_encoder
+from mmssl.encoders.patchify import Patchify
+from mmssl.encoders.vit import Block, sincos_pos_embed
+from mmssl.objectives.mae import MAE, random_masking
+
+TINY_VIT = {"dim": 32, "depth": 2, "heads": 4}
+
+
+# ---------------------------------------------------------------- patchify
+
+@pytest.mark.parametrize("shape, patch", [
+    ((2, 3, 8, 12), (4, 4)),        # image
+    ((2, 1, 16, 20), (4, 5)),       # spectrogram (B, 1, F, T)
+    ((2, 3, 4, 8, 8), (2, 4, 4)),   # video tubelets
+    ((2, 2, 30), (5,)),             # multi-channel waveform frames
+])
+def test_patchify_round_trip(shape, patch):
+    x = torch.randn(shape)
+    p = Patchify(patch, channels=shape[1])
+    grid = p.grid(shape[2:])
+    tokens = p.to_patches(x)
+    assert tokens.shape == (shape[0], math.prod(grid), p.patch_dim) and p.patch_dim == shape[1] * math.prod(patch)
+    assert torch.equal(p.from_patches(tokens, grid), x)
+
+
+def test_patchify_layout_and_mono_waveform():
+    x = torch.arange(2 * 3 * 4 * 4.0).reshape(2, 3, 4, 4)
+    tokens = Patchify((2, 2), 3).to_patches(x)
+    # token 1 is the top-right patch, values laid out (ph, pw, c) as in MAE
+    assert torch.equal(tokens[0, 1], x[0, :, 0:2, 2:4].permute(1, 2, 0).reshape(-1))
+    wav = torch.randn(3, 40)
+    p = Patchify([8], 1)  # a list, as the spec comes back from JSON
+    frames = p.to_patches(wav)
+    assert frames.shape == (3, 5, 8) and torch.equal(frames[1, 2], wav[1, 16:24])
+    assert torch.equal(p.from_patches(frames, p.grid(wav.shape)), wav[:, None])
+
+
+def test_patchify_rejects_indivisible_sizes():
+    with pytest.raises(ValueError, match="size 30 on patched axis 1 is not divisible by the patch size 4"):
+        Patchify((4, 4), 3).to_patches(torch.randn(1, 3, 32, 30))
+    with pytest.raises(ValueError, match="not divisible"):
+        ENCODERS.build("vit", input_size=[32, 30], patch=[4, 4], **TINY_VIT)
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        Patchify((4, 4), 3).to_patches(torch.randn(1, 1, 8, 8))
+
+
+# ---------------------------------------------------------------- ViT
+
+@pytest.mark.parametrize("kwargs, shape, n", [
+    ({}, (2, 3, 32, 32), 64),
+    ({"input_size": [64, 48], "patch": [16, 16], "channels": 1}, (2, 1, 64, 48), 12),
+    ({"input_size": [4, 16, 16], "patch": [2, 8, 8]}, (2, 3, 4, 16, 16), 8),
+])
+def test_vit_tokens(kwargs, shape, n):
+    vit = ENCODERS.build("vit", **kwargs, **TINY_VIT)
+    tokens = vit.forward_features(torch.randn(shape))
+    assert tokens.shape == (2, n, 32) and vit.num_patches == n and vit.embed_dim == 32
+    assert vit(torch.randn(shape)).shape == (2, 32)
+    # another input size gets the sin-cos positions of its own grid (SwAV's local crops)
+    bigger = vit.forward_features(torch.randn(*shape[:-1], shape[-1] * 2))
+    assert bigger.shape == (2, 2 * n, 32)
+
+
+def test_vit_presets_and_positions():
+    vit = ENCODERS.build("vit", size="small", depth=1)
+    assert (vit.embed_dim, len(vit.blocks), vit.blocks[0].heads) == (384, 1, 6)
+    pe = sincos_pos_embed((2, 3, 4), 32)  # 32 is not a multiple of 6: the last 2 channels stay zero
+    assert pe.shape == (24, 32) and len({tuple(r.tolist()) for r in pe}) == 24 and pe[:, 30:].abs().sum() == 0
+
+
+def test_sdpa_block_equals_plain_attention():
+    torch.manual_seed(0)
+    block = Block(dim=24, heads=3)
+    x = torch.randn(2, 7, 24)
+    q, k, v = block.qkv(x).reshape(2, 7, 3, 3, 8).permute(2, 0, 3, 1, 4)  # (B, h, N, d) each
+    attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)
+    ref = block.proj((attn @ v).transpose(1, 2).reshape(2, 7, 24))
+    torch.testing.assert_close(block.attention(x), ref, atol=1e-5, rtol=1e-5)
+    # pre-norm residual wiring, with the reference attention
+    xn = block.norm1(x)
+    q, k, v = block.qkv(xn).reshape(2, 7, 3, 3, 8).permute(2, 0, 3, 1, 4)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)
+    h = x + block.proj((attn @ v).transpose(1, 2).reshape(2, 7, 24))
+    torch.testing.assert_close(block(x), h + block.mlp(block.norm2(h)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("vit", {"input_size": [4, 16, 16], "patch": [2, 8, 8], **TINY_VIT}, (2, 3, 4, 16, 16)),
+    ("resnet", {"small_stem": True, "channels": 1}, (2, 1, 16, 16)),
+])
+def test_save_load_round_trip(tmp_path, name, kwargs, shape):
+    enc = ENCODERS.build(name, **kwargs).eval()
+    save_encoder(enc, tmp_path / "encoder", modality="test")
+    assert json.loads((tmp_path / "encoder" / "config.json").read_text())["encoder"]["name"] == name
+    loaded = load_encoder(tmp_path)
+    x = torch.randn(shape)
+    torch.testing.assert_close(loaded.forward_features(x), enc.forward_features(x))
+    assert loaded.meta["modality"] == "test"
+
+
+# ---------------------------------------------------------------- ResNet
+
+def test_resnet_small_stem_tokens():
+    enc = ENCODERS.build("resnet", arch="resnet18", small_stem=True, channels_last=True)
+    tokens = enc.forward_features(torch.randn(2, 3, 32, 32))
+    assert tokens.shape == (2, 16, 512) and enc.embed_dim == 512
+    torch.testing.assert_close(enc(torch.randn(2, 3, 32, 32)).shape, torch.Size([2, 512]))
+    assert ENCODERS.build("resnet").forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 4, 512)
+    with pytest.raises(ValueError, match="unknown ResNet arch"):
+        ENCODERS.build("resnet", arch="resnet7")
+
+
+# ---------------------------------------------------------------- MAE
+
+def tiny_mae(**kw):
+    vit = ENCODERS.build("vit", input_size=[16, 16], patch=[4, 4], **TINY_VIT)
+    return OBJECTIVES.build("mae", encoder=vit, decoder_dim=16, decoder_depth=1, decoder_heads=2, **kw)
+
+
+@pytest.mark.parametrize("n, ratio", [(16, 0.75), (10, 0.5), (7, 0.6), (64, 0.9)])
+def test_random_masking_keeps_round_n_and_restores(n, ratio):
+    tokens = torch.randn(3, n, 5)
+    visible, mask, ids_restore = random_masking(tokens, ratio)
+    keep = round(n * (1 - ratio))
+    assert visible.shape == (3, keep, 5) and torch.equal(mask.sum(1), torch.full((3,), float(n - keep)))
+    assert torch.equal(mask, (ids_restore >= keep).float())  # positions past `keep` in the shuffle are masked
+    ids_shuffle = torch.argsort(ids_restore, dim=1)
+    assert torch.equal(torch.gather(tokens, 1, ids_shuffle[:, :keep, None].expand(-1, -1, 5)), visible)
+    shuffled = torch.gather(tokens, 1, ids_shuffle[..., None].expand(-1, -1, 5))
+    assert torch.equal(torch.gather(shuffled, 1, ids_restore[..., None].expand(-1, -1, 5)), tokens)
+
+
+def test_tube_mask_is_constant_over_time():
+    vit = ENCODERS.build("vit", input_size=[6, 8, 8], patch=[2, 4, 4], **TINY_VIT)  # grid (3, 2, 2)
+    mae = OBJECTIVES.build("mae", encoder=vit, mask_ratio=0.6, masking="tube", decoder_dim=16, decoder_heads=2)
+    for _ in range(5):
+        visible, mask, _ = mae.mask(torch.randn(3, 12, 32))
+        per_time = mask.reshape(3, 3, 4)  # (B, t, h * w)
+        assert (per_time == per_time[:, :1]).all()
+        # round(4 * 0.4) = 2 whole tubes kept, not round(12 * 0.4) = 5 tokens
+        assert visible.shape == (3, 6, 32)
+    assert torch.isfinite(mae({"input": torch.randn(2, 3, 6, 8, 8)})["loss"])
+    with pytest.raises(ValueError, match="tube masking needs"):
+        tiny_mae(masking="tube")
+
+
+def test_mae_validates_arguments():
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \(0, 1\)"):
+        tiny_mae(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="masking must be"):
+        tiny_mae(masking="block")
+    with pytest.raises(ValueError, match="ResNet lacks patchify"):
+        MAE(ENCODERS.build("resnet"))
+
+
+def reference_mae_loss(x, pred, mask, p):
+    """Loop over samples and masked patches; a patch is x[:, i*p:(i+1)*p, j*p:(j+1)*p] laid out (p, p, c)."""
+    B, _, H, W = x.shape
+    losses = []
+    for b in range(B):
+        for i in range(H // p):
+            for j in range(W // p):
+                n = i * (W // p) + j
+                if mask[b, n] == 1:
+                    t = x[b, :, i * p:(i + 1) * p, j * p:(j + 1) * p].permute(1, 2, 0).reshape(-1)
+                    t = (t - t.mean()) / (t.var() + 1e-6) ** 0.5
+                    losses.append(((pred[b, n] - t) ** 2).mean())
+    return torch.stack(losses).mean()
+
+
+def test_mae_loss_matches_reference_and_every_parameter_learns():
+    torch.manual_seed(0)
+    mae = tiny_mae()
+    x = torch.randn(3, 3, 16, 16)
+    torch.manual_seed(1)
+    out = mae({"input": x})
+    torch.manual_seed(1)  # the same masks again
+    latent, mask, ids_restore = mae.forward_encoder(x)
+    pred = mae.forward_decoder(latent, ids_restore)
+    assert mask.sum() == 3 * 12 and latent.shape == (3, 4, 32)
+    torch.testing.assert_close(out["loss"], reference_mae_loss(x, pred, mask, 4))
+    assert 0 < out["std"] < 1
+    out["loss"].backward()
+    for name, param in mae.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
+    assert mae.export_encoder() is mae.encoder
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_reconstruct_keeps_visible_patches(norm_pix_loss):
+    mae = tiny_mae(norm_pix_loss=norm_pix_loss)
+    x = torch.randn(2, 3, 16, 16)
+    torch.manual_seed(3)
+    out = mae.reconstruct(x)
+    torch.manual_seed(3)
+    _, mask, _ = mae.forward_encoder(x)
+    assert all(v.shape == x.shape for v in out.values()) and out["original"] is x
+    patches = {k: mae.encoder.patchify.to_patches(v) for k, v in out.items()}
+    visible, masked = mask == 0, mask == 1
+    assert torch.equal(patches["reconstruction"][visible], patches["original"][visible])
+    assert torch.equal(patches["masked"][visible], patches["original"][visible])
+    assert patches["masked"][masked].abs().sum() == 0
+    assert not torch.equal(patches["reconstruction"][masked], patches["original"][masked])
