@@ -1,9 +1,13 @@
 """Pure loss functions. Each is tested against a loop-based reference written
-from its paper's pseudocode (tests/test_losses.py)."""
+from its paper's pseudocode (tests/test_losses.py, tests/test_losses_contrastive.py)."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
+
+from mmssl import dist
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -50,3 +54,121 @@ def cpc_info_nce(
     loss = -logits.log_softmax(dim=-1)[..., 0].mean(dim=1)
     acc = (logits.argmax(dim=-1) == 0).float().mean(dim=1)
     return loss, acc
+
+
+def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.1, return_accuracy: bool = False):
+    """NT-Xent, SimCLR's normalised temperature-scaled cross-entropy (arXiv:2002.05709).
+
+    Each of the 2B local embeddings is an anchor whose positive is the other view of
+    the same example; every other embedding of BOTH views on ALL processes is a
+    negative (2 * world * B - 2 of them). Candidates are gathered with gradients, so
+    the mean over local anchors, averaged across processes by DDP, equals one
+    process computing the loss on the global batch.
+
+    Args:
+        z0, z1: (B, D) the two views' embeddings on this process (normalised here).
+        temperature: cosine similarities are divided by it.
+        return_accuracy: also return how often the positive scores highest.
+    Returns: the mean loss over the 2B local anchors (scalar), and with
+        ``return_accuracy`` a detached accuracy (scalar) as well.
+    """
+    if z0.shape != z1.shape or z0.dim() != 2:
+        raise ValueError(f"nt_xent expects two (B, D) tensors of one shape, "
+                         f"got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, not {temperature}")
+    B, world = z0.shape[0], dist.world_size()
+    z0, z1 = F.normalize(z0, dim=-1), F.normalize(z1, dim=-1)
+    anchors = torch.cat([z0, z1])  # (2B, D)
+    # (2 * world * B, D): view 0 of every process's examples, then view 1
+    candidates = torch.cat([dist.all_gather(z0), dist.all_gather(z1)])
+    i = torch.arange(B, device=z0.device) + dist.rank() * B  # global index of each local example
+    self_index = torch.cat([i, i + world * B])  # where each anchor sits among the candidates
+    pos_index = torch.cat([i + world * B, i])
+    logits = _at_least_fp32(anchors @ candidates.t()) / temperature  # (2B, 2 * world * B)
+    # An anchor is never its own candidate; indexing, not a (2B, 2 * world * B) mask, keeps memory at O(B).
+    logits[torch.arange(2 * B, device=z0.device), self_index] = float("-inf")
+    loss = F.cross_entropy(logits, pos_index)
+    if not return_accuracy:
+        return loss
+    acc = (logits.detach().argmax(dim=1) == pos_index).float().mean()
+    return loss, acc
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, z) = -cos(p, stop_grad(z)) (arXiv:2011.10566).
+
+    Args:
+        p: (B, D) predictions; z: (B, D) targets, which receive no gradient.
+    Returns: the mean over the batch (scalar), in [-1, 1].
+    """
+    if p.shape != z.shape:
+        raise ValueError(f"p and z must have one shape, got {tuple(p.shape)} and {tuple(z.shape)}")
+    p, z = _at_least_fp32(p), _at_least_fp32(z.detach())
+    return -(F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(dim=-1).mean()
+
+
+def _logsumexp_over_samples(x: torch.Tensor) -> torch.Tensor:
+    """log sum exp of ``x`` (B, K) over the samples (rows) of all processes: (1, K)."""
+    m = dist.all_gather_nograd(x.amax(dim=0, keepdim=True)).amax(dim=0, keepdim=True)  # one max for all processes
+    return dist.all_reduce_sum(torch.exp(x - m).sum(dim=0, keepdim=True)).log() + m
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """Equipartitioned soft assignments of samples to prototypes (SwAV, arXiv:2006.09882, Alg. 1).
+
+    Q = exp(scores / eps) is scaled alternately so that every prototype gets the
+    same total mass and every sample a total mass of 1. Sums over samples cover
+    the samples of ALL processes, so the result equals one process running on
+    the global batch. The scaling runs on log Q, every sum shifted by its max,
+    so no score overflows or underflows exp (Alg. 1's first division by the
+    total of Q only shifts log Q by a constant, which the next step removes).
+
+    Args:
+        scores: (B, K) prototype scores of this process's samples (no gradient flows).
+        eps: entropy regularisation; smaller gives harder assignments.
+        iters: number of (prototype, sample) normalisation rounds.
+    Returns: (B, K) assignments in at least fp32, each row summing to 1.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"sinkhorn expects (B, K) scores, got shape {tuple(scores.shape)}")
+    if eps <= 0 or iters < 1:
+        raise ValueError(f"sinkhorn needs eps > 0 and iters >= 1, got eps={eps}, iters={iters}")
+    log_q = _at_least_fp32(scores.detach()) / eps  # (B, K)
+    B, K = log_q.shape
+    log_k, log_b = math.log(K), math.log(B * dist.world_size())
+    for _ in range(iters):
+        log_q = log_q - _logsumexp_over_samples(log_q) - log_k  # each prototype: mass 1/K
+        log_q = log_q - log_q.logsumexp(dim=1, keepdim=True) - log_b  # each sample: mass 1/B_total
+    return torch.exp(log_q + log_b)
+
+
+def swav_loss(scores: list[torch.Tensor], assignments: list[torch.Tensor], temperature: float = 0.1,
+              global_crops: int = 2) -> torch.Tensor:
+    """SwAV's swapped prediction (arXiv:2006.09882).
+
+    The assignment q_i of each global crop i is predicted from every other crop j:
+    -sum_k q_i[k] log softmax(scores_j / T)[k], averaged over the batch and the
+    global_crops * (n_crops - 1) pairs.
+
+    Args:
+        scores: n_crops tensors (B, K), prototype scores of each crop (global crops first).
+        assignments: global_crops tensors (B, K), the (Sinkhorn) codes of the global crops.
+        temperature: softmax temperature of the predictions.
+        global_crops: how many leading crops have assignments.
+    Returns: the mean loss (scalar).
+    """
+    if global_crops < 1 or len(assignments) != global_crops or len(scores) < max(2, global_crops):
+        raise ValueError(f"swav_loss needs {global_crops} assignments and more than one crop, "
+                         f"got {len(assignments)} assignments and {len(scores)} crops")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, not {temperature}")
+    log_p = [F.log_softmax(_at_least_fp32(s) / temperature, dim=-1) for s in scores]
+    total, pairs = 0.0, 0
+    for i, q in enumerate(assignments):
+        for j, lp in enumerate(log_p):
+            if j != i:
+                total = total - (q.detach() * lp).sum(dim=-1).mean()
+                pairs += 1
+    return total / pairs

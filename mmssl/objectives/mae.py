@@ -1,0 +1,146 @@
+"""Masked autoencoder (He et al., arXiv:2111.06377).
+
+Most patch tokens are dropped at random (argsort of uniform noise), the
+encoder runs on the visible ones only, and a light decoder fills the rest
+with a learned mask token, adds positions and predicts every patch's values;
+the loss is the squared error on the masked patches, against targets
+normalised per patch. ``masking="tube"`` masks the same spatial positions at
+every time index of a (t, h, w) grid (VideoMAE, arXiv:2203.12602), so a
+masked patch cannot be copied from its neighbour in time.
+
+The encoder must expose the hooks of ``mmssl.encoders.vit.ViT``: ``patchify``,
+``grid``, ``num_patches``, ``embed`` and ``forward_tokens``.
+"""
+from __future__ import annotations
+
+import torch
+from einops import repeat
+from torch import nn
+
+from mmssl.encoders.vit import Block, init_weights, sincos_pos_embed
+from mmssl.objectives.heads import embedding_std
+from mmssl.registry import OBJECTIVES
+
+HOOKS = ("patchify", "grid", "num_patches", "embed", "forward_tokens")
+
+
+def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | None = None):
+    """Keep the round(N * (1 - ratio)) tokens with the smallest noise, in noise order.
+
+    Args:
+        tokens: (B, N, D).
+        ratio: fraction of tokens masked.
+        noise: (B, N) scores; uniform from the global RNG when None.
+    Returns:
+        visible (B, N_keep, D); mask (B, N), 1 = masked, in the original order;
+        ids_restore (B, N), the permutation that undoes the shuffle.
+    """
+    B, N, D = tokens.shape
+    if noise is None:
+        noise = torch.rand(B, N, device=tokens.device)
+    keep = round(N * (1 - ratio))
+    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the first `keep` are kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    visible = torch.gather(tokens, 1, ids_shuffle[:, :keep, None].expand(-1, -1, D))
+    mask = torch.ones(B, N, device=tokens.device)
+    mask[:, :keep] = 0
+    return visible, torch.gather(mask, 1, ids_restore), ids_restore
+
+
+@OBJECTIVES.register("mae")
+class MAE(nn.Module):
+    def __init__(self, encoder: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128, decoder_depth: int = 2,
+                 decoder_heads: int = 4, norm_pix_loss: bool = True, masking: str = "random"):
+        """
+        Args:
+            encoder: a ViT-like encoder with the hooks in ``HOOKS``.
+            mask_ratio: fraction of patches masked, in (0, 1).
+            decoder_dim, decoder_depth, decoder_heads: width, blocks and heads of the decoder.
+            norm_pix_loss: targets are each patch's values normalised by its own mean and std.
+            masking: "random" (per token) or "tube" (per spatial position, over a (t, h, w) grid).
+        """
+        super().__init__()
+        if not 0 < mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), not {mask_ratio}")
+        if masking not in ("random", "tube"):
+            raise ValueError(f"masking must be 'random' or 'tube', not {masking!r}")
+        missing = [h for h in HOOKS if not hasattr(encoder, h)]
+        if missing:
+            raise ValueError(f"MAE needs an encoder with {', '.join(HOOKS)} (e.g. 'vit'); "
+                             f"{type(encoder).__name__} lacks {', '.join(missing)}")
+        if masking == "tube" and len(encoder.grid) != 3:
+            raise ValueError(f"tube masking needs a (t, h, w) patch grid, the encoder has {list(encoder.grid)}")
+        self.encoder = encoder
+        self.mask_ratio, self.norm_pix_loss, self.masking = mask_ratio, norm_pix_loss, masking
+        self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(encoder.grid, decoder_dim)[None],
+                             persistent=False)  # (1, N, Dd)
+        self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(decoder_dim, encoder.patchify.patch_dim)
+        init_weights(self.decoder_embed)
+        init_weights(self.decoder_pred)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def mask(self, tokens: torch.Tensor):
+        """``random_masking`` with this objective's ratio and noise: (B, N, D) -> visible, mask, ids_restore."""
+        if self.masking == "random":
+            return random_masking(tokens, self.mask_ratio)
+        t, h, w = self.encoder.grid
+        spatial = torch.rand(tokens.shape[0], h * w, device=tokens.device)
+        # Equal noise for a position at every t, and a number kept that is a multiple of t,
+        # so whole tubes are kept or dropped.
+        keep = round(h * w * (1 - self.mask_ratio))
+        return random_masking(tokens, 1 - keep / (h * w), repeat(spatial, "b s -> b (t s)", t=t))
+
+    def forward_encoder(self, x: torch.Tensor):
+        """x -> latent (B, N_keep, D) of the visible tokens, mask (B, N), ids_restore (B, N)."""
+        visible, mask, ids_restore = self.mask(self.encoder.embed(x))
+        return self.encoder.forward_tokens(visible), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent (B, N_keep, D) -> predicted patches (B, N, patch_dim) in the original token order."""
+        y = self.decoder_embed(latent)  # (B, N_keep, Dd)
+        B, N = ids_restore.shape
+        y = torch.cat([y, self.mask_token.to(y.dtype).expand(B, N - y.shape[1], -1)], dim=1)  # (B, N, Dd) shuffled
+        y = torch.gather(y, 1, ids_restore[..., None].expand(-1, -1, y.shape[2]))  # (B, N, Dd) unshuffled
+        y = y + self.decoder_pos_embed.to(y.dtype)
+        for block in self.decoder_blocks:
+            y = block(y)
+        return self.decoder_pred(self.decoder_norm(y))
+
+    @staticmethod
+    def patch_stats(patches: torch.Tensor):
+        """Per-patch mean and std (B, N, 1) of (B, N, P); unbiased variance + 1e-6, as the MAE code."""
+        var, mean = torch.var_mean(patches, dim=-1, keepdim=True)
+        return mean, (var + 1e-6).sqrt()
+
+    def forward(self, batch: dict) -> dict:
+        x = batch["input"]  # (B, C, H, W), (B, 1, F, T) or (B, C, T, H, W)
+        latent, mask, ids_restore = self.forward_encoder(x)
+        pred = self.forward_decoder(latent, ids_restore)  # (B, N, P)
+        target = self.encoder.patchify.to_patches(x)  # (B, N, P)
+        if self.norm_pix_loss:
+            mean, std = self.patch_stats(target)
+            target = (target - mean) / std
+        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N)
+        loss = (per_patch * mask).sum() / mask.sum()
+        return {"loss": loss, "std": embedding_std(self.encoder.pool(latent))}
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> dict:
+        """For plots: x, x with the masked patches zeroed, and x with them predicted; all shaped like x."""
+        latent, mask, ids_restore = self.forward_encoder(x)
+        pred = self.forward_decoder(latent, ids_restore).to(x.dtype)
+        patches = self.encoder.patchify.to_patches(x)
+        if self.norm_pix_loss:  # back to pixel units with each patch's own statistics
+            mean, std = self.patch_stats(patches)
+            pred = pred * std + mean
+        masked = mask[..., None].bool()  # (B, N, 1)
+        unpatch, grid = self.encoder.patchify.from_patches, self.encoder.grid
+        return {"original": x, "masked": unpatch(patches.masked_fill(masked, 0), grid),
+                "reconstruction": unpatch(torch.where(masked, pred, patches), grid)}
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder

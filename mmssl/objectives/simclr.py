@@ -1,0 +1,43 @@
+"""SimCLR (Chen et al., arXiv:2002.05709).
+
+Two augmented views of each example go through one encoder and an MLP
+projector; NT-Xent makes each embedding pick its other view out of all
+embeddings of the global batch, gathered from every process with gradients.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmssl.losses import nt_xent
+from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
+from mmssl.registry import OBJECTIVES
+
+
+@OBJECTIVES.register("simclr")
+class SimCLR(nn.Module):
+    def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, temperature: float = 0.1,
+                 projector_bn: bool = True):
+        """
+        Args:
+            encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.
+            proj_hidden, proj_dim: widths of the 2-layer projector g(h).
+            temperature: NT-Xent temperature tau.
+            projector_bn: BatchNorm in the projector's hidden layer, as the paper's code.
+        """
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, not {temperature}")
+        self.encoder = encoder
+        self.projector = mlp(encoder.embed_dim, proj_hidden, proj_dim, layers=2, batch_norm=projector_bn)
+        self.temperature = temperature
+
+    def forward(self, batch: dict) -> dict:
+        """batch["views"] = [x0, x1], each (B, ...). Returns loss, acc (of the positive) and std."""
+        h0, h1 = encode_views(self.encoder, views_of(batch, "simclr"))  # (B, D) each
+        z0, z1 = self.projector(torch.cat([h0, h1])).chunk(2)  # (B, proj_dim) each
+        loss, acc = nt_xent(z0, z1, self.temperature, return_accuracy=True)
+        return {"loss": loss, "acc": acc, "std": embedding_std(z0)}
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder

@@ -1,0 +1,104 @@
+"""Two processes (gloo) give what one process gives on the same global batch:
+SimCLR's and SwAV's loss and (DDP-averaged) gradients, and MoCo's queue.
+
+BatchNorm statistics are per process on CPU (SyncBatchNorm has no CPU kernel),
+so the projectors here are built without BatchNorm; the encoder has none."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from mmssl.objectives.moco import MoCo
+from mmssl.objectives.simclr import SimCLR
+from mmssl.objectives.swav import SwAV
+
+GLOBAL_BATCH = 8
+
+
+class TinyEncoder(nn.Module):
+    """Any input (B, ...) -> flatten -> chunks of 16 values -> Linear -> tokens (B, N, D); no BatchNorm."""
+
+    def __init__(self, dim: int = 12, chunk: int = 16):
+        super().__init__()
+        self.chunk, self.embed_dim = chunk, dim
+        self.proj = nn.Linear(chunk, dim)
+
+    def forward_features(self, x):
+        return torch.tanh(self.proj(x.flatten(1).unflatten(1, (-1, self.chunk))))  # (B, N, D)
+
+    def pool(self, tokens):
+        return tokens.mean(dim=1)
+
+
+def make(name):
+    torch.manual_seed(0)
+    if name == "simclr":
+        return SimCLR(TinyEncoder(), 32, 16, temperature=0.5, projector_bn=False)
+    if name == "swav":
+        return SwAV(TinyEncoder(), 32, 16, num_prototypes=6, projector_bn=False)
+    return MoCo(TinyEncoder(), 32, 16, queue_size=3 * GLOBAL_BATCH)
+
+
+def views(name):
+    """Global-batch views; SwAV also gets two smaller local crops."""
+    g = torch.Generator().manual_seed(1)
+    sizes = [8, 8, 4, 4] if name == "swav" else [8, 8]
+    return [torch.randn(GLOBAL_BATCH, 3, s, s, generator=g) for s in sizes]
+
+
+def run(name, rank=0, world=1):
+    """Loss, gradients and (MoCo) queue after one step on this process's slice of the global batch."""
+    objective = make(name)
+    local = [v.chunk(world)[rank] for v in views(name)]
+    out = objective({"views": local})
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in objective.named_parameters() if p.requires_grad}
+    queue = None
+    if name == "moco":
+        objective.after_step(1, 10)
+        queue = (objective.queue.clone(), int(objective.queue_ptr))
+    return out["loss"].detach(), grads, queue
+
+
+def _worker(rank, world, port, path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    results = {}
+    for name in ("simclr", "swav", "moco"):
+        loss, grads, queue = run(name, rank, world)
+        # What DDP does: average the parameter gradients and (for reporting) the loss.
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world
+        dist.all_reduce(loss)
+        results[name] = (loss / world, grads, queue)
+    torch.save(results, f"{path}.{rank}")
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    path = str(tmp_path / "two")
+    mp.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    ranks = [torch.load(f"{path}.{r}") for r in range(2)]
+    for name in ("simclr", "swav", "moco"):
+        one_loss, one_grads, one_queue = run(name)
+        for two_loss, two_grads, two_queue in (r[name] for r in ranks):
+            torch.testing.assert_close(two_loss, one_loss, rtol=1e-5, atol=1e-6, msg=name)
+            assert two_grads.keys() == one_grads.keys()
+            for n, g in one_grads.items():
+                torch.testing.assert_close(two_grads[n], g, rtol=1e-4, atol=1e-6, msg=f"{name} {n}")
+        if name == "moco":
+            # every process's queue holds the keys of both processes, in global-batch order
+            for two_queue in (r[name][2] for r in ranks):
+                assert two_queue[1] == one_queue[1] == GLOBAL_BATCH
+                torch.testing.assert_close(two_queue[0], one_queue[0], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,194 @@
+"""Instance-contrastive objectives: gradients reach what they should, and state
+(queues, EMA targets, prototypes) changes once per optimizer step, in after_step."""
+import pytest
+import torch
+from torch import nn
+
+from mmssl.objectives.byol import BYOL
+from mmssl.objectives.moco import MoCo
+from mmssl.objectives.rotnet import RotNet
+from mmssl.objectives.simclr import SimCLR
+from mmssl.objectives.simsiam import SimSiam
+from mmssl.objectives.swav import SwAV
+
+B = 8
+
+
+class TinyEncoder(nn.Module):
+    """Any input (B, ...) -> flatten -> chunks of 16 values -> Linear -> tokens (B, N, D); no BatchNorm."""
+
+    def __init__(self, dim: int = 12, chunk: int = 16):
+        super().__init__()
+        self.chunk, self.embed_dim = chunk, dim
+        self.proj = nn.Linear(chunk, dim)
+
+    def forward_features(self, x):
+        return torch.tanh(self.proj(x.flatten(1).unflatten(1, (-1, self.chunk))))  # (B, N, D)
+
+    def pool(self, tokens):
+        return tokens.mean(dim=1)
+
+
+def images(n=B, size=8, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def two_views(seed=0):
+    x = images(seed=seed)
+    return {"views": [x + 0.1 * images(seed=seed + 100), x + 0.1 * images(seed=seed + 200)], "label": torch.zeros(B)}
+
+
+BUILDERS = {
+    "simclr": (lambda: SimCLR(TinyEncoder(), 32, 16), two_views),
+    "simclr_audio": (lambda: SimCLR(TinyEncoder(), 32, 16),
+                     lambda: {"views": [torch.randn(B, 64), torch.randn(B, 64)]}),  # waveforms (B, L)
+    "moco": (lambda: MoCo(TinyEncoder(), 32, 16, queue_size=20), two_views),
+    "moco_symmetric": (lambda: MoCo(TinyEncoder(), 32, 16, queue_size=20, symmetric=True), two_views),
+    "byol": (lambda: BYOL(TinyEncoder(), 32, 16, 24), two_views),
+    "simsiam": (lambda: SimSiam(TinyEncoder(), 16, 8), two_views),
+    "swav": (lambda: SwAV(TinyEncoder(), 32, 16, num_prototypes=10),
+             lambda: {"views": [images(), images(seed=1), images(size=4, seed=2), images(size=4, seed=3)]}),
+    "rotnet": (lambda: RotNet(TinyEncoder()), lambda: {"input": images(), "label": torch.zeros(B)}),
+}
+TARGETS = ("momentum_encoder", "momentum_projector", "target_encoder", "target_projector")
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_objective_gradients_reach_online_parameters_only(name):
+    build, batch = BUILDERS[name]
+    torch.manual_seed(0)
+    objective = build()
+    out = objective(batch())
+    assert torch.isfinite(out["loss"]) and out["loss"].dim() == 0
+    assert "std" in out and 0 < out["std"].item() < 1
+    for key, value in out.items():
+        assert value.dim() == 0 and (key == "loss" or not value.requires_grad), key
+    out["loss"].backward()
+    for n, p in objective.named_parameters():
+        if n.split(".")[0] in TARGETS:
+            assert not p.requires_grad and p.grad is None, n
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+    assert objective.export_encoder() is objective.encoder
+
+
+def micro_step(objective, batches, opt):
+    """Gradient accumulation: a forward/backward per micro-batch, then one optimizer step."""
+    opt.zero_grad()
+    for batch in batches:
+        (objective(batch)["loss"] / len(batches)).backward()
+    opt.step()
+
+
+def params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_moco_enqueues_every_micro_batch_and_updates_once():
+    torch.manual_seed(0)
+    moco = MoCo(TinyEncoder(), 32, 16, queue_size=20, momentum=0.9)
+    opt = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.5)
+    queue, target = moco.queue.clone(), params(moco.momentum_encoder) + params(moco.momentum_projector)
+    batches = [two_views(seed=0), two_views(seed=1)]
+    with torch.no_grad():  # the keys the momentum network gives before its update
+        keys = [moco._keys([b["views"][1]])[0] for b in batches]
+    micro_step(moco, batches, opt)
+    # forward changed nothing: the queue waits for after_step
+    torch.testing.assert_close(moco.queue, queue)
+    assert int(moco.queue_ptr) == 0
+    moco.after_step(1, 10)
+    assert int(moco.queue_ptr) == 2 * B
+    torch.testing.assert_close(moco.queue[: 2 * B], torch.cat(keys))
+    torch.testing.assert_close(moco.queue[2 * B:], queue[2 * B:])
+    online = params(moco.encoder) + params(moco.projector)
+    for new, old, o in zip(params(moco.momentum_encoder) + params(moco.momentum_projector), target, online):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * o)
+    moco.after_step(2, 10)  # nothing pending: the queue stays
+    assert int(moco.queue_ptr) == 2 * B
+    moco.eval()
+    moco(batches[0])  # evaluation forwards do not feed the queue
+    assert not moco._pending
+
+
+def test_moco_queue_wraps_around():
+    moco = MoCo(TinyEncoder(), 32, 4, queue_size=10)
+    keys = torch.arange(12.0)[:, None].expand(12, 4)
+    moco.queue_ptr.fill_(8)
+    moco._enqueue(keys[:4])  # positions 8, 9, 0, 1
+    assert int(moco.queue_ptr) == 2
+    assert moco.queue[[8, 9, 0, 1], 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    moco._enqueue(keys)  # more keys than slots: the newest 10 survive, key j at slot (2 + j) % 10
+    assert int(moco.queue_ptr) == 4
+    assert moco.queue[:, 0].tolist() == [8.0, 9.0, 10.0, 11.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+
+
+def test_byol_momentum_schedule_and_single_ema_update():
+    torch.manual_seed(0)
+    byol = BYOL(TinyEncoder(), 32, 16, 24, base_momentum=0.9)
+    assert byol.momentum_at(0, 100) == pytest.approx(0.9)
+    assert byol.momentum_at(50, 100) == pytest.approx(0.95)
+    assert byol.momentum_at(100, 100) == pytest.approx(1.0)
+    assert byol.momentum_at(25, 100) == pytest.approx(1 - 0.1 * (2 ** -0.5 + 1) / 2)
+    opt = torch.optim.SGD([p for p in byol.parameters() if p.requires_grad], lr=0.5)
+    target = params(byol.target_encoder) + params(byol.target_projector)
+    micro_step(byol, [two_views(seed=0), two_views(seed=1)], opt)
+    for new, old in zip(params(byol.target_encoder) + params(byol.target_projector), target):
+        torch.testing.assert_close(new, old)  # forward leaves the target alone
+    byol.after_step(25, 100)
+    tau = byol.momentum_at(25, 100)
+    online = params(byol.encoder) + params(byol.projector)
+    for new, old, o in zip(params(byol.target_encoder) + params(byol.target_projector), target, online):
+        torch.testing.assert_close(new, tau * old + (1 - tau) * o)
+
+
+def test_swav_prototypes_unit_norm_after_step_and_freeze():
+    torch.manual_seed(0)
+    _, batch = BUILDERS["swav"]
+    swav = SwAV(TinyEncoder(), 32, 16, num_prototypes=10, freeze_prototypes_steps=1)
+    torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(10))
+    opt = torch.optim.SGD(swav.parameters(), lr=5.0)
+    micro_step(swav, [batch()], opt)
+    assert swav.prototypes.weight.grad.abs().sum() == 0  # frozen during the first optimizer step
+    swav.after_step(1, 10)
+    micro_step(swav, [batch()], opt)
+    assert swav.prototypes.weight.grad.abs().sum() > 0
+    assert not torch.allclose(swav.prototypes.weight.norm(dim=1), torch.ones(10))
+    swav.after_step(2, 10)
+    torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(10))
+    assert int(swav.steps_done) == 2 and "steps_done" in swav.state_dict()
+
+
+def test_rotnet_rotation_layout_and_labels():
+    rotnet = RotNet(TinyEncoder())
+    x = images(n=3)
+    rotated, labels = rotnet.rotate(x)
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    for r in range(4):
+        torch.testing.assert_close(rotated[3 * r: 3 * r + 3], torch.rot90(x, r, dims=(2, 3)))
+    # An image turned by 90 degrees first: its rotation r is the original's rotation r + 1.
+    turned, _ = rotnet.rotate(torch.rot90(x, 1, dims=(2, 3)))
+    for r in range(4):
+        torch.testing.assert_close(turned[3 * r: 3 * r + 3], rotated[3 * ((r + 1) % 4): 3 * ((r + 1) % 4) + 3])
+    with pytest.raises(ValueError, match="square"):
+        rotnet({"input": torch.randn(2, 3, 8, 4)})
+    with pytest.raises(ValueError, match="images"):
+        rotnet({"input": torch.randn(2, 64)})
+
+
+def test_bad_arguments_are_value_errors():
+    with pytest.raises(ValueError, match="views"):
+        SimCLR(TinyEncoder(), 32, 16)({"input": images()})
+    with pytest.raises(ValueError, match="2 views"):
+        BYOL(TinyEncoder(), 32, 16, 24)({"views": [images()] * 3})
+    with pytest.raises(ValueError, match="batch size"):
+        SimSiam(TinyEncoder(), 16, 8)({"views": [images(), images(n=4)]})
+    with pytest.raises(ValueError):
+        SimCLR(TinyEncoder(), temperature=0)
+    with pytest.raises(ValueError):
+        MoCo(TinyEncoder(), queue_size=0)
+    with pytest.raises(ValueError):
+        BYOL(TinyEncoder(), base_momentum=1.5)
+    with pytest.raises(ValueError):
+        SwAV(TinyEncoder(), num_prototypes=1)
+    with pytest.raises(ValueError):
+        RotNet(TinyEncoder(), num_classes=3)
