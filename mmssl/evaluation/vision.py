@@ -1,0 +1,177 @@
+"""Image probes on frozen features, and an optional end-to-end fine-tuning protocol.
+
+Frozen features are scored with the weighted kNN of Wu et al. (arXiv:1805.01978) at k = 20 and
+200, as solo-learn and DINO (arXiv:2104.14294) report it, and with a linear probe; raw pixels
+and the majority class are the floors an encoder must beat. ``finetune`` is the end-to-end
+protocol of MAE (arXiv:2111.06377, section 4) without its extras (layer-wise decay, mixup).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmssl.evaluation.audio import majority
+from mmssl.evaluation.knn import extract_features, knn_classify, pixels
+from mmssl.evaluation.linear import linear_probe
+
+PIXEL_SIZE = 32  # raw pixels are averaged down to at most 32 x 32 (3,072 dims: CIFAR's own size)
+
+
+class RandomSubset:
+    """A fixed random subset of a source, in the source's order. Image folders list items class by
+    class, so the first max_items would cover only the first classes."""
+
+    def __init__(self, source: Any, max_items: int | None, seed: int = 0):
+        self.source, self.name, self.vocab = source, getattr(source, "name", None), getattr(source, "vocab", None)
+        n = len(source)
+        if max_items is None or max_items >= n:
+            self.indices = list(range(n))
+        else:
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_items]
+            self.indices = pick.sort().values.tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[self.indices[i]]
+
+
+def image_probes(
+    encoders: dict[str, nn.Module],
+    train: Any,
+    test: Any,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    ks: Sequence[int] = (20, 200),
+    linear: bool = True,
+    max_train: int | None = None,
+    max_test: int | None = None,
+) -> dict[str, Any]:
+    """kNN and linear probes of each encoder's pooled features, beside raw pixels.
+
+    Args:
+        encoders: name -> encoder (``forward_features`` / ``pool``); run frozen, in eval mode.
+        train, test: labelled image sources; items labelled -1 are left out of both.
+        transform: deterministic view, uint8 (3, H, W) -> float (3, S, S).
+        max_train, max_test: a fixed random subset of at most this many items of each split.
+    Returns:
+        {"train": name, "test": name, "num_train": n, "num_test": m,
+         "knn": {column: {k: accuracy}}, "linear": {column: accuracy} (when linear=True),
+         "majority": accuracy, "table": str}; columns are the encoder names and "pixels".
+    """
+    train_src, test_src = RandomSubset(train, max_train), RandomSubset(test, max_test)
+    report: dict[str, Any] = {"train": getattr(train, "name", None) or "train", "test": getattr(test, "name", None) or "test"}
+    featurizers: dict[str, Callable[[Any], tuple[torch.Tensor, torch.Tensor]]] = {
+        name: (lambda src, enc=enc: extract_features(enc, src, transform)) for name, enc in encoders.items()
+    }
+    featurizers["pixels"] = lambda src: pixels(src, transform, size=PIXEL_SIZE)
+    vocab = getattr(train, "vocab", None)
+    for name, featurize in featurizers.items():
+        train_x, train_y = featurize(train_src)
+        test_x, test_y = featurize(test_src)
+        train_x, train_y = train_x[train_y >= 0], train_y[train_y >= 0]
+        test_x, test_y = test_x[test_y >= 0], test_y[test_y >= 0]
+        report["num_train"], report["num_test"] = len(train_y), len(test_y)
+        if not len(train_y) or not len(test_y):
+            break  # labels are a property of the data, so no other column can be scored either
+        num_classes = len(vocab) if vocab else int(max(train_y.max(), test_y.max())) + 1
+        report.setdefault("knn", {})[name] = knn_classify(train_x, train_y, test_x, test_y, ks, num_classes=num_classes)
+        if linear:
+            res = linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes)
+            report.setdefault("linear", {})[name] = res["accuracy"]
+        report["majority"] = majority(test_y)
+    report["table"] = format_table(report, list(featurizers), ks)
+    return report
+
+
+def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) -> str:
+    """Rows: kNN per k, then linear; columns: ``names`` then majority. Accuracies in %."""
+    if "knn" not in report:
+        return (f"no labelled images in train {report['train']} ({report['num_train']}) or test "
+                f"{report['test']} ({report['num_test']}): nothing to probe (pass --label-column)")
+    width = max(10, *(len(n) + 2 for n in names))
+    lines = [f"frozen features, accuracy % (train {report['train']}: {report['num_train']} images -> "
+             f"test {report['test']}: {report['num_test']} images)"]
+    lines.append(f"{'probe':<18}" + "".join(f"{n:>{width}}" for n in names) + f"{'majority':>{width}}")
+    rows = []
+    for k in ks:
+        # Say so when k covers the whole train set: the vote is then over every training image.
+        label = f"knn k={k}" + (f" (={report['num_train']})" if k > report["num_train"] else "")
+        rows.append((label, {n: report["knn"][n][k] for n in names}))
+    if "linear" in report:
+        rows.append(("linear", report["linear"]))
+    for label, accs in rows:
+        cells = "".join(f"{100 * accs[n]:>{width}.1f}" for n in names)
+        lines.append(f"{label:<18}{cells}{100 * report['majority']:>{width}.1f}")
+    return "\n".join(lines)
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def finetune(
+    encoder: nn.Module,
+    train: Any,
+    test: Any,
+    transform_train: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    transform_eval: Callable[[torch.Tensor], torch.Tensor],
+    num_classes: int,
+    steps: int = 1000,
+    lr: float = 1e-4,
+    batch_size: int = 64,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    max_test: int | None = None,
+) -> dict[str, float]:
+    """Fine-tune a copy of ``encoder`` with a linear head on pooled features, score on ``test``.
+
+    AdamW on every parameter, lr warm-up over the first 10% of steps then cosine decay; the
+    batches walk seeded permutations of ``train`` and each view is transform_train(img, gen)
+    with one seeded generator, so a run is repeatable. Unlabelled items (-1) are ignored by the
+    loss. The caller's encoder is left untouched.
+    Returns {"accuracy": test accuracy, "train_loss": loss of the last step}.
+    """
+    if steps < 1 or batch_size < 1 or num_classes < 2:
+        raise ValueError(f"need steps >= 1, batch_size >= 1 and num_classes >= 2, got {steps}, {batch_size}, {num_classes}")
+    model = copy.deepcopy(encoder).train()
+    device = next(model.parameters()).device
+    head = nn.Linear(model.embed_dim, num_classes).to(device)
+    # A zero head starts at uniform predictions, so the first steps do not push random
+    # gradients into the pre-trained encoder.
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    order, pos, loss = torch.randperm(len(train), generator=gen), 0, torch.tensor(float("nan"))
+    for step in range(steps):
+        if pos + batch_size > len(order):
+            order, pos = torch.randperm(len(train), generator=gen), 0
+        items = [train[int(i)] for i in order[pos : pos + batch_size]]
+        pos += batch_size
+        x = torch.stack([transform_train(it["image"], gen) for it in items]).to(device)  # (b, 3, S, S)
+        y = torch.tensor([int(it["label"]) for it in items], device=device)
+        if not (y >= 0).any():
+            continue  # cross-entropy over no labelled items is NaN
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, max(1, steps // 10))
+        loss = F.cross_entropy(head(model.pool(model.forward_features(x))), y, ignore_index=-1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    feats, labels = extract_features(model, RandomSubset(test, max_test), transform_eval)
+    keep = labels >= 0
+    if not keep.any():
+        raise ValueError("the test set has no labelled items to score")
+    with torch.no_grad():
+        pred = head(feats[keep].to(device)).argmax(1).cpu()
+    return {"accuracy": (pred == labels[keep]).float().mean().item(), "train_loss": loss.item()}

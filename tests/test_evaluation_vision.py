@@ -1,0 +1,241 @@
+"""kNN against a plain loop, feature extraction, image probes, fine-tuning, and the plots."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from mmssl.evaluation.knn import extract_features, knn_classify, knn_predict, pixels
+from mmssl.evaluation.plots import embed_2d, embedding_plot, loss_curve, reconstruction_grid
+from mmssl.evaluation.vision import finetune, image_probes, lr_at
+
+
+class TinyEncoder(nn.Module):
+    """Mean colour of each image quadrant through a linear map: tokens (B, 4, D). The dropout
+    makes train mode visible: features only repeat in eval mode."""
+
+    def __init__(self, dim: int = 8, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.proj, self.drop, self.embed_dim, self.calls = nn.Linear(3, dim), nn.Dropout(0.5), dim, 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        quadrants = F.adaptive_avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (B, 4, 3)
+        return self.drop(self.proj(quadrants))  # (B, 4, D)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(1)
+
+
+class ColourImages:
+    """n noisy 8x8 images; class c brightens channel c. Items listed in ``unlabelled`` carry -1."""
+
+    def __init__(self, n: int, name: str, seed: int = 0, unlabelled: tuple = ()):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 3
+        images = torch.randint(0, 100, (n, 3, 8, 8), generator=g)
+        images[torch.arange(n), self.labels] += 150
+        self.images, self.name, self.vocab = images.to(torch.uint8), name, ["red", "green", "blue"]
+        self.unlabelled = set(unlabelled)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        label = -1 if i in self.unlabelled else int(self.labels[i])
+        return {"image": self.images[i], "label": label, "name": f"{self.name}/{i}"}
+
+
+def to_float(img: torch.Tensor) -> torch.Tensor:
+    return img.float() / 255
+
+
+def png_size(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+# ---------------------------------------------------------------- kNN
+
+def knn_reference(train_x, train_y, test_x, k, temperature, num_classes):
+    """Wu et al.'s weighted vote written as loops, one test item at a time."""
+    preds = []
+    for q in test_x.double():
+        sims = [float(q @ t / (q.norm() * t.norm())) for t in train_x.double()]
+        nearest = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
+        votes = [0.0] * num_classes
+        for i in nearest:
+            votes[int(train_y[i])] += math.exp(sims[i] / temperature)
+        preds.append(max(range(num_classes), key=lambda c: (votes[c], -c)))
+    return torch.tensor(preds)
+
+
+def test_knn_matches_loop_reference_in_chunks_and_clips_k():
+    g = torch.Generator().manual_seed(0)
+    train_x, test_x = torch.randn(50, 6, generator=g), torch.randn(23, 6, generator=g)
+    train_y, test_y = torch.randint(0, 4, (50,), generator=g), torch.randint(0, 4, (23,), generator=g)
+    ks = (1, 5, 20, 500)  # 500 > 50 train items: every item votes
+    preds = knn_predict(train_x, train_y, test_x, ks, temperature=0.07, num_classes=4, chunk=7)
+    accs = knn_classify(train_x, train_y, test_x, test_y, ks, temperature=0.07, chunk=1024)
+    for k in ks:
+        ref = knn_reference(train_x, train_y, test_x, min(k, 50), 0.07, 4)
+        assert torch.equal(preds[k], ref), k
+        assert accs[k] == pytest.approx((ref == test_y).float().mean().item())
+    assert torch.equal(preds[500], knn_predict(train_x, train_y, test_x, (50,), 0.07, 4)[50])
+
+
+def test_knn_hand_example_temperature_and_scale():
+    # Query (1, 0): similarity 1 to a (class 0), 0.707 to c and 0 to b (both class 1).
+    train_x = torch.tensor([[5.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # a's length must not matter
+    train_y, test_x, test_y = torch.tensor([0, 1, 1]), torch.tensor([[2.0, 0.0]]), torch.tensor([1])
+    # k = 1, 2: a wins. k = 3 at T = 0.07: e^14.3 beats e^10.1 + e^0. At T = 1: e^1 = 2.72 < e^0.707 + 1 = 3.03.
+    assert knn_classify(train_x, train_y, test_x, test_y, ks=(1, 2, 3), temperature=0.07) == {1: 0.0, 2: 0.0, 3: 0.0}
+    assert knn_classify(train_x, train_y, test_x, test_y, ks=(1, 2, 3), temperature=1.0) == {1: 0.0, 2: 0.0, 3: 1.0}
+
+
+def test_knn_separable_is_perfect_and_random_labels_are_chance():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.eye(16)[:4] * 10
+    train_y, test_y = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (100,), generator=g)
+    train_x = centres[train_y] + torch.randn(200, 16, generator=g)
+    test_x = centres[test_y] + torch.randn(100, 16, generator=g)
+    assert knn_classify(train_x, train_y, test_x, test_y) == {20: 1.0, 200: 1.0}
+    noise_x, noise_test = torch.randn(400, 16, generator=g), torch.randn(400, 16, generator=g)
+    rand_y, rand_test = torch.randint(0, 4, (400,), generator=g), torch.randint(0, 4, (400,), generator=g)
+    for acc in knn_classify(noise_x, rand_y, noise_test, rand_test, ks=(20, 200)).values():
+        assert 0.15 < acc < 0.35
+
+
+def test_knn_rejects_bad_inputs():
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match="positive neighbour counts"):
+        knn_classify(x, y, x, y, ks=(0,))
+    with pytest.raises(ValueError, match="unlabelled"):
+        knn_classify(x, torch.tensor([0, -1, 0, 1, 0]), x, y)
+    with pytest.raises(ValueError, match=r"\(N, D\) and \(M, D\)"):
+        knn_classify(x, y, torch.randn(5, 4), y)
+
+
+# ---------------------------------------------------------------- features
+
+def test_extract_features_batches_equal_per_item_in_eval_mode():
+    source, encoder = ColourImages(20, "train", unlabelled=(3,)), TinyEncoder()
+    feats, labels = extract_features(encoder, source, to_float, batch_size=8)
+    assert encoder.calls == 3 and encoder.training  # one call per batch, train mode restored
+    single, _ = extract_features(encoder, source, to_float, batch_size=1)
+    assert feats.shape == (20, 8) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats, single)
+    assert labels[3] == -1 and labels[4] == 1
+    few, few_labels = extract_features(encoder, source, to_float, max_items=5)
+    torch.testing.assert_close(few, feats[:5])
+    px, px_labels = pixels(source, to_float, max_items=4)
+    assert px.shape == (4, 3 * 8 * 8) and torch.equal(px[1], to_float(source[1]["image"]).flatten())
+    assert pixels(source, to_float, max_items=2, size=4)[0].shape == (2, 3 * 4 * 4)
+
+
+# ---------------------------------------------------------------- probes and fine-tuning
+
+def test_image_probes_report_and_table():
+    train, test = ColourImages(60, "colours/train", unlabelled=(0, 7)), ColourImages(30, "colours/test", seed=1)
+    encoders = {"tiny": TinyEncoder(), "random_init": TinyEncoder(seed=3)}
+    report = image_probes(encoders, train, test, to_float, ks=(5, 200))
+    assert report["num_train"] == 58 and report["num_test"] == 30
+    for name in ("tiny", "random_init", "pixels"):
+        assert set(report["knn"][name]) == {5, 200} and 0 <= report["linear"][name] <= 1
+    assert report["knn"]["tiny"][5] > 0.9 and report["linear"]["tiny"] > 0.9
+    assert report["majority"] == pytest.approx(1 / 3)
+    table = report["table"]
+    for word in ("tiny", "random_init", "pixels", "majority", "knn k=5", "knn k=200 (=58)", "linear",
+                 "colours/train", "colours/test"):
+        assert word in table
+    small = image_probes({"tiny": TinyEncoder()}, train, test, to_float, ks=(5,), linear=False, max_train=20)
+    assert small["num_train"] <= 20 and "linear" not in small and "linear" not in small["table"]
+    nothing = image_probes({}, ColourImages(6, "u", unlabelled=range(6)), test, to_float)
+    assert "nothing to probe" in nothing["table"]
+
+
+def test_finetune_learns_on_tiny_data_and_leaves_encoder_alone():
+    train, test = ColourImages(60, "train", unlabelled=(2,)), ColourImages(30, "test", seed=1)
+    encoder = TinyEncoder()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    seen = []
+
+    def flip(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        seen.append(isinstance(gen, torch.Generator))
+        return to_float(img).flip(-1) if torch.rand(1, generator=gen) < 0.5 else to_float(img)
+
+    res = finetune(encoder, train, test, flip, to_float, num_classes=3, steps=40, lr=3e-2, batch_size=16)
+    assert all(seen) and len(seen) == 40 * 16
+    assert res["accuracy"] > 0.8 and math.isfinite(res["train_loss"])
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1) and lr_at(100, 100, 1.0, 10) == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------- plots
+
+def test_tsne_separates_two_blobs_and_embedding_plot_writes_png(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (60, 64)), rng.normal(8, 1, (60, 64))]).astype(np.float32)
+    y = np.repeat([0, 1], 60)
+    xy = embed_2d(x, seed=0)
+    assert xy.shape == (120, 2)
+    assert LogisticRegression().fit(xy, y).score(xy, y) == 1.0
+    np.testing.assert_allclose(embed_2d(x, seed=0), xy)  # deterministic
+    y_plot = y.copy()
+    y_plot[:5] = -1
+    out = embedding_plot(torch.from_numpy(x), y_plot, tmp_path / "emb" / "tsne.png", class_names=["a", "b"],
+                         title="blobs", max_points=100)
+    assert out.stat().st_size > 0 and png_size(out) == (800, 600)
+    assert png_size(embedding_plot(x, y, tmp_path / "pca.png", method="pca")) == (800, 600)
+    with pytest.raises(ValueError, match=r"labels \(N,\)"):
+        embedding_plot(x, y[:10], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="unknown method"):
+        embedding_plot(x, y, tmp_path / "bad.png", method="umap")
+
+
+def test_reconstruction_grid_images_spectrograms_video(tmp_path):
+    rgb = torch.rand(3, 3, 16, 16)
+    out = reconstruction_grid(rgb, rgb * 0.5, rgb + 0.2, tmp_path / "rgb.png", max_items=2, title="MAE")
+    assert out.stat().st_size > 0 and png_size(out) == (600, 400)
+    spec = torch.randn(3, 1, 32, 48)
+    assert png_size(reconstruction_grid(spec, spec * 0, spec, tmp_path / "spec.png")) == (600, 600)
+    shapes = []
+
+    def denorm(x):
+        shapes.append(tuple(x.shape))
+        return x * 0.5 + 0.5
+
+    video = torch.randn(2, 3, 4, 16, 16)
+    assert png_size(reconstruction_grid(video, video, video, tmp_path / "video.png", denormalize=denorm)) == (600, 400)
+    assert shapes == [(2, 3, 16, 16)] * 3
+    with pytest.raises(ValueError, match="share one shape"):
+        reconstruction_grid(rgb, rgb[:2], rgb, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="unpatchify"):
+        tokens = torch.rand(2, 16, 48)
+        reconstruction_grid(tokens, tokens, tokens, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"got shape \(2, 2, 8, 8\)"):
+        two = torch.rand(2, 2, 8, 8)
+        reconstruction_grid(two, two, two, tmp_path / "bad.png")
+
+
+def test_loss_curve_reads_metrics_jsonl(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 5.0 / (s + 1), "lr": 0.1} for s in range(10)]
+    rows += [{"step": 8, "loss": 0.3, "lr": 0.1}]  # a resumed run logs step 8 again
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 10, "lo')  # killed mid-write
+    out = loss_curve(metrics, tmp_path / "curves.png", keys=("loss", "lr"))
+    assert out.stat().st_size > 0 and png_size(out) == (800, 600)
+    assert png_size(loss_curve(metrics, tmp_path / "loss.png")) == (800, 300)
+    with pytest.raises(ValueError, match="no values for accuracy.*logged: loss, lr"):
+        loss_curve(metrics, tmp_path / "bad.png", keys=("accuracy",))
+    metrics.write_text('{"step": 0, "loss": 1}\nnot json\n{"step": 1, "loss": 1}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object"):
+        loss_curve(metrics, tmp_path / "bad.png")
