@@ -28,11 +28,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="the training split (default train)")
     p.add_argument("--eval-split", help="the split scored by the evaluation (default test)")
     p.add_argument("--label-column", help="column holding the label to probe (e.g. speaker_id)")
-    p.add_argument("--audio-column", help="column holding the audio (default audio)")
+    p.add_argument("--audio-column", help="column holding the audio (default audio), for audio tasks")
+    p.add_argument("--image-column", help="column holding the image (default image), for image tasks")
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column",
+    names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column", "image_column",
              "output_dir", "max_steps", "log_with")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "streaming", False):
@@ -81,6 +82,8 @@ def run_training(task: Any, cfg: Any) -> dict | None:
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         save_encoder(objective.export_encoder(), out / "encoder", **task.encoder_meta(cfg))
+        if cfg.evaluate:
+            task.after_training(cfg, objective, out)
     accelerator.wait_for_everyone()
     report = None
     if cfg.evaluate and accelerator.is_main_process:

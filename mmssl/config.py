@@ -51,11 +51,13 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     log_with: str | None = None  # tensorboard | wandb
+    monitor_every: int = 0  # run the task's online monitor (e.g. kNN accuracy) every N steps; 0: never
     evaluate: bool = True
 
 
 # Fields that may change when a run is resumed; everything else must match the saved config.
-RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_checkpoints", "log_with", "evaluate"}
+RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_checkpoints", "log_with",
+                  "monitor_every", "evaluate"}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -97,3 +97,25 @@ def train_loader(
         # iterator after a resume does not shift the global random stream.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class HeldOut:
+    """A deterministic 80/20 split of one source, for datasets without a test split."""
+
+    def __init__(self, source: Any, keep_test: bool):
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(0)).tolist()
+        cut = len(order) * 4 // 5
+        self.rows = order[cut:] if keep_test else order[:cut]
+        self.source = source
+        self.name = f"{getattr(source, 'name', 'data')} ({'held-out 20%' if keep_test else '80%'})"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[self.rows[i]]
+
+    def __getattr__(self, name: str) -> Any:  # vocab, num_classes, ... of the underlying source
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)

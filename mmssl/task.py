@@ -34,6 +34,15 @@ class Task:
         """Metadata saved beside the encoder (modality, sample rate, ...)."""
         return {"task": self.name, "modality": self.modality}
 
+    def monitor(self, cfg: Any, encoder: nn.Module) -> dict[str, float]:
+        """Cheap figures logged every ``cfg.monitor_every`` steps on the main process (eval mode,
+        no gradients), e.g. online kNN accuracy on a held-out labelled split."""
+        return {}
+
+    def after_training(self, cfg: Any, objective: nn.Module, out_dir: Path) -> None:
+        """Anything that needs the whole objective rather than the saved encoder
+        (e.g. MAE reconstructions); runs on the main process after training."""
+
     def evaluate(self, cfg: Any, encoder: nn.Module, out_dir: Path) -> dict:
         """The task's evaluation of a trained encoder: a JSON-able report with a ``table`` string."""
         return {"table": "no evaluation for this task"}

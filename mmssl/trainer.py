@@ -83,6 +83,24 @@ def _save(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None
     accelerator.wait_for_everyone()
 
 
+def _monitor(task: Task, cfg: Any, objective: nn.Module, model: nn.Module, accelerator: Accelerator,
+             step: int) -> dict[str, float]:
+    """The task's online monitor on the main process, in eval mode; the others wait.
+
+    It must not draw from the global RNG, so monitoring does not change the run.
+    """
+    row: dict[str, float] = {}
+    if accelerator.is_main_process:
+        model.eval()
+        with torch.no_grad(), accelerator.autocast():
+            figures = task.monitor(cfg, objective.export_encoder())
+        model.train()
+        if figures:
+            row = {"step": step, **{f"monitor/{k}": float(v) for k, v in figures.items()}}
+    accelerator.wait_for_everyone()
+    return row
+
+
 def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple[nn.Module, Accelerator]:
     """Train ``task`` with ``cfg`` for ``cfg.max_steps`` optimizer steps (resuming if possible).
 
@@ -163,6 +181,14 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
             if cfg.log_with:
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             sums, count, tick = {}, 0, time.perf_counter()
+        if cfg.monitor_every and (step % cfg.monitor_every == 0 or step == cfg.max_steps):
+            row = _monitor(task, cfg, objective, model, accelerator, step)
+            if accelerator.is_main_process and row:
+                with log_file.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.write("  ".join(f"{k} {v:.4g}" for k, v in row.items()))
+            if cfg.log_with and row:
+                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             _save(accelerator, out_dir, step, cfg.keep_checkpoints)
     bar.close()
