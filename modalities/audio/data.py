@@ -192,8 +192,11 @@ class StreamingAudio(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, spec: str, split: str, config: str | None, audio_column: str, crop: int,
-                 batch_size: int, world: int, rank: int, seed: int, start_batch: int):
+                 batch_size: int, world: int, rank: int, seed: int, start_batch: int,
+                 make_item: Any = None):
         super().__init__()
+        # make_item(waveform, generator) -> batch entry; by default one random crop as "input"
+        self.make_item = make_item or (lambda wav, gen: {"input": random_crop(wav, crop, gen)})
         self.spec, self.split, self.config, self.audio_column, self.crop = spec, split, config, audio_column, crop
         self.world, self.rank, self.seed = world, rank, seed
         self.skip = start_batch * batch_size
@@ -224,7 +227,7 @@ class StreamingAudio(torch.utils.data.IterableDataset):
                     continue
                 decoded += 1
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7_919 + count)
-                yield {"input": random_crop(wav, self.crop, gen)}
+                yield self.make_item(wav, gen)
             if empty:
                 raise DataError(f"{self.spec}: the streamed split '{self.split}' is empty")
             if failed and not decoded:  # a whole pass without one readable file: stop, do not spin forever

@@ -1,0 +1,88 @@
+"""mae_audio: masked autoencoding of log-mel spectrograms (AudioMAE, arXiv:2207.06405).
+
+2-D spectrogram patches, 80% masked, the same MAE objective as mae_image; the
+encoder reads waveforms at evaluation, so the speaker and phone probes of the
+CPC paper score it beside a random encoder and MFCCs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from mmssl.encoders.io import build_encoder
+from mmssl.encoders.spectrogram import LogMel
+from mmssl.errors import DataError
+from mmssl.modalities.audio import random_crop
+from mmssl.objectives.mae import MAE
+from mmssl.registry import TASKS
+from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits
+
+
+@dataclasses.dataclass(frozen=True)
+class MAEAudioConfig(AudioConfig):
+    max_steps: int = 250
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    n_mels: int = 64
+    patch_mels: int = 8
+    patch_frames: int = 8
+    vit_size: str = "tiny"
+    vit_dim: int | None = 128
+    vit_depth: int | None = 4
+    vit_heads: int | None = 4
+    mask_ratio: float = 0.8
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+
+@TASKS.register("mae_audio")
+class MAEAudio(AudioTask):
+    name = "mae_audio"
+    encoder = "spectrogram_vit"
+    objective = "mae"
+    Config = MAEAudioConfig
+
+    def encoder_spec(self, cfg: MAEAudioConfig) -> dict:
+        frames = cfg.crop_samples // 160
+        if cfg.n_mels % cfg.patch_mels or frames % cfg.patch_frames:
+            raise DataError(f"n_mels ({cfg.n_mels}) and crop frames ({frames}) must be multiples of the patch "
+                            f"({cfg.patch_mels} x {cfg.patch_frames})")
+        return {"name": "spectrogram_vit", "kwargs": {
+            "n_mels": cfg.n_mels, "frames": frames, "patch": [cfg.patch_mels, cfg.patch_frames], "size": cfg.vit_size,
+            "dim": cfg.vit_dim, "depth": cfg.vit_depth, "heads": cfg.vit_heads}}
+
+    def make_item(self, cfg: MAEAudioConfig):
+        crop, logmel = cfg.crop_samples, LogMel(cfg.n_mels)
+
+        def item(audio, gen):
+            with torch.no_grad():
+                return {"input": logmel(random_crop(audio, crop, gen)[None])[0]}  # (1, F, T)
+
+        return item
+
+    def build_objective(self, cfg: MAEAudioConfig) -> MAE:
+        return MAE(build_encoder(self.encoder_spec(cfg)), cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth,
+                   cfg.decoder_heads, cfg.norm_pix_loss)
+
+    def after_training(self, cfg: MAEAudioConfig, objective: MAE, out_dir: Path) -> None:
+        """DIR/plots/reconstruction.png: log-mel spectrograms, masked and reconstructed."""
+        from mmssl.evaluation.plots import reconstruction_grid
+
+        try:
+            _, test = probe_splits(cfg)
+        except DataError:
+            return
+        make = self.make_item(cfg)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        x = torch.stack([make(test[i]["audio"], gen)["input"] for i in range(min(6, len(test)))])
+        device = next(objective.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            shown = objective.eval().reconstruct(x.to(device))
+        reconstruction_grid(shown["original"].cpu(), shown["masked"].cpu(), shown["reconstruction"].cpu(),
+                            out_dir / "plots" / "reconstruction.png", title=f"mae_audio, mask ratio {cfg.mask_ratio}")

@@ -1,0 +1,40 @@
+"""simclr_audio: SimCLR on waveforms. Two random crops of one utterance, each with
+random gain, noise and a time mask, are a positive pair; the rest of the global
+batch are negatives. The objective is the same code as simclr_image."""
+from __future__ import annotations
+
+import dataclasses
+
+from mmssl.encoders.io import build_encoder
+from mmssl.modalities.audio.augment import two_crops
+from mmssl.objectives.simclr import SimCLR
+from mmssl.registry import TASKS
+from mmssl.tasks.audio_common import AudioConfig, AudioTask
+
+
+@dataclasses.dataclass(frozen=True)
+class SimCLRAudioConfig(AudioConfig):
+    max_steps: int = 250
+    batch_size: int = 32
+    temperature: float = 0.2
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    gain_db: float = 6.0
+    min_snr_db: float = 10.0
+    time_masks: int = 1
+
+
+@TASKS.register("simclr_audio")
+class SimCLRAudio(AudioTask):
+    name = "simclr_audio"
+    encoder = "cpc_conv + gru"
+    objective = "simclr"
+    Config = SimCLRAudioConfig
+
+    def make_item(self, cfg: SimCLRAudioConfig):
+        crop, kw = cfg.crop_samples, {"gain_db": cfg.gain_db, "snr_db": (cfg.min_snr_db, cfg.min_snr_db + 30.0),
+                                      "time_masks": cfg.time_masks}
+        return lambda audio, gen: {"views": two_crops(audio, crop, gen, **kw)}
+
+    def build_objective(self, cfg: SimCLRAudioConfig) -> SimCLR:
+        return SimCLR(build_encoder(self.encoder_spec(cfg)), cfg.proj_hidden, cfg.proj_dim, cfg.temperature)
