@@ -1,2 +1,13 @@
 """Tasks: one file each; importing this package registers them all."""
-from mmssl.tasks import cpc_audio  # noqa: F401
+from mmssl.tasks import (  # noqa: F401
+    byol_image,
+    cpc_audio,
+    mae_audio,
+    mae_image,
+    moco_image,
+    rotnet_image,
+    simclr_audio,
+    simclr_image,
+    simsiam_image,
+    swav_image,
+)

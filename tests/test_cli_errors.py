@@ -105,6 +105,18 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
     (unreadable / "train" / "a" / "garbage.wav").write_bytes(np.random.default_rng(0).bytes(700))
     sf.write(unreadable / "train" / "b" / "silent_empty.wav", np.zeros(0, np.float32), 16000)
 
+    from PIL import Image
+
+    images, bad_images = work / "images", work / "bad_images"
+    for k, cls in enumerate(("disk", "square")):
+        (images / "train" / cls).mkdir(parents=True)
+        (bad_images / "train" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (20, 20), (40 * k, 200, 90)).save(images / "train" / cls / f"{i}.png")
+            (bad_images / "train" / cls / f"broken{i}.png").write_bytes(np.random.default_rng(i).bytes(300))
+    tiny_image = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "vit_dim=16", "vit_depth=1",
+                  "vit_heads=2", "image_size=16", "proj_hidden=8", "proj_dim=8"]
+
     def out(name: str) -> list[str]:
         return ["--output-dir", str(work / name)]
 
@@ -122,6 +134,10 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
         "no_audio_column": (["--task", "cpc_audio", "--dataset", str(audiofolder), *out("r6"), *TINY,
                              "audio_column=wav"], False),
         "only_unreadable": (["--task", "cpc_audio", "--dataset", str(unreadable), *out("r7"), *TINY], False),
+        "no_image_column": (["--task", "simclr_image", "--dataset", str(images), "--image-column", "picture",
+                             *out("r8"), *tiny_image], False),
+        "only_unreadable_images": (["--task", "simclr_image", "--dataset", str(bad_images), *out("r9"), *tiny_image],
+                                   False),
         "no_label_column": (["probe", "--checkpoint", str(checkpoint), "--dataset", str(audiofolder),
                              "--label-column", "speaker_id"], True),
     }
@@ -196,6 +212,14 @@ def test_missing_audio_column_names_the_columns(cli):
 
 def test_missing_label_column_names_the_columns(cli):
     assert_one_error(cli["no_label_column"].result(), "'speaker_id'", "--label-column", "columns: audio, label")
+
+
+def test_missing_image_column_names_the_columns(cli):
+    assert_one_error(cli["no_image_column"].result(), "picture", "image", "label")
+
+
+def test_only_unreadable_images_names_the_files(cli):
+    assert_one_error(cli["only_unreadable_images"].result(), "broken0.png")
 
 
 def test_only_unreadable_audio_names_the_files(cli):

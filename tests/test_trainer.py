@@ -91,3 +91,22 @@ def test_changed_config_in_same_output_dir_is_refused(tmp_path):
     task, cfg = tiny_config(tmp_path / "run", max_steps=2, lr=0.5)
     with pytest.raises(ConfigError, match="lr"):
         run_training(task, cfg)
+
+
+def test_queue_and_ema_updates_happen_once_per_optimizer_step_under_accumulation(tmp_path, monkeypatch):
+    """grad_accum=3: MoCo enqueues the keys of all three micro-batches and updates its momentum
+    encoder once per optimizer step, not once per forward."""
+    from mmssl.cli import resolve_config
+    from mmssl.objectives.moco import MoCo
+
+    calls = []
+    original = MoCo.after_step
+    monkeypatch.setattr(MoCo, "after_step", lambda self, step, total: (calls.append(step), original(self, step, total)))
+    task, cfg = resolve_config("moco_image", None, {"output_dir": str(tmp_path / "moco"), "max_steps": 2},
+                               ["batch_size=2", "grad_accum=3", "num_workers=0", "evaluate=false", "image_size=16",
+                                "vit_dim=16", "vit_depth=1", "vit_heads=2", "proj_hidden=8", "proj_dim=8",
+                                "queue_size=64", "monitor_every=0", "symmetric=true"])
+    objective, _ = train(task, cfg)
+    assert calls == [1, 2]
+    # 2 steps x 3 micro-batches x 2 images x 2 views (symmetric: both views are keys once)
+    assert int(objective.queue_ptr) == 24

@@ -1,0 +1,62 @@
+"""mae_image: masked autoencoders (arXiv:2111.06377): a ViT encodes the visible 25% of
+the patches, a light decoder reconstructs the per-patch normalised pixels of the rest."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from mmssl.errors import DataError
+from mmssl.objectives.mae import MAE
+from mmssl.registry import TASKS
+from mmssl.tasks.image_common import ImageConfig, ImageTask
+
+
+@dataclasses.dataclass(frozen=True)
+class MAEImageConfig(ImageConfig):
+    lr: float = 1.5e-3
+    backbone: str = "vit"
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+    min_scale: float = 0.2
+
+
+@TASKS.register("mae_image")
+class MAEImage(ImageTask):
+    name = "mae_image"
+    encoder = "vit"
+    objective = "mae"
+    Config = MAEImageConfig
+
+    def views(self, cfg: MAEImageConfig):
+        from mmssl.modalities.vision import MAEView
+
+        recipe = MAEView(cfg.image_size, min_scale=cfg.min_scale)
+        return lambda img, gen: {"input": recipe(img, gen)}
+
+    def build_objective(self, cfg: MAEImageConfig) -> MAE:
+        if cfg.backbone != "vit":
+            raise DataError(f"mae_image needs backbone=vit (masking drops tokens), not '{cfg.backbone}'")
+        return MAE(self.build_encoder(cfg), cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
+                   cfg.norm_pix_loss)
+
+    def after_training(self, cfg: MAEImageConfig, objective: MAE, out_dir: Path) -> None:
+        """DIR/plots/reconstruction.png: original / masked / reconstruction of test images."""
+        from mmssl.evaluation.plots import reconstruction_grid
+        from mmssl.modalities.vision import denormalize
+
+        splits = self.labelled_splits(cfg) if cfg.dataset == "demo" or cfg.label_column else None
+        source = splits[1] if splits else self.source(cfg, cfg.split)
+        view = self.eval_view(cfg)
+        x = torch.stack([view(source[i]["image"]) for i in range(min(8, len(source)))])
+        device = next(objective.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            shown = objective.eval().reconstruct(x.to(device))
+        reconstruction_grid(shown["original"].cpu(), shown["masked"].cpu(), shown["reconstruction"].cpu(),
+                            out_dir / "plots" / "reconstruction.png", denormalize=denormalize,
+                            title=f"mae_image, mask ratio {cfg.mask_ratio}")

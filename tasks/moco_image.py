@@ -1,0 +1,39 @@
+"""moco_image: MoCo v2 (arXiv:2003.04297): a momentum key encoder and a queue of keys
+gathered from all processes, enqueued after each optimizer step."""
+from __future__ import annotations
+
+import dataclasses
+
+from mmssl.objectives.moco import MoCo
+from mmssl.registry import TASKS
+from mmssl.tasks.image_common import ImageConfig, ImageTask
+
+
+@dataclasses.dataclass(frozen=True)
+class MoCoImageConfig(ImageConfig):
+    temperature: float = 0.2
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    queue_size: int = 4096
+    momentum: float = 0.99
+    symmetric: bool = True  # both views act as query once (solo-learn's CIFAR setting)
+    min_scale: float = 0.2
+    blur: bool = False
+
+
+@TASKS.register("moco_image")
+class MoCoImage(ImageTask):
+    name = "moco_image"
+    encoder = "convnet | vit | resnet"
+    objective = "moco"
+    Config = MoCoImageConfig
+
+    def views(self, cfg: MoCoImageConfig):
+        from mmssl.modalities.vision import SimCLRViews
+
+        recipe = SimCLRViews(cfg.image_size, min_scale=cfg.min_scale, blur=cfg.blur)
+        return lambda img, gen: {"views": recipe(img, gen)}
+
+    def build_objective(self, cfg: MoCoImageConfig) -> MoCo:
+        return MoCo(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.queue_size, cfg.momentum,
+                    cfg.temperature, cfg.symmetric)

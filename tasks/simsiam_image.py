@@ -1,0 +1,34 @@
+"""simsiam_image: SimSiam (arXiv:2011.10566): a predictor and a stop-gradient, no negatives
+and no momentum encoder."""
+from __future__ import annotations
+
+import dataclasses
+
+from mmssl.objectives.simsiam import SimSiam
+from mmssl.registry import TASKS
+from mmssl.tasks.image_common import ImageConfig, ImageTask
+
+
+@dataclasses.dataclass(frozen=True)
+class SimSiamImageConfig(ImageConfig):
+    proj_dim: int = 512
+    pred_hidden: int = 128  # the paper's bottleneck: a quarter of proj_dim
+    min_scale: float = 0.2
+    blur: bool = False
+
+
+@TASKS.register("simsiam_image")
+class SimSiamImage(ImageTask):
+    name = "simsiam_image"
+    encoder = "convnet | vit | resnet"
+    objective = "simsiam"
+    Config = SimSiamImageConfig
+
+    def views(self, cfg: SimSiamImageConfig):
+        from mmssl.modalities.vision import SimCLRViews
+
+        recipe = SimCLRViews(cfg.image_size, min_scale=cfg.min_scale, blur=cfg.blur)
+        return lambda img, gen: {"views": recipe(img, gen)}
+
+    def build_objective(self, cfg: SimSiamImageConfig) -> SimSiam:
+        return SimSiam(self.build_encoder(cfg), cfg.proj_dim, cfg.pred_hidden)

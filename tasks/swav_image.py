@@ -1,0 +1,42 @@
+"""swav_image: SwAV (arXiv:2006.09882): online clustering onto prototypes with
+Sinkhorn-Knopp (sums over all processes), swapped prediction, multi-crop."""
+from __future__ import annotations
+
+import dataclasses
+
+from mmssl.objectives.swav import SwAV
+from mmssl.registry import TASKS
+from mmssl.tasks.image_common import ImageConfig, ImageTask
+
+
+@dataclasses.dataclass(frozen=True)
+class SwAVImageConfig(ImageConfig):
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    num_prototypes: int = 100
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    freeze_prototypes_steps: int = 0
+    num_local: int = 4  # local crops beside the 2 global ones
+    local_size: int = 16
+    min_scale: float = 0.14  # global crops cover (min_scale, 1); local ones (0.05, min_scale)
+
+
+@TASKS.register("swav_image")
+class SwAVImage(ImageTask):
+    name = "swav_image"
+    encoder = "convnet | vit | resnet"
+    objective = "swav"
+    Config = SwAVImageConfig
+
+    def views(self, cfg: SwAVImageConfig):
+        from mmssl.modalities.vision import MultiCropViews
+
+        recipe = MultiCropViews(cfg.image_size, cfg.local_size, cfg.num_local, global_scale=(cfg.min_scale, 1.0),
+                                local_scale=(0.05, cfg.min_scale))
+        return lambda img, gen: {"views": recipe(img, gen)}
+
+    def build_objective(self, cfg: SwAVImageConfig) -> SwAV:
+        return SwAV(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.num_prototypes, cfg.temperature,
+                    cfg.epsilon, cfg.sinkhorn_iters, cfg.freeze_prototypes_steps)
