@@ -24,7 +24,7 @@ from mmssl.task import Task
 class ImageConfig(TrainConfig):
     # Demo defaults: a small conv net on the 32 px embedded shapes, a few CPU minutes
     # (configs/ holds the ResNet-18 / ViT-B recipes for CIFAR-10 and ImageNet).
-    max_steps: int = 300
+    max_steps: int = 800  # 2-4 minutes per task on 2 CPU cores with the conv net
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -39,7 +39,7 @@ class ImageConfig(TrainConfig):
     vit_heads: int | None = 4
     patch_size: int = 4
     small_stem: bool = True  # ResNet: 3x3 stride-1 stem without max-pool (CIFAR-sized images)
-    monitor_every: int = 50  # online kNN accuracy on the labelled evaluation split
+    monitor_every: int = 100  # online kNN accuracy on the labelled evaluation split
     monitor_items: int = 1000  # images per split used by the online monitor
     probe_max_train: int = 10000
     probe_max_test: int = 5000

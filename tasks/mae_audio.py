@@ -22,7 +22,7 @@ from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits
 
 @dataclasses.dataclass(frozen=True)
 class MAEAudioConfig(AudioConfig):
-    max_steps: int = 250
+    max_steps: int = 600
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05

@@ -52,7 +52,9 @@ class MAEImage(ImageTask):
         splits = self.labelled_splits(cfg) if cfg.dataset == "demo" or cfg.label_column else None
         source = splits[1] if splits else self.source(cfg, cfg.split)
         view = self.eval_view(cfg)
-        x = torch.stack([view(source[i]["image"]) for i in range(min(8, len(source)))])
+        # evenly spaced items: datasets often list their images class by class
+        picks = torch.linspace(0, len(source) - 1, min(8, len(source))).long().tolist()
+        x = torch.stack([view(source[i]["image"]) for i in picks])
         device = next(objective.parameters()).device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

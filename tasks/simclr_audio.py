@@ -15,7 +15,7 @@ from mmssl.tasks.audio_common import AudioConfig, AudioTask
 @dataclasses.dataclass(frozen=True)
 class SimCLRAudioConfig(AudioConfig):
     max_steps: int = 250
-    batch_size: int = 32
+    batch_size: int = 16
     temperature: float = 0.2
     proj_hidden: int = 512
     proj_dim: int = 128
