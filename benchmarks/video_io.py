@@ -1,0 +1,111 @@
+"""Random-clip reading speed of each video backend.
+
+    python benchmarks/video_io.py [--clips 50] [--clip-len 16] [--stride 2] [--size 128|480]
+                                  [--frames 300] [--keyframe-every 60]
+
+Writes a test video to a temporary folder: ``--frames`` frames of a demo scene
+(``mmssl.modalities.video.render_scene``) at 30 fps, 128x128 or upscaled to 480x854, H.264
+(libx264, crf 18, yuv420p) with a keyframe every ``--keyframe-every`` frames (YouTube-like
+footage has one every 2-5 s; the random-access cost of a clip grows with the distance to the
+previous keyframe). Then, for each available backend, reads ``--clips`` random clips of
+``--clip-len`` frames ``--stride`` apart (``clip_indices`` with a seeded generator, so every
+backend reads the same clips), two ways:
+
+  open per clip   a new VideoReader for every clip, as a DataLoader worker reading a dataset does
+  reader kept     one VideoReader for all clips (also reports how much the resident memory grew)
+
+Every backend decodes with one thread. Prints a table and one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mmssl.modalities.video import VideoReader, available_backends, clip_indices, render_scene, write_video
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def make_video(path: Path, frames: int, size: int, keyframe_every: int) -> tuple[int, int]:
+    """Render the test video; returns its (H, W)."""
+    clip = render_scene(seed=7, frames=frames, size=128)["cam0"]  # (T, 3, 128, 128)
+    if size != 128:
+        H, W = size, round(size * 16 / 9 / 2) * 2  # 16:9 (480x854), even for 4:2:0 chroma
+        clip = torch.cat([
+            F.interpolate(clip[s:s + 32].float(), size=(H, W), mode="bicubic", align_corners=False)
+            .round().clamp(0, 255).to(torch.uint8)
+            for s in range(0, frames, 32)
+        ])
+    write_video(path, clip, fps=30, crf=18, keyframe_every=keyframe_every)
+    return tuple(clip.shape[-2:])
+
+
+def bench(path: Path, backend: str, clips: list[torch.Tensor]) -> dict:
+    start = time.perf_counter()
+    for idx in clips:
+        with VideoReader(path, backend) as r:
+            r.get_batch(idx)
+    per_clip_open = time.perf_counter() - start
+
+    with VideoReader(path, backend) as r:
+        r.get_batch(clips[0])  # warm-up: first-use allocations are not growth
+        before = rss_mb()
+        start = time.perf_counter()
+        for idx in clips:
+            r.get_batch(idx)
+        kept = time.perf_counter() - start
+        growth = rss_mb() - before
+    n = len(clips)
+    return {"clips_per_s_open_per_clip": round(n / per_clip_open, 2),
+            "ms_per_clip_open_per_clip": round(1000 * per_clip_open / n, 2),
+            "clips_per_s_reader_kept": round(n / kept, 2), "rss_growth_mb_reader_kept": round(growth, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clips", type=int, default=50)
+    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--stride", type=int, default=2)
+    p.add_argument("--size", type=int, default=128, choices=(128, 480))
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--keyframe-every", type=int, default=60)
+    args = p.parse_args()
+    torch.set_num_threads(1)  # the upscaling only; decoders are single-threaded by the reader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.mp4"
+        start = time.perf_counter()
+        H, W = make_video(path, args.frames, args.size, args.keyframe_every)
+        print(f"test video: {args.frames} frames {H}x{W} at 30 fps, keyframe every {args.keyframe_every}, "
+              f"{path.stat().st_size / 2**20:.1f} MB, written in {time.perf_counter() - start:.1f} s")
+        gen = torch.Generator().manual_seed(0)
+        clips = [clip_indices(args.frames, args.clip_len, args.stride, gen) for _ in range(args.clips)]
+        results = {b: bench(path, b, clips) for b in available_backends()}
+
+    print(f"\n{args.clips} random clips of {args.clip_len} frames at stride {args.stride}, one decoding thread")
+    print(f"{'backend':<12}{'clips/s (open per clip)':>25}{'ms/clip':>10}{'clips/s (reader kept)':>24}"
+          f"{'RSS growth MB':>16}")
+    for b, r in results.items():
+        print(f"{b:<12}{r['clips_per_s_open_per_clip']:>25.1f}{r['ms_per_clip_open_per_clip']:>10.1f}"
+              f"{r['clips_per_s_reader_kept']:>24.1f}{r['rss_growth_mb_reader_kept']:>16.1f}")
+    print(json.dumps({"video": {"frames": args.frames, "height": H, "width": W, "fps": 30,
+                                "keyframe_every": args.keyframe_every},
+                      "clips": args.clips, "clip_len": args.clip_len, "stride": args.stride, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
