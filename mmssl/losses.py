@@ -172,3 +172,95 @@ def swav_loss(scores: list[torch.Tensor], assignments: list[torch.Tensor], tempe
                 total = total - (q.detach() * lp).sum(dim=-1).mean()
                 pairs += 1
     return total / pairs
+
+
+def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||x_i - y_j||^2 for x (N, D), y (M, D): (N, M), clamped at 0 against rounding.
+
+    The product runs outside autocast: in bf16 the distances of unit vectors would be off by
+    about 0.01, enough to change which negative is semi-hard against a margin of 0.2.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = _at_least_fp32(x), _at_least_fp32(y)
+        return (x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1)[None] - 2 * x @ y.t()).clamp_min(0)
+
+
+def triplet_semihard(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, valid: torch.Tensor,
+                     margin: float = 0.2, return_distances: bool = False):
+    """Triplet loss with semi-hard negative mining (FaceNet, arXiv:1503.03832), as TCN uses it (arXiv:1704.06888).
+
+    Distances are squared Euclidean. For anchor i, d_ap = ||a_i - p_i||^2 and d_an(j) = ||a_i - n_j||^2
+    over its valid negatives j. The chosen negative follows TensorFlow's ``triplet_semihard_loss``,
+    the implementation the TCN code calls: the closest negative that is farther than the positive
+    (smallest d_an > d_ap); when every valid negative is at least as close as the positive, the
+    farthest one (largest d_an), the least hard, instead of the hardest, which FaceNet warns can
+    collapse the embedding early in training. The loss value equals FaceNet's semi-hard choice
+    (d_ap < d_an < d_ap + margin) wherever such a negative exists, and is 0 where the nearest
+    farther negative already clears the margin.
+
+    Args:
+        anchor, positive: (N, D) embeddings, expected L2-normalised (not normalised here, so the
+            margin keeps its meaning on the unit sphere: squared distances lie in [0, 4]).
+        negatives: (M, D) candidate negatives shared by all anchors.
+        valid: bool (N, M), which candidates are negatives of which anchor.
+        margin: alpha in relu(d_ap - d_an + alpha).
+        return_distances: also return d_ap (N,) and the chosen d_an (N,), detached.
+    Returns: the mean of relu(d_ap - d_an + margin) over the anchors with at least one valid
+        negative (scalar; 0 when no anchor has one).
+    """
+    if anchor.shape != positive.shape or anchor.dim() != 2 or negatives.dim() != 2:
+        raise ValueError(f"triplet_semihard expects anchor, positive (N, D) and negatives (M, D), got "
+                         f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negatives.shape)}")
+    if valid.shape != (anchor.shape[0], negatives.shape[0]) or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool mask of shape {(anchor.shape[0], negatives.shape[0])}, "
+                         f"got {valid.dtype} {tuple(valid.shape)}")
+    anchor, positive, negatives = _at_least_fp32(anchor), _at_least_fp32(positive), _at_least_fp32(negatives)
+    d_ap = (anchor - positive).pow(2).sum(-1)  # (N,)
+    d_an = _squared_distances(anchor, negatives)  # (N, M)
+    farther = valid & (d_an > d_ap[:, None])
+    inf = torch.tensor(float("inf"), dtype=d_an.dtype, device=d_an.device)
+    semihard = torch.where(farther, d_an, inf).amin(dim=1)  # (N,)
+    easiest = torch.where(valid, d_an, -inf).amax(dim=1)
+    has_neg = valid.any(dim=1)
+    # torch.where, not arithmetic on the +-inf of empty rows: their gradient stays exactly 0.
+    chosen = torch.where(farther.any(dim=1), semihard, easiest)
+    chosen = torch.where(has_neg, chosen, d_ap.detach())
+    loss = (F.relu(d_ap - chosen + margin) * has_neg).sum() / has_neg.sum().clamp_min(1)
+    if not return_distances:
+        return loss
+    return loss, d_ap.detach(), chosen.detach()
+
+
+def npairs(anchor: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor | None = None,
+           l2_reg: float = 0.0) -> torch.Tensor:
+    """Multi-class N-pair loss (Sohn, NeurIPS 2016), the TCN code's alternative to triplets.
+
+    Anchor i scores every positive by a dot product; its own positive p_i is the target class
+    among the positives that are valid negatives of it:
+    -log( exp(a_i . p_i) / (exp(a_i . p_i) + sum_{j != i, valid[i, j]} exp(a_i . p_j)) ).
+
+    Args:
+        anchor, positive: (N, D) embeddings (not normalised here).
+        valid: bool (N, N), whether p_j is a negative of a_i (e.g. False for frames of the same
+            video too close in time); the diagonal is ignored, p_i is always the target. None:
+            every other positive is a negative.
+        l2_reg: lambda of the embedding regulariser lambda / 4 * (mean ||a||^2 + mean ||p||^2), the
+            form of TensorFlow's ``npairs_loss``.
+    Returns: the mean loss over the N anchors (scalar).
+    """
+    if anchor.shape != positive.shape or anchor.dim() != 2:
+        raise ValueError(f"npairs expects anchor and positive of one shape (N, D), got "
+                         f"{tuple(anchor.shape)} and {tuple(positive.shape)}")
+    N = anchor.shape[0]
+    if valid is not None and (valid.shape != (N, N) or valid.dtype != torch.bool):
+        raise ValueError(f"valid must be a bool mask of shape {(N, N)}, got {valid.dtype} {tuple(valid.shape)}")
+    anchor, positive = _at_least_fp32(anchor), _at_least_fp32(positive)
+    with torch.autocast(anchor.device.type, enabled=False):  # fp32 logits, as the distances of triplet_semihard
+        logits = anchor @ positive.t()  # (N, N)
+    eye = torch.eye(N, dtype=torch.bool, device=anchor.device)
+    if valid is not None:
+        logits = logits.masked_fill(~(valid | eye), float("-inf"))
+    loss = F.cross_entropy(logits, torch.arange(N, device=anchor.device))
+    if l2_reg:
+        loss = loss + 0.25 * l2_reg * (anchor.pow(2).sum(-1).mean() + positive.pow(2).sum(-1).mean())
+    return loss

@@ -94,6 +94,7 @@ def test_sdpa_block_equals_plain_attention():
 @pytest.mark.parametrize("name, kwargs, shape", [
     ("vit", {"input_size": [4, 16, 16], "patch": [2, 8, 8], **TINY_VIT}, (2, 3, 4, 16, 16)),
     ("resnet", {"small_stem": True, "channels": 1}, (2, 1, 16, 16)),
+    ("resnet", {"out_stride": 8, "channels": 1}, (2, 1, 32, 32)),
 ])
 def test_save_load_round_trip(tmp_path, name, kwargs, shape):
     enc = ENCODERS.build(name, **kwargs).eval()
@@ -115,6 +116,47 @@ def test_resnet_small_stem_tokens():
     assert ENCODERS.build("resnet").forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 4, 512)
     with pytest.raises(ValueError, match="unknown ResNet arch"):
         ENCODERS.build("resnet", arch="resnet7")
+
+
+@pytest.mark.parametrize("kwargs, size, shape, stride", [
+    ({}, (64, 96), (512, 2, 3), 32),
+    ({"out_stride": 16}, (64, 96), (512, 4, 6), 16),
+    ({"out_stride": 8}, (480, 854), (256, 60, 107), 8),  # a DAVIS frame: the CRW trunk's stride-8 map
+    ({"out_stride": 8, "small_stem": True}, (16, 16), (256, 8, 8), 2),
+    ({"arch": "resnet50", "out_stride": 8}, (32, 32), (1024, 4, 4), 8),
+])
+def test_resnet_out_stride_maps(kwargs, size, shape, stride):
+    enc = ENCODERS.build("resnet", **kwargs).eval()
+    with torch.no_grad():
+        fmap = enc.feature_map(torch.randn(1, 3, *size))
+    assert fmap.shape == (1, *shape) and enc.stride == stride and enc.embed_dim == shape[0]
+    has_layer4 = any(k.startswith("layer4.") for k in enc.state_dict())
+    assert has_layer4 == (kwargs.get("out_stride", 32) != 8)
+
+
+def test_resnet_default_keeps_torchvision_names():
+    import torchvision
+
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    tv = {k: v.shape for k, v in tv.items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in ENCODERS.build("resnet").state_dict().items()} == tv
+    with pytest.raises(ValueError, match="out_stride must be one of 8, 16, 32"):
+        ENCODERS.build("resnet", out_stride=4)
+
+
+@pytest.mark.parametrize("out_stride, dilate", [(8, [False, True, True]), (16, [False, False, True])])
+def test_resnet_dilation_equals_torchvision(out_stride, dilate):
+    """Bottleneck ResNets: the same network as torchvision's replace_stride_with_dilation (layer4 dropped at 8)."""
+    import torchvision
+
+    tv = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=dilate).eval()
+    enc = ENCODERS.build("resnet", arch="resnet50", out_stride=out_stride).eval()
+    enc.load_state_dict({k: v for k, v in tv.state_dict().items() if k in enc.state_dict()})
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        h = tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x)))))))
+        want = tv.layer4(h) if out_stride == 16 else h
+        torch.testing.assert_close(enc.feature_map(x), want)
 
 
 # ---------------------------------------------------------------- MAE

@@ -31,6 +31,11 @@ class ConvNet(nn.Module):
             c_in = width
         self.net = nn.Sequential(*layers)
         self.embed_dim = c_in
+        self.stride = 2 ** len(widths)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, widths[-1], ceil(H / 2^S), ceil(W / 2^S))."""
+        return self.net(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, ceil(H / 2^S) * ceil(W / 2^S), widths[-1])."""

@@ -161,6 +161,18 @@ class ViT(nn.Module):
         """x (B, C, *input_size) -> tokens (B, N, D)."""
         return self.forward_tokens(self.embed(x))
 
+    @property
+    def stride(self) -> int:
+        """Pixels per token along the image width: the spatial stride of ``feature_map``."""
+        return self.patchify.patch[-1]
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The tokens laid out on their grid, channels first: (B, C, H, W) -> (B, D, h, w), or
+        (B, C, T, H, W) -> (B, D, t, h, w) for tubelets; dense tasks (tracking) read it."""
+        grid = self.patchify.grid(x.shape)
+        tokens = self.forward_features(x)  # (B, N, D), row-major over the grid
+        return tokens.transpose(1, 2).reshape(x.shape[0], self.embed_dim, *grid)
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, D): the mean token, MAE's global pooling without a class token."""
         return tokens.mean(dim=1)

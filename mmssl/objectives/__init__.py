@@ -1,2 +1,4 @@
-"""Objectives: ``forward(batch) -> {"loss": ..., metrics...}``; state updates are explicit methods."""
-from mmssl.objectives import byol, cpc, mae, moco, rotnet, simclr, simsiam, swav  # noqa: F401  (registers)
+"""Objectives: ``forward(batch) -> {"loss": ..., metrics...}``; state updates are explicit methods.
+
+Importing each module registers its objectives."""
+from mmssl.objectives import byol, colorization, cpc, mae, moco, rotnet, simclr, simsiam, swav, tcn  # noqa: F401
