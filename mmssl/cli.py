@@ -1,4 +1,4 @@
-"""Command line: ``train.py`` / ``mmssl train``, ``mmssl tasks``, ``mmssl probe``.
+"""Command line: ``train.py`` / ``mmssl train``, ``mmssl tasks``, ``mmssl probe``, ``mmssl track``.
 
 Every expected failure (unknown task, bad override, missing data, ...) ends in
 one ``error:`` line and exit status 2, never a traceback.
@@ -30,11 +30,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", help="column holding the label to probe (e.g. speaker_id)")
     p.add_argument("--audio-column", help="column holding the audio (default audio), for audio tasks")
     p.add_argument("--image-column", help="column holding the image (default image), for image tasks")
+    p.add_argument("--video-column", help="column holding the video path or bytes (default video), for video tasks")
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column", "image_column",
-             "output_dir", "max_steps", "log_with")
+             "video_column", "output_dir", "max_steps", "log_with")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "streaming", False):
         out["streaming"] = True
@@ -172,6 +173,58 @@ def cmd_probe(args: argparse.Namespace) -> None:
         print(f"wrote {args.report}")
 
 
+def _tracking_features(checkpoint: str | None, baseline: str | None) -> tuple[str, Any]:
+    """(name, frames -> dense features) for --checkpoint DIR | random | random:DIR, or --baseline pixels."""
+    from mmssl.encoders.io import build_encoder, load_encoder
+    from mmssl.evaluation.video import features_for
+
+    if baseline is not None:
+        if baseline != "pixels":
+            raise MmsslError(f"--baseline must be pixels, not '{baseline}'")
+        return "pixels (Lab)", features_for("pixels")
+    if checkpoint is None:
+        raise MmsslError("pass --checkpoint DIR (or random, or random:DIR), or --baseline pixels")
+    if checkpoint == "random":  # the colorize_video demo architecture, randomly initialised
+        _load_tasks()
+        task = TASKS.get("colorize_video")()
+        encoder = build_encoder(task.encoder_spec(task.default_config()))
+        return "random (colorize_video encoder)", features_for(encoder.eval(), task.input_kind)
+    pretrained = not checkpoint.startswith("random:")
+    path = checkpoint if pretrained else checkpoint[len("random:"):]
+    encoder = load_encoder(path, pretrained=pretrained)
+    kind = encoder.meta.get("input", "rgb")
+    return (path if pretrained else f"random ({path} architecture)"), features_for(encoder, kind)
+
+
+def cmd_track(args: argparse.Namespace) -> None:
+    """Semi-supervised DAVIS label propagation with an encoder's features, scored with J&F."""
+    import torch
+
+    from mmssl.evaluation.video import track_davis
+    from mmssl.modalities.video import DavisRoot, demo_root
+
+    for name in ("context", "topk"):
+        if getattr(args, name) < 1:
+            raise MmsslError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.temperature <= 0 or args.radius < 0:
+        raise MmsslError("--temperature must be positive and --radius non-negative")
+    davis = DavisRoot(demo_root() / "davis" if args.davis == "demo" else args.davis, args.split)
+    label, features = _tracking_features(args.checkpoint, args.baseline)
+    torch.manual_seed(0)
+    output = args.output
+    result = track_davis(features, davis, context=args.context, topk=args.topk, radius=args.radius,
+                         temperature=args.temperature, output=output, overlay=output is not None and not args.no_overlay,
+                         max_sequences=args.max_sequences)
+    print(f"features: {label}; {result['sequences']} sequences, {result['fps']:.1f} frames/s\n{result['table']}")
+    if output is not None:
+        print(f"masks in {output}/<sequence>/*.png" + ("" if args.no_overlay else f", overlays in {output}/<sequence>.mp4"))
+    if args.report:
+        report = {"features": label, "settings": {k: getattr(args, k) for k in ("context", "topk", "radius", "temperature")},
+                  **{k: result[k] for k in ("summary", "fps", "sequences")}}
+        Path(args.report).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.report}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":
@@ -185,6 +238,22 @@ def main(argv: list[str] | None = None) -> int:
     _data_args(probe)
     probe.add_argument("--report", help="also write the report as JSON here")
     probe.set_defaults(fn=cmd_probe)
+    track = sub.add_parser("track", help="DAVIS label propagation with an encoder's features, scored with J&F")
+    track.add_argument("--checkpoint", help="a run directory, 'random' (the colorize_video encoder untrained) "
+                                            "or 'random:DIR' (DIR's architecture untrained)")
+    track.add_argument("--baseline", help="pixels: propagate with raw Lab pixels instead of an encoder")
+    track.add_argument("--davis", required=True, help="a DAVIS-2017 root (JPEGImages/480p, Annotations/480p, "
+                                                      "ImageSets/2017), or demo")
+    track.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt (default val)")
+    track.add_argument("--output", help="write OUT/<seq>/00000.png ... and OUT/<seq>.mp4 overlays here")
+    track.add_argument("--no-overlay", action="store_true", help="skip the overlay videos")
+    track.add_argument("--report", help="also write the scores as JSON here")
+    track.add_argument("--context", type=int, default=20, help="recent frames kept as context besides the first")
+    track.add_argument("--topk", type=int, default=10, help="affinities kept per target position")
+    track.add_argument("--radius", type=float, default=12, help="local window radius in feature cells")
+    track.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the affinities")
+    track.add_argument("--max-sequences", type=int, help="only the first N sequences")
+    track.set_defaults(fn=cmd_track)
     args = p.parse_args(argv)
     return _guard(lambda: args.fn(args))
 

@@ -16,6 +16,7 @@ from mmssl.tasks.cpc_audio import CPCAudioConfig
 _IMG = {"batch_size": 4, "num_workers": 0, "image_size": 16, "convnet_widths": "8,8,8,8"}
 _VIT = {**_IMG, "backbone": "vit", "vit_dim": 16, "vit_depth": 1, "vit_heads": 2, "patch_size": 4}
 _HEAD = {"proj_hidden": 16, "proj_dim": 8}
+_VID = {"batch_size": 2, "num_workers": 0, "frame_size": 32, "dense_widths": "8,8,8"}
 _AUDIO = {"batch_size": 4, "num_workers": 0, "channels": 16, "context_dim": 16, "crop_samples": 3200}
 SMOKE = {
     "cpc_audio": tiny_cpc(dataset="demo"),
@@ -33,6 +34,12 @@ SMOKE = {
     "simclr_image/resnet18": {**_IMG, **_HEAD, "backbone": "resnet18"},
     "swav_image/vit": {**_VIT, **_HEAD, "num_prototypes": 8, "num_local": 2, "local_size": 8},
     "rotnet_image/vit": {**_VIT},
+    "colorize_video": {**_VID, "quantizer_frames": 8},
+    "tcn_video": {**_VID, "anchors": 4, "embed_dim": 8},
+    "tcn_video/single": {**_VID, "anchors": 4, "embed_dim": 8, "views": "single", "loss": "npairs"},
+    "mae_video": {**_VID, "clip_len": 4, "vit_dim": 16, "vit_depth": 1, "vit_heads": 2, "decoder_dim": 16,
+                  "decoder_depth": 1, "decoder_heads": 2},
+    "colorize_video/resnet18": {**_VID, "quantizer_frames": 8, "backbone": "resnet18"},
 }
 
 

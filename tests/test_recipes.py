@@ -20,6 +20,20 @@ def _datasets_cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
 
 
+def small_mp4(path: Path, rng: np.random.Generator, frames: int = 40, side: int = 48) -> bytes:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+    return path.read_bytes()
+
+
 def stand_in(recipe: dict, root: Path) -> Path:
     """A save_to_disk DatasetDict with the recipe's splits and columns, a handful of rows each."""
     rng = np.random.default_rng(0)
@@ -31,6 +45,11 @@ def stand_in(recipe: dict, root: Path) -> Path:
             audio = [{"array": rng.standard_normal(24000).astype(np.float32) * 0.1, "sampling_rate": 16000}
                      for _ in range(n)]
             parts[split] = datasets.Dataset.from_dict({recipe.get("audio_column", "audio"): audio,
+                                                       label: [i % 2 for i in range(n)]})
+        elif recipe["task"].endswith("_video"):
+            # mp4 bytes in the column, as a Hub dataset of videos holds them; smaller than the crop
+            videos = [small_mp4(root / f"{split}_{i}.mp4", rng) for i in range(n)]
+            parts[split] = datasets.Dataset.from_dict({recipe.get("video_column", "video"): videos,
                                                        label: [i % 2 for i in range(n)]})
         else:
             # real datasets hold images of varied sizes: one a little larger than the crop, one smaller

@@ -1,0 +1,72 @@
+"""colorize_video: tracking emerges by colorizing videos (Vondrick et al., arXiv:1806.09594).
+
+A grayscale target frame points into grayscale reference frames through softmax affinities of
+stride-8 features and copies their quantised colours; the loss is the cross-entropy on the
+target's own colour clusters. The same pointer later copies segmentation masks: tracking.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from mmssl.objectives.colorization import Colorization, ColorQuantizer, rgb_to_lab
+from mmssl.registry import TASKS
+from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorizeVideoConfig(VideoConfig):
+    num_refs: int = 3  # reference frames before the target
+    clusters: int = 16  # k-means colour clusters of Lab ab
+    temperature: float = 1.0  # softmax temperature of the feature affinities
+    quantizer_frames: int = 256  # training frames the colour clusters are fitted on (8 per sampled video)
+    frame_stride: int = 3
+
+
+@TASKS.register("colorize_video")
+class ColorizeVideo(VideoTask):
+    name = "colorize_video"
+    encoder = "dense_convnet | resnet (stride 8, L input)"
+    objective = "colorization"
+    Config = ColorizeVideoConfig
+    input_kind = "lab_l"
+
+    def make_item(self, cfg: ColorizeVideoConfig):
+        from mmssl.modalities.video import read_clip
+
+        def item(entry: dict, gen: torch.Generator) -> dict:
+            views = entry["views"]
+            view = views[int(torch.randint(len(views), (), generator=gen))]
+            clip = read_clip(view, cfg.num_refs + 1, cfg.frame_stride, gen, cfg.backend)["frames"]
+            # references first, target last; the same crop for all so positions correspond
+            return {"frames": random_crop_clip(clip, cfg.frame_size, cfg.min_scale, gen)}
+
+        return item
+
+    def fit_quantizer(self, cfg: ColorizeVideoConfig) -> ColorQuantizer:
+        """k-means on the ab values of training frames, averaged over stride-8 cells as the targets are."""
+        from mmssl.modalities.video import read_clip
+
+        source = self.source(cfg, cfg.split)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        per_clip = 8  # frames read from each sampled video, spread over it
+        picks = torch.randint(len(source), (max(1, -(-cfg.quantizer_frames // per_clip)),), generator=gen).tolist()
+        ab = []
+        for i in picks:
+            views = source[i]["views"]
+            clip = read_clip(views[0], per_clip, 4, gen, cfg.backend)["frames"]  # (8, 3, H, W)
+            clip = random_crop_clip(clip, cfg.frame_size, cfg.min_scale, gen)
+            lab = rgb_to_lab(clip)[:, 1:]  # (8, 2, S, S)
+            ab.append(F.avg_pool2d(lab, 8, ceil_mode=True).flatten(2).transpose(1, 2).reshape(-1, 2))
+        return ColorQuantizer(cfg.clusters).fit(torch.cat(ab), generator=torch.Generator().manual_seed(cfg.seed))
+
+    def build_objective(self, cfg: ColorizeVideoConfig) -> Colorization:
+        quantizer = self.fit_quantizer(cfg)
+        self._centers = quantizer.centers.tolist()
+        return Colorization(self.build_encoder(cfg), quantizer, num_refs=cfg.num_refs, temperature=cfg.temperature)
+
+    def encoder_meta(self, cfg: ColorizeVideoConfig) -> dict:
+        # the colour clusters travel with the encoder, so its colour predictions can be decoded later
+        return {**super().encoder_meta(cfg), "color_centers": getattr(self, "_centers", None)}

@@ -1,0 +1,101 @@
+"""mae_video: VideoMAE (Tong et al., arXiv:2203.12602): a ViT on (2, 8, 8) tubelets with 90% of
+the spatial positions masked at every time index (tube masking), through the same MAE
+objective as images and spectrograms."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from mmssl.errors import DataError
+from mmssl.objectives.mae import MAE
+from mmssl.registry import TASKS
+from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
+
+
+@dataclasses.dataclass(frozen=True)
+class MAEVideoConfig(VideoConfig):
+    backbone: str = "vit"
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    clip_len: int = 8
+    frame_stride: int = 2
+    tubelet: str = "2,8,8"  # (pt, ph, pw); the paper: 2x16x16 at 224 px
+    vit_size: str = "tiny"
+    vit_dim: int | None = 128
+    vit_depth: int | None = 4
+    vit_heads: int | None = 4
+    mask_ratio: float = 0.9
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+
+@TASKS.register("mae_video")
+class MAEVideo(VideoTask):
+    name = "mae_video"
+    encoder = "vit (tubelets)"
+    objective = "mae (tube masking)"
+    Config = MAEVideoConfig
+
+    def tubelet(self, cfg: MAEVideoConfig) -> list[int]:
+        try:
+            patch = [int(p) for p in cfg.tubelet.split(",")]
+        except ValueError:
+            patch = []
+        if len(patch) != 3:
+            raise DataError(f"tubelet must be three comma-separated sizes pt,ph,pw, not '{cfg.tubelet}'")
+        if cfg.clip_len % patch[0] or cfg.frame_size % patch[1] or cfg.frame_size % patch[2]:
+            raise DataError(f"clip_len {cfg.clip_len} and frame_size {cfg.frame_size} must be multiples of the tubelet {patch}")
+        return patch
+
+    def encoder_spec(self, cfg: MAEVideoConfig) -> dict:
+        if cfg.backbone != "vit":
+            raise DataError(f"mae_video needs backbone=vit (masking drops tokens), not '{cfg.backbone}'")
+        kwargs = {"size": cfg.vit_size, "input_size": [cfg.clip_len, cfg.frame_size, cfg.frame_size],
+                  "patch": self.tubelet(cfg), "channels": 3, "dim": cfg.vit_dim, "depth": cfg.vit_depth,
+                  "heads": cfg.vit_heads}
+        return {"name": "vit", "kwargs": kwargs}
+
+    def make_item(self, cfg: MAEVideoConfig):
+        from mmssl.modalities.video import read_clip
+        from mmssl.modalities.vision import normalize
+
+        def item(entry: dict, gen: torch.Generator) -> dict:
+            views = entry["views"]
+            view = views[int(torch.randint(len(views), (), generator=gen))]
+            clip = read_clip(view, cfg.clip_len, cfg.frame_stride, gen, cfg.backend)["frames"]  # (T, 3, H, W)
+            x = normalize(random_crop_clip(clip, cfg.frame_size, cfg.min_scale, gen))
+            return {"input": x.transpose(0, 1).contiguous()}  # (3, T, S, S): channels first, then time
+
+        return item
+
+    def build_objective(self, cfg: MAEVideoConfig) -> MAE:
+        return MAE(self.build_encoder(cfg), cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
+                   cfg.norm_pix_loss, masking="tube")
+
+    def after_training(self, cfg: MAEVideoConfig, objective: MAE, out_dir: Path) -> None:
+        """DIR/plots/reconstruction.png: the frames of test clips, masked, and reconstructed."""
+        from mmssl.evaluation.plots import reconstruction_grid
+        from mmssl.modalities.vision import denormalize
+
+        try:
+            source = self.source(cfg, cfg.eval_split or "test")
+        except DataError:
+            source = self.source(cfg, cfg.split)
+        make = self.make_item(dataclasses.replace(cfg, min_scale=1.0))
+        picks = torch.linspace(0, len(source) - 1, min(4, len(source))).long().tolist()
+        x = torch.stack([make(source[i], torch.Generator().manual_seed(i))["input"] for i in picks])
+        device = next(objective.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            shown = objective.eval().reconstruct(x.to(device))
+
+        def frames(v: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B * 2, 3, H, W): first and last frame
+            return torch.stack([v[:, :, 0], v[:, :, -1]], dim=1).flatten(0, 1).cpu()
+
+        reconstruction_grid(frames(shown["original"]), frames(shown["masked"]), frames(shown["reconstruction"]),
+                            out_dir / "plots" / "reconstruction.png", denormalize=denormalize,
+                            title=f"mae_video, tube mask ratio {cfg.mask_ratio} (first and last frame of each clip)")

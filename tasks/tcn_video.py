@@ -1,0 +1,81 @@
+"""tcn_video: time-contrastive networks (Sermanet et al., arXiv:1704.06888).
+
+Frames of one moment attract, frames far apart in time repel. Multi-view (the default when a
+dataset has synchronised cameras, as the demo does): the positive of an anchor is the
+simultaneous frame of another camera. Single-view: a frame within ``pos_window`` frames of the
+anchor in the same video. Negatives are frames at least ``neg_margin`` frames away from the
+anchor, and frames of other videos; triplet loss with semi-hard mining, or n-pairs.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mmssl.errors import DataError
+from mmssl.objectives.tcn import TCN
+from mmssl.registry import TASKS
+from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
+
+
+@dataclasses.dataclass(frozen=True)
+class TCNVideoConfig(VideoConfig):
+    batch_size: int = 8  # videos per step; each gives `anchors` anchor / positive pairs
+    anchors: int = 8  # anchor times per video
+    frame_stride: int = 4  # frames between consecutive anchor times
+    views: str = "auto"  # multi | single | auto (multi when the items have two or more cameras)
+    pos_window: int = 2  # single-view: the positive lies within this many frames of the anchor
+    neg_margin: int = 6  # negatives from the same video are at least this many frames away
+    margin: float = 0.2  # triplet margin on squared distances of L2-normalised embeddings
+    loss: str = "triplet"  # triplet (semi-hard mining) | npairs
+    embed_dim: int = 32
+    min_scale: float = 0.5
+
+
+@TASKS.register("tcn_video")
+class TCNVideo(VideoTask):
+    name = "tcn_video"
+    encoder = "dense_convnet | resnet"
+    objective = "tcn (triplet / n-pairs)"
+    Config = TCNVideoConfig
+
+    def make_item(self, cfg: TCNVideoConfig):
+        from mmssl.modalities.video import VideoReader, clip_indices
+        from mmssl.modalities.vision import normalize
+
+        if cfg.views not in ("multi", "single", "auto"):
+            raise DataError(f"views must be multi, single or auto, not '{cfg.views}'")
+
+        def item(entry: dict, gen: torch.Generator) -> dict:
+            views = entry["views"]
+            multi = cfg.views == "multi" or (cfg.views == "auto" and len(views) > 1)
+            if multi and len(views) < 2:
+                raise DataError(f"views=multi, but {entry.get('name', 'an item')} has one camera")
+            if multi:
+                order = torch.randperm(len(views), generator=gen)[:2].tolist()
+                readers = [VideoReader(views[v], cfg.backend) for v in order]
+                n = min(r.num_frames for r in readers)
+                t = clip_indices(n, cfg.anchors, cfg.frame_stride, gen)
+                anchor, positive = (r.get_batch(t) for r in readers)  # the same moments, two cameras
+            else:
+                view = views[int(torch.randint(len(views), (), generator=gen))]
+                readers = [VideoReader(view, cfg.backend)]
+                n = readers[0].num_frames
+                t = clip_indices(n, cfg.anchors, cfg.frame_stride, gen)
+                shift = torch.randint(-cfg.pos_window, cfg.pos_window + 1, t.shape, generator=gen)
+                frames = readers[0].get_batch(torch.cat([t, (t + shift).clamp(0, n - 1)]))
+                anchor, positive = frames[: len(t)], frames[len(t):]
+            for r in readers:
+                r.close()
+            # each side gets its own crop: the camera, not the crop, is what must not matter
+            return {"anchor": normalize(random_crop_clip(anchor, cfg.frame_size, cfg.min_scale, gen)),
+                    "positive": normalize(random_crop_clip(positive, cfg.frame_size, cfg.min_scale, gen)),
+                    "times": t}
+
+        return item
+
+    def build_objective(self, cfg: TCNVideoConfig) -> TCN:
+        if cfg.loss not in ("triplet", "npairs"):
+            raise DataError(f"loss must be triplet or npairs, not '{cfg.loss}'")
+        return TCN(self.build_encoder(cfg), embed_dim=cfg.embed_dim, margin=cfg.margin, loss=cfg.loss,
+                   neg_margin_frames=cfg.neg_margin)

@@ -1,0 +1,218 @@
+"""What the video tasks share: the config, the frame encoder, clips read in DataLoader
+workers, and the evaluation every video encoder gets: DAVIS-2017 label propagation scored
+with J&F and the temporal alignment error between two synchronised cameras, each beside a
+randomly initialised encoder of the same architecture and raw pixels.
+
+A task file adds its objective's settings, what one training item holds and its objective.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from mmssl.config import TrainConfig
+from mmssl.data import train_loader
+from mmssl.encoders.io import build_encoder
+from mmssl.errors import DataError
+from mmssl.task import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoConfig(TrainConfig):
+    # Demo defaults: a small stride-8 conv net on 64 px crops of the embedded 128 px videos,
+    # a few CPU minutes (configs/ holds the ResNet-18 / ViT-B recipes for Kinetics and DAVIS).
+    max_steps: int = 400
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    video_column: str = "video"
+    backend: str = "auto"  # decord | torchcodec | pyav | auto (the first that works)
+    frame_size: int = 64  # training crop side
+    min_scale: float = 0.3  # random resized crop: smallest fraction of the frame's area
+    frame_stride: int = 2  # frames between consecutive sampled frames
+    backbone: str = "dense_convnet"  # dense_convnet | resnet18 | resnet50 (stride 8) | vit (mae_video)
+    dense_widths: str = "32,64,128"
+    # evaluation: DAVIS label propagation (CRW protocol, arXiv:2006.14613) and view alignment
+    davis_root: str | None = None  # default: the demo's DAVIS-layout root when --dataset demo
+    davis_split: str = "val"
+    track_context: int = 20
+    track_topk: int = 10
+    track_radius: float = 12.0
+    track_temperature: float = 0.05
+    track_max_sequences: int | None = None
+    overlay: bool = True  # DIR/tracking/<seq>.mp4 with the learned encoder's masks drawn over the frames
+    align_max_scenes: int = 8
+
+
+class VideoTask(Task):
+    """Base of the video tasks; subclasses set ``input_kind``, ``make_item`` and ``build_objective``."""
+
+    modality = "video"
+    default_data = "embedded moving-objects videos (2 cameras) + DAVIS-layout masks"
+    Config = VideoConfig
+    input_kind = "rgb"  # what the encoder reads (mmssl.evaluation.video.INPUTS)
+
+    # encoder -------------------------------------------------------------------------------------
+    def channels(self) -> int:
+        return 1 if self.input_kind == "lab_l" else 3
+
+    def encoder_spec(self, cfg: VideoConfig) -> dict:
+        if cfg.backbone == "dense_convnet":
+            try:
+                widths = [int(w) for w in cfg.dense_widths.split(",")]
+            except ValueError:
+                raise DataError(f"dense_widths must be comma-separated integers, not '{cfg.dense_widths}'") from None
+            return {"name": "dense_convnet", "kwargs": {"widths": widths, "channels": self.channels()}}
+        if cfg.backbone in ("resnet18", "resnet50"):
+            return {"name": "resnet", "kwargs": {"arch": cfg.backbone, "channels": self.channels(), "out_stride": 8}}
+        raise DataError(f"backbone must be dense_convnet, resnet18 or resnet50 for {self.name}, not '{cfg.backbone}'")
+
+    def build_encoder(self, cfg: VideoConfig) -> nn.Module:
+        return build_encoder(self.encoder_spec(cfg))
+
+    def encoder_meta(self, cfg: VideoConfig) -> dict:
+        return {"task": self.name, "modality": self.modality, "input": self.input_kind}
+
+    # data ----------------------------------------------------------------------------------------
+    def source(self, cfg: VideoConfig, split: str) -> Any:
+        from mmssl.modalities.video import open_videos
+
+        return open_videos(cfg.dataset, split, cfg.dataset_config, cfg.video_column)
+
+    def make_item(self, cfg: VideoConfig) -> Callable[[dict, torch.Generator], dict]:
+        """source item (video / views) + generator -> the batch entry the objective reads."""
+        raise NotImplementedError
+
+    def train_loader(self, cfg: VideoConfig, start_batch: int, world: int, rank: int) -> Any:
+        from mmssl.modalities.video import SafeClips
+
+        if cfg.streaming:
+            raise DataError("video tasks read map-style datasets; drop --streaming")
+        source = self.source(cfg, cfg.split)
+        # a video that fails to decode inside a worker is replaced (and named in a warning), not fatal
+        transform = SafeClips(source, self.make_item(cfg))
+        return train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers)
+
+    # evaluation ----------------------------------------------------------------------------------
+    def davis(self, cfg: VideoConfig) -> Any | None:
+        from mmssl.modalities.video import DavisRoot, demo_root
+
+        if cfg.davis_root:
+            return DavisRoot(cfg.davis_root, cfg.davis_split)
+        if cfg.dataset == "demo":
+            return DavisRoot(demo_root() / "davis", cfg.davis_split)
+        return None
+
+    def alignment_scenes(self, cfg: VideoConfig) -> list[torch.Tensor]:
+        """Up to ``align_max_scenes`` multi-view test items as (V, T, 3, H, W) uint8."""
+        from mmssl.modalities.video import read_views
+
+        try:
+            test = self.source(cfg, cfg.eval_split or "test")
+        except DataError:
+            return []
+        scenes = []
+        for i in range(len(test)):
+            item = test[i]
+            if len(item["views"]) < 2:
+                continue
+            # the whole of each view, frame by frame (a clip of every frame at stride 1)
+            from mmssl.modalities.video import VideoReader
+
+            with VideoReader(item["views"][0], cfg.backend) as r:
+                n = r.num_frames
+            scenes.append(read_views(item, n, 1, torch.Generator().manual_seed(0), cfg.backend)["frames"])
+            if len(scenes) >= cfg.align_max_scenes:
+                break
+        return scenes
+
+    def evaluate(self, cfg: VideoConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
+        return video_evaluation(cfg, self, encoder, out_dir)
+
+
+def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_dir: Path | None) -> dict[str, Any]:
+    from mmssl.evaluation.video import (
+        chance_alignment_error, features_for, pixel_embedding, pooled_embedding, track_davis, view_alignment,
+    )
+
+    torch.manual_seed(cfg.seed + 1)
+    random = build_encoder(encoder.spec).eval()
+    encoder = encoder.eval()
+    kind = getattr(encoder, "meta", {}).get("input", task.input_kind)
+    report: dict[str, Any] = {}
+    lines = []
+
+    davis = task.davis(cfg)
+    if davis is not None:
+        settings = dict(context=cfg.track_context, topk=cfg.track_topk, radius=cfg.track_radius,
+                        temperature=cfg.track_temperature, max_sequences=cfg.track_max_sequences)
+        tracking = {}
+        for name, feats in ((task.name, features_for(encoder, kind)), ("random", features_for(random, kind)),
+                            ("pixels", features_for("pixels"))):
+            learned = name == task.name and out_dir is not None
+            result = track_davis(feats, davis, output=Path(out_dir) / "tracking" if learned else None,
+                                 overlay=learned and cfg.overlay, **settings)
+            tracking[name] = {"J&F": result["summary"]["J&F-Mean"], "J": result["summary"]["J-Mean"],
+                              "F": result["summary"]["F-Mean"], "fps": result["fps"]}
+            if name == task.name:
+                report["tracking_table"] = result["table"]
+        report["tracking"] = tracking
+        lines.append(f"DAVIS label propagation ({len(davis.sequences)} sequences of {getattr(davis, 'root', 'the DAVIS root')}; "
+                     f"context {cfg.track_context}, top-k {cfg.track_topk}, radius {cfg.track_radius}, "
+                     f"temperature {cfg.track_temperature})")
+        lines.append(f"{'features':<16}{'J&F':>7}{'J':>7}{'F':>7}{'frames/s':>10}")
+        for name, r in tracking.items():
+            lines.append(f"{name:<16}{100 * r['J&F']:>7.1f}{100 * r['J']:>7.1f}{100 * r['F']:>7.1f}{r['fps']:>10.1f}")
+
+    scenes = task.alignment_scenes(cfg)
+    if scenes:
+        errors = view_alignment({task.name: pooled_embedding(encoder, kind), "random": pooled_embedding(random, kind),
+                                 "pixels": pixel_embedding()}, scenes)
+        T = scenes[0].shape[1]
+        report["alignment"] = {**errors, "chance": chance_alignment_error(T)}
+        if lines:
+            lines.append("")
+        lines.append(f"alignment error between two cameras (mean |t - t_nn| / T over {len(scenes)} scenes; lower is better)")
+        for name, err in report["alignment"].items():
+            lines.append(f"{name:<16}{err:>7.3f}")
+    report["table"] = "\n".join(lines) if lines else "no DAVIS root and no multi-view videos: nothing to evaluate"
+    return report
+
+
+def random_resized_box(H: int, W: int, min_scale: float, gen: torch.Generator) -> tuple[int, int, int, int]:
+    """A random crop box (top, left, h, w) covering [min_scale, 1] of the area, aspect in [3/4, 4/3]."""
+    for _ in range(10):
+        area = H * W * (min_scale + (1 - min_scale) * float(torch.rand((), generator=gen)))
+        aspect = math.exp(math.log(3 / 4) + math.log(16 / 9) * float(torch.rand((), generator=gen)))
+        h, w = round(math.sqrt(area / aspect)), round(math.sqrt(area * aspect))
+        if 0 < h <= H and 0 < w <= W:
+            top = int(torch.randint(H - h + 1, (), generator=gen))
+            left = int(torch.randint(W - w + 1, (), generator=gen))
+            return top, left, h, w
+    return 0, 0, H, W
+
+
+def crop_clip(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float [0, 1] (..., 3, size, size): the same crop of every frame."""
+    import torch.nn.functional as F
+
+    top, left, h, w = box
+    x = frames[..., top:top + h, left:left + w].float() / 255
+    lead = x.shape[:-3]
+    x = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(size, size), mode="bilinear", antialias=True,
+                      align_corners=False).clamp(0, 1)
+    x = x.reshape(*lead, 3, size, size)
+    return x.flip(-1) if flip else x
+
+
+def random_crop_clip(frames: torch.Tensor, size: int, min_scale: float, gen: torch.Generator) -> torch.Tensor:
+    """One random resized crop and flip shared by every frame of (..., 3, H, W)."""
+    box = random_resized_box(frames.shape[-2], frames.shape[-1], min_scale, gen)
+    flip = bool(torch.rand((), generator=gen) < 0.5)
+    return crop_clip(frames, box, size, flip)
