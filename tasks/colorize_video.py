@@ -18,6 +18,7 @@ from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
 
 @dataclasses.dataclass(frozen=True)
 class ColorizeVideoConfig(VideoConfig):
+    max_steps: int = 1500  # about 4 minutes on 2 CPU cores; tracking keeps improving past 400 steps
     num_refs: int = 3  # reference frames before the target
     clusters: int = 16  # k-means colour clusters of Lab ab
     temperature: float = 1.0  # softmax temperature of the feature affinities
