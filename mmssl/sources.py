@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from mmssl.errors import DataError
 
@@ -108,3 +109,16 @@ def check_columns(dataset: Any, spec: str, **wanted: str | None) -> None:
 def cache_dir() -> Path:
     """Where generated demo data is cached: $MMSSL_CACHE, else ~/.cache/mmssl."""
     return Path(os.environ.get("MMSSL_CACHE", Path.home() / ".cache" / "mmssl"))
+
+
+def map_labels(ds: Any, column: str, vocab: list | None) -> tuple[np.ndarray, list]:
+    """Label values -> (int64 indices (N,), vocab). A ClassLabel's names are the vocab, otherwise
+    the sorted distinct values; a given vocab (the train split's) wins, unknown values -> -1."""
+    feature, values = ds.features[column], ds[column]
+    if isinstance(feature, datasets.ClassLabel):
+        values = [feature.names[v] if v is not None and v >= 0 else None for v in values]
+        vocab = list(vocab) if vocab is not None else list(feature.names)
+    elif vocab is None:
+        vocab = sorted({v for v in values if v is not None}, key=str)
+    index = {v: i for i, v in enumerate(vocab)}
+    return np.array([index.get(v, -1) for v in values], dtype=np.int64), list(vocab)

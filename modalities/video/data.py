@@ -25,7 +25,7 @@ import torch
 from mmssl.errors import DataError
 from mmssl.modalities.video.reader import VideoReader, VideoReadError
 from mmssl.modalities.video.sampler import clip_indices
-from mmssl.sources import check_columns, open_split
+from mmssl.sources import check_columns, map_labels, open_split
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -275,7 +275,7 @@ class HFVideos(VideoSource):
         self.ds, self.video_column, self.name = ds, video_column, spec
         self.labels, self.num_views = None, 1
         if label_column is not None:
-            self.labels, self.vocab = _map_labels(ds, label_column, vocab)
+            self.labels, self.vocab = map_labels(ds, label_column, vocab)
             self.num_classes = len(self.vocab)
         self._open(len(ds), backend, scan=True)
 
@@ -295,20 +295,6 @@ class HFVideos(VideoSource):
             name = f"{self.name}[{k}]" + (f" ({Path(path).name})" if path else "")
         return name, [video], int(self.labels[k]) if self.labels is not None else None
 
-
-def _map_labels(ds: Any, column: str, vocab: list | None) -> tuple[np.ndarray, list]:
-    """Label values -> (int64 indices (N,), vocab): a ClassLabel's names, else the sorted distinct
-    values; a given vocab (the training split's) wins, and values outside it become -1."""
-    import datasets
-
-    feature, values = ds.features[column], ds[column]
-    if isinstance(feature, datasets.ClassLabel):
-        values = [feature.names[v] if v is not None and v >= 0 else None for v in values]
-        vocab = list(vocab) if vocab is not None else list(feature.names)
-    elif vocab is None:
-        vocab = sorted({v for v in values if v is not None}, key=str)
-    index = {v: i for i, v in enumerate(vocab)}
-    return np.array([index.get(v, -1) for v in values], dtype=np.int64), vocab
 
 
 def _folder_entries(base: Path) -> list[tuple[str, list[Path]]]:

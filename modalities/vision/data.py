@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mmssl.errors import DataError
-from mmssl.sources import cache_dir, check_columns, open_split
+from mmssl.sources import cache_dir, check_columns, map_labels, open_split
 
 SCAN_LIMIT = 200_000  # larger datasets skip the up-front header scan (one open() per file is too slow)
 
@@ -111,7 +111,7 @@ class HFImages:
         self.ds, self.image_column, self.label_column, self.name = ds, image_column, label_column, spec
         self.labels, self.vocab, self.num_classes = None, None, None
         if label_column is not None:
-            self.labels, self.vocab = _map_labels(ds, label_column, vocab)
+            self.labels, self.vocab = map_labels(ds, label_column, vocab)
             self.num_classes = len(self.vocab)
         self.rows = self._scan()
 
@@ -159,20 +159,6 @@ class HFImages:
             return {"image": image, "label": label, "name": f"{self.name}[{row}]"}
         raise DataError(f"{self.name}: none of its {len(self.rows)} images can be read")
 
-
-def _map_labels(ds: Any, column: str, vocab: list | None) -> tuple[np.ndarray, list]:
-    """Label values -> (int64 indices (N,), vocab). A ClassLabel's names are the vocab, otherwise
-    the sorted distinct values; a given vocab (the train split's) wins, unknown values -> -1."""
-    import datasets
-
-    feature, values = ds.features[column], ds[column]
-    if isinstance(feature, datasets.ClassLabel):
-        values = [feature.names[v] if v is not None and v >= 0 else None for v in values]
-        vocab = list(vocab) if vocab is not None else list(feature.names)
-    elif vocab is None:
-        vocab = sorted({v for v in values if v is not None}, key=str)
-    index = {v: i for i, v in enumerate(vocab)}
-    return np.array([index.get(v, -1) for v in values], dtype=np.int64), list(vocab)
 
 
 def open_images(spec: str, split: str, config: str | None = None, image_column: str = "image",
