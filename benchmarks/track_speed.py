@@ -7,56 +7,32 @@ Random stride-8 features (D = 256, the width of CRW's ResNet-18 res4 at stride 8
 with 3 objects, propagated with ``mmssl.evaluation.propagation.propagate``; then the same with a
 randomly initialised ResNet-18 cut after layer3 (layer3 at stride 1, so stride 8 and 256 channels,
 as in CRW, arXiv:2006.14613) computing each frame's features inside the loop. Prints frames/s and
-the peak resident memory of the process.
+the peak resident memory of the process. The measuring code is ``mmssl.bench`` (``python -m mmssl
+bench --tasks tracking`` runs the first of the two, with fewer frames).
 """
 from __future__ import annotations
 
 import argparse
-import resource
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mmssl.evaluation.propagation import propagate
-
-STRIDE, DIM = 8, 256
-
-
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux and in bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-
-def first_labels(height: int, width: int, objects: int = 3) -> torch.Tensor:
-    """Three overlapping discs, ids 1..3, on background 0: (H, W) int64."""
-    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    labels = torch.zeros(height, width, dtype=torch.long)
-    for i in range(objects):
-        cy, cx, r = height * (0.3 + 0.2 * i), width * (0.25 + 0.25 * i), min(height, width) * 0.15
-        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i + 1
-    return labels
-
-
-def resnet18_stride8() -> nn.Module:
-    from torchvision.models import resnet18
-
-    net = resnet18(weights=None)
-    net.layer3[0].conv1.stride = (1, 1)  # keep layer3 at stride 8: 256 channels, a denser map
-    net.layer3[0].downsample[0].stride = (1, 1)
-    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3).eval()
+from mmssl.bench import (
+    DIM,
+    STRIDE,
+    first_labels,
+    peak_rss_mb,
+    propagation_speed,
+    random_features,
+    resnet18_stride8,
+)
 
 
 def run(label: str, features, labels: torch.Tensor, frames: int, args: argparse.Namespace) -> None:
-    start = time.perf_counter()
-    out = propagate(features, labels, context=args.context, topk=args.topk, radius=args.radius,
-                    temperature=args.temperature, num_frames=frames, tile=args.tile)
-    seconds = time.perf_counter() - start
-    assert out.shape == (frames, *labels.shape)
-    print(f"{label:<34} {frames - 1:4d} frames in {seconds:7.2f} s  {(frames - 1) / seconds:7.2f} frames/s  "
+    r = propagation_speed(features, labels, frames, context=args.context, topk=args.topk, radius=args.radius,
+                          temperature=args.temperature, tile=args.tile)
+    print(f"{label:<34} {r['frames']:4d} frames in {r['seconds']:7.2f} s  {r['frames_per_s']:7.2f} frames/s  "
           f"peak RSS {peak_rss_mb():7.0f} MB")
 
 
@@ -80,10 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'start':<34} peak RSS {peak_rss_mb():7.0f} MB")
 
     # Features made on demand: what the propagation itself holds is what is measured.
-    def random_features(i: int) -> torch.Tensor:
-        return torch.randn(DIM, h, w, generator=torch.Generator().manual_seed(i))
-
-    run("propagation (random features)", random_features, labels, args.frames, args)
+    run("propagation (random features)", random_features(args.height, args.width), labels, args.frames, args)
     if args.no_encoder:
         return
     encoder = resnet18_stride8()

@@ -14,65 +14,21 @@ backend reads the same clips), two ways:
   open per clip   a new VideoReader for every clip, as a DataLoader worker reading a dataset does
   reader kept     one VideoReader for all clips (also reports how much the resident memory grew)
 
-Every backend decodes with one thread. Prints a table and one JSON line.
+Every backend decodes with one thread. Prints a table and one JSON line. The measuring code is
+``mmssl.bench`` (``python -m mmssl bench --tasks clip_loading`` runs the same reading).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from mmssl.modalities.video import available_backends, clip_indices
 
-from mmssl.modalities.video import VideoReader, available_backends, clip_indices, render_scene, write_video
-
-
-def rss_mb() -> float:
-    """Current resident memory of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return 0.0
-
-
-def make_video(path: Path, frames: int, size: int, keyframe_every: int) -> tuple[int, int]:
-    """Render the test video; returns its (H, W)."""
-    clip = render_scene(seed=7, frames=frames, size=128)["cam0"]  # (T, 3, 128, 128)
-    if size != 128:
-        H, W = size, round(size * 16 / 9 / 2) * 2  # 16:9 (480x854), even for 4:2:0 chroma
-        clip = torch.cat([
-            F.interpolate(clip[s:s + 32].float(), size=(H, W), mode="bicubic", align_corners=False)
-            .round().clamp(0, 255).to(torch.uint8)
-            for s in range(0, frames, 32)
-        ])
-    write_video(path, clip, fps=30, crf=18, keyframe_every=keyframe_every)
-    return tuple(clip.shape[-2:])
-
-
-def bench(path: Path, backend: str, clips: list[torch.Tensor]) -> dict:
-    start = time.perf_counter()
-    for idx in clips:
-        with VideoReader(path, backend) as r:
-            r.get_batch(idx)
-    per_clip_open = time.perf_counter() - start
-
-    with VideoReader(path, backend) as r:
-        r.get_batch(clips[0])  # warm-up: first-use allocations are not growth
-        before = rss_mb()
-        start = time.perf_counter()
-        for idx in clips:
-            r.get_batch(idx)
-        kept = time.perf_counter() - start
-        growth = rss_mb() - before
-    n = len(clips)
-    return {"clips_per_s_open_per_clip": round(n / per_clip_open, 2),
-            "ms_per_clip_open_per_clip": round(1000 * per_clip_open / n, 2),
-            "clips_per_s_reader_kept": round(n / kept, 2), "rss_growth_mb_reader_kept": round(growth, 1)}
+from mmssl.bench import clip_reading, make_video
 
 
 def main() -> None:
@@ -94,7 +50,7 @@ def main() -> None:
               f"{path.stat().st_size / 2**20:.1f} MB, written in {time.perf_counter() - start:.1f} s")
         gen = torch.Generator().manual_seed(0)
         clips = [clip_indices(args.frames, args.clip_len, args.stride, gen) for _ in range(args.clips)]
-        results = {b: bench(path, b, clips) for b in available_backends()}
+        results = {b: clip_reading(path, b, clips) for b in available_backends()}
 
     print(f"\n{args.clips} random clips of {args.clip_len} frames at stride {args.stride}, one decoding thread")
     print(f"{'backend':<12}{'clips/s (open per clip)':>25}{'ms/clip':>10}{'clips/s (reader kept)':>24}"
