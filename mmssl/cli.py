@@ -37,8 +37,9 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column", "image_column",
              "video_column", "output_dir", "max_steps", "log_with")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    if getattr(args, "streaming", False):
-        out["streaming"] = True
+    for flag in ("streaming", "compile"):
+        if getattr(args, flag, False):
+            out[flag] = True
     return out
 
 
@@ -129,6 +130,7 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (default runs/<task>); rerunning with it resumes")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument("--log-with", help="also log to tensorboard or wandb")
+    p.add_argument("--compile", action="store_true", help="run the objective under torch.compile")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, checked against field types")
     return p
 

@@ -53,11 +53,12 @@ class TrainConfig:
     log_with: str | None = None  # tensorboard | wandb
     monitor_every: int = 0  # run the task's online monitor (e.g. kNN accuracy) every N steps; 0: never
     evaluate: bool = True
+    compile: bool = False  # run the objective under torch.compile (same maths; slow first step)
 
 
 # Fields that may change when a run is resumed; everything else must match the saved config.
 RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_checkpoints", "log_with",
-                  "monitor_every", "evaluate"}
+                  "monitor_every", "evaluate", "compile"}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

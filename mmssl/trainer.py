@@ -115,11 +115,20 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=accelerator.device.type == "cuda" or None
-    )
+    # The fused kernel updates all parameters in one pass; torch has it for CUDA and CPU tensors.
+    fused = accelerator.device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) or None
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     model, optimizer = accelerator.prepare(objective, optimizer)
     objective = accelerator.unwrap_model(model)
+    if getattr(cfg, "compile", False):
+        # Compiles the forward (and its backward) on first use; the parameters stay the objective's,
+        # so checkpoints, after_step updates and the saved encoder are unchanged. fallback_random keeps
+        # random ops (negative sampling, masking) on torch's own generator, so a compiled run draws
+        # what an eager one draws and resume stays exact.
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True
+        model = torch.compile(model)
 
     step = 0
     ckpt = latest_checkpoint(out_dir)

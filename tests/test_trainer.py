@@ -110,3 +110,16 @@ def test_queue_and_ema_updates_happen_once_per_optimizer_step_under_accumulation
     assert calls == [1, 2]
     # 2 steps x 3 micro-batches x 2 images x 2 views (symmetric: both views are keys once)
     assert int(objective.queue_ptr) == 24
+
+
+def test_compile_gives_the_eager_losses(tmp_path):
+    """train with compile=true runs the objective under torch.compile: the first steps' losses
+    match eager training from the same seed (same maths, fused kernels may round differently)."""
+    losses = {}
+    for mode in (False, True):
+        task, cfg = tiny_config(tmp_path / f"compile_{mode}", max_steps=3, compile=mode)
+        train(task, cfg)
+        rows = [json.loads(line) for line in (tmp_path / f"compile_{mode}" / "metrics.jsonl").read_text().splitlines()]
+        losses[mode] = [r["loss"] for r in rows]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
