@@ -111,7 +111,7 @@ class VideoTask(Task):
 
     def alignment_scenes(self, cfg: VideoConfig) -> list[torch.Tensor]:
         """Up to ``align_max_scenes`` multi-view test items as (V, T, 3, H, W) uint8."""
-        from mmssl.modalities.video import read_views
+        from mmssl.modalities.video import VideoReader, read_views
 
         try:
             test = self.source(cfg, cfg.eval_split or "test")
@@ -123,8 +123,6 @@ class VideoTask(Task):
             if len(item["views"]) < 2:
                 continue
             # the whole of each view, frame by frame (a clip of every frame at stride 1)
-            from mmssl.modalities.video import VideoReader
-
             with VideoReader(item["views"][0], cfg.backend) as r:
                 n = r.num_frames
             scenes.append(read_views(item, n, 1, torch.Generator().manual_seed(0), cfg.backend)["frames"])
