@@ -11,6 +11,7 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class SimSiamImageConfig(ImageConfig):
+    max_steps: int = 1600  # its kNN passes raw pixels between 800 and 1600 steps (about 6 minutes here)
     proj_dim: int = 512
     pred_hidden: int = 128  # the paper's bottleneck: a quarter of proj_dim
     min_scale: float = 0.2
