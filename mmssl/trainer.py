@@ -101,6 +101,65 @@ def _monitor(task: Task, cfg: Any, objective: nn.Module, model: nn.Module, accel
     return row
 
 
+class _FiniteGuard:
+    """Stops a run at a non-finite loss or gradient without a host sync every step.
+
+    Each step's flag stays on the device: it is reduced over processes (an asynchronous collective
+    on GPUs), the first bad step is remembered in a device tensor, and with a fused AdamW the
+    optimizer kernel itself skips a flagged update (its ``found_inf`` input, as a GradScaler uses
+    it). The flag is read on the host only at log, monitor and save steps, before anything is
+    logged, evaluated or saved, so the last checkpoint on disk always predates the bad step.
+    Under fp16 loss scaling an overflowing gradient is the scaler's to skip and only the loss counts.
+    """
+
+    def __init__(self, accelerator: Accelerator, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                 out_dir: Path) -> None:
+        self.accelerator, self.params, self.out_dir = accelerator, params, out_dir
+        self.inner = getattr(optimizer, "optimizer", optimizer)  # under accelerate's wrapper
+        self.scaler = accelerator.scaler
+        self.skips = bool(self.inner.defaults.get("fused")) and self.scaler is None
+        self.first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)
+        self.found_inf: torch.Tensor | None = None
+        self.step = 0
+
+    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | float | None) -> None:
+        """Flags ``step`` (1-based) when its loss or gradient norm is not finite."""
+        bad = ~torch.isfinite(loss.detach().float())
+        if self.scaler is None:
+            if grad_norm is None:
+                grads = [p.grad for p in self.params if p.grad is not None]
+                grad_norm = torch.stack(torch._foreach_norm(grads)).norm() if grads else torch.zeros(())
+            bad = bad | ~torch.isfinite(torch.as_tensor(grad_norm, device=self.first_bad.device).float())
+        bad = bad.float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")  # every process skips the same steps
+        self.found_inf = (bad[0] > 0).float()
+        self.first_bad = torch.where((self.first_bad == 0) & (bad[0] > 0), step, self.first_bad)
+        self.step = step
+
+    @contextlib.contextmanager
+    def skip_if_bad(self):
+        """Around ``optimizer.step()``: a fused AdamW leaves the weights and its state alone on a flagged step."""
+        if not self.skips:
+            yield
+            return
+        self.inner.found_inf = self.found_inf
+        try:
+            yield
+        finally:
+            del self.inner.found_inf
+
+    def check(self) -> None:
+        """Raises :class:`TrainingError` if any step so far was flagged (one host sync)."""
+        bad = int(self.first_bad)
+        if bad:
+            last = latest_checkpoint(self.out_dir)
+            raise TrainingError(
+                f"non-finite loss or gradient at step {bad}; stopped at step {self.step} before logging or saving "
+                f"anything after it. Last good checkpoint: {last if last else 'none'}. Lower lr or check the data."
+            )
+
+
 def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple[nn.Module, Accelerator]:
     """Train ``task`` with ``cfg`` for ``cfg.max_steps`` optimizer steps (resuming if possible).
 
@@ -146,6 +205,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     sums: dict[str, torch.Tensor] = {}
     count, tick = 0, time.perf_counter()
     log_file = out_dir / "metrics.jsonl"
+    guard = _FiniteGuard(accelerator, optimizer, params, out_dir)
     model.train()
     while step < cfg.max_steps:
         lr = lr_at(step, cfg)
@@ -161,15 +221,10 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
                 accelerator.backward(out["loss"] / cfg.grad_accum)
             for k, v in out.items():
                 metrics[k] = metrics.get(k, 0) + v.detach().float() / cfg.grad_accum
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.clip_grad) if cfg.clip_grad > 0 else torch.zeros(())
-        bad = (~torch.isfinite(metrics["loss"])) | (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device)))
-        if accelerator.reduce(bad.float().reshape(1), reduction="sum").item() > 0:
-            last = latest_checkpoint(out_dir)
-            raise TrainingError(
-                f"non-finite loss or gradient at step {step + 1}; stopped without updating the weights. "
-                f"Last good checkpoint: {last if last else 'none'}. Lower lr or check the data."
-            )
-        optimizer.step()
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.clip_grad) if cfg.clip_grad > 0 else None
+        guard.observe(step + 1, metrics["loss"], grad_norm)
+        with guard.skip_if_bad():
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if hasattr(objective, "after_step"):
             objective.after_step(step + 1, cfg.max_steps)  # EMA / queue / prototype updates
@@ -178,7 +233,11 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0) + v
         count += 1
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        at_log = step % cfg.log_every == 0 or step == cfg.max_steps
+        at_monitor = cfg.monitor_every and (step % cfg.monitor_every == 0 or step == cfg.max_steps)
+        if at_log or at_monitor or step % cfg.save_every == 0:
+            guard.check()  # the one host sync for the flag: nothing bad is logged, monitored or saved
+        if at_log:
             names = sorted(sums)
             means = accelerator.reduce(torch.stack([sums[k] / count for k in names]), reduction="mean").tolist()
             elapsed = time.perf_counter() - tick
@@ -190,7 +249,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
             if cfg.log_with:
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             sums, count, tick = {}, 0, time.perf_counter()
-        if cfg.monitor_every and (step % cfg.monitor_every == 0 or step == cfg.max_steps):
+        if at_monitor:
             row = _monitor(task, cfg, objective, model, accelerator, step)
             if accelerator.is_main_process and row:
                 with log_file.open("a") as f:

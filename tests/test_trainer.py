@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from host_reads import host_reads
 from tiny_tasks import Interrupted, TinyCPC, tiny_config
 
 from mmssl import load_encoder
@@ -81,6 +82,63 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert ckpt.name == "step_0000004"
     state = load_file(str(ckpt / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_non_finite_flag_is_read_at_the_next_log_or_save_step_only(tmp_path):
+    """With logging every 8 steps and saving every 3, a NaN at step 5 is reported at step 6, before
+    the checkpoint of step 6 is written; nothing of steps 5 and 6 reaches the log."""
+    task, cfg = tiny_config(tmp_path / "nan", max_steps=9, save_every=3, log_every=8)
+    TinyCPC.nan_batch = 4
+    try:
+        with pytest.raises(TrainingError, match="at step 5; stopped at step 6 .*step_0000003"):
+            train(task, cfg)
+    finally:
+        TinyCPC.nan_batch = None
+    assert latest_checkpoint(tmp_path / "nan").name == "step_0000003"
+    assert not (tmp_path / "nan" / "metrics.jsonl").exists() or not (tmp_path / "nan" / "metrics.jsonl").read_text()
+
+
+def test_fused_adamw_skips_a_flagged_step_on_the_device():
+    from accelerate import Accelerator
+
+    from mmssl.trainer import _FiniteGuard
+
+    layer = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    guard = _FiniteGuard(Accelerator(cpu=True), opt, list(layer.parameters()), None)
+    assert guard.skips
+
+    def step(n, x):
+        loss = layer(x).sum()
+        loss.backward()
+        guard.observe(n, loss, None)
+        with guard.skip_if_bad():
+            opt.step()
+        opt.zero_grad()
+
+    step(1, torch.ones(4, 3))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    moments = [opt.state[p]["exp_avg"].clone() for p in layer.parameters()]
+    step(2, torch.full((4, 3), float("nan")))
+    for k, v in layer.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)  # no update, no weight decay
+    assert all(torch.equal(opt.state[p]["exp_avg"], m) and opt.state[p]["step"] == 1
+               for p, m in zip(layer.parameters(), moments))
+    step(3, torch.ones(4, 3))  # a later good step updates again, and the first bad step is remembered
+    assert not torch.equal(layer.weight, before["weight"]) and int(guard.first_bad) == 2
+
+
+def test_training_steps_make_no_host_syncs(tmp_path):
+    """Library code reads tensors on the host (item, bool, int, float, tolist) at log, monitor and
+    save steps only: 4 and 8 steps that log and save once make the same number of reads."""
+    counts = []
+    for steps in (4, 8):
+        task, cfg = tiny_config(tmp_path / f"run{steps}", max_steps=steps, save_every=steps, log_every=steps,
+                                monitor_every=0)
+        with host_reads() as calls:
+            train(task, cfg)
+        counts.append(calls)
+    assert len(counts[0]) == len(counts[1]), counts
 
 
 def test_changed_config_in_same_output_dir_is_refused(tmp_path):

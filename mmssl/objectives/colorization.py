@@ -133,6 +133,7 @@ class Colorization(nn.Module):
         if num_refs < 1 or temperature <= 0 or eps <= 0:
             raise ValueError(f"need num_refs >= 1, temperature > 0 and eps > 0, got {num_refs}, {temperature}, {eps}")
         self.encoder, self.quantizer = encoder, quantizer
+        self._seen_fitted = False
         self.num_refs, self.temperature, self.eps = num_refs, temperature, eps
 
     def copy_colors(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,9 +150,11 @@ class Colorization(nn.Module):
         if frames.dim() != 5 or frames.shape[1] != self.num_refs + 1 or frames.shape[2] != 3:
             raise ValueError(f"colorization expects frames (B, {self.num_refs + 1}, 3, H, W) RGB, "
                              f"got {tuple(frames.shape)}")
-        if (self.quantizer.centers == self.quantizer.centers[:1]).all():
-            # Unfitted centres put every colour in one class: a loss of 0 that teaches nothing.
-            raise ValueError("the colour quantizer is not fitted: call quantizer.fit(ab) or load its centers first")
+        if not self._seen_fitted:  # read on the host until the centres have been seen fitted, not every step
+            if (self.quantizer.centers == self.quantizer.centers[:1]).all():
+                # Unfitted centres put every colour in one class: a loss of 0 that teaches nothing.
+                raise ValueError("the colour quantizer is not fitted: call quantizer.fit(ab) or load its centers first")
+            self._seen_fitted = True
         B, R = frames.shape[0], self.num_refs
         with torch.no_grad():
             lab = rgb_to_lab(rearrange(frames, "b t c h w -> (b t) c h w"))  # (B * (R + 1), 3, H, W)

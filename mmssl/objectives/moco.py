@@ -91,12 +91,11 @@ class MoCo(nn.Module):
     def _enqueue(self, keys: torch.Tensor) -> None:
         """Write keys (N, proj_dim) into the ring buffer, oldest first; wraps around, keeps the last Q if N > Q."""
         size, n = self.queue.shape[0], keys.shape[0]
-        ptr = int(self.queue_ptr)
-        if n > size:  # only the newest Q keys would survive anyway
-            keys, ptr = keys[-size:], (ptr + n - size) % size
-        idx = (ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
+        skip = max(n - size, 0)  # only the newest Q keys would survive anyway
+        # The pointer stays on the device: no host read per step.
+        idx = (self.queue_ptr + skip + torch.arange(n - skip, device=keys.device)) % size
+        self.queue[idx] = keys[skip:].to(self.queue.dtype)
+        self.queue_ptr.add_(n).remainder_(size)
 
     def export_encoder(self) -> nn.Module:
         return self.encoder
