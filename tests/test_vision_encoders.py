@@ -228,6 +228,11 @@ def test_mae_loss_matches_reference_and_every_parameter_learns():
     pred = mae.forward_decoder(latent, ids_restore)
     assert mask.sum() == 3 * 12 and latent.shape == (3, 4, 32)
     torch.testing.assert_close(out["loss"], reference_mae_loss(x, pred, mask, 4))
+    # the head on the masked positions only gives those rows of the full prediction
+    masked = ids_restore.argsort(dim=1)[:, 4:]
+    assert (torch.gather(mask, 1, masked) == 1).all()
+    torch.testing.assert_close(mae.forward_decoder(latent, ids_restore, masked_only=True),
+                               torch.gather(pred, 1, masked[..., None].expand(-1, -1, pred.shape[2])))
     assert 0 < out["std"] < 1
     out["loss"].backward()
     for name, param in mae.named_parameters():

@@ -70,6 +70,26 @@ def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
     return F.pad(pe, (0, dim - pe.shape[1])).float()
 
 
+class _SplitHeads(torch.autograd.Function):
+    """qkv (B, N, 3 * h * d) -> q, k, v (B, h, N, d), views of the input.
+
+    The same as a rearrange "b n (three h d) -> three b h n d", but the backward writes the three
+    head gradients into one (B, N, 3, h, d) buffer in a single copy, where autograd's generic
+    path stacks them and then copies the permuted stack again to undo the view.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, heads: int):
+        B, N, _ = qkv.shape
+        q, k, v = qkv.view(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    @staticmethod
+    def backward(ctx, gq: torch.Tensor, gk: torch.Tensor, gv: torch.Tensor):
+        grad = torch.stack([g.transpose(1, 2) for g in (gq, gk, gv)], dim=2)  # (B, N, 3, h, d)
+        return grad.flatten(2), None
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). (B, N, D) -> (B, N, D).
 
@@ -93,7 +113,7 @@ class Block(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Multi-head self-attention (no mask) of already normalised tokens (B, N, D) -> (B, N, D)."""
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        q, k, v = _SplitHeads.apply(self.qkv(x), self.heads)  # (B, h, N, d) each
         # The fused kernel never materialises the (N, N) attention matrix per head.
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
@@ -141,10 +161,11 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         init_weights(self)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, *input_size) -> patch tokens plus positions (B, N, D), before any block."""
+    def embed(self, x: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, *input_size) -> patch tokens plus positions (B, N, D), before any block.
+        ``patches``: ``patchify.to_patches(x)`` when the caller has it already (MAE's target)."""
         grid = self.patchify.grid(x.shape)
-        tokens = self.patch_embed(self.patchify.to_patches(x))  # (B, N, D)
+        tokens = self.patch_embed(self.patchify.to_patches(x) if patches is None else patches)  # (B, N, D)
         if grid == self.grid:
             return tokens + self.pos_embed.to(tokens.dtype)
         # Another input size (e.g. SwAV's small local crops): the sin-cos table of its own grid,

@@ -14,6 +14,7 @@ The encoder must expose the hooks of ``mmssl.encoders.vit.ViT``: ``patchify``,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
@@ -94,21 +95,33 @@ class MAE(nn.Module):
         keep = round(h * w * (1 - self.mask_ratio))
         return random_masking(tokens, 1 - keep / (h * w), repeat(spatial, "b s -> b (t s)", t=t))
 
-    def forward_encoder(self, x: torch.Tensor):
-        """x -> latent (B, N_keep, D) of the visible tokens, mask (B, N), ids_restore (B, N)."""
-        visible, mask, ids_restore = self.mask(self.encoder.embed(x))
+    def forward_encoder(self, x: torch.Tensor, patches: torch.Tensor | None = None):
+        """x -> latent (B, N_keep, D) of the visible tokens, mask (B, N), ids_restore (B, N).
+        ``patches``: ``to_patches(x)`` if the caller has made it (then x is not patchified twice)."""
+        visible, mask, ids_restore = self.mask(self.encoder.embed(x, patches))
         return self.encoder.forward_tokens(visible), mask, ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent (B, N_keep, D) -> predicted patches (B, N, patch_dim) in the original token order."""
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
+        """latent (B, N_keep, D) -> predicted patches (B, N, patch_dim) in the original token order;
+        with ``masked_only``, (B, N - N_keep, patch_dim) for the masked tokens only, in shuffle order
+        (at positions ``ids_restore.argsort(1)[:, N_keep:]``), and the head skips the visible ones.
+
+        The decoder runs in shuffle order (visible tokens first, then mask tokens), each token with
+        its own position embedding: attention does not depend on the order of its tokens, so nothing
+        needs unshuffling before the blocks.
+        """
         y = self.decoder_embed(latent)  # (B, N_keep, Dd)
-        B, N = ids_restore.shape
-        y = torch.cat([y, self.mask_token.to(y.dtype).expand(B, N - y.shape[1], -1)], dim=1)  # (B, N, Dd) shuffled
-        y = torch.gather(y, 1, ids_restore[..., None].expand(-1, -1, y.shape[2]))  # (B, N, Dd) unshuffled
-        y = y + self.decoder_pos_embed.to(y.dtype)
+        (B, N), keep, width = ids_restore.shape, y.shape[1], y.shape[2]
+        ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
+        pos = torch.gather(self.decoder_pos_embed.to(y.dtype).expand(B, -1, -1), 1,
+                           ids_shuffle[..., None].expand(-1, -1, width))  # (B, N, Dd), shuffle order
+        y = torch.cat([y, self.mask_token.to(y.dtype).expand(B, N - keep, -1)], dim=1) + pos
         for block in self.decoder_blocks:
             y = block(y)
-        return self.decoder_pred(self.decoder_norm(y))
+        if masked_only:
+            return self.decoder_pred(self.decoder_norm(y[:, keep:]))
+        pred = self.decoder_pred(self.decoder_norm(y))  # (B, N, P) shuffled
+        return torch.gather(pred, 1, ids_restore[..., None].expand(-1, -1, pred.shape[2]))
 
     @staticmethod
     def patch_stats(patches: torch.Tensor):
@@ -118,14 +131,17 @@ class MAE(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         x = batch["input"]  # (B, C, H, W), (B, 1, F, T) or (B, C, T, H, W)
-        latent, mask, ids_restore = self.forward_encoder(x)
-        pred = self.forward_decoder(latent, ids_restore)  # (B, N, P)
         target = self.encoder.patchify.to_patches(x)  # (B, N, P)
+        latent, mask, ids_restore = self.forward_encoder(x, target)
+        # Every example masks the same number of tokens: the masked positions in shuffle order.
+        masked = ids_restore.argsort(dim=1)[:, latent.shape[1]:]  # (B, M)
+        pred = self.forward_decoder(latent, ids_restore, masked_only=True)  # (B, M, P)
+        target = torch.gather(target, 1, masked[..., None].expand(-1, -1, target.shape[2]))  # (B, M, P)
         if self.norm_pix_loss:
             mean, std = self.patch_stats(target)
             target = (target - mean) / std
-        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N)
-        loss = (per_patch * mask).sum() / mask.sum()
+        # the mean over masked patches of each patch's mean squared error (equal counts per example)
+        loss = F.mse_loss(pred.float(), target.float())
         return {"loss": loss, "std": embedding_std(self.encoder.pool(latent))}
 
     @torch.no_grad()
