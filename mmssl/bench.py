@@ -245,9 +245,10 @@ class Side:
 
 
 def make_optimizer(module: nn.Module, device: torch.device, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The trainer's optimizer: AdamW, fused on a GPU, PyTorch's default implementation elsewhere."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda" or None)
+    """The trainer's optimizer for both sides: fused AdamW (as transformers' Trainer also defaults to on torch >= 2.8)."""
+    from mmssl.trainer import make_optimizer as trainer_optimizer
+
+    return trainer_optimizer([p for p in module.parameters() if p.requires_grad], device, lr, weight_decay)
 
 
 def training_step(side: Side, optimizer: torch.optim.Optimizer, device: torch.device) -> Callable[[], None]:

@@ -101,6 +101,12 @@ def _monitor(task: Task, cfg: Any, objective: nn.Module, model: nn.Module, accel
     return row
 
 
+def make_optimizer(params: list[nn.Parameter], device: torch.device, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel (CUDA and CPU tensors): all parameters in one pass."""
+    fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) or None
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 class _FiniteGuard:
     """Stops a run at a non-finite loss or gradient without a host sync every step.
 
@@ -174,9 +180,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     params = [p for p in objective.parameters() if p.requires_grad]
-    # The fused kernel updates all parameters in one pass; torch has it for CUDA and CPU tensors.
-    fused = accelerator.device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) or None
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    optimizer = make_optimizer(params, accelerator.device, cfg.lr, cfg.weight_decay)
     model, optimizer = accelerator.prepare(objective, optimizer)
     objective = accelerator.unwrap_model(model)
     if getattr(cfg, "compile", False):
