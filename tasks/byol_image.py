@@ -16,6 +16,7 @@ class BYOLImageConfig(ImageConfig):
     pred_hidden: int = 512
     base_momentum: float = 0.99
     min_scale: float = 0.2
+    blur: bool = True  # the paper's views; false drops the blur (CIFAR recipes)
 
 
 @TASKS.register("byol_image")
@@ -28,7 +29,7 @@ class BYOLImage(ImageTask):
     def views(self, cfg: BYOLImageConfig):
         from mmssl.modalities.vision import BYOLViews
 
-        recipe = BYOLViews(cfg.image_size, min_scale=cfg.min_scale)
+        recipe = BYOLViews(cfg.image_size, min_scale=cfg.min_scale, blur=cfg.blur)
         return lambda img, gen: {"views": recipe(img, gen)}
 
     def build_objective(self, cfg: BYOLImageConfig) -> BYOL:

@@ -21,6 +21,7 @@ class SwAVImageConfig(ImageConfig):
     num_local: int = 4  # local crops beside the 2 global ones
     local_size: int = 16
     min_scale: float = 0.14  # global crops cover (min_scale, 1); local ones (0.05, min_scale)
+    blur: bool = True  # the paper's views; false drops the blur (CIFAR recipes)
 
 
 @TASKS.register("swav_image")
@@ -34,7 +35,7 @@ class SwAVImage(ImageTask):
         from mmssl.modalities.vision import MultiCropViews
 
         recipe = MultiCropViews(cfg.image_size, cfg.local_size, cfg.num_local, global_scale=(cfg.min_scale, 1.0),
-                                local_scale=(0.05, cfg.min_scale))
+                                local_scale=(0.05, cfg.min_scale), blur=cfg.blur)
         return lambda img, gen: {"views": recipe(img, gen)}
 
     def build_objective(self, cfg: SwAVImageConfig) -> SwAV:

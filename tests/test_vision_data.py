@@ -282,3 +282,18 @@ def test_recipe_in_the_seeded_loader(tmp_path):
 
     for x, y in zip(first_batches(3), first_batches(3)):
         assert x["view0"].shape == (4, 3, 8, 8) and torch.equal(x["view0"], y["view0"]) and torch.equal(x["view1"], y["view1"])
+
+
+def test_blur_false_removes_the_blur_from_byol_and_multicrop_views():
+    from torchvision.transforms import v2
+
+    def blurs(recipe):
+        found = []
+        for t in recipe.transforms:
+            for op in t.transforms:
+                inner = op.transforms if isinstance(op, v2.RandomApply) else [op]
+                found += [isinstance(o, v2.GaussianBlur) for o in inner]
+        return sum(found)
+
+    assert blurs(BYOLViews(16)) == 2 and blurs(BYOLViews(16, blur=False)) == 0
+    assert blurs(MultiCropViews(16, 8, 3)) == 5 and blurs(MultiCropViews(16, 8, 3, blur=False)) == 0

@@ -103,27 +103,29 @@ class SimCLRViews(_Views):
 class BYOLViews(_Views):
     """The asymmetric pair of BYOL (arXiv:2006.07733): both views crop, flip, jitter (0.4, 0.4, 0.2,
     0.1) with p = 0.8 and grayscale with p = 0.2; view 1 always blurs and never solarizes, view 2 blurs
-    with p = 0.1 and solarizes with p = 0.2. Returns [v1, v2], each float32 (3, size, size)."""
+    with p = 0.1 and solarizes with p = 0.2. ``blur=False`` drops the blur from both, as CIFAR-sized
+    recipes do (solo-learn's). Returns [v1, v2], each float32 (3, size, size)."""
 
-    def __init__(self, size: int, min_scale: float = 0.08, flip: bool = True):
+    def __init__(self, size: int, min_scale: float = 0.08, flip: bool = True, blur: bool = True):
         base = [_crop(size, (min_scale, 1.0)), v2.RandomHorizontalFlip(0.5 if flip else 0.0)]
         jitter = (0.4, 0.4, 0.2, 0.1)
-        self.transforms = [_finish(base + _colour(size, jitter, 0.8, 0.2, blur_p=1.0)),
-                           _finish(base + _colour(size, jitter, 0.8, 0.2, blur_p=0.1, solarize_p=0.2))]
+        self.transforms = [_finish(base + _colour(size, jitter, 0.8, 0.2, blur_p=1.0 if blur else 0.0)),
+                           _finish(base + _colour(size, jitter, 0.8, 0.2, blur_p=0.1 if blur else 0.0,
+                                                  solarize_p=0.2))]
 
 
 class MultiCropViews(_Views):
     """Multi-crop (SwAV, arXiv:2006.09882): 2 global crops of global_size (area share in global_scale)
     and num_local local crops of local_size (area share in local_scale), each with SimCLR's colour
-    ops. Returns [g0, g1, l0, ..., l{num_local-1}]: float32 (3, global_size, global_size) then
-    (3, local_size, local_size)."""
+    ops (blur with p = 0.5 unless ``blur=False``, as CIFAR-sized recipes drop it). Returns
+    [g0, g1, l0, ..., l{num_local-1}]: float32 (3, global_size, global_size) then (3, local_size, local_size)."""
 
     def __init__(self, global_size: int, local_size: int, num_local: int,
                  global_scale: tuple[float, float] = (0.14, 1.0), local_scale: tuple[float, float] = (0.05, 0.14),
-                 strength: float = 0.5, flip: bool = True):
+                 strength: float = 0.5, flip: bool = True, blur: bool = True):
         def view(size, scale):
             return _finish([_crop(size, scale), v2.RandomHorizontalFlip(0.5 if flip else 0.0),
-                            *_colour(size, _simclr_jitter(strength), 0.8, 0.2, 0.5)])
+                            *_colour(size, _simclr_jitter(strength), 0.8, 0.2, 0.5 if blur else 0.0)])
 
         self.transforms = [view(global_size, global_scale)] * 2 + [view(local_size, local_scale)] * num_local
 
