@@ -638,7 +638,7 @@ def bench_tracking(size: str, device: torch.device, height: int = 480, width: in
 # --- the command --------------------------------------------------------------------------------------
 
 def run(tasks: list[str] | None = None, size: str | None = None, device: str | None = None, steps: int = 2,
-        warmup: int = 1, repeats: int = 3, compile: bool = False, log: Callable[[str], None] = print) -> dict:
+        warmup: int = 3, repeats: int = 5, compile: bool = False, log: Callable[[str], None] = print) -> dict:
     """Every requested measurement; returns the JSON-able report, its printed table under ``"table"``.
 
     ``size`` None is "full" on a GPU and "small" on a CPU; ``device`` None is cuda where available.

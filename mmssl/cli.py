@@ -276,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                                        "or full (the papers' sizes; the default on a GPU)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda where available)")
     bench.add_argument("--steps", type=int, default=2, help="timed training steps per repeat (default 2)")
-    bench.add_argument("--warmup", type=int, default=1, help="untimed steps before the first repeat, besides the "
-                                                                    "FLOP-counting step (default 1)")
-    bench.add_argument("--repeats", type=int, default=3, help="repeats; samples/s is their median (default 3)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps before the first repeat, besides the "
+                                                                    "FLOP-counting step (default 3: the heap settles)")
+    bench.add_argument("--repeats", type=int, default=5, help="repeats; samples/s is their median (default 5)")
     bench.add_argument("--compile", action="store_true", help="also time our objectives under torch.compile")
     bench.add_argument("--report", help="also write the results as JSON here")
     bench.set_defaults(fn=cmd_bench)

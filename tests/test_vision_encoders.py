@@ -255,3 +255,15 @@ def test_reconstruct_keeps_visible_patches(norm_pix_loss):
     assert torch.equal(patches["masked"][visible], patches["original"][visible])
     assert patches["masked"][masked].abs().sum() == 0
     assert not torch.equal(patches["reconstruction"][masked], patches["original"][masked])
+
+
+def test_embedding_only_the_visible_patches_equals_embedding_all_then_masking():
+    torch.manual_seed(0)
+    mae = tiny_mae()
+    x = torch.randn(3, 3, 16, 16)
+    torch.manual_seed(5)
+    latent, mask, ids_restore = mae.forward_encoder(x)
+    torch.manual_seed(5)  # the same noise, through the embed-everything path
+    visible, mask2, ids_restore2 = mae.mask(mae.encoder.embed(x))
+    assert torch.equal(mask, mask2) and torch.equal(ids_restore, ids_restore2)
+    torch.testing.assert_close(latent, mae.encoder.forward_tokens(visible))

@@ -62,8 +62,9 @@ class SpectrogramViT(nn.Module):
     def num_patches(self) -> int:
         return self.vit.num_patches
 
-    def embed(self, spec: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
-        return self.vit.embed(spec, patches)
+    def embed(self, spec: torch.Tensor, patches: torch.Tensor | None = None,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vit.embed(spec, patches, keep)
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_tokens(tokens)

@@ -161,16 +161,25 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         init_weights(self)
 
-    def embed(self, x: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, patches: torch.Tensor | None = None,
+              keep: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, *input_size) -> patch tokens plus positions (B, N, D), before any block.
-        ``patches``: ``patchify.to_patches(x)`` when the caller has it already (MAE's target)."""
+
+        Args:
+            patches: ``patchify.to_patches(x)`` when the caller has it already (MAE's target).
+            keep: (B, K) token indices: only those patches are embedded, giving (B, K, D)
+                (MAE's visible tokens; the same values as embedding all and then gathering).
+        """
         grid = self.patchify.grid(x.shape)
-        tokens = self.patch_embed(self.patchify.to_patches(x) if patches is None else patches)  # (B, N, D)
-        if grid == self.grid:
-            return tokens + self.pos_embed.to(tokens.dtype)
-        # Another input size (e.g. SwAV's small local crops): the sin-cos table of its own grid,
+        patches = self.patchify.to_patches(x) if patches is None else patches  # (B, N, P)
+        # Another input size (e.g. SwAV's small local crops) gets the sin-cos table of its own grid,
         # the same function of the patch position, so no learned table needs interpolating.
-        return tokens + sincos_pos_embed(grid, self.embed_dim).to(tokens.device, tokens.dtype)[None]
+        pos = self.pos_embed if grid == self.grid else sincos_pos_embed(grid, self.embed_dim).to(x.device)[None]
+        if keep is not None:
+            patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[2]))
+            pos = torch.gather(pos.expand(keep.shape[0], -1, -1), 1, keep[..., None].expand(-1, -1, pos.shape[2]))
+        tokens = self.patch_embed(patches)
+        return tokens + pos.to(tokens.dtype)
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Blocks and final norm on any subset of embedded tokens: (B, N', D) -> (B, N', D)."""

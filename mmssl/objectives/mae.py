@@ -25,6 +25,23 @@ from mmssl.registry import OBJECTIVES
 HOOKS = ("patchify", "grid", "num_patches", "embed", "forward_tokens")
 
 
+def mask_ids(batch: int, num: int, ratio: float, noise: torch.Tensor | None = None, device=None):
+    """Which tokens stay visible: the round(N * (1 - ratio)) with the smallest noise, in noise order.
+
+    Returns:
+        ids_keep (B, N_keep), the visible token indices; mask (B, N), 1 = masked, in the original
+        order; ids_restore (B, N), the permutation that undoes the shuffle.
+    """
+    if noise is None:
+        noise = torch.rand(batch, num, device=device)
+    keep = round(num * (1 - ratio))
+    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the first `keep` are kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones(batch, num, device=noise.device)
+    mask[:, :keep] = 0
+    return ids_shuffle[:, :keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
 def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | None = None):
     """Keep the round(N * (1 - ratio)) tokens with the smallest noise, in noise order.
 
@@ -37,15 +54,8 @@ def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | Non
         ids_restore (B, N), the permutation that undoes the shuffle.
     """
     B, N, D = tokens.shape
-    if noise is None:
-        noise = torch.rand(B, N, device=tokens.device)
-    keep = round(N * (1 - ratio))
-    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the first `keep` are kept
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    visible = torch.gather(tokens, 1, ids_shuffle[:, :keep, None].expand(-1, -1, D))
-    mask = torch.ones(B, N, device=tokens.device)
-    mask[:, :keep] = 0
-    return visible, torch.gather(mask, 1, ids_restore), ids_restore
+    ids_keep, mask, ids_restore = mask_ids(B, N, ratio, noise, tokens.device)
+    return torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, D)), mask, ids_restore
 
 
 @OBJECTIVES.register("mae")
@@ -84,21 +94,29 @@ class MAE(nn.Module):
         init_weights(self.decoder_pred)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def mask(self, tokens: torch.Tensor):
-        """``random_masking`` with this objective's ratio and noise: (B, N, D) -> visible, mask, ids_restore."""
+    def mask_ids(self, batch: int, device: torch.device):
+        """This objective's masking for a batch: ids_keep (B, N_keep), mask (B, N), ids_restore (B, N)."""
+        num = self.encoder.num_patches
         if self.masking == "random":
-            return random_masking(tokens, self.mask_ratio)
+            return mask_ids(batch, num, self.mask_ratio, device=device)
         t, h, w = self.encoder.grid
-        spatial = torch.rand(tokens.shape[0], h * w, device=tokens.device)
+        spatial = torch.rand(batch, h * w, device=device)
         # Equal noise for a position at every t, and a number kept that is a multiple of t,
         # so whole tubes are kept or dropped.
         keep = round(h * w * (1 - self.mask_ratio))
-        return random_masking(tokens, 1 - keep / (h * w), repeat(spatial, "b s -> b (t s)", t=t))
+        return mask_ids(batch, num, 1 - keep / (h * w), repeat(spatial, "b s -> b (t s)", t=t))
+
+    def mask(self, tokens: torch.Tensor):
+        """The masking applied to tokens: (B, N, D) -> visible (B, N_keep, D), mask, ids_restore."""
+        ids_keep, mask, ids_restore = self.mask_ids(tokens.shape[0], tokens.device)
+        return torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[2])), mask, ids_restore
 
     def forward_encoder(self, x: torch.Tensor, patches: torch.Tensor | None = None):
         """x -> latent (B, N_keep, D) of the visible tokens, mask (B, N), ids_restore (B, N).
-        ``patches``: ``to_patches(x)`` if the caller has made it (then x is not patchified twice)."""
-        visible, mask, ids_restore = self.mask(self.encoder.embed(x, patches))
+        Only the visible patches are embedded. ``patches``: ``to_patches(x)`` if the caller has
+        made it (then x is not patchified twice)."""
+        ids_keep, mask, ids_restore = self.mask_ids(x.shape[0], x.device)
+        visible = self.encoder.embed(x, patches, keep=ids_keep)
         return self.encoder.forward_tokens(visible), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
