@@ -39,6 +39,7 @@ class ImageConfig(TrainConfig):
     vit_heads: int | None = 4
     patch_size: int = 4
     small_stem: bool = True  # ResNet: 3x3 stride-1 stem without max-pool (CIFAR-sized images)
+    channels_last: bool | None = None  # ResNet memory format; None: channels-last where CUDA is available
     monitor_every: int = 100  # online kNN accuracy on the labelled evaluation split
     monitor_items: int = 1000  # images per split used by the online monitor
     probe_max_train: int = 10000
@@ -66,7 +67,9 @@ class ImageTask(Task):
                 raise DataError(f"convnet_widths must be comma-separated integers, not '{cfg.convnet_widths}'") from None
             return {"name": "convnet", "kwargs": {"widths": widths}}
         if cfg.backbone in ("resnet18", "resnet50"):
-            return {"name": "resnet", "kwargs": {"arch": cfg.backbone, "small_stem": cfg.small_stem}}
+            channels_last = torch.cuda.is_available() if cfg.channels_last is None else cfg.channels_last
+            return {"name": "resnet", "kwargs": {"arch": cfg.backbone, "small_stem": cfg.small_stem,
+                                                 "channels_last": channels_last}}
         raise DataError(f"backbone must be convnet, vit, resnet18 or resnet50, not '{cfg.backbone}'")
 
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:

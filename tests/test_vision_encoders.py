@@ -267,3 +267,17 @@ def test_embedding_only_the_visible_patches_equals_embedding_all_then_masking():
     visible, mask2, ids_restore2 = mae.mask(mae.encoder.embed(x))
     assert torch.equal(mask, mask2) and torch.equal(ids_restore, ids_restore2)
     torch.testing.assert_close(latent, mae.encoder.forward_tokens(visible))
+
+
+def test_image_tasks_build_channels_last_resnets_on_request_and_on_cuda_by_default(monkeypatch):
+    from mmssl.cli import resolve_config
+
+    def encoder(*overrides):
+        task, cfg = resolve_config("simclr_image", None, {"output_dir": "unused"}, ["backbone=resnet18", *overrides])
+        return task.build_encoder(cfg)
+
+    assert encoder("channels_last=true").channels_last and not encoder("channels_last=false").channels_last
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not encoder().channels_last
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert encoder().channels_last
