@@ -2,6 +2,7 @@
 (queues, EMA targets, prototypes) changes once per optimizer step, in after_step."""
 import pytest
 import torch
+from host_reads import host_reads
 from torch import nn
 
 from mmssl.objectives.byol import BYOL
@@ -147,7 +148,9 @@ def test_swav_prototypes_unit_norm_after_step_and_freeze():
     swav = SwAV(TinyEncoder(), 32, 16, num_prototypes=10, freeze_prototypes_steps=1)
     torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(10))
     opt = torch.optim.SGD(swav.parameters(), lr=5.0)
-    micro_step(swav, [batch()], opt)
+    with host_reads() as reads:  # the freeze is decided on the device
+        micro_step(swav, [batch()], opt)
+    assert not reads, reads
     assert swav.prototypes.weight.grad.abs().sum() == 0  # frozen during the first optimizer step
     swav.after_step(1, 10)
     micro_step(swav, [batch()], opt)

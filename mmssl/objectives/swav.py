@@ -58,10 +58,11 @@ class SwAV(nn.Module):
             raise ValueError(f"swav expects at least {max(2, self.global_crops)} views, got {len(views)}")
         z = F.normalize(self.projector(torch.cat(encode_views(self.encoder, views))), dim=1)  # (n_crops * B, proj_dim)
         weight = self.prototypes.weight  # (K, proj_dim)
-        if self.freeze_prototypes_steps and int(self.steps_done) < self.freeze_prototypes_steps:
-            # A zero gradient rather than none: the prototypes stay in the graph, so DDP
+        if self.freeze_prototypes_steps:
+            # Decided on the device (no host read of the step). While frozen the prototypes get a
+            # zero gradient rather than none: they stay in the graph, so DDP
             # (find_unused_parameters=False) still finds a gradient for every parameter.
-            weight = weight.detach() + 0.0 * weight
+            weight = torch.where(self.steps_done < self.freeze_prototypes_steps, weight.detach(), weight)
         scores = list((z @ weight.t()).chunk(len(views)))  # n_crops x (B, K) cosine scores
         codes = [sinkhorn(s, self.eps, self.sinkhorn_iters) for s in scores[: self.global_crops]]
         loss = swav_loss(scores, codes, self.temperature, self.global_crops)
