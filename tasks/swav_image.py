@@ -21,6 +21,8 @@ class SwAVImageConfig(ImageConfig):
     num_local: int = 4  # local crops beside the 2 global ones
     local_size: int = 16
     min_scale: float = 0.14  # global crops cover (min_scale, 1); local ones (0.05, min_scale)
+    queue_size: int = 0  # embeddings of earlier batches in Sinkhorn (per global crop); 0: none
+    queue_start_steps: int = 0  # optimizer steps before the queue is used (once full)
     blur: bool = True  # the paper's views; false drops the blur (CIFAR recipes)
 
 
@@ -40,4 +42,5 @@ class SwAVImage(ImageTask):
 
     def build_objective(self, cfg: SwAVImageConfig) -> SwAV:
         return SwAV(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.num_prototypes, cfg.temperature,
-                    cfg.epsilon, cfg.sinkhorn_iters, cfg.freeze_prototypes_steps)
+                    cfg.epsilon, cfg.sinkhorn_iters, cfg.freeze_prototypes_steps,
+                    queue_size=cfg.queue_size, queue_start_steps=cfg.queue_start_steps)

@@ -2,6 +2,7 @@
 (queues, EMA targets, prototypes) changes once per optimizer step, in after_step."""
 import pytest
 import torch
+import torch.nn.functional as F
 from host_reads import host_reads
 from torch import nn
 
@@ -159,6 +160,67 @@ def test_swav_prototypes_unit_norm_after_step_and_freeze():
     swav.after_step(2, 10)
     torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(10))
     assert int(swav.steps_done) == 2 and "steps_done" in swav.state_dict()
+
+
+def test_swav_queue_fills_once_per_step_and_then_joins_sinkhorn():
+    """queue_size=12 with batches of B=6 and 2 micro-batches per step: every step enqueues 12
+    embeddings per global crop, so the queue is full after step 1 and used from step
+    queue_start_steps=2 on; its codes are Sinkhorn's over the batch and the queue together."""
+    from mmssl.losses import sinkhorn, swav_loss
+
+    _, batch = BUILDERS["swav"]
+    torch.manual_seed(0)
+    swav = SwAV(TinyEncoder(), 32, 16, num_prototypes=10, queue_size=2 * B, queue_start_steps=2)
+    opt = torch.optim.SGD(swav.parameters(), lr=0.1)
+    b0, b1 = batch(), {"views": [v.flip(0) for v in batch()["views"]]}
+
+    def step(n):
+        micro_step(swav, [b0, b1], opt)
+        assert len(swav._pending) == 2  # forward only collects; the queue waits for after_step
+        # each micro-batch's global-crop embeddings, as the forward computed them: (2, B, 16) each
+        expected = torch.cat(swav._pending, dim=1)
+        swav.after_step(n, 10)
+        return expected
+
+    z = step(1)
+    assert int(swav.queue_count) == 2 * B
+    torch.testing.assert_close(swav.queue, z)  # newest first, all 2B fit
+    torch.testing.assert_close(swav.queue.norm(dim=2), torch.ones(2, 2 * B))
+    assert not swav._queue_in_use()  # full, but 1 step < queue_start_steps
+    z = step(2)
+    torch.testing.assert_close(swav.queue, z)  # step 2's embeddings pushed step 1's out
+    assert swav._queue_in_use() and int(swav.queue_count) == 4 * B
+    # the loss now equals swav_loss with codes from Sinkhorn over [batch; queue]
+    swav.eval()  # no enqueueing, fixed BatchNorm: a deterministic forward to compare against
+    out = swav(b0)
+    with torch.no_grad():
+        views = b0["views"]
+        feats = [swav.encoder.pool(swav.encoder.forward_features(torch.cat(views[:2]))),
+                 swav.encoder.pool(swav.encoder.forward_features(torch.cat(views[2:])))]
+        z = F.normalize(swav.projector(torch.cat(feats)), dim=1)
+        scores = list((z @ swav.prototypes.weight.t()).chunk(4))
+        queued = swav.queue @ swav.prototypes.weight.t()
+        codes = [sinkhorn(torch.cat([scores[i], queued[i]]), swav.eps, swav.sinkhorn_iters)[:B] for i in range(2)]
+        torch.testing.assert_close(out["loss"], swav_loss(scores, codes, swav.temperature, 2))
+        plain = [sinkhorn(scores[i], swav.eps, swav.sinkhorn_iters) for i in range(2)]
+        assert not torch.allclose(out["loss"], swav_loss(scores, plain, swav.temperature, 2))
+    # a fresh objective loading the state continues with the queue in use
+    fresh = SwAV(TinyEncoder(), 32, 16, num_prototypes=10, queue_size=2 * B, queue_start_steps=2)
+    assert not fresh._queue_in_use()
+    fresh.load_state_dict(swav.state_dict())
+    assert fresh._queue_in_use() and torch.equal(fresh.queue, swav.queue)
+
+
+def test_swav_queue_shifts_newest_first():
+    swav = SwAV(TinyEncoder(), 32, 4, num_prototypes=10, queue_size=5)
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    swav._enqueue(a)
+    swav._enqueue(b)
+    torch.testing.assert_close(swav.queue, torch.cat([b, a[:, :2]], dim=1))
+    swav._enqueue(torch.randn(2, 7, 4))  # more than fits: the first 5 of them
+    assert swav.queue.shape == (2, 5, 4)
+    with pytest.raises(ValueError, match="queue_size"):
+        SwAV(TinyEncoder(), 32, 4, queue_size=-1)
 
 
 def test_rotnet_rotation_layout_and_labels():
