@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-from mmssl.modalities.video import available_backends, clip_indices
 
 from mmssl.bench import clip_reading, make_video
+from mmssl.modalities.video import available_backends, clip_indices
 
 
 def main() -> None:

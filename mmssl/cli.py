@@ -10,8 +10,9 @@ import dataclasses
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mmssl import config as config_lib
 from mmssl.errors import MmsslError

@@ -6,7 +6,8 @@ what exists is readable in one place.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from mmssl.errors import MmsslError
 

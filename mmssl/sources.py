@@ -59,7 +59,7 @@ def open_split(spec: str, split: str, config: str | None = None, streaming: bool
         raise DataError(f"'{spec}' is neither a local folder nor a dataset on the Hugging Face Hub") from None
     except ValueError as e:
         raise DataError(f"{spec}: {str(e).splitlines()[0]}") from None
-    except Exception as e:  # datasets raises many types (DatasetNotFoundError, ...): keep one line
+    except Exception as e:  # noqa: BLE001  datasets raises many types (DatasetNotFoundError, ...): keep one line
         raise DataError(f"cannot load '{spec}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 

@@ -1,8 +1,9 @@
 """The task interface: a config, a model, a data stream and an evaluation, under one name."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 from torch import nn
 

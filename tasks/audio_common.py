@@ -4,8 +4,9 @@ linear probes beside MFCCs and a randomly initialised encoder of the same shape)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

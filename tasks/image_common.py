@@ -7,8 +7,9 @@ A task file only adds its objective's settings, its views and its objective.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -162,7 +163,6 @@ class ImageTask(Task):
     def plot_embeddings(self, cfg: ImageConfig, encoder: nn.Module, test: Any, view: Callable, out_dir: Path) -> list[str]:
         from mmssl.evaluation.knn import extract_features
         from mmssl.evaluation.plots import embedding_plot
-
         from mmssl.evaluation.vision import RandomSubset
 
         feats, labels = extract_features(encoder, RandomSubset(test, 2000), view)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,7 +137,12 @@ class VideoTask(Task):
 
 def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_dir: Path | None) -> dict[str, Any]:
     from mmssl.evaluation.video import (
-        chance_alignment_error, features_for, pixel_embedding, pooled_embedding, track_davis, view_alignment,
+        chance_alignment_error,
+        features_for,
+        pixel_embedding,
+        pooled_embedding,
+        track_davis,
+        view_alignment,
     )
 
     torch.manual_seed(cfg.seed + 1)
@@ -148,8 +154,8 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
 
     davis = task.davis(cfg)
     if davis is not None:
-        settings = dict(context=cfg.track_context, topk=cfg.track_topk, radius=cfg.track_radius,
-                        temperature=cfg.track_temperature, max_sequences=cfg.track_max_sequences)
+        settings = {"context": cfg.track_context, "topk": cfg.track_topk, "radius": cfg.track_radius,
+                        "temperature": cfg.track_temperature, "max_sequences": cfg.track_max_sequences}
         tracking = {}
         for name, feats in ((task.name, features_for(encoder, kind)), ("random", features_for(random, kind)),
                             ("pixels", features_for("pixels"))):

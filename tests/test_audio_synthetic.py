@@ -15,7 +15,7 @@ except ImportError:  # repo checkout without an installed package: load the file
     syn = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(syn)
 
-SMALL = dict(num_speakers=3, train_per_speaker=2, test_per_speaker=1, seconds=(1.0, 1.5))
+SMALL = {"num_speakers": 3, "train_per_speaker": 2, "test_per_speaker": 1, "seconds": (1.0, 1.5)}
 
 
 def _assert_corpus_equal(a: dict, b: dict) -> None:

@@ -43,7 +43,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def run(tmp_path: Path, *args: str, module: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "mmssl", *args] if module else [sys.executable, "train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def assert_one_error(result: subprocess.CompletedProcess, *needles: str) -> str:

@@ -132,9 +132,9 @@ def test_extract_features_batches_equal_per_item_in_eval_mode():
     assert feats.shape == (20, 8) and feats.dtype == torch.float32
     torch.testing.assert_close(feats, single)
     assert labels[3] == -1 and labels[4] == 1
-    few, few_labels = extract_features(encoder, source, to_float, max_items=5)
+    few, _few_labels = extract_features(encoder, source, to_float, max_items=5)
     torch.testing.assert_close(few, feats[:5])
-    px, px_labels = pixels(source, to_float, max_items=4)
+    px, _px_labels = pixels(source, to_float, max_items=4)
     assert px.shape == (4, 3 * 8 * 8) and torch.equal(px[1], to_float(source[1]["image"]).flatten())
     assert pixels(source, to_float, max_items=2, size=4)[0].shape == (2, 3 * 4 * 4)
 

@@ -71,7 +71,7 @@ def test_recipe_builds_and_trains_two_steps(recipe, tmp_path):
     flags = {"dataset": str(stand_in(data, tmp_path)), "output_dir": str(tmp_path / "run"), "max_steps": 2}
     task, cfg = resolve_config(data["task"], str(recipe), flags,
                                ["batch_size=2", "num_workers=0", "log_every=1", "monitor_every=0", "save_every=2"])
-    objective, _ = train(task, cfg)
+    _objective, _ = train(task, cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in rows)

@@ -17,10 +17,22 @@ from PIL import Image
 from mmssl.data import train_loader
 from mmssl.errors import DataError
 from mmssl.modalities.video import (
-    DavisRoot, SafeClips, VideoReader, VideoReadError, available_backends, clip_indices, davis_palette, demo_root,
-    is_davis_root, open_videos, read_clip, read_views, render_scene, write_video,
+    DavisRoot,
+    SafeClips,
+    VideoReader,
+    VideoReadError,
+    available_backends,
+    clip_indices,
+    davis_palette,
+    demo_root,
+    is_davis_root,
+    open_videos,
+    read_clip,
+    read_views,
+    render_scene,
+    synthetic,
+    write_video,
 )
-from mmssl.modalities.video import synthetic
 
 BACKENDS = available_backends()
 # Measured: the three backends convert YUV 4:2:0 to RGB with the same FFmpeg (swscale) defaults

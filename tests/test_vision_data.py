@@ -16,8 +16,18 @@ from PIL import Image
 from mmssl.data import train_loader
 from mmssl.errors import DataError
 from mmssl.modalities.vision import (
-    CLASSES, MEAN, STD, BYOLViews, EvalView, MAEView, MultiCropViews, SimCLRViews, denormalize, normalize,
-    open_images, run_seeded,
+    CLASSES,
+    MEAN,
+    STD,
+    BYOLViews,
+    EvalView,
+    MAEView,
+    MultiCropViews,
+    SimCLRViews,
+    denormalize,
+    normalize,
+    open_images,
+    run_seeded,
 )
 from mmssl.modalities.vision.synthetic import generate_shapes, load_demo_images
 

@@ -6,7 +6,8 @@ encoder beside MFCCs and a randomly initialised encoder of the same architecture
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

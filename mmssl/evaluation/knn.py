@@ -6,7 +6,8 @@ class with weight exp(sim / T), and the class with the largest summed vote wins.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +96,8 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
         return (f"no labelled images in train {report['train']} ({report['num_train']}) or test "
                 f"{report['test']} ({report['num_test']}): nothing to probe (pass --label-column)")
     width = max(10, *(len(n) + 2 for n in names))
-    lines = [f"frozen features, accuracy % (train {report['train']}: {report['num_train']} images -> "
-             f"test {report['test']}: {report['num_test']} images)"]
+    lines = [(f"frozen features, accuracy % (train {report['train']}: {report['num_train']} images -> "
+              f"test {report['test']}: {report['num_test']} images)")]
     lines.append(f"{'probe':<18}" + "".join(f"{n:>{width}}" for n in names) + f"{'majority':>{width}}")
     rows = []
     for k in ks:

@@ -150,7 +150,7 @@ class MAE(nn.Module):
     def forward(self, batch: dict) -> dict:
         x = batch["input"]  # (B, C, H, W), (B, 1, F, T) or (B, C, T, H, W)
         target = self.encoder.patchify.to_patches(x)  # (B, N, P)
-        latent, mask, ids_restore = self.forward_encoder(x, target)
+        latent, _mask, ids_restore = self.forward_encoder(x, target)
         # Every example masks the same number of tokens: the masked positions in shuffle order.
         masked = ids_restore.argsort(dim=1)[:, latent.shape[1]:]  # (B, M)
         pred = self.forward_decoder(latent, ids_restore, masked_only=True)  # (B, M, P)

@@ -59,15 +59,15 @@ def _read(data: bytes | None, path: str | None, name: str) -> tuple[np.ndarray, 
     try:
         wav, sr = sf.read(io.BytesIO(data) if data is not None else path, dtype="float32", always_2d=False)
         return wav, sr
-    except Exception as first:  # soundfile cannot read it: try torchcodec (mp3, m4a, ...) if present
+    except Exception as first:  # noqa: BLE001  soundfile cannot read it: try torchcodec (mp3, m4a, ...) if present
         try:
             from torchcodec.decoders import AudioDecoder
-        except Exception:
+        except (ImportError, OSError, RuntimeError):  # not installed, or no FFmpeg library
             raise AudioReadError(f"{name}: unreadable audio ({first})") from None
         try:
             samples = AudioDecoder(data if data is not None else path).get_all_samples()
             return samples.data.numpy().T, int(samples.sample_rate)
-        except Exception as second:
+        except Exception as second:  # noqa: BLE001  any decoder failure names the file
             raise AudioReadError(f"{name}: unreadable audio ({second})") from None
 
 
@@ -134,7 +134,7 @@ class HFAudio:
                 try:  # a cheap header check catches truncated and empty files up front
                     if sf.info(path).frames == 0:
                         raise RuntimeError("empty audio")
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001  any failure to read the header skips the file
                     reason = str(e).splitlines()[0].replace(f"Error opening {path!r}: ", "")  # the name says which
                     self.skipped.append(f"{Path(path).name} ({reason[:80]})")
                     continue

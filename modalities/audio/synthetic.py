@@ -60,7 +60,7 @@ _N, _HOP = 512, 128  # STFT size and hop of the synthesis filter bank
 _WIN = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_N) / _N)
 _FREQ = np.fft.rfftfreq(_N, 1 / SAMPLE_RATE)
 _LOGF = np.log2(np.maximum(_FREQ, 40.0) / 1000)  # octaves re 1 kHz, floored to avoid log(0)
-_db = lambda x: 10.0 ** (np.asarray(x) / 20)  # noqa: E731
+_db = lambda x: 10.0 ** (np.asarray(x) / 20)
 
 
 def _speaker(seed: int, s: int) -> dict:
@@ -71,9 +71,9 @@ def _speaker(seed: int, s: int) -> dict:
     u = (np.random.default_rng([seed, 0]).random(9) + s * alpha) % 1.0
     lo, hi = np.array([[75, .015, .4, 0, .002, -3, .8, .8, -.06], [330, .06, .8, .3, .02, 1, 1.25, 1.5, .06]])
     _, f0_range, oq, breath, jitter, tilt, rate, bw, dscale = lo + u * (hi - lo)
-    return dict(f0=lo[0] * (hi[0] / lo[0]) ** u[0],  # pitch spread evenly on a log scale
-                scale=1.0 + 0.12 * u[0] + dscale,  # higher voices tend to have shorter tracts
-                f0_range=f0_range, oq=oq, breath=breath, jitter=jitter, tilt=tilt, rate=rate, bw=bw)
+    return {"f0": lo[0] * (hi[0] / lo[0]) ** u[0],  # pitch spread evenly on a log scale
+                "scale": 1.0 + 0.12 * u[0] + dscale,  # higher voices tend to have shorter tracts
+                "f0_range": f0_range, "oq": oq, "breath": breath, "jitter": jitter, "tilt": tilt, "rate": rate, "bw": bw}
 
 
 def _plan(r: np.random.Generator, spk: dict, n: int) -> list[tuple]:

@@ -15,7 +15,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def _importable() -> tuple[str, ...]:
                 from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads FFmpeg: fails without it)
             else:
                 import av  # noqa: F401
-        except Exception:  # ImportError, or an OSError / RuntimeError from a missing shared library
+        except (ImportError, OSError, RuntimeError):  # not installed, or a missing shared library
             continue
         found.append(name)
     return tuple(found)
@@ -165,7 +165,7 @@ class VideoReader:
         if impl is not None:
             impl.close()
 
-    def __enter__(self) -> VideoReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -181,7 +181,7 @@ def _run(name: str, fn):
         return fn()
     except (VideoReadError, IndexError):
         raise
-    except Exception as e:  # decord, torchcodec, PyAV and PIL raise many unrelated types
+    except Exception as e:  # noqa: BLE001  decord, torchcodec, PyAV and PIL raise many unrelated types
         text = str(e).strip().splitlines()
         detail = f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
         raise VideoReadError(f"{name}: cannot decode video ({detail})") from None

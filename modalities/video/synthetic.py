@@ -77,8 +77,8 @@ def _draw_scene(seed: int) -> dict:
     """Every random choice of scene ``seed``."""
     r = np.random.default_rng([seed, 2024])
     h_bg = r.random()
-    background = dict(hue=h_bg, hue_slope=0.07 * _unit(r), sat=r.uniform(0.3, 0.5), val=r.uniform(0.45, 0.65),
-                      val_slope=0.12 * _unit(r), texture=_waves(r, 3, 2.0, 6.0), texture_amp=r.uniform(0.05, 0.1))
+    background = {"hue": h_bg, "hue_slope": 0.07 * _unit(r), "sat": r.uniform(0.3, 0.5), "val": r.uniform(0.45, 0.65),
+                      "val_slope": 0.12 * _unit(r), "texture": _waves(r, 3, 2.0, 6.0), "texture_amp": r.uniform(0.05, 0.1)}
     K = int(r.integers(1, MAX_OBJECTS + 1))
     # One hue per object, each in its own slice of [0.2, 0.8] turns away from the background's.
     offsets = 0.2 + 0.6 * (np.arange(K) + r.uniform(0.15, 0.85, K)) / K
@@ -92,25 +92,25 @@ def _draw_scene(seed: int) -> dict:
             axis = int(r.integers(2))
             amp[0, axis], freq[0, axis], centre[axis] = r.uniform(1.0, 1.2), r.uniform(0.6, 0.9), r.uniform(-0.1, 0.1)
         h = hues[k]
-        objects.append(dict(
-            shape=SHAPES[r.integers(len(SHAPES))], texture=TEXTURES[r.integers(len(TEXTURES))],
-            radius=r.uniform(0.17, 0.28), aspect=r.uniform(0.75, 1.3),
-            scale_amp=r.uniform(0.15, 0.35), scale_freq=r.uniform(0.4, 1.2), scale_phase=r.uniform(0, 2 * np.pi),
-            centre=centre, amp=amp, freq=freq, phase=r.uniform(0, 2 * np.pi, (2, 2)),
-            angle=r.uniform(0, 2 * np.pi), spin=r.uniform(-1.5, 1.5),  # radians over the clip
-            lobes=r.uniform(0.08, 0.18, 2), lobe_phase=r.uniform(0, 2 * np.pi, 2),  # blob outline
-            tex_freq=r.uniform(1.5, 2.5), tex_angle=r.uniform(0, np.pi), tex_waves=_waves(r, 4, 1.0, 2.5),
-            colour=_hsv(h, r.uniform(0.85, 1.0), r.uniform(0.85, 1.0)),
-            colour2=_hsv((h + r.uniform(-0.06, 0.06)) % 1.0, r.uniform(0.7, 1.0), r.uniform(0.3, 0.55)),
-        ))
+        objects.append({
+            "shape": SHAPES[r.integers(len(SHAPES))], "texture": TEXTURES[r.integers(len(TEXTURES))],
+            "radius": r.uniform(0.17, 0.28), "aspect": r.uniform(0.75, 1.3),
+            "scale_amp": r.uniform(0.15, 0.35), "scale_freq": r.uniform(0.4, 1.2), "scale_phase": r.uniform(0, 2 * np.pi),
+            "centre": centre, "amp": amp, "freq": freq, "phase": r.uniform(0, 2 * np.pi, (2, 2)),
+            "angle": r.uniform(0, 2 * np.pi), "spin": r.uniform(-1.5, 1.5),  # radians over the clip
+            "lobes": r.uniform(0.08, 0.18, 2), "lobe_phase": r.uniform(0, 2 * np.pi, 2),  # blob outline
+            "tex_freq": r.uniform(1.5, 2.5), "tex_angle": r.uniform(0, np.pi), "tex_waves": _waves(r, 4, 1.0, 2.5),
+            "colour": _hsv(h, r.uniform(0.85, 1.0), r.uniform(0.85, 1.0)),
+            "colour2": _hsv((h + r.uniform(-0.06, 0.06)) % 1.0, r.uniform(0.7, 1.0), r.uniform(0.3, 0.55)),
+        })
     cameras = [
-        dict(centre=r.uniform(-0.1, 0.1, 2), pan=r.uniform(-0.1, 0.1, 2), half=r.uniform(0.65, 0.75), roll=0.0),
-        dict(centre=r.uniform(-0.25, 0.25, 2), pan=r.uniform(-0.15, 0.15, 2), half=r.uniform(0.45, 0.8),
-             roll=r.uniform(-0.2, 0.2)),
+        {"centre": r.uniform(-0.1, 0.1, 2), "pan": r.uniform(-0.1, 0.1, 2), "half": r.uniform(0.65, 0.75), "roll": 0.0},
+        {"centre": r.uniform(-0.25, 0.25, 2), "pan": r.uniform(-0.15, 0.15, 2), "half": r.uniform(0.45, 0.8),
+             "roll": r.uniform(-0.2, 0.2)},
     ]
-    colour = dict(gain=r.uniform(0.85, 1.15, 3), hue=r.choice([-1, 1]) * r.uniform(0.03, 0.08),
-                  contrast=r.uniform(0.8, 1.2), offset=r.uniform(-0.05, 0.05))
-    return dict(background=background, objects=objects, cameras=cameras, cam1_colour=colour)
+    colour = {"gain": r.uniform(0.85, 1.15, 3), "hue": r.choice([-1, 1]) * r.uniform(0.03, 0.08),
+                  "contrast": r.uniform(0.8, 1.2), "offset": r.uniform(-0.05, 0.05)}
+    return {"background": background, "objects": objects, "cameras": cameras, "cam1_colour": colour}
 
 
 def _sdf(shape: str, u: torch.Tensor, v: torch.Tensor, o: dict) -> torch.Tensor:

@@ -46,7 +46,7 @@ def decode(value: Any) -> torch.Tensor:
             img.load()  # open() reads only the header: a truncated file fails here
             img = ImageOps.exif_transpose(img)  # camera photos store their rotation in EXIF
             return torch.from_numpy(_to_rgb(img)).permute(2, 0, 1).contiguous()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  PIL raises many types; one named error
         raise ImageReadError(f"{Path(name).name if path else name}: unreadable image ({str(e)[:120]})") from None
 
 
@@ -106,7 +106,7 @@ class HFImages:
         check_columns(ds, spec, **{"--image-column": image_column, "--label-column": label_column})
         try:  # also turns a column of paths or raw bytes into {"bytes", "path"} values
             ds = ds.cast_column(image_column, datasets.Image(decode=False))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  datasets raises many types; one line
             raise DataError(f"{spec}: column '{image_column}' does not hold images ({str(e).splitlines()[0][:120]})") from None
         self.ds, self.image_column, self.label_column, self.name = ds, image_column, label_column, spec
         self.labels, self.vocab, self.num_classes = None, None, None
@@ -132,7 +132,7 @@ class HFImages:
                 try:  # a cheap header check catches non-images, empty and missing files up front
                     with Image.open(path):
                         pass
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001  any failure to open skips the file
                     self.skipped.append(f"{Path(path).name} ({type(e).__name__})")
                     continue
             rows.append(i)

@@ -122,14 +122,14 @@ def _draw_params(seed: int, c: int, i: int, size: int, max_rotation: float) -> d
     # The pattern's second colour moves away from the foreground value, so the contrast stays.
     v_bg2 = np.clip(v_bg + np.sign(v_bg - v_fg) * r.uniform(0.1, 0.3), 0.0, 1.0)
     h_bg = r.random()
-    return dict(
-        radius=radius, rot=np.deg2rad(r.uniform(-max_rotation, max_rotation)), cx=r.uniform(margin, size - margin), cy=r.uniform(margin, size - margin),
-        fg=(r.random(), r.uniform(0.2, 1.0), v_fg),
-        bg=(h_bg, r.uniform(0.0, 0.9), v_bg), bg2=((h_bg + r.uniform(-0.15, 0.15)) % 1.0, r.uniform(0.0, 0.9), v_bg2),
-        pattern=r.integers(len(_PATTERNS)), angle=r.uniform(0, 2 * np.pi), period=r.uniform(5, 12),
-        phase=r.uniform(0, 2 * np.pi), grid=r.random((_NOISE_GRID, _NOISE_GRID)),
-        noise=r.normal(0, 0.015, (size, size, 3)),
-    )
+    return {
+        "radius": radius, "rot": np.deg2rad(r.uniform(-max_rotation, max_rotation)), "cx": r.uniform(margin, size - margin), "cy": r.uniform(margin, size - margin),
+        "fg": (r.random(), r.uniform(0.2, 1.0), v_fg),
+        "bg": (h_bg, r.uniform(0.0, 0.9), v_bg), "bg2": ((h_bg + r.uniform(-0.15, 0.15)) % 1.0, r.uniform(0.0, 0.9), v_bg2),
+        "pattern": r.integers(len(_PATTERNS)), "angle": r.uniform(0, 2 * np.pi), "period": r.uniform(5, 12),
+        "phase": r.uniform(0, 2 * np.pi), "grid": r.random((_NOISE_GRID, _NOISE_GRID)),
+        "noise": r.normal(0, 0.015, (size, size, 3)),
+    }
 
 
 def _upsample_matrix(n: int, size: int) -> np.ndarray:
