@@ -8,14 +8,14 @@ The full-size recipes use ResNet or ViT (configs/).
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
+from mmssl.encoders.maps import FeatureMapEncoder
 from mmssl.registry import ENCODERS
 
 
 @ENCODERS.register("convnet")
-class ConvNet(nn.Module):
+class ConvNet(FeatureMapEncoder):
     """Images (B, C, H, W) -> tokens, one per cell of the final feature map, for S = len(widths) stages."""
 
     def __init__(self, widths: tuple[int, ...] | list[int] = (32, 64, 128, 256), channels: int = 3):
@@ -36,13 +36,3 @@ class ConvNet(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, widths[-1], ceil(H / 2^S), ceil(W / 2^S))."""
         return self.net(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, ceil(H / 2^S) * ceil(W / 2^S), widths[-1])."""
-        return rearrange(self.net(x), "b d h w -> b (h w) d")
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.mean(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(x))

@@ -16,9 +16,9 @@ recipes use ``resnet`` with ``out_stride=8``.
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
+from mmssl.encoders.maps import FeatureMapEncoder
 from mmssl.registry import ENCODERS
 
 
@@ -49,7 +49,7 @@ class DilatedBottleneck(nn.Module):
 
 
 @ENCODERS.register("dense_convnet")
-class DenseConvNet(nn.Module):
+class DenseConvNet(FeatureMapEncoder):
     """Frames (B, C, H, W) -> a stride-8 map (B, D, ceil(H/8), ceil(W/8)), D = widths[-1].
 
     Args:
@@ -84,14 +84,3 @@ class DenseConvNet(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, D, ceil(H / 8), ceil(W / 8))."""
         return self.out(self.blocks(self.stem(x)))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> tokens (B, h * w, D), row-major over the map."""
-        return rearrange(self.feature_map(x), "b d h w -> b (h w) d")
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, D): the mean token."""
-        return tokens.mean(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(x))

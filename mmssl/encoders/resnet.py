@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 import torchvision
-from einops import rearrange
 from torch import nn
 
+from mmssl.encoders.maps import FeatureMapEncoder
 from mmssl.registry import ENCODERS
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -41,7 +41,7 @@ def dilate_layer(layer: nn.Sequential, dilation: int) -> None:
 
 
 @ENCODERS.register("resnet")
-class ResNet(nn.Module):
+class ResNet(FeatureMapEncoder):
     """Images (B, C, H, W) -> tokens (B, H' * W', D), D = 512 (resnet18/34) or 2048 (resnet50+).
 
     The submodules keep torchvision's names (``conv1`` ... ``layer4``), so a torchvision
@@ -93,14 +93,3 @@ class ResNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) -> tokens (B, H' * W', D), row-major over the final feature map."""
-        return rearrange(self.feature_map(x), "b d h w -> b (h w) d")
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) -> (B, D): global average pooling."""
-        return tokens.mean(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_features(x))
