@@ -15,13 +15,13 @@ from mmssl.encoders.io import build_encoder
 from mmssl.encoders.spectrogram import LogMel
 from mmssl.errors import DataError
 from mmssl.modalities.audio import random_crop
-from mmssl.objectives.mae import MAE
+from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
 from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits
 
 
 @dataclasses.dataclass(frozen=True)
-class MAEAudioConfig(AudioConfig):
+class MAEAudioConfig(AudioConfig, MAESettings):
     max_steps: int = 600
     batch_size: int = 32
     lr: float = 1e-3
@@ -34,10 +34,6 @@ class MAEAudioConfig(AudioConfig):
     vit_depth: int | None = 4
     vit_heads: int | None = 4
     mask_ratio: float = 0.8
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    norm_pix_loss: bool = True
 
 
 @TASKS.register("mae_audio")
@@ -66,8 +62,7 @@ class MAEAudio(AudioTask):
         return item
 
     def build_objective(self, cfg: MAEAudioConfig) -> MAE:
-        return MAE(build_encoder(self.encoder_spec(cfg)), cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth,
-                   cfg.decoder_heads, cfg.norm_pix_loss)
+        return cfg.build_mae(build_encoder(self.encoder_spec(cfg)))
 
     def after_training(self, cfg: MAEAudioConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: log-mel spectrograms, masked and reconstructed."""

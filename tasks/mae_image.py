@@ -8,20 +8,15 @@ from pathlib import Path
 import torch
 
 from mmssl.errors import DataError
-from mmssl.objectives.mae import MAE
+from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
 
 
 @dataclasses.dataclass(frozen=True)
-class MAEImageConfig(ImageConfig):
+class MAEImageConfig(ImageConfig, MAESettings):
     lr: float = 1.5e-3
     backbone: str = "vit"
-    mask_ratio: float = 0.75
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    norm_pix_loss: bool = True
     min_scale: float = 0.2
 
 
@@ -41,8 +36,7 @@ class MAEImage(ImageTask):
     def build_objective(self, cfg: MAEImageConfig) -> MAE:
         if cfg.backbone != "vit":
             raise DataError(f"mae_image needs backbone=vit (masking drops tokens), not '{cfg.backbone}'")
-        return MAE(self.build_encoder(cfg), cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
-                   cfg.norm_pix_loss)
+        return cfg.build_mae(self.build_encoder(cfg))
 
     def after_training(self, cfg: MAEImageConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: original / masked / reconstruction of test images."""

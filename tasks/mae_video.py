@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 
 from mmssl.errors import DataError
-from mmssl.objectives.mae import MAE
+from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
 from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
 
 
 @dataclasses.dataclass(frozen=True)
-class MAEVideoConfig(VideoConfig):
+class MAEVideoConfig(VideoConfig, MAESettings):
     backbone: str = "vit"
     lr: float = 1.5e-3
     weight_decay: float = 0.05
@@ -27,10 +27,6 @@ class MAEVideoConfig(VideoConfig):
     vit_depth: int | None = 4
     vit_heads: int | None = 4
     mask_ratio: float = 0.9
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    norm_pix_loss: bool = True
 
 
 @TASKS.register("mae_video")
@@ -73,8 +69,7 @@ class MAEVideo(VideoTask):
         return item
 
     def build_objective(self, cfg: MAEVideoConfig) -> MAE:
-        return MAE(self.build_encoder(cfg), cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
-                   cfg.norm_pix_loss, masking="tube")
+        return cfg.build_mae(self.build_encoder(cfg), masking="tube")
 
     def after_training(self, cfg: MAEVideoConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: the frames of test clips, masked, and reconstructed."""

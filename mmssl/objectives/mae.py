@@ -13,6 +13,8 @@ The encoder must expose the hooks of ``mmssl.encoders.vit.ViT``: ``patchify``,
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from einops import repeat
@@ -178,3 +180,18 @@ class MAE(nn.Module):
 
     def export_encoder(self) -> nn.Module:
         return self.encoder
+
+
+@dataclasses.dataclass(frozen=True)
+class MAESettings:
+    """The MAE objective's config fields, shared by the mae_* task configs (a mixin of their dataclasses)."""
+
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+    def build_mae(self, encoder: nn.Module, masking: str = "random") -> MAE:
+        return MAE(encoder, self.mask_ratio, self.decoder_dim, self.decoder_depth, self.decoder_heads,
+                   self.norm_pix_loss, masking=masking)
