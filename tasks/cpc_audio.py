@@ -18,7 +18,7 @@ class CPCAudioConfig(AudioConfig):
     max_steps: int = 250  # about 2.5 minutes on 2 CPU cores
     prediction_steps: int = 12
     num_negatives: int = 128
-    negatives_from: str = "batch"  # batch | sequence
+    negatives_from: str = "batch"  # batch | sequence | others
     temperature: float | None = 0.1  # cosine similarity / temperature; none: the paper's dot product
 
 

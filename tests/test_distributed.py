@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -62,13 +63,33 @@ def run_two(tmp_path, negatives_from):
 
 
 def test_cpc_two_processes_match_one(tmp_path):
-    for negatives_from in ("batch", "sequence"):
+    for negatives_from in ("batch", "sequence", "others"):
         one_loss, one_grads = loss_and_grads(make_objective(negatives_from), make_batch())
         two = run_two(tmp_path, negatives_from)
         torch.testing.assert_close(two["loss"], one_loss, rtol=1e-5, atol=1e-6)
         assert one_grads.keys() == two["grads"].keys()
         for name, g in one_grads.items():
             torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cpc_negative_sampling_modes():
+    """Which sequence each position's negatives come from, per mode (pool rows are sequence-major)."""
+    objective = make_objective()
+    batch, length, usable = 4, 10, 7
+    own = torch.arange(batch).repeat_interleave(usable)[:, None]  # (batch * usable, 1)
+    for mode, check in (("sequence", lambda seq: (seq == own).all()), ("others", lambda seq: (seq != own).all()),
+                        ("batch", lambda seq: (seq == own).any() and (seq != own).any())):
+        objective.negatives_from = mode
+        torch.manual_seed(0)
+        idx = objective.sample_negatives(batch, length, usable, torch.device("cpu"))
+        assert idx.shape == (batch * usable, 8) and idx.min() >= 0 and idx.max() < batch * length
+        assert check(idx // length), mode
+    # "others" still reaches every other sequence, including the last frame of the last one.
+    objective.negatives_from, objective.num_negatives = "others", 4000
+    idx = objective.sample_negatives(batch, length, usable, torch.device("cpu"))
+    assert set(idx[0].tolist()) == set(range(length, batch * length))
+    with pytest.raises(ValueError, match="two sequences"):
+        objective.sample_negatives(1, length, usable, torch.device("cpu"))
 
 
 def test_all_gather_without_process_group_is_identity():

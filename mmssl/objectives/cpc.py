@@ -25,15 +25,16 @@ class CPC(nn.Module):
             encoder: a sequence encoder (``forward_frames`` -> z, ``forward_context`` -> c).
             steps: K, the number of future frames predicted.
             num_negatives: M negatives per position, shared by the K steps.
-            negatives_from: "batch" (any frame of any sequence on any process) or
-                "sequence" (frames of the same sequence only).
+            negatives_from: "batch" (any frame of any sequence on any process),
+                "sequence" (frames of the same sequence only) or "others" (frames of the
+                other sequences only: the paper's "mixed speaker, excluding current sequence").
             temperature: None scores with the dot product, as the paper; a number scores
                 with cosine similarity divided by it (as wav2vec 2.0), which escapes the
                 initial plateau much sooner on short runs.
         """
         super().__init__()
-        if negatives_from not in ("batch", "sequence"):
-            raise ValueError(f"negatives_from must be 'batch' or 'sequence', not {negatives_from!r}")
+        if negatives_from not in ("batch", "sequence", "others"):
+            raise ValueError(f"negatives_from must be 'batch', 'sequence' or 'others', not {negatives_from!r}")
         if steps < 1 or num_negatives < 1:
             raise ValueError("steps and num_negatives must be positive")
         self.encoder = encoder
@@ -54,6 +55,12 @@ class CPC(nn.Module):
         rows = world * batch * usable
         if self.negatives_from == "batch":
             idx = torch.randint(world * batch * length, (rows, self.num_negatives), device=device)
+        elif self.negatives_from == "others":
+            if world * batch < 2:
+                raise ValueError("negatives_from='others' needs at least two sequences in the global batch")
+            seq = torch.arange(world * batch, device=device).repeat_interleave(usable)
+            idx = torch.randint((world * batch - 1) * length, (rows, self.num_negatives), device=device)
+            idx = idx + (idx >= seq[:, None] * length) * length  # skip the row's own sequence
         else:
             seq = torch.arange(world * batch, device=device).repeat_interleave(usable)
             idx = seq[:, None] * length + torch.randint(length, (rows, self.num_negatives), device=device)
