@@ -246,7 +246,7 @@ class Side:
 
 def make_optimizer(module: nn.Module, device: torch.device, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """The trainer's optimizer for both sides: fused AdamW (as transformers' Trainer also defaults to on torch >= 2.8)."""
-    from mmssl.trainer import make_optimizer as trainer_optimizer
+    from mmssl.optim import make_optimizer as trainer_optimizer
 
     return trainer_optimizer([p for p in module.parameters() if p.requires_grad], device, lr, weight_decay)
 

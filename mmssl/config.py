@@ -44,6 +44,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     warmup_steps: int = 20
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw | sgd | lars
+    sgd_momentum: float = 0.9  # sgd and lars
+    lars_eta: float = 0.02  # LARS trust coefficient
+    lars_clip: bool = True  # LARS: a layer's rate never exceeds lr
     clip_grad: float = 1.0
     seed: int = 0
     # bookkeeping

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from mmssl import config as config_lib
 from mmssl.config import ConfigError
 from mmssl.errors import TrainingError
+from mmssl.optim import check_name as check_optimizer_name
+from mmssl.optim import make_optimizer
 from mmssl.task import Task
 
 
@@ -101,17 +103,11 @@ def _monitor(task: Task, cfg: Any, objective: nn.Module, model: nn.Module, accel
     return row
 
 
-def make_optimizer(params: list[nn.Parameter], device: torch.device, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW, fused where torch has the kernel (CUDA and CPU tensors): all parameters in one pass."""
-    fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) or None
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
-
-
 class _FiniteGuard:
     """Stops a run at a non-finite loss or gradient without a host sync every step.
 
     Each step's flag stays on the device: it is reduced over processes (an asynchronous collective
-    on GPUs), the first bad step is remembered in a device tensor, and with a fused AdamW the
+    on GPUs), the first bad step is remembered in a device tensor, and with a fused AdamW or SGD, or LARS, the
     optimizer kernel itself skips a flagged update (its ``found_inf`` input, as a GradScaler uses
     it). The flag is read on the host only at log, monitor and save steps, before anything is
     logged, evaluated or saved, so the last checkpoint on disk always predates the bad step.
@@ -123,7 +119,8 @@ class _FiniteGuard:
         self.accelerator, self.params, self.out_dir = accelerator, params, out_dir
         self.inner = getattr(optimizer, "optimizer", optimizer)  # under accelerate's wrapper
         self.scaler = accelerator.scaler
-        self.skips = bool(self.inner.defaults.get("fused")) and self.scaler is None
+        skips_inside = bool(self.inner.defaults.get("fused")) or getattr(self.inner, "accepts_found_inf", False)
+        self.skips = skips_inside and self.scaler is None
         self.first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)
         self.found_inf: torch.Tensor | None = None
         self.step = 0
@@ -145,7 +142,8 @@ class _FiniteGuard:
 
     @contextlib.contextmanager
     def skip_if_bad(self):
-        """Around ``optimizer.step()``: a fused AdamW leaves the weights and its state alone on a flagged step."""
+        """Around ``optimizer.step()``: a fused AdamW or SGD, or LARS, leaves the weights and its state alone on a
+        flagged step."""
         if not self.skips:
             yield
             return
@@ -172,6 +170,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     Returns the unwrapped objective and the accelerator.
     """
     out_dir = Path(cfg.output_dir)
+    check_optimizer_name(cfg.optimizer)  # before anything is written
     accelerator = accelerator or Accelerator(log_with=cfg.log_with, project_dir=str(out_dir))
     _prepare_output(accelerator, cfg, out_dir)
     set_seed(cfg.seed)
@@ -180,7 +179,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, accelerator.device, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(params, accelerator.device, cfg.lr, cfg.weight_decay, cfg.optimizer, cfg.sgd_momentum,
+                               cfg.lars_eta, cfg.lars_clip)
     model, optimizer = accelerator.prepare(objective, optimizer)
     objective = accelerator.unwrap_model(model)
     if getattr(cfg, "compile", False):

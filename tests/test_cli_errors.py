@@ -291,3 +291,10 @@ def test_dataset_that_is_a_file(in_process, audiofolder, tmp_path):
     wav = audiofolder / "train" / "spk0" / "u0.wav"
     result = in_process(["--task", "cpc_audio", "--dataset", str(wav), "--output-dir", str(tmp_path / "out"), *TINY])
     assert_one_error(result, str(wav), "folder")
+
+
+def test_unknown_optimizer_before_anything_is_written(in_process, tmp_path):
+    out = tmp_path / "run"
+    result = in_process(["--task", "cpc_audio", "--output-dir", str(out), "optimizer=adam"])
+    assert_one_error(result, "optimizer must be one of adamw, sgd, lars", "adam")
+    assert not out.exists()

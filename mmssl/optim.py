@@ -1,0 +1,103 @@
+"""Optimizers the trainer builds by name: AdamW (the default), SGD with momentum, and LARS.
+
+LARS (You et al., arXiv:1708.03888) is the optimizer of the SimCLR, BYOL and SwAV recipes: SGD
+with momentum whose step for each weight tensor is rescaled by a trust ratio
+``eta * ||w|| / (||g|| + wd * ||w||)``, so every layer moves by about the same fraction of its
+norm whatever its gradient scale. Biases and normalisation parameters (the 1-D tensors) are left
+out of the rescaling and of weight decay, as the SimCLR and BYOL implementations do.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from mmssl.config import ConfigError
+
+OPTIMIZERS = ("adamw", "sgd", "lars")
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and a layer-wise trust ratio.
+
+    For a weight ``w`` (more than one dimension, or every tensor with ``exclude_1d=False``)
+    with gradient ``g``::
+
+        ratio = eta * ||w|| / (||g|| + weight_decay * ||w|| + eps)   (1 where ||w|| or ||g|| is 0)
+        ratio = min(ratio / lr, 1)                                    (with clip=True)
+        d = ratio * (g + weight_decay * w)
+
+    and for a 1-D tensor ``d = g``. Then ``buf = momentum * buf + d`` and ``w -= lr * buf``.
+    ``clip`` keeps a layer's rate at or below the global rate (solo-learn's ``clip_lr``), which
+    tames the first steps of warm-up. Everything stays on the device: no host reads.
+
+    Like a fused torch optimizer, a step skips itself (weights and momentum untouched) when a
+    ``found_inf`` tensor attribute is set and non-zero; the trainer sets it for non-finite steps.
+    """
+
+    accepts_found_inf = True
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 0.02, clip: bool = True, exclude_1d: bool = True, eps: float = 1e-8):
+        if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0 or eta <= 0:
+            raise ValueError(f"LARS: bad lr {lr}, momentum {momentum}, weight_decay {weight_decay} or eta {eta}")
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta, "clip": clip,
+                    "exclude_1d": exclude_1d, "eps": eps}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim > 1 or not group["exclude_1d"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    ratio = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                    ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+                    if group["clip"] and lr > 0:
+                        ratio = torch.clamp(ratio / lr, max=1.0)
+                    d = (d + wd * p) * ratio if wd else d * ratio
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                if found_inf is None:
+                    buf.mul_(momentum).add_(d)
+                    p.add_(buf, alpha=-lr)
+                else:
+                    ok = found_inf.to(p.device) == 0
+                    d = torch.where(ok, d, torch.zeros_like(d))  # also clears a NaN gradient
+                    buf.mul_(torch.where(ok, momentum, 1.0)).add_(d)
+                    p.sub_(buf * torch.where(ok, lr, 0.0))
+        return loss
+
+
+def check_name(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not '{name}'")
+
+
+def make_optimizer(params: list[nn.Parameter], device: torch.device, lr: float, weight_decay: float,
+                   name: str = "adamw", momentum: float = 0.9, lars_eta: float = 0.02,
+                   lars_clip: bool = True) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``params``.
+
+    AdamW and SGD use torch's fused kernels where they exist (CUDA and CPU tensors), so all
+    parameters update in one pass and a flagged step is skipped inside the kernel.
+    """
+    check_name(name)
+    fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) or None
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+    return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip=lars_clip)
