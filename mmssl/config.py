@@ -45,6 +45,7 @@ class TrainConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     optimizer: str = "adamw"  # adamw | sgd | lars
+    adam_beta2: float = 0.999  # AdamW's second-moment decay (MAE recipes: 0.95)
     sgd_momentum: float = 0.9  # sgd and lars
     lars_eta: float = 0.02  # LARS trust coefficient
     lars_clip: bool = True  # LARS: a layer's rate never exceeds lr

@@ -88,7 +88,7 @@ def check_name(name: str) -> None:
 
 def make_optimizer(params: list[nn.Parameter], device: torch.device, lr: float, weight_decay: float,
                    name: str = "adamw", momentum: float = 0.9, lars_eta: float = 0.02,
-                   lars_clip: bool = True) -> torch.optim.Optimizer:
+                   lars_clip: bool = True, adam_beta2: float = 0.999) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``params``.
 
     AdamW and SGD use torch's fused kernels where they exist (CUDA and CPU tensors), so all
@@ -97,7 +97,7 @@ def make_optimizer(params: list[nn.Parameter], device: torch.device, lr: float, 
     check_name(name)
     fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params) or None
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, adam_beta2), weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip=lars_clip)

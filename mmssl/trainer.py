@@ -180,7 +180,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, accelerator.device, cfg.lr, cfg.weight_decay, cfg.optimizer, cfg.sgd_momentum,
-                               cfg.lars_eta, cfg.lars_clip)
+                               cfg.lars_eta, cfg.lars_clip, cfg.adam_beta2)
     model, optimizer = accelerator.prepare(objective, optimizer)
     objective = accelerator.unwrap_model(model)
     if getattr(cfg, "compile", False):

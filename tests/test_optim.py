@@ -60,7 +60,8 @@ def test_lars_moves_each_layer_by_a_fraction_of_its_norm():
 def test_make_optimizer_names():
     params = [torch.nn.Parameter(torch.randn(2, 2))]
     cpu = torch.device("cpu")
-    assert isinstance(make_optimizer(params, cpu, 0.1, 0.0, "adamw"), torch.optim.AdamW)
+    adamw = make_optimizer(params, cpu, 0.1, 0.0, "adamw", adam_beta2=0.95)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.95)
     sgd = make_optimizer(params, cpu, 0.1, 1e-4, "sgd", momentum=0.8)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8 and sgd.defaults["fused"]
     lars = make_optimizer(params, cpu, 0.1, 1e-4, "lars", lars_eta=0.001, lars_clip=False)
