@@ -16,6 +16,7 @@ class MoCoImageConfig(ImageConfig):
     proj_dim: int = 128
     queue_size: int = 4096
     momentum: float = 0.99
+    final_momentum: float | None = None  # None: constant momentum; a number: cosine from momentum to it
     symmetric: bool = True  # both views act as query once (solo-learn's CIFAR setting)
     min_scale: float = 0.2
     blur: bool = False
@@ -36,4 +37,4 @@ class MoCoImage(ImageTask):
 
     def build_objective(self, cfg: MoCoImageConfig) -> MoCo:
         return MoCo(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.queue_size, cfg.momentum,
-                    cfg.temperature, cfg.symmetric)
+                    cfg.temperature, cfg.symmetric, cfg.final_momentum)

@@ -112,6 +112,25 @@ def test_moco_enqueues_every_micro_batch_and_updates_once():
     assert not moco._pending
 
 
+def test_moco_momentum_schedule():
+    torch.manual_seed(0)
+    constant = MoCo(TinyEncoder(), 32, 16, queue_size=20, momentum=0.9)
+    assert constant.momentum_at(0, 100) == constant.momentum_at(70, 100) == 0.9
+    moco = MoCo(TinyEncoder(), 32, 16, queue_size=20, momentum=0.99, final_momentum=0.999)
+    assert moco.momentum_at(0, 100) == pytest.approx(0.99)
+    assert moco.momentum_at(50, 100) == pytest.approx(0.9945)
+    assert moco.momentum_at(100, 100) == pytest.approx(0.999)
+    with torch.no_grad():
+        for p in moco.encoder.parameters():
+            p.add_(1.0)  # online and momentum weights now differ by 1
+    before = params(moco.momentum_encoder)
+    moco.after_step(50, 100)
+    for new, old, o in zip(params(moco.momentum_encoder), before, params(moco.encoder)):
+        torch.testing.assert_close(new, 0.9945 * old + 0.0055 * o)
+    with pytest.raises(ValueError, match="MoCo needs"):
+        MoCo(TinyEncoder(), 32, 16, final_momentum=1.5)
+
+
 def test_moco_queue_wraps_around():
     moco = MoCo(TinyEncoder(), 32, 4, queue_size=10)
     keys = torch.arange(12.0)[:, None].expand(12, 4)

@@ -18,10 +18,11 @@ from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
-def byol_momentum(step: int, max_steps: int, base: float) -> float:
-    """tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2: tau_base at k = 0, rising to 1 at k = K."""
+def cosine_momentum(step: int, max_steps: int, base: float, final: float = 1.0) -> float:
+    """tau_k = final - (final - base) (cos(pi k / K) + 1) / 2: base at k = 0, rising to final at k = K
+    (BYOL's schedule with final 1; MoCo v2+ recipes raise 0.99 to 0.999 the same way)."""
     progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 @OBJECTIVES.register("byol")
@@ -57,7 +58,7 @@ class BYOL(nn.Module):
         return {"loss": loss, "std": embedding_std(z.chunk(2)[0])}
 
     def momentum_at(self, step: int, max_steps: int) -> float:
-        return byol_momentum(step, max_steps, self.base_momentum)
+        return cosine_momentum(step, max_steps, self.base_momentum)
 
     @torch.no_grad()
     def after_step(self, step: int, max_steps: int) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from mmssl import dist
 from mmssl.losses import info_nce
+from mmssl.objectives.byol import cosine_momentum
 from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
@@ -28,7 +29,8 @@ from mmssl.registry import OBJECTIVES
 @OBJECTIVES.register("moco")
 class MoCo(nn.Module):
     def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, queue_size: int = 4096,
-                 momentum: float = 0.99, temperature: float = 0.2, symmetric: bool = False):
+                 momentum: float = 0.99, temperature: float = 0.2, symmetric: bool = False,
+                 final_momentum: float | None = None):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.
@@ -38,16 +40,19 @@ class MoCo(nn.Module):
             temperature: InfoNCE temperature.
             symmetric: also predict view 0's key from view 1's query and average the two
                 losses; both views' keys are then enqueued.
+            final_momentum: None keeps m constant; a number raises m from ``momentum`` to it
+                on a cosine over the run (solo-learn's MoCo v2+: 0.99 to 0.999).
         """
         super().__init__()
-        if queue_size < 1 or not 0.0 <= momentum <= 1.0 or temperature <= 0:
-            raise ValueError(f"MoCo needs queue_size >= 1, 0 <= momentum <= 1 and temperature > 0; "
-                             f"got {queue_size}, {momentum}, {temperature}")
+        if queue_size < 1 or not 0.0 <= momentum <= 1.0 or temperature <= 0 or not 0.0 <= (final_momentum or 0) <= 1:
+            raise ValueError(f"MoCo needs queue_size >= 1, momentum and final_momentum in [0, 1] and temperature > 0; "
+                             f"got {queue_size}, {momentum}, {final_momentum}, {temperature}")
         self.encoder = encoder
         self.projector = mlp(encoder.embed_dim, proj_hidden, proj_dim, layers=2, batch_norm=False)
         self.momentum_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum, self.temperature, self.symmetric = momentum, temperature, symmetric
+        self.final_momentum = final_momentum
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))  # (Q, proj_dim)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending: list[torch.Tensor] = []  # gathered keys of micro-batches since the last optimizer step
@@ -78,12 +83,18 @@ class MoCo(nn.Module):
             self._pending.extend(dist.all_gather_nograd(ki) for ki in k)
         return {"loss": loss, "acc": acc, "std": embedding_std(q[0])}
 
+    def momentum_at(self, step: int, max_steps: int) -> float:
+        if self.final_momentum is None:
+            return self.momentum
+        return cosine_momentum(step, max_steps, self.momentum, self.final_momentum)
+
     @torch.no_grad()
     def after_step(self, step: int, max_steps: int) -> None:
         """Once per optimizer step: momentum update, then enqueue the pending keys."""
+        tau = self.momentum_at(step, max_steps)
         for target, online in ((self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)):
             for pt, po in zip(target.parameters(), online.parameters()):
-                pt.lerp_(po.detach(), 1.0 - self.momentum)
+                pt.lerp_(po.detach(), 1.0 - tau)
         if self._pending:
             self._enqueue(torch.cat(self._pending))
             self._pending.clear()
