@@ -24,8 +24,9 @@ class LARS(torch.optim.Optimizer):
     For a weight ``w`` (more than one dimension, or every tensor with ``exclude_1d=False``)
     with gradient ``g``::
 
-        ratio = eta * ||w|| / (||g|| + weight_decay * ||w|| + eps)   (1 where ||w|| or ||g|| is 0)
+        ratio = eta * ||w|| / (||g|| + weight_decay * ||w|| + eps)
         ratio = min(ratio / lr, 1)                                    (with clip=True)
+        ratio = 1                                                     (where ||w|| or ||g|| is 0)
         d = ratio * (g + weight_decay * w)
 
     and for a 1-D tensor ``d = g``. Then ``buf = momentum * buf + d`` and ``w -= lr * buf``.
@@ -62,9 +63,9 @@ class LARS(torch.optim.Optimizer):
                 if p.ndim > 1 or not group["exclude_1d"]:
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
                     ratio = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
-                    ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
                     if group["clip"] and lr > 0:
                         ratio = torch.clamp(ratio / lr, max=1.0)
+                    ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
                     d = (d + wd * p) * ratio if wd else d * ratio
                 state = self.state[p]
                 if "momentum_buffer" not in state:

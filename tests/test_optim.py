@@ -18,9 +18,11 @@ def reference_lars(weights, grads_per_step, lr, momentum, wd, eta, clip, eps=1e-
             if weights[i].ndim > 1:
                 w_norm = math.sqrt(sum(v * v for v in w))
                 g_norm = math.sqrt(sum(v * v for v in g))
-                ratio = eta * w_norm / (g_norm + wd * w_norm + eps) if w_norm > 0 and g_norm > 0 else 1.0
-                if clip:
-                    ratio = min(ratio / lr, 1.0)
+                if w_norm > 0 and g_norm > 0:
+                    ratio = eta * w_norm / (g_norm + wd * w_norm + eps)
+                    ratio = min(ratio / lr, 1.0) if clip else ratio
+                else:
+                    ratio = 1.0
                 d = [ratio * (gv + wd * wv) for gv, wv in zip(g, w)]
             else:
                 d = g
@@ -29,7 +31,7 @@ def reference_lars(weights, grads_per_step, lr, momentum, wd, eta, clip, eps=1e-
     return [torch.tensor(w, dtype=torch.float64).reshape(t.shape) for w, t in zip(ws, weights)]
 
 
-@pytest.mark.parametrize("clip, lr", [(False, 0.5), (True, 0.5), (True, 0.001)])
+@pytest.mark.parametrize("clip, lr", [(False, 0.5), (True, 0.5), (True, 0.001), (True, 2.0)])
 def test_lars_matches_the_update_rule(clip, lr):
     torch.manual_seed(0)
     weight = torch.randn(5, 4, dtype=torch.float64)
