@@ -55,15 +55,15 @@ class CPC(nn.Module):
         rows = world * batch * usable
         if self.negatives_from == "batch":
             idx = torch.randint(world * batch * length, (rows, self.num_negatives), device=device)
-        elif self.negatives_from == "others":
-            if world * batch < 2:
-                raise ValueError("negatives_from='others' needs at least two sequences in the global batch")
-            seq = torch.arange(world * batch, device=device).repeat_interleave(usable)
-            idx = torch.randint((world * batch - 1) * length, (rows, self.num_negatives), device=device)
-            idx = idx + (idx >= seq[:, None] * length) * length  # skip the row's own sequence
         else:
-            seq = torch.arange(world * batch, device=device).repeat_interleave(usable)
-            idx = seq[:, None] * length + torch.randint(length, (rows, self.num_negatives), device=device)
+            start = torch.arange(world * batch, device=device).repeat_interleave(usable)[:, None] * length
+            if self.negatives_from == "sequence":
+                idx = start + torch.randint(length, (rows, self.num_negatives), device=device)
+            else:  # others: draw from all but one sequence, then step over the row's own
+                if world * batch < 2:
+                    raise ValueError("negatives_from='others' needs at least two sequences in the global batch")
+                idx = torch.randint((world * batch - 1) * length, (rows, self.num_negatives), device=device)
+                idx = idx + (idx >= start) * length
         return idx[rank * batch * usable : (rank + 1) * batch * usable]
 
     def forward(self, batch: dict) -> dict:

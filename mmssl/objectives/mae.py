@@ -121,18 +121,21 @@ class MAE(nn.Module):
         visible = self.encoder.embed(x, patches, keep=ids_keep)
         return self.encoder.forward_tokens(visible), mask, ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, masked_only: bool = False) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, masked_only: bool = False,
+                        ids_shuffle: torch.Tensor | None = None) -> torch.Tensor:
         """latent (B, N_keep, D) -> predicted patches (B, N, patch_dim) in the original token order;
         with ``masked_only``, (B, N - N_keep, patch_dim) for the masked tokens only, in shuffle order
         (at positions ``ids_restore.argsort(1)[:, N_keep:]``), and the head skips the visible ones.
 
         The decoder runs in shuffle order (visible tokens first, then mask tokens), each token with
         its own position embedding: attention does not depend on the order of its tokens, so nothing
-        needs unshuffling before the blocks.
+        needs unshuffling before the blocks. ``ids_shuffle``: ``ids_restore.argsort(1)`` when the
+        caller has it already.
         """
         y = self.decoder_embed(latent)  # (B, N_keep, Dd)
         (B, N), keep, width = ids_restore.shape, y.shape[1], y.shape[2]
-        ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
+        if ids_shuffle is None:
+            ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
         pos = torch.gather(self.decoder_pos_embed.to(y.dtype).expand(B, -1, -1), 1,
                            ids_shuffle[..., None].expand(-1, -1, width))  # (B, N, Dd), shuffle order
         y = torch.cat([y, self.mask_token.to(y.dtype).expand(B, N - keep, -1)], dim=1) + pos
@@ -154,8 +157,9 @@ class MAE(nn.Module):
         target = self.encoder.patchify.to_patches(x)  # (B, N, P)
         latent, _mask, ids_restore = self.forward_encoder(x, target)
         # Every example masks the same number of tokens: the masked positions in shuffle order.
-        masked = ids_restore.argsort(dim=1)[:, latent.shape[1]:]  # (B, M)
-        pred = self.forward_decoder(latent, ids_restore, masked_only=True)  # (B, M, P)
+        ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
+        masked = ids_shuffle[:, latent.shape[1]:]  # (B, M)
+        pred = self.forward_decoder(latent, ids_restore, masked_only=True, ids_shuffle=ids_shuffle)  # (B, M, P)
         target = torch.gather(target, 1, masked[..., None].expand(-1, -1, target.shape[2]))  # (B, M, P)
         if self.norm_pix_loss:
             mean, std = self.patch_stats(target)
