@@ -18,6 +18,7 @@ class MoCoImageConfig(ImageConfig):
     momentum: float = 0.99
     final_momentum: float | None = None  # None: constant momentum; a number: cosine from momentum to it
     symmetric: bool = True  # both views act as query once (solo-learn's CIFAR setting)
+    shuffle_bn: int = 16  # shuffle-BN group size (the paper: 32 per GPU); 0: one BatchNorm batch, no shuffle
     min_scale: float = 0.2
     blur: bool = False
 
@@ -37,4 +38,4 @@ class MoCoImage(ImageTask):
 
     def build_objective(self, cfg: MoCoImageConfig) -> MoCo:
         return MoCo(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.queue_size, cfg.momentum,
-                    cfg.temperature, cfg.symmetric, cfg.final_momentum)
+                    cfg.temperature, cfg.symmetric, cfg.final_momentum, cfg.shuffle_bn)

@@ -2,14 +2,16 @@
 SimCLR's and SwAV's loss and (DDP-averaged) gradients, and MoCo's queue.
 
 BatchNorm statistics are per process on CPU (SyncBatchNorm has no CPU kernel),
-so the projectors here are built without BatchNorm; the encoder has none."""
+so the projectors here are built without BatchNorm; the encoder has none. The
+exception is MoCo's shuffle-BN, whose point is per-group statistics: two
+processes with one group each match one process with two groups."""
 import os
 import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
+from tiny_encoders import BNEncoder, TinyEncoder
 
 from mmssl.objectives.moco import MoCo
 from mmssl.objectives.simclr import SimCLR
@@ -18,19 +20,9 @@ from mmssl.objectives.swav import SwAV
 GLOBAL_BATCH = 8
 
 
-class TinyEncoder(nn.Module):
-    """Any input (B, ...) -> flatten -> chunks of 16 values -> Linear -> tokens (B, N, D); no BatchNorm."""
 
-    def __init__(self, dim: int = 12, chunk: int = 16):
-        super().__init__()
-        self.chunk, self.embed_dim = chunk, dim
-        self.proj = nn.Linear(chunk, dim)
 
-    def forward_features(self, x):
-        return torch.tanh(self.proj(x.flatten(1).unflatten(1, (-1, self.chunk))))  # (B, N, D)
-
-    def pool(self, tokens):
-        return tokens.mean(dim=1)
+NAMES = ("simclr", "swav", "moco", "moco_shuffle_bn")
 
 
 def make(name):
@@ -39,6 +31,8 @@ def make(name):
         return SimCLR(TinyEncoder(), 32, 16, temperature=0.5, projector_bn=False)
     if name == "swav":
         return SwAV(TinyEncoder(), 32, 16, num_prototypes=6, projector_bn=False)
+    if name == "moco_shuffle_bn":  # groups of 4: one per process on two, two on one process
+        return MoCo(BNEncoder(), 32, 16, queue_size=3 * GLOBAL_BATCH, symmetric=True, shuffle_bn=GLOBAL_BATCH // 2)
     return MoCo(TinyEncoder(), 32, 16, queue_size=3 * GLOBAL_BATCH)
 
 
@@ -52,12 +46,14 @@ def views(name):
 def run(name, rank=0, world=1):
     """Loss, gradients and (MoCo) queue after one step on this process's slice of the global batch."""
     objective = make(name)
+    # Processes' random streams differ; shuffle-BN's permutation is process 0's, broadcast.
+    torch.manual_seed(100 + rank)
     local = [v.chunk(world)[rank] for v in views(name)]
     out = objective({"views": local})
     out["loss"].backward()
     grads = {n: p.grad.clone() for n, p in objective.named_parameters() if p.requires_grad}
     queue = None
-    if name == "moco":
+    if name.startswith("moco"):
         objective.after_step(1, 10)
         queue = (objective.queue.clone(), int(objective.queue_ptr))
     return out["loss"].detach(), grads, queue
@@ -68,7 +64,7 @@ def _worker(rank, world, port, path):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     results = {}
-    for name in ("simclr", "swav", "moco"):
+    for name in NAMES:
         loss, grads, queue = run(name, rank, world)
         # What DDP does: average the parameter gradients and (for reporting) the loss.
         for g in grads.values():
@@ -90,15 +86,16 @@ def test_two_processes_match_one(tmp_path):
     path = str(tmp_path / "two")
     mp.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
     ranks = [torch.load(f"{path}.{r}") for r in range(2)]
-    for name in ("simclr", "swav", "moco"):
+    for name in NAMES:
         one_loss, one_grads, one_queue = run(name)
         for two_loss, two_grads, two_queue in (r[name] for r in ranks):
             torch.testing.assert_close(two_loss, one_loss, rtol=1e-5, atol=1e-6, msg=name)
             assert two_grads.keys() == one_grads.keys()
             for n, g in one_grads.items():
                 torch.testing.assert_close(two_grads[n], g, rtol=1e-4, atol=1e-6, msg=f"{name} {n}")
-        if name == "moco":
+        if name.startswith("moco"):
             # every process's queue holds the keys of both processes, in global-batch order
+            size = GLOBAL_BATCH * (2 if name == "moco_shuffle_bn" else 1)  # symmetric: both views' keys
             for two_queue in (r[name][2] for r in ranks):
-                assert two_queue[1] == one_queue[1] == GLOBAL_BATCH
+                assert two_queue[1] == one_queue[1] == size
                 torch.testing.assert_close(two_queue[0], one_queue[0], rtol=1e-5, atol=1e-6)

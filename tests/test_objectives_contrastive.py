@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from host_reads import host_reads
-from torch import nn
+from tiny_encoders import BNEncoder, TinyEncoder
 
 from mmssl.objectives.byol import BYOL
 from mmssl.objectives.moco import MoCo
@@ -15,20 +15,6 @@ from mmssl.objectives.swav import SwAV
 
 B = 8
 
-
-class TinyEncoder(nn.Module):
-    """Any input (B, ...) -> flatten -> chunks of 16 values -> Linear -> tokens (B, N, D); no BatchNorm."""
-
-    def __init__(self, dim: int = 12, chunk: int = 16):
-        super().__init__()
-        self.chunk, self.embed_dim = chunk, dim
-        self.proj = nn.Linear(chunk, dim)
-
-    def forward_features(self, x):
-        return torch.tanh(self.proj(x.flatten(1).unflatten(1, (-1, self.chunk))))  # (B, N, D)
-
-    def pool(self, tokens):
-        return tokens.mean(dim=1)
 
 
 def images(n=B, size=8, seed=0):
@@ -129,6 +115,52 @@ def test_moco_momentum_schedule():
         torch.testing.assert_close(new, 0.9945 * old + 0.0055 * o)
     with pytest.raises(ValueError, match="MoCo needs"):
         MoCo(TinyEncoder(), 32, 16, final_momentum=1.5)
+
+
+
+def test_moco_shuffle_bn_encodes_shuffled_groups():
+    """Keys come from the momentum encoder run on two groups of the permuted batch, queries from
+    two groups in batch order; the permutation is undone, so key i still belongs to image i."""
+    torch.manual_seed(0)
+    moco = MoCo(BNEncoder(), 32, 16, queue_size=20, shuffle_bn=B // 2)
+    x = images()
+    torch.manual_seed(5)
+    keys = moco._keys([x])[0]
+    queries = moco._queries([x])[0]
+
+    def reference(encoder, projector, order):
+        h = torch.cat([encoder.pool(encoder.forward_features(x[part])) for part in order.chunk(2)])
+        return F.normalize(projector(h[torch.argsort(order)]), dim=1)
+
+    torch.manual_seed(5)
+    perm = torch.randperm(B)
+    assert not torch.equal(perm, torch.arange(B))
+    with torch.no_grad():
+        torch.testing.assert_close(keys, reference(moco.momentum_encoder, moco.momentum_projector, perm))
+        torch.testing.assert_close(queries, reference(moco.encoder, moco.projector, torch.arange(B)))
+        # the groups matter: one BatchNorm batch of all B gives other keys
+        whole = F.normalize(moco.momentum_projector(moco.momentum_encoder.pool(moco.momentum_encoder.forward_features(x))), dim=1)
+        assert (keys - whole).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="shuffle_bn"):
+        MoCo(BNEncoder(), 32, 16, shuffle_bn=-1)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_moco_shuffle_bn_is_exact_without_batchnorm(symmetric):
+    """Without BatchNorm grouping and shuffling change nothing: the same loss and gradients."""
+    results = []
+    for shuffle_bn in (0, 2):
+        torch.manual_seed(0)
+        moco = MoCo(TinyEncoder(), 32, 16, queue_size=20, symmetric=symmetric, shuffle_bn=shuffle_bn)
+        out = moco(two_views())
+        out["loss"].backward()
+        results.append((out["loss"].detach(), [p.grad for p in moco.parameters() if p.requires_grad], moco._pending))
+    (loss0, grads0, keys0), (loss1, grads1, keys1) = results
+    torch.testing.assert_close(loss1, loss0)
+    for g1, g0 in zip(grads1, grads0):
+        torch.testing.assert_close(g1, g0)
+    for k1, k0 in zip(keys1, keys0):
+        torch.testing.assert_close(k1, k0)
 
 
 def test_moco_queue_wraps_around():

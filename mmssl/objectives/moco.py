@@ -6,10 +6,15 @@ keys from earlier batches. The queue and the momentum copy change only in
 ``after_step``, once per optimizer step; the keys of every micro-batch since the
 last step (from all processes) are held until then.
 
-BatchNorm: the paper shuffles the key batch across GPUs (shuffle-BN) so that
-batch statistics cannot leak the positive; we do not. Encoders without
-BatchNorm (ViT, GroupNorm convs) need nothing; with BatchNorm use
-SyncBatchNorm, which the trainer turns on when distributed on GPUs.
+BatchNorm leaks: a query and its positive key normalised with the statistics
+of the same samples share a batch signature that the queue's keys (from earlier
+batches) lack, and the model learns to spot it rather than the image. Shuffle-BN
+(the MoCo paper, Sec. 3.3) breaks the link: each process encodes every view in
+groups of ``shuffle_bn`` samples, each group normalised by its own statistics,
+and the key batch of all processes is permuted (one permutation, shared) before
+it is split, so a query's group and its key's group hold different samples. On
+one process the groups stand in for the paper's GPUs. Encoders without
+BatchNorm (ViT, GroupNorm convs) are unaffected by it.
 """
 from __future__ import annotations
 
@@ -26,11 +31,17 @@ from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
+def _grouped(encoder: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Pooled features (B, D) of x (B, ...) encoded in ``groups`` near-equal consecutive pieces,
+    so BatchNorm normalises each piece with its own statistics."""
+    return torch.cat([encoder.pool(encoder.forward_features(part)) for part in x.tensor_split(groups)])
+
+
 @OBJECTIVES.register("moco")
 class MoCo(nn.Module):
     def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, queue_size: int = 4096,
                  momentum: float = 0.99, temperature: float = 0.2, symmetric: bool = False,
-                 final_momentum: float | None = None):
+                 final_momentum: float | None = None, shuffle_bn: int = 0):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.
@@ -42,29 +53,56 @@ class MoCo(nn.Module):
                 losses; both views' keys are then enqueued.
             final_momentum: None keeps m constant; a number raises m from ``momentum`` to it
                 on a cosine over the run (solo-learn's MoCo v2+: 0.99 to 0.999).
+            shuffle_bn: 0 encodes each process's batch in one piece (one forward for all views).
+                S > 0 is shuffle-BN with groups of about S samples: each view's local batch of B
+                goes through the encoders in max(1, B // S) groups; the keys' global batch is
+                permuted first (the permutation is drawn on process 0 and broadcast).
         """
         super().__init__()
         if queue_size < 1 or not 0.0 <= momentum <= 1.0 or temperature <= 0 or not 0.0 <= (final_momentum or 0) <= 1:
             raise ValueError(f"MoCo needs queue_size >= 1, momentum and final_momentum in [0, 1] and temperature > 0; "
                              f"got {queue_size}, {momentum}, {final_momentum}, {temperature}")
+        if shuffle_bn < 0:
+            raise ValueError(f"shuffle_bn is a group size (0: off), not {shuffle_bn}")
         self.encoder = encoder
         self.projector = mlp(encoder.embed_dim, proj_hidden, proj_dim, layers=2, batch_norm=False)
         self.momentum_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum, self.temperature, self.symmetric = momentum, temperature, symmetric
-        self.final_momentum = final_momentum
+        self.final_momentum, self.shuffle_bn = final_momentum, shuffle_bn
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))  # (Q, proj_dim)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending: list[torch.Tensor] = []  # gathered keys of micro-batches since the last optimizer step
 
+    def _groups(self, batch: int) -> int:
+        return max(1, batch // self.shuffle_bn)
+
     def _queries(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        h = encode_views(self.encoder, views)
+        if self.shuffle_bn:
+            h = [_grouped(self.encoder, v, self._groups(len(v))) for v in views]
+        else:
+            h = encode_views(self.encoder, views)
         return list(F.normalize(self.projector(torch.cat(h)), dim=1).chunk(len(views)))
 
     @torch.no_grad()
     def _keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        h = encode_views(self.momentum_encoder, views)
+        if self.shuffle_bn:
+            h = [self._shuffled_keys(v) for v in views]
+        else:
+            h = encode_views(self.momentum_encoder, views)
         return list(F.normalize(self.momentum_projector(torch.cat(h)), dim=1).chunk(len(views)))
+
+    @torch.no_grad()
+    def _shuffled_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Momentum-encoder features (B, D) of this process's x (B, ...), computed on a shuffled
+        shard of the global batch: gather, permute, encode this process's shard in groups,
+        gather the features back and undo the permutation."""
+        world, rank, groups = dist.world_size(), dist.rank(), self._groups(len(x))
+        full = dist.all_gather_nograd(x)  # (world * B, ...)
+        perm = dist.broadcast(torch.randperm(len(full), device=x.device))
+        shard = full[perm].chunk(world)[rank]
+        h = dist.all_gather_nograd(_grouped(self.momentum_encoder, shard, groups))  # permuted order
+        return h[torch.argsort(perm)].chunk(world)[rank]
 
     def forward(self, batch: dict) -> dict:
         """batch["views"] = [x0, x1], each (B, ...). Returns loss, acc (of the positive) and std."""
