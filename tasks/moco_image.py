@@ -11,6 +11,7 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class MoCoImageConfig(ImageConfig):
+    max_steps: int = 1600  # its kNN passes raw pixels at 1600 steps (about 8 minutes here), not yet at 800
     temperature: float = 0.2
     proj_hidden: int = 512
     proj_dim: int = 128
