@@ -8,7 +8,7 @@ last step (from all processes) are held until then.
 
 BatchNorm leaks: a query and its positive key normalised with the statistics
 of the same samples share a batch signature that the queue's keys (from earlier
-batches) lack, and the model learns to spot it rather than the image. Shuffle-BN
+batches) lack, and training can learn to spot it instead of the image. Shuffle-BN
 (the MoCo paper, Sec. 3.3) breaks the link: each process encodes every view in
 groups of ``shuffle_bn`` samples, each group normalised by its own statistics,
 and the key batch of all processes is permuted (one permutation, shared) before
