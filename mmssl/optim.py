@@ -54,8 +54,11 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         found_inf = getattr(self, "found_inf", None)
+        ok = None if found_inf is None else found_inf == 0  # a flagged step leaves weights and momentum alone
         for group in self.param_groups:
             lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            if ok is not None:  # per group, not per tensor: the step's factors on the device
+                keep_mom, step_lr = torch.where(ok, momentum, 1.0), torch.where(ok, lr, 0.0)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -75,10 +78,9 @@ class LARS(torch.optim.Optimizer):
                     buf.mul_(momentum).add_(d)
                     p.add_(buf, alpha=-lr)
                 else:
-                    ok = found_inf.to(p.device) == 0
                     d = torch.where(ok, d, torch.zeros_like(d))  # also clears a NaN gradient
-                    buf.mul_(torch.where(ok, momentum, 1.0)).add_(d)
-                    p.sub_(buf * torch.where(ok, lr, 0.0))
+                    buf.mul_(keep_mom).add_(d)
+                    p.sub_(buf * step_lr)
         return loss
 
 

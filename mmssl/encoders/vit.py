@@ -70,6 +70,11 @@ def sincos_pos_embed(grid: Sequence[int], dim: int) -> torch.Tensor:
     return F.pad(pe, (0, dim - pe.shape[1])).float()
 
 
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Tokens x (B, N, D), or (1, N, D) shared by the batch, at indices ids (B, K) -> (B, K, D)."""
+    return torch.gather(x.expand(ids.shape[0], -1, -1), 1, ids[..., None].expand(-1, -1, x.shape[2]))
+
+
 class _SplitHeads(torch.autograd.Function):
     """qkv (B, N, 3 * h * d) -> q, k, v (B, h, N, d), views of the input.
 
@@ -176,8 +181,7 @@ class ViT(nn.Module):
         # the same function of the patch position, so no learned table needs interpolating.
         pos = self.pos_embed if grid == self.grid else sincos_pos_embed(grid, self.embed_dim).to(x.device)[None]
         if keep is not None:
-            patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[2]))
-            pos = torch.gather(pos.expand(keep.shape[0], -1, -1), 1, keep[..., None].expand(-1, -1, pos.shape[2]))
+            patches, pos = gather_tokens(patches, keep), gather_tokens(pos, keep)
         tokens = self.patch_embed(patches)
         return tokens + pos.to(tokens.dtype)
 

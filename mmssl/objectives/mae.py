@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
-from mmssl.encoders.vit import Block, init_weights, sincos_pos_embed
+from mmssl.encoders.vit import Block, gather_tokens, init_weights, sincos_pos_embed
 from mmssl.objectives.heads import embedding_std
 from mmssl.registry import OBJECTIVES
 
@@ -55,9 +55,8 @@ def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | Non
         visible (B, N_keep, D); mask (B, N), 1 = masked, in the original order;
         ids_restore (B, N), the permutation that undoes the shuffle.
     """
-    B, N, D = tokens.shape
-    ids_keep, mask, ids_restore = mask_ids(B, N, ratio, noise, tokens.device)
-    return torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, D)), mask, ids_restore
+    ids_keep, mask, ids_restore = mask_ids(tokens.shape[0], tokens.shape[1], ratio, noise, tokens.device)
+    return gather_tokens(tokens, ids_keep), mask, ids_restore
 
 
 @OBJECTIVES.register("mae")
@@ -111,7 +110,7 @@ class MAE(nn.Module):
     def mask(self, tokens: torch.Tensor):
         """The masking applied to tokens: (B, N, D) -> visible (B, N_keep, D), mask, ids_restore."""
         ids_keep, mask, ids_restore = self.mask_ids(tokens.shape[0], tokens.device)
-        return torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[2])), mask, ids_restore
+        return gather_tokens(tokens, ids_keep), mask, ids_restore
 
     def forward_encoder(self, x: torch.Tensor, patches: torch.Tensor | None = None):
         """x -> latent (B, N_keep, D) of the visible tokens, mask (B, N), ids_restore (B, N).
@@ -133,18 +132,17 @@ class MAE(nn.Module):
         caller has it already.
         """
         y = self.decoder_embed(latent)  # (B, N_keep, Dd)
-        (B, N), keep, width = ids_restore.shape, y.shape[1], y.shape[2]
+        (B, N), keep = ids_restore.shape, y.shape[1]
         if ids_shuffle is None:
             ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
-        pos = torch.gather(self.decoder_pos_embed.to(y.dtype).expand(B, -1, -1), 1,
-                           ids_shuffle[..., None].expand(-1, -1, width))  # (B, N, Dd), shuffle order
+        pos = gather_tokens(self.decoder_pos_embed.to(y.dtype), ids_shuffle)  # (B, N, Dd), shuffle order
         y = torch.cat([y, self.mask_token.to(y.dtype).expand(B, N - keep, -1)], dim=1) + pos
         for block in self.decoder_blocks:
             y = block(y)
         if masked_only:
             return self.decoder_pred(self.decoder_norm(y[:, keep:]))
         pred = self.decoder_pred(self.decoder_norm(y))  # (B, N, P) shuffled
-        return torch.gather(pred, 1, ids_restore[..., None].expand(-1, -1, pred.shape[2]))
+        return gather_tokens(pred, ids_restore)
 
     @staticmethod
     def patch_stats(patches: torch.Tensor):
@@ -160,7 +158,7 @@ class MAE(nn.Module):
         ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
         masked = ids_shuffle[:, latent.shape[1]:]  # (B, M)
         pred = self.forward_decoder(latent, ids_restore, masked_only=True, ids_shuffle=ids_shuffle)  # (B, M, P)
-        target = torch.gather(target, 1, masked[..., None].expand(-1, -1, target.shape[2]))  # (B, M, P)
+        target = gather_tokens(target, masked)  # (B, M, P)
         if self.norm_pix_loss:
             mean, std = self.patch_stats(target)
             target = (target - mean) / std

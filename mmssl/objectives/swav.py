@@ -80,16 +80,14 @@ class SwAV(nn.Module):
             weight = torch.where(self.steps_done < self.freeze_prototypes_steps, weight.detach(), weight)
         scores = list((z @ weight.t()).chunk(len(views)))  # n_crops x (B, K) cosine scores
         B = scores[0].shape[0]
-        if self.queue_size:
-            if self.training:
-                self._pending.append(z.detach()[: self.global_crops * B].reshape(self.global_crops, B, -1))
-            if self._queue_in_use():
-                queued = self.queue @ weight.detach().t()  # (G, Q, K)
-                codes = [sinkhorn(torch.cat([s.detach(), q]), self.eps, self.sinkhorn_iters)[:B]
-                         for s, q in zip(scores[: self.global_crops], queued)]
-                loss = swav_loss(scores, codes, self.temperature, self.global_crops)
-                return {"loss": loss, "std": embedding_std(z.chunk(len(views))[0])}
-        codes = [sinkhorn(s, self.eps, self.sinkhorn_iters) for s in scores[: self.global_crops]]
+        if self.queue_size and self.training:
+            self._pending.append(z.detach()[: self.global_crops * B].reshape(self.global_crops, B, -1))
+        if self.queue_size and self._queue_in_use():
+            queued = self.queue @ weight.detach().t()  # (G, Q, K)
+            codes = [sinkhorn(torch.cat([s.detach(), q]), self.eps, self.sinkhorn_iters)[:B]
+                     for s, q in zip(scores[: self.global_crops], queued)]
+        else:
+            codes = [sinkhorn(s, self.eps, self.sinkhorn_iters) for s in scores[: self.global_crops]]
         loss = swav_loss(scores, codes, self.temperature, self.global_crops)
         return {"loss": loss, "std": embedding_std(z.chunk(len(views))[0])}
 
