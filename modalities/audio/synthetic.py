@@ -72,8 +72,8 @@ def _speaker(seed: int, s: int) -> dict:
     lo, hi = np.array([[75, .015, .4, 0, .002, -3, .8, .8, -.06], [330, .06, .8, .3, .02, 1, 1.25, 1.5, .06]])
     _, f0_range, oq, breath, jitter, tilt, rate, bw, dscale = lo + u * (hi - lo)
     return {"f0": lo[0] * (hi[0] / lo[0]) ** u[0],  # pitch spread evenly on a log scale
-                "scale": 1.0 + 0.12 * u[0] + dscale,  # higher voices tend to have shorter tracts
-                "f0_range": f0_range, "oq": oq, "breath": breath, "jitter": jitter, "tilt": tilt, "rate": rate, "bw": bw}
+            "scale": 1.0 + 0.12 * u[0] + dscale,  # higher voices tend to have shorter tracts
+            "f0_range": f0_range, "oq": oq, "breath": breath, "jitter": jitter, "tilt": tilt, "rate": rate, "bw": bw}
 
 
 def _plan(r: np.random.Generator, spk: dict, n: int) -> list[tuple]:

@@ -78,7 +78,7 @@ def _draw_scene(seed: int) -> dict:
     r = np.random.default_rng([seed, 2024])
     h_bg = r.random()
     background = {"hue": h_bg, "hue_slope": 0.07 * _unit(r), "sat": r.uniform(0.3, 0.5), "val": r.uniform(0.45, 0.65),
-                      "val_slope": 0.12 * _unit(r), "texture": _waves(r, 3, 2.0, 6.0), "texture_amp": r.uniform(0.05, 0.1)}
+                  "val_slope": 0.12 * _unit(r), "texture": _waves(r, 3, 2.0, 6.0), "texture_amp": r.uniform(0.05, 0.1)}
     K = int(r.integers(1, MAX_OBJECTS + 1))
     # One hue per object, each in its own slice of [0.2, 0.8] turns away from the background's.
     offsets = 0.2 + 0.6 * (np.arange(K) + r.uniform(0.15, 0.85, K)) / K
@@ -106,10 +106,10 @@ def _draw_scene(seed: int) -> dict:
     cameras = [
         {"centre": r.uniform(-0.1, 0.1, 2), "pan": r.uniform(-0.1, 0.1, 2), "half": r.uniform(0.65, 0.75), "roll": 0.0},
         {"centre": r.uniform(-0.25, 0.25, 2), "pan": r.uniform(-0.15, 0.15, 2), "half": r.uniform(0.45, 0.8),
-             "roll": r.uniform(-0.2, 0.2)},
+         "roll": r.uniform(-0.2, 0.2)},
     ]
     colour = {"gain": r.uniform(0.85, 1.15, 3), "hue": r.choice([-1, 1]) * r.uniform(0.03, 0.08),
-                  "contrast": r.uniform(0.8, 1.2), "offset": r.uniform(-0.05, 0.05)}
+              "contrast": r.uniform(0.8, 1.2), "offset": r.uniform(-0.05, 0.05)}
     return {"background": background, "objects": objects, "cameras": cameras, "cam1_colour": colour}
 
 
