@@ -8,6 +8,7 @@ out of the rescaling and of weight decay, as the SimCLR and BYOL implementations
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -16,6 +17,13 @@ from torch import nn
 from mmssl.config import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd", "lars")
+
+
+def cosine(start: float, end: float, progress: float) -> float:
+    """Half a cosine from ``start`` at progress 0 to ``end`` at progress 1 (clamped to [0, 1]): the
+    decay of the learning-rate schedules and the rise of the momentum encoders' coefficient."""
+    progress = min(max(progress, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class LARS(torch.optim.Optimizer):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from mmssl import config as config_lib
 from mmssl.config import ConfigError
 from mmssl.errors import TrainingError
 from mmssl.optim import check_name as check_optimizer_name
-from mmssl.optim import make_optimizer
+from mmssl.optim import cosine, make_optimizer
 from mmssl.task import Task
 
 
@@ -34,10 +33,7 @@ def lr_at(step: int, cfg: Any) -> float:
     ``min_lr_ratio * lr`` at ``max_steps``. ``step`` counts optimizer steps from 0."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine(cfg.lr, cfg.lr * cfg.min_lr_ratio, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

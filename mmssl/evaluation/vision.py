@@ -8,7 +8,6 @@ protocol of MAE (arXiv:2111.06377, section 4) without its extras (layer-wise dec
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 from mmssl.evaluation.audio import majority
 from mmssl.evaluation.knn import extract_features, knn_classify, pixels
 from mmssl.evaluation.linear import linear_probe
+from mmssl.optim import cosine
 
 PIXEL_SIZE = 32  # raw pixels are averaged down to at most 32 x 32 (3,072 dims: CIFAR's own size)
 
@@ -116,7 +116,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     """Linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``steps``."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    return cosine(lr, 0.0, (step - warmup) / max(1, steps - warmup))
 
 
 def finetune(

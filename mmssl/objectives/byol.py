@@ -8,21 +8,14 @@ with BYOL's cosine momentum schedule. No negatives are needed.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
 from mmssl.losses import negative_cosine
-from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
+from mmssl.objectives.heads import ema_update, embedding_std, encode_views, mlp, views_of
+from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
-
-
-def cosine_momentum(step: int, max_steps: int, base: float, final: float = 1.0) -> float:
-    """tau_k = final - (final - base) (cos(pi k / K) + 1) / 2: base at k = 0, rising to final at k = K
-    (BYOL's schedule with final 1; MoCo v2+ recipes raise 0.99 to 0.999 the same way)."""
-    progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
-    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 @OBJECTIVES.register("byol")
@@ -58,15 +51,14 @@ class BYOL(nn.Module):
         return {"loss": loss, "std": embedding_std(z.chunk(2)[0])}
 
     def momentum_at(self, step: int, max_steps: int) -> float:
-        return cosine_momentum(step, max_steps, self.base_momentum)
+        """tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2: tau_base at k = 0, rising to 1 at k = K."""
+        return cosine(self.base_momentum, 1.0, step / max(max_steps, 1))
 
     @torch.no_grad()
     def after_step(self, step: int, max_steps: int) -> None:
         """Once per optimizer step: target <- tau * target + (1 - tau) * online, tau from the schedule at ``step``."""
-        tau = self.momentum_at(step, max_steps)
-        for target, online in ((self.target_encoder, self.encoder), (self.target_projector, self.projector)):
-            for pt, po in zip(target.parameters(), online.parameters()):
-                pt.lerp_(po.detach(), 1.0 - tau)
+        ema_update([(self.target_encoder, self.encoder), (self.target_projector, self.projector)],
+                   self.momentum_at(step, max_steps))
 
     def export_encoder(self) -> nn.Module:
         return self.encoder

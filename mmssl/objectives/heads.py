@@ -1,5 +1,5 @@
 """Pieces the instance-contrastive objectives share: MLP heads, a multi-view
-encoder pass and the collapse monitor."""
+encoder pass, the moving-average update of a target network and the collapse monitor."""
 from __future__ import annotations
 
 import torch
@@ -76,6 +76,15 @@ def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Te
         out.extend(h.chunk(end - start))
         start = end
     return out
+
+
+@torch.no_grad()
+def ema_update(pairs: list[tuple[nn.Module, nn.Module]], tau: float) -> None:
+    """target <- tau * target + (1 - tau) * online for every parameter of each (target, online) pair,
+    in one foreach pass (BYOL's target network, MoCo's key encoder)."""
+    targets = [p for target, _ in pairs for p in target.parameters()]
+    onlines = [p.detach() for _, online in pairs for p in online.parameters()]
+    torch._foreach_lerp_(targets, onlines, 1.0 - tau)
 
 
 @torch.no_grad()

@@ -26,8 +26,8 @@ from torch import nn
 
 from mmssl import dist
 from mmssl.losses import info_nce
-from mmssl.objectives.byol import cosine_momentum
-from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
+from mmssl.objectives.heads import ema_update, embedding_std, encode_views, mlp, views_of
+from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
 
 
@@ -124,15 +124,13 @@ class MoCo(nn.Module):
     def momentum_at(self, step: int, max_steps: int) -> float:
         if self.final_momentum is None:
             return self.momentum
-        return cosine_momentum(step, max_steps, self.momentum, self.final_momentum)
+        return cosine(self.momentum, self.final_momentum, step / max(max_steps, 1))
 
     @torch.no_grad()
     def after_step(self, step: int, max_steps: int) -> None:
         """Once per optimizer step: momentum update, then enqueue the pending keys."""
-        tau = self.momentum_at(step, max_steps)
-        for target, online in ((self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)):
-            for pt, po in zip(target.parameters(), online.parameters()):
-                pt.lerp_(po.detach(), 1.0 - tau)
+        ema_update([(self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)],
+                   self.momentum_at(step, max_steps))
         if self._pending:
             self._enqueue(torch.cat(self._pending))
             self._pending.clear()
