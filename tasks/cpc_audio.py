@@ -16,6 +16,10 @@ from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits  # noq
 @dataclasses.dataclass(frozen=True)
 class CPCAudioConfig(AudioConfig):
     max_steps: int = 250  # about 2.5 minutes on 2 CPU cores
+    # The paper's Adam rate. At 1e-3, Adam moves every conv weight by about its initial size within
+    # the first 25 steps: ReLUs die, the utterance-level features collapse to a few directions and
+    # both probes end lower (README).
+    lr: float = 2e-4
     prediction_steps: int = 12
     num_negatives: int = 128
     negatives_from: str = "batch"  # batch | sequence | others
