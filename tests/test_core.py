@@ -58,7 +58,7 @@ def test_overrides_are_typed():
     new = apply_overrides(cfg, dict(parse_override(o) for o in ["lr=3e-4", "max_steps=7", "streaming=true",
                                                                "label_column=speaker_id", "eval_split=none"]))
     assert (new.lr, new.max_steps, new.streaming, new.label_column, new.eval_split) == (3e-4, 7, True, "speaker_id", None)
-    assert cfg.lr == 1e-3  # the original is untouched (frozen)
+    assert cfg.lr == 2e-4  # the original is untouched (frozen)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.lr = 1.0
     for bad, match in [("lr=abc", "lr: expected a number"), ("max_steps=1.5", "max_steps: expected an integer"),
