@@ -26,6 +26,14 @@ def cosine(start: float, end: float, progress: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_cosine(step: int, steps: int, peak: float, warmup: int, end: float = 0.0) -> float:
+    """A learning rate: linear warm-up to ``peak`` over ``warmup`` steps (step counts from 0), then
+    half a cosine down to ``end`` at ``steps``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return cosine(peak, end, (step - warmup) / max(1, steps - warmup))
+
+
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and a layer-wise trust ratio.
 

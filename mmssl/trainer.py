@@ -24,16 +24,14 @@ from mmssl import config as config_lib
 from mmssl.config import ConfigError
 from mmssl.errors import TrainingError
 from mmssl.optim import check_name as check_optimizer_name
-from mmssl.optim import cosine, make_optimizer
+from mmssl.optim import make_optimizer, warmup_cosine
 from mmssl.task import Task
 
 
 def lr_at(step: int, cfg: Any) -> float:
     """Linear warmup from 0 to ``cfg.lr`` over ``warmup_steps``, then cosine down to
     ``min_lr_ratio * lr`` at ``max_steps``. ``step`` counts optimizer steps from 0."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cosine(cfg.lr, cfg.lr * cfg.min_lr_ratio, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return warmup_cosine(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.lr * cfg.min_lr_ratio)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

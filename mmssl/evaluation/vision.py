@@ -18,7 +18,7 @@ from torch import nn
 from mmssl.evaluation.audio import majority
 from mmssl.evaluation.knn import extract_features, knn_classify, pixels
 from mmssl.evaluation.linear import linear_probe
-from mmssl.optim import cosine
+from mmssl.optim import warmup_cosine as lr_at  # warm-up, then cosine decay to 0
 
 PIXEL_SIZE = 32  # raw pixels are averaged down to at most 32 x 32 (3,072 dims: CIFAR's own size)
 
@@ -110,13 +110,6 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
         cells = "".join(f"{100 * accs[n]:>{width}.1f}" for n in names)
         lines.append(f"{label:<18}{cells}{100 * report['majority']:>{width}.1f}")
     return "\n".join(lines)
-
-
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``steps``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return cosine(lr, 0.0, (step - warmup) / max(1, steps - warmup))
 
 
 def finetune(
