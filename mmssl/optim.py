@@ -8,6 +8,7 @@ out of the rescaling and of weight decay, as the SimCLR and BYOL implementations
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -32,6 +33,12 @@ def warmup_cosine(step: int, steps: int, peak: float, warmup: int, end: float = 
     if step < warmup:
         return peak * (step + 1) / warmup
     return cosine(peak, end, (step - warmup) / max(1, steps - warmup))
+
+
+def _stack(norms: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor norms as one vector, in the widest of their dtypes (fp32 weights beside bf16 ones)."""
+    dtype = functools.reduce(torch.promote_types, (n.dtype for n in norms))
+    return torch.stack([n.to(dtype) for n in norms])
 
 
 class LARS(torch.optim.Optimizer):
@@ -72,31 +79,41 @@ class LARS(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         ok = None if found_inf is None else found_inf == 0  # a flagged step leaves weights and momentum alone
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-            if ok is not None:  # per group, not per tensor: the step's factors on the device
-                keep_mom, step_lr = torch.where(ok, momentum, 1.0), torch.where(ok, lr, 0.0)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if p.ndim > 1 or not group["exclude_1d"]:
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    ratio = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
-                    if group["clip"] and lr > 0:
-                        ratio = torch.clamp(ratio / lr, max=1.0)
-                    ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
-                    d = (d + wd * p) * ratio if wd else d * ratio
+            # Multi-tensor (foreach) kernels: a handful of launches per group rather than per tensor.
+            steps = [p.grad for p in params]
+            scaled = [i for i, p in enumerate(params) if p.ndim > 1 or not group["exclude_1d"]]
+            if scaled:
+                weights = [params[i] for i in scaled]
+                grads = [steps[i] for i in scaled]
+                w_norm, g_norm = _stack(torch._foreach_norm(weights)), _stack(torch._foreach_norm(grads))
+                ratio = group["eta"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                if group["clip"] and lr > 0:
+                    ratio = torch.clamp(ratio / lr, max=1.0)
+                ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+                if wd:
+                    grads = torch._foreach_add(grads, weights, alpha=wd)
+                for i, d in zip(scaled, torch._foreach_mul(grads, list(ratio.unbind()))):
+                    steps[i] = d
+            bufs = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                if found_inf is None:
-                    buf.mul_(momentum).add_(d)
-                    p.add_(buf, alpha=-lr)
-                else:
-                    d = torch.where(ok, d, torch.zeros_like(d))  # also clears a NaN gradient
-                    buf.mul_(keep_mom).add_(d)
-                    p.sub_(buf * step_lr)
+                bufs.append(state["momentum_buffer"])
+            if ok is None:
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, steps)
+                torch._foreach_add_(params, bufs, alpha=-lr)
+            else:  # the step's factors stay on the device: no host read of the flag
+                keep_mom, step_lr = torch.where(ok, momentum, 1.0), torch.where(ok, lr, 0.0)
+                steps = [torch.where(ok, d, torch.zeros_like(d)) for d in steps]  # also clears a NaN gradient
+                torch._foreach_mul_(bufs, keep_mom)
+                torch._foreach_add_(bufs, steps)
+                torch._foreach_sub_(params, torch._foreach_mul(bufs, step_lr))
         return loss
 
 

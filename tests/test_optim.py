@@ -72,3 +72,21 @@ def test_make_optimizer_names():
         make_optimizer(params, cpu, 0.1, 0.0, "adam")
     with pytest.raises(ValueError, match="LARS: bad"):
         LARS(params, lr=0.1, momentum=1.0)
+
+
+def test_lars_group_of_mixed_dtypes_steps_each_tensor_as_alone():
+    """One group's norms are batched: a float32 weight beside a float64 one steps as it would alone."""
+    torch.manual_seed(0)
+    inits = [torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float32), torch.randn(3)]
+    grads = [[torch.randn_like(t) for t in inits] for _ in range(2)]
+    together = [torch.nn.Parameter(t.clone()) for t in inits]
+    alone = [[torch.nn.Parameter(t.clone())] for t in inits]
+    optimizers = [LARS(together, lr=0.5, weight_decay=1e-2)] + [LARS(p, lr=0.5, weight_decay=1e-2) for p in alone]
+    for step in grads:
+        for p, q, g in zip(together, alone, step):
+            p.grad, q[0].grad = g.clone(), g.clone()
+        for opt in optimizers:
+            opt.step()
+    for p, q in zip(together, alone):
+        assert p.dtype == q[0].dtype
+        torch.testing.assert_close(p.detach(), q[0].detach(), rtol=0, atol=0)
