@@ -83,7 +83,7 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-            # Multi-tensor (foreach) kernels: a handful of launches per group rather than per tensor.
+            # Multi-tensor (foreach) ops over the group's tensors instead of a Python loop per tensor.
             steps = [p.grad for p in params]
             scaled = [i for i, p in enumerate(params) if p.ndim > 1 or not group["exclude_1d"]]
             if scaled:
