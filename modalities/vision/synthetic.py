@@ -9,9 +9,9 @@ are, so predicting a 90-degree rotation has an answer) and position (the boundin
 over a background of a random colour and one of five patterns: flat, linear gradient, soft stripes,
 smooth noise or checker. The foreground value is kept 0.3-0.6 away from the background's, in
 either direction, so a shape is always visible but its polarity is random. Raw pixels therefore
-say little about the class (cosine kNN on pixels is near chance), while a representation invariant
-to colour, position, scale and rotation separates the classes easily -- what contrastive and
-masked-image objectives are meant to learn.
+say little about the class (cosine kNN on the pixels of the 10 classes scores 28% at k = 20, chance
+10%), while a representation invariant to colour, position, scale and rotation separates the classes
+-- what contrastive and masked-image objectives are meant to learn.
 
 Shape masks are supersampled 4x (coverage = fraction of 16 sub-pixel samples inside) and
 composited over the background, so edges are antialiased. Every draw comes from a generator
