@@ -13,9 +13,11 @@ A much simplified Klatt-style source-filter synthesiser:
 * Phones: vowels, fricatives, plosives (closure, place-specific burst, aspiration or voice onset),
   nasals, /hh/ and silence, with per-token durations scaled by the speaker's rate.
 * Speakers differ in f0 mean and range, tract scale, open quotient, breathiness, jitter, bandwidth,
-  tilt and rate. A random per-utterance recording channel (gain, gentle tilt, broad EQ bumps of a
-  few dB, low coloured noise) makes the average spectrum a weaker speaker cue while pitch and
-  source traits stay reliable, as with averaged MFCCs on real speech.
+  tilt and rate. A reader's mean pitch moves by about a semitone from one utterance to the next
+  (as in read speech), so pitch alone does not name a speaker. Each speaker records with their own
+  setup, as the readers of an audiobook corpus (LibriSpeech) do at home: a channel (gentle tilt,
+  broad EQ bumps of a few dB) and low coloured room noise, drawn per speaker independently of the
+  voice, with the noise level varying by a few dB per utterance.
 Every draw comes from a generator seeded by (seed, speaker[, utterance]), so an utterance does not
 depend on the corpus size or on the order of generation.
 """
@@ -33,7 +35,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 FRAME_HOP = 160  # one phone label per 10 ms
-CACHE_VERSION = 2  # bump whenever the generator's output changes
+CACHE_VERSION = 3  # bump whenever the generator's output changes
 
 # Vowel formants F1-F3 (Hz) of a reference adult male tract (Peterson & Barney).
 _VOWELS = {"iy": (270, 2290, 3010), "ih": (390, 1990, 2550), "eh": (530, 1840, 2480),
@@ -73,7 +75,19 @@ def _speaker(seed: int, s: int) -> dict:
     _, f0_range, oq, breath, jitter, tilt, rate, bw, dscale = lo + u * (hi - lo)
     return {"f0": lo[0] * (hi[0] / lo[0]) ** u[0],  # pitch spread evenly on a log scale
             "scale": 1.0 + 0.12 * u[0] + dscale,  # higher voices tend to have shorter tracts
-            "f0_range": f0_range, "oq": oq, "breath": breath, "jitter": jitter, "tilt": tilt, "rate": rate, "bw": bw}
+            "f0_range": f0_range, "oq": oq, "breath": breath, "jitter": jitter, "tilt": tilt, "rate": rate, "bw": bw,
+            **_recording(seed, s)}
+
+
+def _recording(seed: int, s: int) -> dict:
+    """The speaker's own recording setup, as each reader of an audiobook corpus records with their
+    own microphone in their own room: a channel (a gentle tilt and three broad EQ bumps of a few dB) and
+    the colour and mean level (28-37 dB SNR) of the room's background noise. Drawn at random per
+    speaker, independently of the voice."""
+    rc, rn = np.random.default_rng([seed, 2, s]), np.random.default_rng([seed, 3, s])
+    g, cen, wid = rc.normal(0, 1.5, 3), rc.uniform(np.log2(0.15), np.log2(6), 3), rc.uniform(0.4, 1.2, 3)
+    chan = _db(rc.uniform(-0.7, 0.7) * _LOGF + g @ np.exp(-0.5 * ((_LOGF - cen[:, None]) / wid[:, None]) ** 2))
+    return {"chan": chan, "noise_colour": rn.uniform(-1, 0.3), "snr_db": rn.uniform(28, 37)}
 
 
 def _plan(r: np.random.Generator, spk: dict, n: int) -> list[tuple]:
@@ -142,9 +156,11 @@ def _utterance(seed: int, s: int, u: int, spk: dict, seconds: tuple[float, float
     # Ramps: slow for voicing (no clicks at onsets), fast for noise (bursts stay bursts).
     av, ah, af = _smooth(amps[:, 0], 160), _smooth(amps[:, 1], 64), _smooth(amps[:, 2], 32)
 
-    # Pitch: speaker mean, utterance offset, declination, smooth intonation, fast jitter.
+    # Pitch: speaker mean, utterance offset, declination, smooth intonation, fast jitter. The
+    # utterance offset (sd 6%, about a semitone) is the spread of a reader's mean pitch from one
+    # sentence or session to the next: neighbouring speakers (6.4% apart) overlap, as in read speech.
     t = np.arange(n) / SAMPLE_RATE
-    f0 = np.exp(np.log(spk["f0"]) + r.normal(0, 0.008) + r.uniform(0.08, 0.16) * (0.5 - t / t[-1])
+    f0 = np.exp(np.log(spk["f0"]) + r.normal(0, 0.06) + r.uniform(0.08, 0.16) * (0.5 - t / t[-1])
                 + _wiggle(r, t, 0.25, spk["f0_range"]) + _wiggle(r, t, 0.004, spk["jitter"]))
     theta = np.cumsum(f0 / SAMPLE_RATE) % 1.0  # position within the glottal cycle
     oq, tp = spk["oq"], 0.6 * spk["oq"]  # open quotient; opening phase, then a steeper closing
@@ -175,31 +191,28 @@ def _utterance(seed: int, s: int, u: int, spk: dict, seconds: tuple[float, float
     octs = _LOGF - np.log2(fc / 1000)  # noise bands: skewed Gaussians in log frequency
     fric = 1.5 * _db(lvl) * np.exp(-0.5 * (octs / np.where(octs < 0, wlo, whi)) ** 2)
 
-    # Recording channel, fixed over the utterance: tilt plus three broad EQ bumps.
-    g, cen, wid = r.normal(0, 1.5, 3), r.uniform(np.log2(0.15), np.log2(6), 3), r.uniform(0.4, 1.2, 3)
-    chan = _db(r.uniform(-0.7, 0.7) * _LOGF + g @ np.exp(-0.5 * ((_LOGF - cen[:, None]) / wid[:, None]) ** 2))
-
     def spectra(x):
         frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, (_N, _N + _HOP)), _N)[::_HOP][:nfr]
         return np.fft.rfft(frames * _WIN)
-    spec = (spectra(tract_src) * tract + spectra(fric_src) * fric) * chan
+    spec = (spectra(tract_src) * tract + spectra(fric_src) * fric) * spk["chan"]
     y = (np.fft.irfft(spec, _N) * _WIN).reshape(nfr, _N // _HOP, _HOP)
     out = np.zeros((nfr + _N // _HOP - 1, _HOP))
     for k in range(_N // _HOP):  # weighted overlap-add, normalised by the summed squared window
         out[k:k + nfr] += y[:, k]
     x = (out / (_WIN ** 2).reshape(-1, _HOP).sum(0)).reshape(-1)[_N:_N + n]
 
-    # Low coloured background noise at 25-40 dB SNR, then a random gain (peak 0.25-0.9).
+    # The room's low coloured background noise, its level +-3 dB per utterance, then a random gain
+    # (peak 0.25-0.9).
     m = 1 << (n - 1).bit_length()  # power-of-two FFT: odd lengths can be 20x slower
-    colour = (np.maximum(np.fft.rfftfreq(m, 1 / SAMPLE_RATE), 50) / 1000) ** r.uniform(-1, 0.3)
+    colour = (np.maximum(np.fft.rfftfreq(m, 1 / SAMPLE_RATE), 50) / 1000) ** spk["noise_colour"]
     bg = np.fft.irfft(np.fft.rfft(r.standard_normal(m)) * colour, m)[:n]
-    x = x + bg * np.sqrt(max(np.mean(x ** 2), 1e-6) / np.mean(bg ** 2)) * _db(-r.uniform(25, 40))
+    x = x + bg * np.sqrt(max(np.mean(x ** 2), 1e-6) / np.mean(bg ** 2)) * _db(-spk["snr_db"] - r.uniform(-3, 3))
     x *= r.uniform(0.25, 0.9) / np.max(np.abs(x))
     labels = segs[np.searchsorted(ends, np.arange(n // FRAME_HOP) * FRAME_HOP + FRAME_HOP // 2, side="right"), 0]
     return x.astype(np.float32), labels.astype(np.int64)
 
 
-def generate_corpus(num_speakers: int = 24, train_per_speaker: int = 16, test_per_speaker: int = 4,
+def generate_corpus(num_speakers: int = 24, train_per_speaker: int = 16, test_per_speaker: int = 8,
                     seconds: tuple[float, float] = (2.0, 4.0), seed: int = 0) -> dict[str, dict]:
     """Returns {"train": split, "test": split}; split = {"audio": list of float32 (n,) arrays,
     "speaker": int64 (U,), "phones": list of int64 (n // FRAME_HOP,) arrays}; phones[t] is the phone
