@@ -219,10 +219,10 @@ def generate_corpus(num_speakers: int = 24, train_per_speaker: int = 16, test_pe
     covering (the centre of) samples [160 t, 160 t + 160). Both splits hold every speaker."""
     if num_speakers < 1 or min(train_per_speaker, test_per_speaker) < 0 or not 0.1 <= seconds[0] <= seconds[1]:
         raise ValueError("generate_corpus: bad corpus size or duration range")
-    out = {}
+    out, speakers = {}, [_speaker(seed, s) for s in range(num_speakers)]
     for name, utts in (("train", range(train_per_speaker)),
                        ("test", range(train_per_speaker, train_per_speaker + test_per_speaker))):
-        made = [(s, *_utterance(seed, s, u, _speaker(seed, s), tuple(seconds)))
+        made = [(s, *_utterance(seed, s, u, speakers[s], tuple(seconds)))
                 for s in range(num_speakers) for u in utts]
         out[name] = {"audio": [m[1] for m in made], "speaker": np.array([m[0] for m in made], dtype=np.int64),
                      "phones": [m[2] for m in made]}
