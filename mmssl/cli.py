@@ -36,7 +36,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column", "image_column",
-             "video_column", "output_dir", "max_steps", "log_with")
+             "video_column", "output_dir", "max_steps", "log_with", "readout")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for flag in ("streaming", "compile"):
         if getattr(args, flag, False):
@@ -166,6 +166,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     base = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
     cfg = config_lib.apply_overrides(task.default_config(), {k: v for k, v in base.items() if v is not None})
     flags = _flag_overrides(args)
+    if "readout" in flags and not hasattr(cfg, "readout"):
+        raise MmsslError(f"--readout applies to image tasks; {meta['task']} has no readout to choose")
     if flags.get("dataset") not in (None, "demo"):  # a new dataset: its own splits and columns
         cfg = dataclasses.replace(cfg, split="train", eval_split=None, label_column=None)
     cfg = config_lib.apply_overrides(cfg, flags)
@@ -252,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     probe = sub.add_parser("probe", help="linear probes of a trained encoder on a labelled dataset")
     probe.add_argument("--checkpoint", required=True, help="a run directory (with encoder/) or an encoder folder")
     _data_args(probe)
+    probe.add_argument("--readout", choices=("pooled", "tokens"),
+                       help="image tasks: probe the pooled features or the token map (default: the run's setting)")
     probe.add_argument("--report", help="also write the report as JSON here")
     probe.set_defaults(fn=cmd_probe)
     track = sub.add_parser("track", help="DAVIS label propagation with an encoder's features, scored with J&F")

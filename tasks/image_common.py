@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmssl.config import TrainConfig
+from mmssl.config import ConfigError, TrainConfig
 from mmssl.data import HeldOut, train_loader
 from mmssl.encoders.io import build_encoder
 from mmssl.errors import DataError
@@ -46,6 +46,9 @@ class ImageConfig(TrainConfig):
     probe_max_train: int = 10000
     probe_max_test: int = 5000
     finetune_steps: int = 0  # > 0 adds the end-to-end fine-tuning protocol to the evaluation
+    # What the kNN / linear probes, the monitor and the t-SNE read: "pooled" (the encoder's pool,
+    # which contrastive and rotation objectives train) or "tokens" (the token map, concatenated).
+    readout: str = "pooled"
 
 
 class ImageTask(Task):
@@ -74,7 +77,17 @@ class ImageTask(Task):
         raise DataError(f"backbone must be convnet, vit, resnet18 or resnet50, not '{cfg.backbone}'")
 
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:
+        self.readout(cfg)  # a bad readout fails before training, not at the first monitor step
         return build_encoder(self.encoder_spec(cfg))
+
+    @staticmethod
+    def readout(cfg: ImageConfig) -> str:
+        from mmssl.evaluation.knn import check_readout
+
+        try:
+            return check_readout(cfg.readout)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def views(self, cfg: ImageConfig) -> Callable[[torch.Tensor, torch.Generator], dict]:
         """item image (uint8 (3, H, W)) + generator -> the batch entry the objective reads."""
@@ -129,8 +142,8 @@ class ImageTask(Task):
         if self._monitor_data is None:
             return {}
         (train, test), view = self._monitor_data
-        tr_x, tr_y = extract_features(encoder, train, view)
-        te_x, te_y = extract_features(encoder, test, view)
+        tr_x, tr_y = extract_features(encoder, train, view, readout=self.readout(cfg))
+        te_x, te_y = extract_features(encoder, test, view, readout=self.readout(cfg))
         return {"knn_top1": knn_classify(tr_x, tr_y, te_x, te_y, ks=(20,))[20]}
 
     def evaluate(self, cfg: ImageConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
@@ -143,8 +156,12 @@ class ImageTask(Task):
         torch.manual_seed(cfg.seed + 1)
         random = build_encoder(encoder.spec).eval()
         view = self.eval_view(cfg)
-        report = image_probes({self.name: encoder.eval(), "random": random}, train, test, view,
-                              max_train=cfg.probe_max_train, max_test=cfg.probe_max_test)
+        encoders = {self.name: encoder.eval(), "random": random}
+        readout = self.readout(cfg)
+        if readout != "pooled":  # the pooled features stay in the table, beside the chosen readout
+            encoders.update({f"{self.name} pooled": encoder, "random pooled": random})
+        report = image_probes(encoders, train, test, view, max_train=cfg.probe_max_train, max_test=cfg.probe_max_test,
+                              readouts={self.name: readout, "random": readout})
         if cfg.finetune_steps > 0:
             report["finetune"] = self.finetune(cfg, encoder, train, test)
             report["table"] += f"\nfine-tuned end to end ({cfg.finetune_steps} steps): {100 * report['finetune']['accuracy']:.1f}%"
@@ -165,8 +182,8 @@ class ImageTask(Task):
         from mmssl.evaluation.plots import embedding_plot
         from mmssl.evaluation.vision import RandomSubset
 
-        feats, labels = extract_features(encoder, RandomSubset(test, 2000), view)
+        feats, labels = extract_features(encoder, RandomSubset(test, 2000), view, readout=self.readout(cfg))
         names = getattr(test, "vocab", None)
         path = embedding_plot(feats, labels, out_dir / "plots" / "embedding.png", class_names=names,
-                              title=f"{self.name}: t-SNE of test embeddings")
+                              title=f"{self.name}: t-SNE of test embeddings ({self.readout(cfg)} features)")
         return [str(path)]

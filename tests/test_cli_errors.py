@@ -280,6 +280,12 @@ def test_probe_without_labels_asks_for_a_label_column(in_process, audiofolder, c
     assert_one_error(result, "--label-column")
 
 
+def test_probe_readout_is_for_image_tasks(in_process, audiofolder, checkpoint):
+    result = in_process(["probe", "--checkpoint", str(checkpoint), "--dataset", str(audiofolder), "--label-column",
+                         "label", "--readout", "tokens"], module=True)
+    assert_one_error(result, "--readout applies to image tasks", "cpc_audio")
+
+
 def test_probe_of_a_missing_checkpoint(in_process, audiofolder, tmp_path):
     missing = tmp_path / "no_run_here"
     result = in_process(["probe", "--checkpoint", str(missing), "--dataset", str(audiofolder), "--label-column", "label"],

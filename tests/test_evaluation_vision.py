@@ -51,6 +51,25 @@ class ColourImages:
         return {"image": self.images[i], "label": label, "name": f"{self.name}/{i}"}
 
 
+class DiagonalImages:
+    """n noisy 8x8 grey images: class 0 lights the top-left and bottom-right quadrants, class 1 the
+    other two. Both classes have the same mean colour, so only where the light falls tells them apart."""
+
+    def __init__(self, n: int, name: str, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 2
+        lit = torch.tensor([[1, 0], [0, 1]]).repeat_interleave(4, 0).repeat_interleave(4, 1)  # (8, 8)
+        masks = torch.stack([lit, 1 - lit])[self.labels]  # (n, 8, 8)
+        images = 40 + 150 * masks[:, None].expand(n, 3, 8, 8) + torch.randint(0, 60, (n, 3, 8, 8), generator=g)
+        self.images, self.name = images.to(torch.uint8), name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i])}
+
+
 def to_float(img: torch.Tensor) -> torch.Tensor:
     return img.float() / 255
 
@@ -137,6 +156,66 @@ def test_extract_features_batches_equal_per_item_in_eval_mode():
     px, _px_labels = pixels(source, to_float, max_items=4)
     assert px.shape == (4, 3 * 8 * 8) and torch.equal(px[1], to_float(source[1]["image"]).flatten())
     assert pixels(source, to_float, max_items=2, size=4)[0].shape == (2, 3 * 4 * 4)
+
+
+def test_token_readout_keeps_where_features_are_which_pooling_averages_away():
+    train, test, encoder = DiagonalImages(80, "train"), DiagonalImages(40, "test", seed=1), TinyEncoder()
+    tokens, labels = extract_features(encoder, train, to_float, batch_size=32, readout="tokens")
+    assert tokens.shape == (80, 4 * 8) and labels.tolist() == train.labels.tolist()
+    with torch.no_grad():
+        first = encoder.eval().forward_features(to_float(train[0]["image"])[None])  # (1, 4, 8)
+    torch.testing.assert_close(tokens[0], first.flatten())  # the token map in grid order
+    pooled, _ = extract_features(encoder, train, to_float, readout="pooled")
+    torch.testing.assert_close(pooled, tokens.view(80, 4, 8).mean(1))
+
+    report = image_probes({"tiny": encoder, "tiny pooled": encoder}, train, test, to_float, ks=(5,),
+                          readouts={"tiny": "tokens"})
+    assert report["knn"]["tiny"][5] == 1.0 and report["linear"]["tiny"] == 1.0
+    assert report["knn"]["tiny pooled"][5] < 0.75  # chance is 0.5: the mean colour carries no class
+    assert "tiny pooled" in report["table"]
+    with pytest.raises(ValueError, match="readout must be pooled or tokens, not 'cls'"):
+        extract_features(encoder, train, to_float, readout="cls")
+    with pytest.raises(ValueError, match="readout must be pooled or tokens"):
+        image_probes({"tiny": encoder}, train, test, to_float, readouts={"tiny": "cls"})
+    with pytest.raises(ValueError, match=r"\['other'\], which are not among the encoders"):
+        image_probes({"tiny": encoder}, train, test, to_float, readouts={"other": "tokens"})
+
+
+def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
+    from mmssl.cli import resolve_config
+    from mmssl.config import ConfigError
+
+    for split, count in (("train", 6), ("test", 4)):
+        for k, cls in enumerate(("dark", "light")):
+            (tmp_path / "images" / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (16, 16), (30 + 180 * k, 20 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
+    tiny = ["backbone=vit", "vit_dim=16", "vit_depth=1", "vit_heads=2", "image_size=16", "patch_size=8",
+            "decoder_dim=16", "decoder_depth=1", "decoder_heads=2"]
+    flags = {"dataset": str(tmp_path / "images"), "label_column": "label", "output_dir": str(tmp_path / "run")}
+    task, cfg = resolve_config("mae_image", None, flags, [*tiny, "readout=tokens"])
+    encoder = task.build_objective(cfg).encoder
+    report = task.evaluate(cfg, encoder)
+    assert list(report["knn"]) == ["mae_image", "random", "mae_image pooled", "random pooled", "pixels"]
+    assert report["num_train"] == 12 and report["num_test"] == 8
+    assert "mae_image pooled" in report["table"]
+    assert set(task.monitor(cfg, encoder)) == {"knn_top1"}
+    task, pooled_cfg = resolve_config("mae_image", None, flags, [*tiny, "readout=pooled"])
+    assert list(task.evaluate(pooled_cfg, encoder)["knn"]) == ["mae_image", "random", "pixels"]
+    _, bad = resolve_config("mae_image", None, flags, [*tiny, "readout=cls"])
+    with pytest.raises(ConfigError, match="readout must be pooled or tokens, not 'cls'"):
+        task.build_objective(bad)  # before any training step
+
+    # A run trained with the pooled readout, probed afterwards on its token map from the command line.
+    from mmssl.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--task", "mae_image", "--dataset", str(tmp_path / "images"), "--label-column", "label",
+                 "--output-dir", str(run), "--max-steps", "1", "batch_size=4", "num_workers=0", "evaluate=false",
+                 *tiny]) in (0, None)
+    assert main(["probe", "--checkpoint", str(run), "--readout", "tokens", "--report", str(tmp_path / "r.json")]) in (0, None)
+    probed = json.loads((tmp_path / "r.json").read_text())
+    assert list(probed["knn"]) == ["mae_image", "random", "mae_image pooled", "random pooled", "pixels"]
 
 
 # ---------------------------------------------------------------- probes and fine-tuning

@@ -96,6 +96,31 @@ def knn_classify(
     return {k: (p.cpu() == test_y.cpu()).float().mean().item() for k, p in preds.items()}
 
 
+READOUTS = ("pooled", "tokens")
+
+
+def check_readout(readout: str) -> str:
+    """``readout`` if it names a readout of ``read_out``, else a ValueError naming the choices."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be {' or '.join(READOUTS)}, not '{readout}'")
+    return readout
+
+
+def read_out(encoder: nn.Module, x: torch.Tensor, readout: str = "pooled") -> torch.Tensor:
+    """Frozen features of a batch x: (B, F).
+
+    ``pooled`` is the encoder's own ``pool`` of its tokens (global average pooling for conv nets,
+    the mean token for a ViT): the vector that contrastive, clustering and rotation objectives
+    train. ``tokens`` concatenates the token map in grid order (B, N * D): nothing is pooled, so
+    positions are kept, as raw pixels keep them; it reads an objective whose loss is on the
+    tokens themselves (MAE). Every input must give the same number of tokens.
+    """
+    tokens = encoder.forward_features(x)  # (B, N, D)
+    if check_readout(readout) == "pooled":
+        return encoder.pool(tokens)
+    return tokens.flatten(1)
+
+
 def _take(source: Any, max_items: int | None) -> range:
     return range(len(source) if max_items is None else min(len(source), max_items))
 
@@ -107,16 +132,19 @@ def extract_features(
     transform: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 256,
     max_items: int | None = None,
+    readout: str = "pooled",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled frozen features of ``source[i]["image"]`` for the first ``max_items`` items.
+    """Frozen features (``read_out``: pooled, or the token map) of ``source[i]["image"]`` for the
+    first ``max_items`` items.
 
     The encoder runs in eval mode (BatchNorm uses its running statistics, dropout is off) on
     its own device, one call per batch of transformed images; its training flag is restored
     afterwards.
-    Returns (features (N, D) float32 on the CPU, labels (N,) int64; -1 marks unlabelled items).
+    Returns (features (N, F) float32 on the CPU, labels (N,) int64; -1 marks unlabelled items).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_readout(readout)
     param = next(encoder.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = encoder.training
@@ -127,11 +155,11 @@ def extract_features(
         for start in range(0, len(indices), batch_size):
             items = [source[i] for i in indices[start : start + batch_size]]
             x = torch.stack([transform(it["image"]) for it in items]).to(device)  # (b, 3, S, S)
-            feats.append(encoder.pool(encoder.forward_features(x)).float().cpu())  # (b, D)
+            feats.append(read_out(encoder, x, readout).float().cpu())  # (b, D) or (b, N * D)
             labels.extend(int(it["label"]) for it in items)
     finally:
         encoder.train(was_training)
-    dim = getattr(encoder, "embed_dim", 0)
+    dim = getattr(encoder, "embed_dim", 0) if readout == "pooled" else 0
     features = torch.cat(feats) if feats else torch.zeros(0, dim)
     return features, torch.tensor(labels, dtype=torch.long)
 

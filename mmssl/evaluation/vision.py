@@ -8,6 +8,7 @@ protocol of MAE (arXiv:2111.06377, section 4) without its extras (layer-wise dec
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.evaluation.audio import majority
-from mmssl.evaluation.knn import extract_features, knn_classify, pixels
+from mmssl.evaluation.knn import check_readout, extract_features, knn_classify, pixels
 from mmssl.evaluation.linear import linear_probe
 from mmssl.optim import warmup_cosine as lr_at  # warm-up, then cosine decay to 0
 
@@ -52,14 +53,18 @@ def image_probes(
     linear: bool = True,
     max_train: int | None = None,
     max_test: int | None = None,
+    readouts: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """kNN and linear probes of each encoder's pooled features, beside raw pixels.
+    """kNN and linear probes of each encoder's frozen features, beside raw pixels.
 
     Args:
         encoders: name -> encoder (``forward_features`` / ``pool``); run frozen, in eval mode.
+            One encoder may appear under several names, each with its own readout.
         train, test: labelled image sources; items labelled -1 are left out of both.
         transform: deterministic view, uint8 (3, H, W) -> float (3, S, S).
         max_train, max_test: a fixed random subset of at most this many items of each split.
+        readouts: name -> ``pooled`` (the default for a name left out) or ``tokens``, see
+            ``mmssl.evaluation.knn.read_out``.
     Returns:
         {"train": name, "test": name, "num_train": n, "num_test": m,
          "knn": {column: {k: accuracy}}, "linear": {column: accuracy} (when linear=True),
@@ -67,8 +72,15 @@ def image_probes(
     """
     train_src, test_src = RandomSubset(train, max_train), RandomSubset(test, max_test)
     report: dict[str, Any] = {"train": getattr(train, "name", None) or "train", "test": getattr(test, "name", None) or "test"}
+    readouts = readouts or {}
+    for how in readouts.values():
+        check_readout(how)
+    unknown = sorted(set(readouts) - set(encoders))
+    if unknown:
+        raise ValueError(f"readouts name {unknown}, which are not among the encoders {sorted(encoders)}")
     featurizers: dict[str, Callable[[Any], tuple[torch.Tensor, torch.Tensor]]] = {
-        name: (lambda src, enc=enc: extract_features(enc, src, transform)) for name, enc in encoders.items()
+        name: functools.partial(extract_features, enc, transform=transform, readout=readouts.get(name, "pooled"))
+        for name, enc in encoders.items()
     }
     featurizers["pixels"] = lambda src: pixels(src, transform, size=PIXEL_SIZE)
     vocab = getattr(train, "vocab", None)
