@@ -15,9 +15,15 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class MAEImageConfig(ImageConfig, MAESettings):
+    # Demo defaults (about 8 minutes on 2 CPU cores): 8 x 8 patches, so a 32 px image is 16 tokens
+    # and the encoder sees 4; a 4-block decoder, narrow (64) to keep the steps cheap.
     lr: float = 1.5e-3
     backbone: str = "vit"
     min_scale: float = 0.2
+    patch_size: int = 8
+    decoder_dim: int = 64
+    decoder_depth: int = 4
+    max_steps: int = 6400
 
 
 @TASKS.register("mae_image")
