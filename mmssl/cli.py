@@ -16,6 +16,7 @@ from typing import Any
 
 from mmssl import config as config_lib
 from mmssl.errors import MmsslError
+from mmssl.evaluation.knn import READOUTS
 from mmssl.registry import TASKS
 
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = sub.add_parser("probe", help="linear probes of a trained encoder on a labelled dataset")
     probe.add_argument("--checkpoint", required=True, help="a run directory (with encoder/) or an encoder folder")
     _data_args(probe)
-    probe.add_argument("--readout", choices=("pooled", "tokens"),
+    probe.add_argument("--readout", choices=READOUTS,
                        help="image tasks: probe the pooled features or the token map (default: the run's setting)")
     probe.add_argument("--report", help="also write the report as JSON here")
     probe.set_defaults(fn=cmd_probe)

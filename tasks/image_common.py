@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmssl.config import ConfigError, TrainConfig
+from mmssl.config import TrainConfig
 from mmssl.data import HeldOut, train_loader
 from mmssl.encoders.io import build_encoder
 from mmssl.errors import DataError
+from mmssl.evaluation.knn import check_readout
 from mmssl.task import Task
 
 
@@ -77,17 +78,8 @@ class ImageTask(Task):
         raise DataError(f"backbone must be convnet, vit, resnet18 or resnet50, not '{cfg.backbone}'")
 
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:
-        self.readout(cfg)  # a bad readout fails before training, not at the first monitor step
+        check_readout(cfg.readout)  # a bad readout fails before training, not at the first monitor step
         return build_encoder(self.encoder_spec(cfg))
-
-    @staticmethod
-    def readout(cfg: ImageConfig) -> str:
-        from mmssl.evaluation.knn import check_readout
-
-        try:
-            return check_readout(cfg.readout)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
 
     def views(self, cfg: ImageConfig) -> Callable[[torch.Tensor, torch.Generator], dict]:
         """item image (uint8 (3, H, W)) + generator -> the batch entry the objective reads."""
@@ -142,8 +134,8 @@ class ImageTask(Task):
         if self._monitor_data is None:
             return {}
         (train, test), view = self._monitor_data
-        tr_x, tr_y = extract_features(encoder, train, view, readout=self.readout(cfg))
-        te_x, te_y = extract_features(encoder, test, view, readout=self.readout(cfg))
+        tr_x, tr_y = extract_features(encoder, train, view, readout=cfg.readout)
+        te_x, te_y = extract_features(encoder, test, view, readout=cfg.readout)
         return {"knn_top1": knn_classify(tr_x, tr_y, te_x, te_y, ks=(20,))[20]}
 
     def evaluate(self, cfg: ImageConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
@@ -157,7 +149,7 @@ class ImageTask(Task):
         random = build_encoder(encoder.spec).eval()
         view = self.eval_view(cfg)
         encoders = {self.name: encoder.eval(), "random": random}
-        readout = self.readout(cfg)
+        readout = check_readout(cfg.readout)
         if readout != "pooled":  # the pooled features stay in the table, beside the chosen readout
             encoders.update({f"{self.name} pooled": encoder, "random pooled": random})
         report = image_probes(encoders, train, test, view, max_train=cfg.probe_max_train, max_test=cfg.probe_max_test,
@@ -182,8 +174,8 @@ class ImageTask(Task):
         from mmssl.evaluation.plots import embedding_plot
         from mmssl.evaluation.vision import RandomSubset
 
-        feats, labels = extract_features(encoder, RandomSubset(test, 2000), view, readout=self.readout(cfg))
+        feats, labels = extract_features(encoder, RandomSubset(test, 2000), view, readout=cfg.readout)
         names = getattr(test, "vocab", None)
         path = embedding_plot(feats, labels, out_dir / "plots" / "embedding.png", class_names=names,
-                              title=f"{self.name}: t-SNE of test embeddings ({self.readout(cfg)} features)")
+                              title=f"{self.name}: t-SNE of test embeddings ({cfg.readout} features)")
         return [str(path)]

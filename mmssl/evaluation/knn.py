@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.config import ConfigError
+
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(int(k) for k in ks)
@@ -100,9 +102,9 @@ READOUTS = ("pooled", "tokens")
 
 
 def check_readout(readout: str) -> str:
-    """``readout`` if it names a readout of ``read_out``, else a ValueError naming the choices."""
+    """``readout`` if it names a readout of ``read_out``, else a ConfigError (a ValueError) naming the choices."""
     if readout not in READOUTS:
-        raise ValueError(f"readout must be {' or '.join(READOUTS)}, not '{readout}'")
+        raise ConfigError(f"readout must be {' or '.join(READOUTS)}, not '{readout}'")
     return readout
 
 
