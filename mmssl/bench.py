@@ -272,7 +272,7 @@ def build_ours(task_name: str, size: str, device: torch.device, batch_size: int 
     Returns:
         the side, the resolved task config, and the batch (on ``device``).
     """
-    from mmssl.cli import resolve_config
+    from mmssl.run import resolve_config
 
     batch, overrides = MODEL_SIZES[task_name][size]
     batch = batch_size or batch

@@ -31,6 +31,15 @@ class Task:
         """An endless stream of this process's batches, starting at global batch ``start_batch``."""
         raise NotImplementedError
 
+    def on_device(self, cfg: Any, batch: dict) -> dict:
+        """The batch the objective reads, made from a collated batch already on the device.
+
+        Workers only decode; views are made here on whole batches (under ``torch.no_grad``), from
+        the per-sample random parameters that the workers drew with each item's own generator, so
+        they depend on the seed and the global sample index alone. The default passes it through.
+        """
+        return batch
+
     def encoder_meta(self, cfg: Any) -> dict:
         """Metadata saved beside the encoder (modality, sample rate, ...)."""
         return {"task": self.name, "modality": self.modality}

@@ -40,6 +40,21 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return done[-1].parent if done else None
 
 
+def _progress(start_wall: float, step: int, samples_per_step: int) -> dict[str, float]:
+    """The x axes of a learning curve: wall seconds since the run started and samples seen."""
+    return {"wall_s": round(time.perf_counter() - start_wall, 3), "samples": step * samples_per_step}
+
+
+def _resumed_wall(out_dir: Path, step: int) -> float:
+    """Wall seconds a resumed run had already spent: the last logged ``wall_s`` at or before ``step``."""
+    log = out_dir / "metrics.jsonl"
+    if step == 0 or not log.is_file():
+        return 0.0
+    walls = [row["wall_s"] for row in map(json.loads, log.read_text().splitlines())
+             if "wall_s" in row and row.get("step", 0) <= step]
+    return walls[-1] if walls else 0.0
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -202,6 +217,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_main_process, desc=task.name, dynamic_ncols=True)
     sums: dict[str, torch.Tensor] = {}
     count, tick = 0, time.perf_counter()
+    # Wall seconds and samples seen since this run (not this process) started, for learning curves.
+    start_wall = time.perf_counter() - _resumed_wall(out_dir, step)
     log_file = out_dir / "metrics.jsonl"
     guard = _FiniteGuard(accelerator, optimizer, params, out_dir)
     model.train()
@@ -211,7 +228,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
             group["lr"] = lr
         metrics: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
-            batch = _to_device(next(batches), accelerator.device)
+            with torch.no_grad():
+                batch = task.on_device(cfg, _to_device(next(batches), accelerator.device))
             # Only the last micro-batch all-reduces gradients across processes.
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync:
@@ -239,7 +257,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
             names = sorted(sums)
             means = accelerator.reduce(torch.stack([sums[k] / count for k in names]), reduction="mean").tolist()
             elapsed = time.perf_counter() - tick
-            row = {"step": step, **dict(zip(names, means)), "lr": lr, "samples_per_s": samples_per_step * count / elapsed}
+            row = {"step": step, **dict(zip(names, means)), "lr": lr, "samples_per_s": samples_per_step * count / elapsed,
+                   **_progress(start_wall, step, samples_per_step)}
             if accelerator.is_main_process:
                 with log_file.open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -249,6 +268,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
             sums, count, tick = {}, 0, time.perf_counter()
         if at_monitor:
             row = _monitor(task, cfg, objective, model, accelerator, step)
+            row = {**row, **_progress(start_wall, step, samples_per_step)} if row else row
             if accelerator.is_main_process and row:
                 with log_file.open("a") as f:
                     f.write(json.dumps(row) + "\n")

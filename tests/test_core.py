@@ -101,7 +101,7 @@ def test_encoder_save_and_load_roundtrip(tmp_path):
 
 
 def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
-    from mmssl.cli import resolve_config
+    from mmssl.run import resolve_config
 
     shipped = {n for n in TASKS.names() if TASKS.get(n).__module__.startswith("mmssl.tasks.")}
     assert {n.split("/")[0] for n in SMOKE} == shipped, "add new tasks to SMOKE"

@@ -182,8 +182,8 @@ def test_token_readout_keeps_where_features_are_which_pooling_averages_away():
 
 
 def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
-    from mmssl.cli import resolve_config
     from mmssl.config import ConfigError
+    from mmssl.run import resolve_config
 
     for split, count in (("train", 6), ("test", 4)):
         for k, cls in enumerate(("dark", "light")):

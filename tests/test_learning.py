@@ -4,12 +4,12 @@ import dataclasses
 import torch
 from tiny_tasks import TinyCPC
 
-from mmssl.cli import run_training
 from mmssl.data import train_loader
 from mmssl.modalities.audio import random_crop
 from mmssl.modalities.audio.data import CorpusSplit
 from mmssl.modalities.audio.synthetic import generate_corpus
 from mmssl.registry import TASKS
+from mmssl.run import run_training
 
 CORPUS = {}
 
@@ -69,7 +69,7 @@ def test_short_rotnet_run_beats_random_encoder_and_pixels(tmp_path):
     """Rotation prediction on the embedded shapes: a short run of the conv net already gives
     features whose linear probe names the shape far better than the same net untrained and than
     raw pixels (kNN needs longer: the README's 800-step demo)."""
-    from mmssl.cli import resolve_config
+    from mmssl.run import resolve_config
 
     task, cfg = resolve_config("rotnet_image", None, {"output_dir": str(tmp_path / "rotnet"), "max_steps": 150},
                                ["num_workers=0", "monitor_every=0", "log_every=50", "save_every=1000",

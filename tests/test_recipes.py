@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmssl.cli import resolve_config
 from mmssl.config import load_recipe
+from mmssl.run import resolve_config
 from mmssl.trainer import train
 
 RECIPES = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from tiny_tasks import Interrupted, TinyCPC, tiny_config
 
 from mmssl import load_encoder
-from mmssl.cli import run_training
 from mmssl.errors import TrainingError
+from mmssl.run import run_training
 from mmssl.trainer import latest_checkpoint, lr_at, train
 
 
@@ -159,8 +159,8 @@ def test_changed_config_in_same_output_dir_is_refused(tmp_path):
 def test_queue_and_ema_updates_happen_once_per_optimizer_step_under_accumulation(tmp_path, monkeypatch):
     """grad_accum=3: MoCo enqueues the keys of all three micro-batches and updates its momentum
     encoder once per optimizer step, not once per forward."""
-    from mmssl.cli import resolve_config
     from mmssl.objectives.moco import MoCo
+    from mmssl.run import resolve_config
 
     calls = []
     original = MoCo.after_step

@@ -95,8 +95,8 @@ def test_a_folder_of_frames_is_not_mistaken_for_videos(tmp_path):
 def test_colorization_learns_to_track_better_than_its_random_encoder(tmp_path):
     """A short colorize_video run on the embedded videos: its features propagate the first-frame
     masks (J&F) clearly better than the same encoder randomly initialised."""
-    from mmssl.cli import resolve_config
     from mmssl.encoders.io import load_encoder
+    from mmssl.run import resolve_config
     from mmssl.trainer import train
 
     task, cfg = resolve_config("colorize_video", None, {"output_dir": str(tmp_path / "run"), "max_steps": 150},

@@ -270,7 +270,7 @@ def test_embedding_only_the_visible_patches_equals_embedding_all_then_masking():
 
 
 def test_image_tasks_build_channels_last_resnets_on_request_and_on_cuda_by_default(monkeypatch):
-    from mmssl.cli import resolve_config
+    from mmssl.run import resolve_config
 
     def encoder(*overrides):
         task, cfg = resolve_config("simclr_image", None, {"output_dir": "unused"}, ["backbone=resnet18", *overrides])
