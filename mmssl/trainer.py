@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mmssl import config as config_lib
 from mmssl.config import ConfigError
 from mmssl.errors import TrainingError
+from mmssl.objectives.base import Objective
 from mmssl.optim import check_name as check_optimizer_name
 from mmssl.optim import make_optimizer, warmup_cosine
 from mmssl.task import Task
@@ -184,6 +185,9 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     _prepare_output(accelerator, cfg, out_dir)
     set_seed(cfg.seed)
     objective = task.build_objective(cfg)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"{task.name}.build_objective must return an mmssl.objectives.base.Objective, "
+                        f"not {type(objective).__name__}")
     if accelerator.num_processes > 1 and accelerator.device.type != "cpu":
         # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
@@ -242,8 +246,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         with guard.skip_if_bad():
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if hasattr(objective, "after_step"):
-            objective.after_step(step + 1, cfg.max_steps)  # EMA / queue / prototype updates
+        objective.after_step(step + 1, cfg.max_steps)  # EMA / queue / prototype updates
         step += 1
         bar.update(1)
         for k, v in metrics.items():

@@ -10,6 +10,7 @@ import mmssl.tasks  # noqa: F401
 from mmssl import ENCODERS, TASKS, load_encoder, save_encoder
 from mmssl.config import ConfigError, apply_overrides, parse_override
 from mmssl.encoders.io import build_encoder
+from mmssl.objectives.base import Objective, metric_name_ok
 from mmssl.registry import Registry, RegistryError
 from mmssl.tasks.cpc_audio import CPCAudioConfig
 
@@ -111,6 +112,7 @@ def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
                                    [f"{k}={v}" for k, v in overrides.items()])
         torch.manual_seed(0)
         objective = task.build_objective(cfg)
+        assert isinstance(objective, Objective), name
         opt = torch.optim.AdamW(objective.parameters(), lr=1e-3)
         batches = iter(task.train_loader(cfg, 0, 1, 0))
         for step in range(3):
@@ -118,11 +120,11 @@ def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
                 opt.zero_grad()
                 out = objective(next(batches))
                 assert torch.isfinite(out["loss"]), (name, step)
+                assert all(metric_name_ok(objective, k) for k in out), (name, sorted(out))
                 out["loss"].backward()
                 missing = [n for n, p in objective.named_parameters() if p.requires_grad and
                            (p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)]
                 assert not missing, (name, missing)
                 opt.step()
-                if hasattr(objective, "after_step"):
-                    objective.after_step(step + 1, 3)
+                objective.after_step(step + 1, 3)
             assert step == 0 or not reads, (name, reads)

@@ -166,7 +166,7 @@ def test_tcn_loss_is_the_loss_of_its_embeddings(loss_name):
     d = torch.stack([torch.stack([((x - y) ** 2).sum() for y in p]) for x in a])
     torch.testing.assert_close(out["pos_dist"], d.diagonal().mean(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out["neg_dist"], d[valid].mean(), rtol=1e-4, atol=1e-5)
-    assert 0 < out["embedding_std"] < 1 and torch.allclose(a.norm(dim=-1), torch.ones(8))
+    assert 0 < out["std"] < 1 and torch.allclose(a.norm(dim=-1), torch.ones(8))
     assert tcn.export_encoder() is enc
     with pytest.raises(ValueError, match="tcn expects"):
         tcn({**batch, "times": batch["times"][:, :2]})
@@ -257,7 +257,7 @@ def test_colorization_matches_loop_reference():
     out = obj({"frames": frames})
     ref_loss, ref_acc = reference_colorization(frames, enc, q, R=2, temperature=0.5, eps=obj.eps)
     torch.testing.assert_close(out["loss"], ref_loss, rtol=1e-4, atol=1e-5)
-    assert out["accuracy"].item() == pytest.approx(ref_acc)
+    assert out["acc"].item() == pytest.approx(ref_acc)
     assert "quantizer.centers" in obj.state_dict() and obj.export_encoder() is enc
     with pytest.raises(ValueError, match=r"expects frames \(B, 3, 3, H, W\)"):
         obj({"frames": frames[:, :2]})
@@ -289,11 +289,11 @@ def test_colorization_copies_colours_when_the_target_is_a_reference():
     pred, target = obj.copy_colors(frames)
     assert pred.shape == (2, 16, 8) and target.unique().numel() >= 5  # the colour classes vary over the target
     out = obj({"frames": frames})
-    assert out["accuracy"].item() == 1.0 and out["loss"].item() < 1e-3
+    assert out["acc"].item() == 1.0 and out["loss"].item() < 1e-3
     torch.testing.assert_close(pred.sum(-1), torch.ones(2, 16))
     # a target that is none of the references cannot be copied
     other = torch.cat([clips, torch.stack([blocky_clip(1, g) for _ in range(2)])], dim=1)
-    assert obj({"frames": other})["accuracy"].item() < 0.7
+    assert obj({"frames": other})["acc"].item() < 0.7
 
 
 # ---------------------------------------------------------------- dense encoder and smoke training
@@ -335,7 +335,7 @@ def test_smoke_tcn_on_dense_convnet():
     enc = ENCODERS.build("dense_convnet", widths=[8, 16, 32], channels=3)
     tcn = OBJECTIVES.build("tcn", encoder=enc, embed_dim=16, hidden=32, margin=1.0)
     out = tcn(tcn_batch(B=2, N=3, size=32))
-    assert torch.isfinite(out["loss"]) and out["loss"] > 0 and set(out) == {"loss", "embedding_std", "pos_dist",
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0 and set(out) == {"loss", "std", "pos_dist",
                                                                            "neg_dist"}
     out["loss"].backward()
     assert_every_parameter_learns(tcn)
@@ -348,7 +348,7 @@ def test_smoke_colorization_on_dense_convnet():
     enc = ENCODERS.build("dense_convnet")
     obj = OBJECTIVES.build("colorization", encoder=enc, quantizer=fitted_quantizer(frames, k=16), num_refs=3)
     out = obj({"frames": frames})
-    assert torch.isfinite(out["loss"]) and 0 <= out["accuracy"] <= 1
+    assert torch.isfinite(out["loss"]) and 0 <= out["acc"] <= 1
     out["loss"].backward()
     assert_every_parameter_learns(obj)
     assert not list(obj.quantizer.parameters())  # the centres are a buffer, fixed during training

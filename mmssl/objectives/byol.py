@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from mmssl.losses import negative_cosine
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import ema_update, embedding_std, encode_views, mlp, views_of
 from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("byol")
-class BYOL(nn.Module):
+class BYOL(Objective):
     def __init__(self, encoder: nn.Module, proj_hidden: int = 4096, proj_dim: int = 256, pred_hidden: int = 4096,
                  base_momentum: float = 0.99):
         """
@@ -60,5 +61,3 @@ class BYOL(nn.Module):
         ema_update([(self.target_encoder, self.encoder), (self.target_projector, self.projector)],
                    self.momentum_at(step, max_steps))
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from mmssl.objectives.base import Objective
 from mmssl.registry import OBJECTIVES
 
 # Linear sRGB -> XYZ under the D65 white point (IEC 61966-2-1). The white is the matrix's row
@@ -115,7 +116,7 @@ class ColorQuantizer(nn.Module):
 
 
 @OBJECTIVES.register("colorization")
-class Colorization(nn.Module):
+class Colorization(Objective):
     def __init__(self, encoder: nn.Module, quantizer: ColorQuantizer, num_refs: int = 3, temperature: float = 1.0,
                  eps: float = 1e-8):
         """
@@ -172,11 +173,9 @@ class Colorization(nn.Module):
         return pred, ids[:, R]
 
     def forward(self, batch: dict) -> dict:
-        """batch["frames"] float (B, R + 1, 3, H, W). Returns loss (mean NLL of the target classes) and accuracy."""
+        """batch["frames"] float (B, R + 1, 3, H, W). Returns loss (mean NLL of the target classes) and acc (of the argmax cluster)."""
         pred, target = self.copy_colors(batch["frames"])
         loss = -(pred.gather(-1, target[..., None]) + self.eps).log().mean()
         accuracy = (pred.detach().argmax(dim=-1) == target).float().mean()
-        return {"loss": loss, "accuracy": accuracy}
+        return {"loss": loss, "acc": accuracy}
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

@@ -13,11 +13,12 @@ from torch import nn
 
 from mmssl import dist
 from mmssl.losses import cpc_info_nce
+from mmssl.objectives.base import Objective
 from mmssl.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("cpc")
-class CPC(nn.Module):
+class CPC(Objective):
     def __init__(self, encoder: nn.Module, steps: int = 12, num_negatives: int = 128, negatives_from: str = "batch",
                  temperature: float | None = None):
         """
@@ -92,5 +93,3 @@ class CPC(nn.Module):
             out[f"acc_step{i + 1}"] = acc_k[i].detach()
         return out
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

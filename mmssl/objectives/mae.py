@@ -21,6 +21,7 @@ from einops import repeat
 from torch import nn
 
 from mmssl.encoders.vit import Block, gather_tokens, init_weights, sincos_pos_embed
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std
 from mmssl.registry import OBJECTIVES
 
@@ -60,7 +61,7 @@ def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | Non
 
 
 @OBJECTIVES.register("mae")
-class MAE(nn.Module):
+class MAE(Objective):
     def __init__(self, encoder: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128, decoder_depth: int = 2,
                  decoder_heads: int = 4, norm_pix_loss: bool = True, masking: str = "random"):
         """
@@ -180,8 +181,6 @@ class MAE(nn.Module):
         return {"original": x, "masked": unpatch(patches.masked_fill(masked, 0), grid),
                 "reconstruction": unpatch(torch.where(masked, pred, patches), grid)}
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch import nn
 
 from mmssl import dist
 from mmssl.losses import info_nce
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import ema_update, embedding_std, encode_views, mlp, views_of
 from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
@@ -38,7 +39,7 @@ def _grouped(encoder: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @OBJECTIVES.register("moco")
-class MoCo(nn.Module):
+class MoCo(Objective):
     def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, queue_size: int = 4096,
                  momentum: float = 0.99, temperature: float = 0.2, symmetric: bool = False,
                  final_momentum: float | None = None, shuffle_bn: int = 0):
@@ -144,5 +145,3 @@ class MoCo(nn.Module):
         self.queue[idx] = keys[skip:].to(self.queue.dtype)
         self.queue_ptr.add_(n).remainder_(size)
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std
 from mmssl.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("rotnet")
-class RotNet(nn.Module):
+class RotNet(Objective):
     def __init__(self, encoder: nn.Module, num_classes: int = 4):
         """
         Args:
@@ -56,5 +57,3 @@ class RotNet(nn.Module):
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "acc": acc, "std": embedding_std(h)}
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

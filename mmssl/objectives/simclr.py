@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from mmssl.losses import nt_xent
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("simclr")
-class SimCLR(nn.Module):
+class SimCLR(Objective):
     def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, temperature: float = 0.1,
                  projector_bn: bool = True):
         """
@@ -39,5 +40,3 @@ class SimCLR(nn.Module):
         loss, acc = nt_xent(z0, z1, self.temperature, return_accuracy=True)
         return {"loss": loss, "acc": acc, "std": embedding_std(z0)}
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

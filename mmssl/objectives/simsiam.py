@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from mmssl.losses import negative_cosine
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("simsiam")
-class SimSiam(nn.Module):
+class SimSiam(Objective):
     def __init__(self, encoder: nn.Module, proj_dim: int = 2048, pred_hidden: int = 512):
         """
         Args:
@@ -37,5 +38,3 @@ class SimSiam(nn.Module):
         loss = (negative_cosine(p0, z1) + negative_cosine(p1, z0)) / 2  # z detached inside
         return {"loss": loss, "std": embedding_std(z0)}
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.losses import sinkhorn, swav_loss
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("swav")
-class SwAV(nn.Module):
+class SwAV(Objective):
     def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, num_prototypes: int = 3000,
                  temperature: float = 0.1, eps: float = 0.05, sinkhorn_iters: int = 3, freeze_prototypes_steps: int = 0,
                  projector_bn: bool = True, global_crops: int = 2, queue_size: int = 0, queue_start_steps: int = 0):
@@ -123,5 +124,3 @@ class SwAV(nn.Module):
         if self._host_counts is not None:
             self._host_counts = (step, self._host_counts[1] + added)
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from mmssl.losses import npairs, triplet_semihard
+from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std, mlp
 from mmssl.registry import OBJECTIVES
 
@@ -43,7 +44,9 @@ def tcn_negatives(times: torch.Tensor, neg_margin_frames: int) -> torch.Tensor:
 
 
 @OBJECTIVES.register("tcn")
-class TCN(nn.Module):
+class TCN(Objective):
+    extra_metrics = ("pos_dist", "neg_dist")  # mean squared distances of positive and negative pairs
+
     def __init__(self, encoder: nn.Module, embed_dim: int = 32, hidden: int = 256, margin: float = 0.2,
                  loss: str = "triplet", neg_margin_frames: int = 8, l2_reg: float = 0.0):
         """
@@ -72,7 +75,7 @@ class TCN(nn.Module):
     def forward(self, batch: dict) -> dict:
         """batch: "anchor", "positive" float (B, N, C, H, W); "times" long (B, N).
 
-        Returns: loss, embedding_std (of the anchors), pos_dist (mean d_ap) and neg_dist (mean
+        Returns: loss, std (of the anchors), pos_dist (mean d_ap) and neg_dist (mean
         squared distance of the valid anchor-negative pairs), distances squared Euclidean.
         """
         anchor, positive, times = batch["anchor"], batch["positive"], batch["times"]
@@ -89,8 +92,6 @@ class TCN(nn.Module):
         with torch.no_grad():
             d = torch.cdist(a.float(), p.float()).pow(2)  # (B * N, B * N), the diagonal is d_ap
             neg_dist = (d * valid).sum() / valid.sum().clamp_min(1)
-        return {"loss": loss, "embedding_std": embedding_std(a), "pos_dist": d.diagonal().mean(),
+        return {"loss": loss, "std": embedding_std(a), "pos_dist": d.diagonal().mean(),
                 "neg_dist": neg_dist}
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

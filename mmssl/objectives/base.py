@@ -1,0 +1,48 @@
+"""The objective contract: what the trainer, the monitor and the docs may rely on.
+
+An objective is an ``nn.Module`` that owns its encoder (and any target network, queue or
+prototypes) and turns a batch into a loss. It keeps three promises:
+
+- ``forward(batch) -> dict``: ``"loss"`` (a scalar with gradients) plus cheap detached metrics under
+  the names in ``METRICS`` where they apply, and any objective-specific extras;
+- ``after_step(step, max_steps)``: state updates (EMA targets, queues, prototype normalisation) run
+  here, once per real optimizer step, never inside ``forward`` -- so gradient accumulation and
+  several processes see the same updates;
+- ``export_encoder()``: the module saved as the run's encoder (``self.encoder`` unless overridden).
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+METRICS = {
+    "loss": "the training loss (scalar)",
+    "acc": "accuracy of the objective's own prediction: the positive among the negatives, the rotation, "
+           "the colour cluster",
+    "std": "standard deviation of L2-normalised embeddings over the batch (about 1/sqrt(D) when healthy, 0 when "
+           "collapsed)",
+}
+
+
+def metric_name_ok(objective: Objective, name: str) -> bool:
+    """Whether ``name`` is a shared metric, a suffixed variant of one, or one the objective declares."""
+    return name in METRICS or any(name.startswith(f"{m}_") for m in METRICS) or name in objective.extra_metrics
+
+
+class Objective(nn.Module):
+    """Base of every objective; subclasses set ``self.encoder`` and implement ``forward``."""
+
+    encoder: nn.Module
+    # Names an objective logs beyond METRICS (a METRICS name with a suffix, such as acc_step1, needs none).
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self, step: int, max_steps: int) -> None:
+        """Called by the trainer after optimizer step ``step`` (1-based) of ``max_steps``."""
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder
