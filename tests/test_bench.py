@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmssl import bench
+from mmssl.bench import meters, models, peers
 from mmssl.cli import main
 
 CPU = torch.device("cpu")
@@ -29,8 +29,8 @@ def test_tiny_mae_image_bench_writes_report(tmp_path, capsys):
     assert row["flops_per_sample"] > 0
     assert row["peak_memory_mb"] > 0
     assert row["flops_per_s"] > 0 and row["utilisation"] > 0
-    if row["ratio"] == bench.NOT_INSTALLED:
-        assert row["peer"]["status"] == bench.NOT_INSTALLED
+    if row["ratio"] == peers.NOT_INSTALLED:
+        assert row["peer"]["status"] == peers.NOT_INSTALLED
     else:
         assert row["ratio"] > 0 and row["peer"]["samples_per_s"] > 0 and row["peer"]["flops_per_sample"] > 0
     printed = capsys.readouterr().out
@@ -53,9 +53,9 @@ def test_mae_step_flops_double_with_the_batch():
     counts = []
     for batch in (4, 8):
         torch.manual_seed(0)
-        side, cfg, _ = bench.build_ours("mae_image", "tiny", CPU, batch_size=batch)
-        step = bench.training_step(side, bench.make_optimizer(side.module, CPU, cfg.lr, cfg.weight_decay), CPU)
-        counts.append(bench.count_flops(step))
+        side, cfg, _ = models.build_ours("mae_image", "tiny", CPU, batch_size=batch)
+        step = meters.training_step(side, meters.make_optimizer(side.module, CPU, cfg.lr, cfg.weight_decay), CPU)
+        counts.append(meters.count_flops(step))
     assert counts[0] > 0
     assert counts[1] == pytest.approx(2 * counts[0], rel=0.01)
 
@@ -64,7 +64,7 @@ def test_cpu_attention_flops_are_counted():
     """Forward: Q K^T and A V; backward: 5 more products of that size (the scores recomputed): 2BhN^2d each."""
     B, h, N, d = 2, 3, 16, 8
     q, k, v = (torch.randn(B, h, N, d, requires_grad=True) for _ in range(3))
-    flops = bench.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    flops = meters.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
     assert flops == 7 * 2 * B * h * N * N * d
 
 
@@ -74,4 +74,4 @@ def test_missing_peer_is_reported_not_raised(tmp_path, monkeypatch):
     assert main(["bench", "--tasks", "mae_image", "--size", "tiny", "--steps", "1", "--warmup", "0",
                  "--repeats", "1", "--report", str(out)]) == 0
     row = json.loads(out.read_text())["tasks"]["mae_image"]
-    assert row["ratio"] == bench.NOT_INSTALLED and row["samples_per_s"] > 0
+    assert row["ratio"] == peers.NOT_INSTALLED and row["samples_per_s"] > 0
