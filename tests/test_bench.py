@@ -41,6 +41,8 @@ def test_tiny_mae_image_bench_writes_report(tmp_path, capsys):
     (["--tasks", "nosuch"], "unknown bench task 'nosuch'"),
     (["--device", "cuda"], "no CUDA device"),
     (["--steps", "0"], "--steps >= 1"),
+    (["--tasks", "learning:cpc_audio"], "unknown bench task 'learning:cpc_audio'"),
+    (["--tasks", "learning:simclr_image", "--dataset", "/no/such/folder"], "--dataset for the learning rows"),
 ])
 def test_bad_input_is_one_line(args, needle, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
@@ -75,3 +77,85 @@ def test_missing_peer_is_reported_not_raised(tmp_path, monkeypatch):
                  "--repeats", "1", "--report", str(out)]) == 0
     row = json.loads(out.read_text())["tasks"]["mae_image"]
     assert row["ratio"] == peers.NOT_INSTALLED and row["samples_per_s"] > 0
+
+
+# --- the learning row ------------------------------------------------------------------------------
+
+def _image_folder(root, size=(20, 18), train=24, test=12):
+    """train/ and test/ with two classes (reddish and bluish noise), PNG files of ``size``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for c, colour in enumerate([(200, 40, 40), (40, 40, 200)]):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 80, (*size, 3)) + np.array(colour)
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_learning_row_reports_both_curves_at_matched_seconds(tmp_path, capsys):
+    data = _image_folder(tmp_path / "images")
+    out = tmp_path / "r.json"
+    assert main(["bench", "--tasks", "learning:simclr_image", "--size", "tiny", "--seconds", "2", "--points", "3",
+                 "--dataset", str(data), "--report", str(out)]) == 0
+    row = json.loads(out.read_text())["tasks"]["learning:simclr_image"]
+    curve = row["curve"]
+    assert len(curve) == 3
+    seconds = [p["seconds"] for p in curve]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    for p in curve:
+        assert 0 <= p["mmssl"] <= 1 and 0 <= p["plain"] <= 1
+        assert p["plain_at_s"] >= p["seconds"]  # the plain loop is measured once its clock passes the library's point
+    assert [p["mmssl_step"] for p in curve] == sorted({p["mmssl_step"] for p in curve})
+    assert row["final_ratio"] == pytest.approx(curve[-1]["mmssl"] / curve[-1]["plain"])
+    assert row["views"] == 2 and all(v > 0 for v in row["views_per_s"].values())
+    printed = capsys.readouterr().out
+    assert "learning:simclr_image" in printed and "plain kNN" in printed and "per-item" in printed
+
+
+def test_learning_expands_to_every_image_task():
+    from mmssl.bench import expand_tasks
+    from mmssl.bench.learning import LEARNING_TASKS
+
+    assert expand_tasks(["learning"]) == [f"learning:{t}" for t in LEARNING_TASKS]
+    assert len(LEARNING_TASKS) == 7
+
+
+def test_plain_nt_xent_equals_the_library_loss():
+    from mmssl.bench.plain_loop import nt_xent as plain
+    from mmssl.losses import nt_xent
+
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(12, 16, requires_grad=True), torch.randn(12, 16, requires_grad=True)
+    ours, theirs = plain(z0, z1, 0.2), nt_xent(z0, z1, 0.2)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    g_plain = torch.autograd.grad(ours, (z0, z1))
+    g_lib = torch.autograd.grad(nt_xent(z0, z1, 0.2), (z0, z1))
+    for a, b in zip(g_plain, g_lib):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_path):
+    from mmssl.bench.learning import learning_config
+    from mmssl.bench.peers import PerItemSimCLRViews
+    from mmssl.bench.plain_loop import batch_views, load_images
+
+    data = _image_folder(tmp_path / "images")
+    task, cfg = learning_config("simclr_image", "tiny", str(data), tmp_path / "run")
+    images = load_images(str(data), "train", cfg.image_size)
+    assert images.dtype == torch.uint8 and images.shape == (48, 3, cfg.image_size, cfg.image_size)
+    batch = task.on_device(cfg, next(iter(task.train_loader(cfg, 0, 1, 0))))
+    library = batch["views"]  # what the objective reads: [v0, v1], each (B, 3, S, S)
+    B = cfg.batch_size
+    item_views = PerItemSimCLRViews(cfg.image_size, cfg.min_scale)(images[0], torch.Generator().manual_seed(0))
+    assert len(item_views) == len(library) == 2
+    for v in item_views:
+        assert v.dtype == torch.float32 and v.shape == library[0].shape[1:]
+    batched = batch_views(images[:B], cfg.image_size, cfg.min_scale, torch.Generator().manual_seed(0))
+    assert batched.dtype == torch.float32 and batched.shape == library[0].shape
+    again = PerItemSimCLRViews(cfg.image_size, cfg.min_scale)(images[0], torch.Generator().manual_seed(0))
+    torch.testing.assert_close(item_views[0], again[0])  # the item's generator alone decides its views

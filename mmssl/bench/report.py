@@ -89,4 +89,8 @@ def learning_table(r: dict) -> str:
     lines.append(f"training views/s (kNN excluded): mmssl {v['mmssl']:.0f} ({r['views']} views per image), "
                  f"plain loop {v['plain']:.0f}, per-item torchvision reference {v['per_item_reference']:.0f} "
                  f"(SimCLR, 2 views); mmssl / per-item {r['speedup_vs_per_item']:.2f}")
+    met = r["targets"]
+    lines.append(f"targets: mmssl curve at or above the plain loop's at every point: "
+                 f"{'yes' if met['curve_at_or_above_plain'] else 'no'}; mmssl views/s at least 2x per-item: "
+                 f"{'yes' if met['views_per_s_2x_per_item'] else 'no'}")
     return "\n".join(lines)
