@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mmssl.bench.learning import LEARNING_TASKS, bench_learning
+from mmssl.bench.learning import LEARNING_TASKS, bench_learning, train_device
 from mmssl.bench.meters import (  # noqa: F401  (the bench's measuring API)
     PeakMemory,
     count_flops,
@@ -70,6 +70,10 @@ def run(tasks: list[str] | None = None, size: str | None = None, device: str | N
     if dataset != "demo" and not os.path.isdir(dataset):
         raise MmsslError(f"--dataset for the learning rows is demo or a folder with train/ and test/, not '{dataset}'")
     dev = resolve_device(device)
+    learning = [t for t in tasks if t.startswith("learning:")]
+    if learning and dev != train_device():
+        raise MmsslError(f"the learning rows train where run_training does ({train_device()}); "
+                         f"--device {device} cannot apply to {learning[0]}")
     size = size or ("full" if dev.type == "cuda" else "small")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     report: dict[str, Any] = {

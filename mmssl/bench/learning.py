@@ -166,7 +166,7 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         ours = library_curve(task, cfg)
         log(f"  mmssl: {ours['train_s']:.0f} s of training, kNN {100 * ours['points'][-1]['knn_top1']:.1f}")
 
-        dev = _train_device()
+        dev = train_device()
         images = images.to(dev)
         torch.manual_seed(cfg.seed)
         model = PlainSimCLR(spec, simclr.proj_hidden, simclr.proj_dim, simclr.temperature).to(dev)
@@ -197,6 +197,6 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
     }
 
 
-def _train_device() -> torch.device:
+def train_device() -> torch.device:
     """Where ``run_training`` trains: accelerate's default, a GPU where one is available."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
