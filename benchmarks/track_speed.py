@@ -5,10 +5,11 @@
 
 Random stride-8 features (D = 256, the width of CRW's ResNet-18 res4 at stride 8) for a video
 with 3 objects, propagated with ``mmssl.evaluation.propagation.propagate``; then the same with a
-randomly initialised ResNet-18 cut after layer3 (layer3 at stride 1, so stride 8 and 256 channels,
-as in CRW, arXiv:2006.14613) computing each frame's features inside the loop. Prints frames/s and
-the peak resident memory of the process. The measuring code is ``mmssl.bench`` (``python -m mmssl
-bench --tasks tracking`` runs the first of the two, with fewer frames).
+randomly initialised ResNet-18 cut after layer3 (mmssl's ``ResNet(out_stride=8)``: stride 8 and 256
+channels, as in CRW, arXiv:2006.14613, with layer3 dilated) computing each frame's features inside
+the loop. Prints frames/s and the peak resident memory of the process. The measuring code is
+``mmssl.bench.video`` (``python -m mmssl bench --tasks tracking`` runs the first of the two, with
+fewer frames).
 """
 from __future__ import annotations
 
@@ -18,15 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mmssl.bench import (
-    DIM,
-    STRIDE,
-    first_labels,
-    peak_rss_mb,
-    propagation_speed,
-    random_features,
-    resnet18_stride8,
-)
+from mmssl.bench.meters import peak_rss_mb
+from mmssl.bench.video import DIM, STRIDE, first_labels, propagation_speed, random_features, stride8_encoder
 
 
 def run(label: str, features, labels: torch.Tensor, frames: int, args: argparse.Namespace) -> None:
@@ -59,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     run("propagation (random features)", random_features(args.height, args.width), labels, args.frames, args)
     if args.no_encoder:
         return
-    encoder = resnet18_stride8()
+    encoder = stride8_encoder()
     video = torch.rand(args.frames, 3, args.height, args.width, generator=torch.Generator().manual_seed(1))
 
     @torch.no_grad()

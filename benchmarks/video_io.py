@@ -15,7 +15,7 @@ backend reads the same clips), two ways:
   reader kept     one VideoReader for all clips (also reports how much the resident memory grew)
 
 Every backend decodes with one thread. Prints a table and one JSON line. The measuring code is
-``mmssl.bench`` (``python -m mmssl bench --tasks clip_loading`` runs the same reading).
+``mmssl.bench.video`` (``python -m mmssl bench --tasks clip_loading`` runs the same reading).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mmssl.bench import clip_reading, make_video
+from mmssl.bench.video import clip_reading, make_video
 from mmssl.modalities.video import available_backends, clip_indices
 
 

@@ -163,7 +163,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from mmssl import bench
 
     report = bench.run(args.tasks, size=args.size, device=args.device, steps=args.steps, warmup=args.warmup,
-                       repeats=args.repeats, compile=args.compile, log=lambda line: print(line, file=sys.stderr))
+                       repeats=args.repeats, compile=args.compile, seconds=args.seconds, dataset=args.dataset,
+                       points=args.points, log=lambda line: print(line, file=sys.stderr))
     print(report["table"])
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     track.set_defaults(fn=cmd_track)
     bench = sub.add_parser("bench", help="training throughput, memory and FLOPs per task, beside peer implementations")
     bench.add_argument("--tasks", nargs="+", metavar="TASK", help="any of mae_image mae_video simclr_image "
-                                                                  "clip_loading tracking (default: all)")
+                       "clip_loading tracking (the default: all of these), and learning (kNN against seconds for "
+                       "every image task beside a plain loop) or learning:TASK for one image task")
     bench.add_argument("--size", help="tiny, small (about 1-3 s a step on a 2-core CPU; the default on a CPU) "
                                        "or full (the papers' sizes; the default on a GPU)")
     bench.add_argument("--device", help="cpu or cuda (default: cuda where available)")
@@ -212,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "FLOP-counting step (default 3: the heap settles)")
     bench.add_argument("--repeats", type=int, default=5, help="repeats; samples/s is their median (default 5)")
     bench.add_argument("--compile", action="store_true", help="also time our objectives under torch.compile")
+    bench.add_argument("--seconds", type=float, default=240, help="learning rows: training seconds per side (default 240)")
+    bench.add_argument("--dataset", default="demo", help="learning rows: demo, or a folder with train/ and test/ "
+                                                         "class folders")
+    bench.add_argument("--points", type=int, default=6, help="learning rows: kNN points per curve (default 6)")
     bench.add_argument("--report", help="also write the results as JSON here")
     bench.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)

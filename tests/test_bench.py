@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmssl import bench
+from mmssl.bench import meters, models, peers
 from mmssl.cli import main
 
 CPU = torch.device("cpu")
@@ -29,8 +29,8 @@ def test_tiny_mae_image_bench_writes_report(tmp_path, capsys):
     assert row["flops_per_sample"] > 0
     assert row["peak_memory_mb"] > 0
     assert row["flops_per_s"] > 0 and row["utilisation"] > 0
-    if row["ratio"] == bench.NOT_INSTALLED:
-        assert row["peer"]["status"] == bench.NOT_INSTALLED
+    if row["ratio"] == peers.NOT_INSTALLED:
+        assert row["peer"]["status"] == peers.NOT_INSTALLED
     else:
         assert row["ratio"] > 0 and row["peer"]["samples_per_s"] > 0 and row["peer"]["flops_per_sample"] > 0
     printed = capsys.readouterr().out
@@ -41,6 +41,8 @@ def test_tiny_mae_image_bench_writes_report(tmp_path, capsys):
     (["--tasks", "nosuch"], "unknown bench task 'nosuch'"),
     (["--device", "cuda"], "no CUDA device"),
     (["--steps", "0"], "--steps >= 1"),
+    (["--tasks", "learning:cpc_audio"], "unknown bench task 'learning:cpc_audio'"),
+    (["--tasks", "learning:simclr_image", "--dataset", "/no/such/folder"], "--dataset for the learning rows"),
 ])
 def test_bad_input_is_one_line(args, needle, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
@@ -53,9 +55,9 @@ def test_mae_step_flops_double_with_the_batch():
     counts = []
     for batch in (4, 8):
         torch.manual_seed(0)
-        side, cfg, _ = bench.build_ours("mae_image", "tiny", CPU, batch_size=batch)
-        step = bench.training_step(side, bench.make_optimizer(side.module, CPU, cfg.lr, cfg.weight_decay), CPU)
-        counts.append(bench.count_flops(step))
+        side, cfg, _ = models.build_ours("mae_image", "tiny", CPU, batch_size=batch)
+        step = meters.training_step(side, meters.make_optimizer(side.module, CPU, cfg.lr, cfg.weight_decay), CPU)
+        counts.append(meters.count_flops(step))
     assert counts[0] > 0
     assert counts[1] == pytest.approx(2 * counts[0], rel=0.01)
 
@@ -64,7 +66,7 @@ def test_cpu_attention_flops_are_counted():
     """Forward: Q K^T and A V; backward: 5 more products of that size (the scores recomputed): 2BhN^2d each."""
     B, h, N, d = 2, 3, 16, 8
     q, k, v = (torch.randn(B, h, N, d, requires_grad=True) for _ in range(3))
-    flops = bench.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
+    flops = meters.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
     assert flops == 7 * 2 * B * h * N * N * d
 
 
@@ -74,4 +76,86 @@ def test_missing_peer_is_reported_not_raised(tmp_path, monkeypatch):
     assert main(["bench", "--tasks", "mae_image", "--size", "tiny", "--steps", "1", "--warmup", "0",
                  "--repeats", "1", "--report", str(out)]) == 0
     row = json.loads(out.read_text())["tasks"]["mae_image"]
-    assert row["ratio"] == bench.NOT_INSTALLED and row["samples_per_s"] > 0
+    assert row["ratio"] == peers.NOT_INSTALLED and row["samples_per_s"] > 0
+
+
+# --- the learning row ------------------------------------------------------------------------------
+
+def _image_folder(root, size=(20, 18), train=24, test=12):
+    """train/ and test/ with two classes (reddish and bluish noise), PNG files of ``size``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for c, colour in enumerate([(200, 40, 40), (40, 40, 200)]):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 80, (*size, 3)) + np.array(colour)
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_learning_row_reports_both_curves_at_matched_seconds(tmp_path, capsys):
+    data = _image_folder(tmp_path / "images")
+    out = tmp_path / "r.json"
+    assert main(["bench", "--tasks", "learning:simclr_image", "--size", "tiny", "--seconds", "2", "--points", "3",
+                 "--dataset", str(data), "--report", str(out)]) == 0
+    row = json.loads(out.read_text())["tasks"]["learning:simclr_image"]
+    curve = row["curve"]
+    assert len(curve) == 3
+    seconds = [p["seconds"] for p in curve]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    for p in curve:
+        assert 0 <= p["mmssl"] <= 1 and 0 <= p["plain"] <= 1
+        assert p["plain_at_s"] >= p["seconds"]  # the plain loop is measured once its clock passes the library's point
+    assert [p["mmssl_step"] for p in curve] == sorted({p["mmssl_step"] for p in curve})
+    assert row["final_ratio"] == pytest.approx(curve[-1]["mmssl"] / curve[-1]["plain"])
+    assert row["views"] == 2 and all(v > 0 for v in row["views_per_s"].values())
+    printed = capsys.readouterr().out
+    assert "learning:simclr_image" in printed and "plain kNN" in printed and "per-item" in printed
+
+
+def test_learning_expands_to_every_image_task():
+    from mmssl.bench import expand_tasks
+    from mmssl.bench.learning import LEARNING_TASKS
+
+    assert expand_tasks(["learning"]) == [f"learning:{t}" for t in LEARNING_TASKS]
+    assert len(LEARNING_TASKS) == 7
+
+
+def test_plain_nt_xent_equals_the_library_loss():
+    from mmssl.bench.plain_loop import nt_xent as plain
+    from mmssl.losses import nt_xent
+
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(12, 16, requires_grad=True), torch.randn(12, 16, requires_grad=True)
+    ours, theirs = plain(z0, z1, 0.2), nt_xent(z0, z1, 0.2)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    g_plain = torch.autograd.grad(ours, (z0, z1))
+    g_lib = torch.autograd.grad(nt_xent(z0, z1, 0.2), (z0, z1))
+    for a, b in zip(g_plain, g_lib):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_path):
+    from mmssl.bench.learning import learning_config
+    from mmssl.bench.peers import PerItemSimCLRViews
+    from mmssl.bench.plain_loop import batch_views, load_images
+
+    data = _image_folder(tmp_path / "images")
+    task, cfg = learning_config("simclr_image", "tiny", str(data), tmp_path / "run")
+    images = load_images(str(data), "train", cfg.image_size)
+    assert images.dtype == torch.uint8 and images.shape == (48, 3, cfg.image_size, cfg.image_size)
+    batch = task.on_device(cfg, next(iter(task.train_loader(cfg, 0, 1, 0))))
+    library = batch["views"]  # what the objective reads: [v0, v1], each (B, 3, S, S)
+    B = cfg.batch_size
+    item_views = PerItemSimCLRViews(cfg.image_size, cfg.min_scale)(images[0], torch.Generator().manual_seed(0))
+    assert len(item_views) == len(library) == 2
+    for v in item_views:
+        assert v.dtype == torch.float32 and v.shape == library[0].shape[1:]
+    batched = batch_views(images[:B], cfg.image_size, cfg.min_scale, torch.Generator().manual_seed(0))
+    assert batched.dtype == torch.float32 and batched.shape == library[0].shape
+    again = PerItemSimCLRViews(cfg.image_size, cfg.min_scale)(images[0], torch.Generator().manual_seed(0))
+    torch.testing.assert_close(item_views[0], again[0])  # the item's generator alone decides its views

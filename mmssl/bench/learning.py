@@ -1,0 +1,202 @@
+"""The learning-efficiency row of ``mmssl bench``: kNN top-1 against training seconds, for an image
+task trained by the library and for a plain loop (``plain_loop.py``) on the same network and data.
+
+(a) The library: ``mmssl.run.run_training`` at the task's defaults, with ``max_steps`` set from the
+    images/s of a short warm-up run so that training lasts about ``seconds``, the online monitor
+    (kNN at k = 20 on the task's labelled splits, ``monitor_items`` of each) at ``points`` evenly
+    spaced steps, and a checkpoint only at the end. The times come from ``DIR/metrics.jsonl``.
+(b) The plain loop, the peer: SimCLR's objective for every task (the peer is written for SimCLR
+    only), the encoder built from the task's encoder spec, the task's batch size, lr and weight
+    decay, measured by the same ``task.monitor`` when its training clock first passes each of
+    (a)'s points, and stopped after the last.
+(c) A reference: SimCLR's per-item torchvision views in DataLoader workers (``peers.py``) feeding
+    the plain loop's model, images/s only.
+
+The clock is paused while kNN is measured, in both: (a)'s monitor time is its monitor row's
+``wall_s`` less the log row's of the same step, taken out of every later time. Start-up (building
+the model, opening the data) is outside both clocks; (a)'s first batches, which wait for the
+DataLoader workers to start, are inside it, and its workers keep prefetching while it measures.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmssl.bench.peers import PerItemDataset, PerItemSimCLRViews
+from mmssl.bench.plain_loop import PlainSimCLR, load_images, train_plain
+from mmssl.errors import MmsslError
+
+LEARNING_TASKS = ("simclr_image", "byol_image", "moco_image", "simsiam_image", "swav_image", "rotnet_image",
+                  "mae_image")
+# --size tiny (tests): a small network and batch on any dataset; other sizes keep the task's defaults
+TINY = {"batch_size": 16, "monitor_items": 200, "backbone": "convnet", "convnet_widths": "8,16,16,32",
+        "warmup_steps": 2, "num_workers": 0}
+TINY_MAE = {**TINY, "backbone": "vit", "vit_dim": 32, "vit_depth": 1, "vit_heads": 2, "decoder_dim": 16,
+            "decoder_depth": 1, "decoder_heads": 2}
+RATE_STEPS = {"tiny": 8, "small": 20, "full": 20}  # steps of the warm-up run that estimates the library's images/s
+
+
+def learning_config(task_name: str, size: str, dataset: str, out_dir: Path, **flags: Any) -> tuple[Any, Any]:
+    """The task at its defaults on ``dataset`` (labels read from class folders unless demo), writing to out_dir."""
+    from mmssl.run import resolve_config
+
+    base = {"dataset": dataset, "output_dir": str(out_dir), "evaluate": False}
+    if dataset != "demo":
+        base["label_column"] = "label"
+    if size == "tiny":
+        base.update(TINY_MAE if task_name == "mae_image" else TINY)
+    return resolve_config(task_name, None, {**base, **flags}, [])
+
+
+def _quiet(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` with what it prints sent to stderr, beside the bench's own progress lines."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return fn()
+
+
+def _rows(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def count_views(task: Any, cfg: Any) -> int:
+    """Images the objective reads per item: the 4-D tensors of one batch through ``task.on_device``."""
+    batch = next(iter(task.train_loader(dataclasses.replace(cfg, num_workers=0), 0, 1, 0)))
+    with torch.no_grad():
+        batch = task.on_device(cfg, batch)
+    tensors = [t for v in batch.values() for t in (v if isinstance(v, (list, tuple)) else [v])
+               if isinstance(t, torch.Tensor) and t.ndim == 4]
+    return max(1, round(sum(len(t) for t in tensors) / cfg.batch_size))
+
+
+def library_curve(task: Any, cfg: Any) -> dict:
+    """Train through ``run_training``; the kNN points with their training seconds (monitor time removed)."""
+    from mmssl.run import run_training
+
+    _quiet(lambda: run_training(task, cfg))
+    rows = _rows(Path(cfg.output_dir))
+    logged = {r["step"]: r["wall_s"] for r in rows if "loss" in r}
+    points, paused = [], 0.0
+    for r in (r for r in rows if "monitor/knn_top1" in r):
+        before = logged[r["step"]]  # the log row of the same step is written just before the monitor runs
+        points.append({"seconds": round(before - paused, 3), "knn_top1": r["monitor/knn_top1"], "step": r["step"],
+                       "images": r["samples"]})
+        paused += r["wall_s"] - before
+    if not points:
+        raise MmsslError(f"{task.name} logged no kNN monitor rows; the learning row needs labelled data")
+    return {"points": points, "train_s": points[-1]["seconds"], "images": points[-1]["images"], "monitor_s": paused}
+
+
+def library_rate(task: Any, cfg: Any, out_dir: Path, steps: int) -> float:
+    """Images/s of a short run of the library (the first logged steps, which start the workers, left out)."""
+    from mmssl.run import run_training
+
+    every = max(1, steps // 4)
+    warm = dataclasses.replace(cfg, output_dir=str(out_dir), max_steps=steps, monitor_every=0, log_every=every,
+                               save_every=steps)
+    _quiet(lambda: run_training(task, warm))
+    rows = [r for r in _rows(out_dir) if "loss" in r]
+    first, last = rows[0], rows[-1]
+    return (last["samples"] - first["samples"]) / max(1e-6, last["wall_s"] - first["wall_s"])
+
+
+def reference_rate(model: torch.nn.Module, images: torch.Tensor, cfg: Any, views: PerItemSimCLRViews,
+                   seconds: float) -> float:
+    """Images/s of per-item views made in ``cfg.num_workers`` DataLoader workers feeding ``model``'s
+    training steps, for about ``seconds`` after the first two batches (worker start-up)."""
+    loader = torch.utils.data.DataLoader(PerItemDataset(images, views, cfg.seed), batch_size=cfg.batch_size,
+                                         shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    dev = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    seen, steps, start = 0, 0, None
+    while start is None or time.perf_counter() - start < seconds:
+        for v0, v1 in loader:
+            loss = model(v0.to(dev), v1.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+            if start is None and steps == 2:
+                start = time.perf_counter()
+            elif start is not None:
+                seen += len(v0)
+                if time.perf_counter() - start >= seconds:
+                    break
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return seen / (time.perf_counter() - start)
+
+
+def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "demo", points: int = 6,
+                   log: Callable[[str], None] = print) -> dict:
+    """(a), (b) and (c) of the module docstring for one image task; a JSON-able row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        task, cfg = learning_config(task_name, size, dataset, tmp / "run")
+        simclr = learning_config("simclr_image", size, dataset, tmp / "unused")[1]  # the peer's objective settings
+        spec = task.build_objective(cfg).export_encoder().spec
+        torch.manual_seed(cfg.seed)
+        floor = PlainSimCLR(spec, simclr.proj_hidden, simclr.proj_dim, simclr.temperature)
+        with torch.no_grad():
+            random_knn = task.monitor(cfg, floor.encoder.eval()).get("knn_top1")  # also opens and checks the data
+        if random_knn is None:
+            raise MmsslError(f"the learning row needs labelled data: {dataset} has no labels to measure kNN on")
+        views = count_views(task, cfg)
+        images = load_images(dataset, cfg.split, cfg.image_size)  # the plain loop's data, (N, 3, S, S) uint8
+        if len(images) < cfg.batch_size:
+            raise MmsslError(f"{dataset}: {len(images)} training images, fewer than one batch of {cfg.batch_size}")
+        rate = library_rate(task, cfg, tmp / "rate", RATE_STEPS[size])
+        steps = max(points, round(seconds * rate / cfg.batch_size))
+        every = math.ceil(steps / points)
+        cfg = dataclasses.replace(cfg, max_steps=every * points, monitor_every=every, log_every=every,
+                                  save_every=every * points)
+        log(f"learning:{task_name}: {rate:.0f} images/s in a warm-up run -> {cfg.max_steps} steps of "
+            f"{cfg.batch_size}, kNN every {every}")
+        ours = library_curve(task, cfg)
+        log(f"  mmssl: {ours['train_s']:.0f} s of training, kNN {100 * ours['points'][-1]['knn_top1']:.1f}")
+
+        dev = train_device()
+        images = images.to(dev)
+        torch.manual_seed(cfg.seed)
+        model = PlainSimCLR(spec, simclr.proj_hidden, simclr.proj_dim, simclr.temperature).to(dev)
+        plain = train_plain(model, images, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=simclr.min_scale,
+                            at_seconds=[p["seconds"] for p in ours["points"]],
+                            measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed)
+        log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
+        ref = reference_rate(model, images.cpu(), cfg, PerItemSimCLRViews(cfg.image_size, simclr.min_scale),
+                             min(30.0, max(2.0, seconds / 8)))
+
+    curve = [{"seconds": a["seconds"], "mmssl": a["knn_top1"], "plain": b["knn_top1"], "plain_at_s": b["at_s"],
+              "mmssl_step": a["step"], "plain_step": b["step"]} for a, b in zip(ours["points"], plain["points"])]
+    rates = {"mmssl": views * ours["images"] / ours["train_s"], "plain": 2 * plain["images"] / plain["train_s"],
+             "per_item_reference": 2 * ref}
+    return {
+        "task": f"learning:{task_name}", "dataset": dataset, "seconds": seconds, "device": str(dev),
+        "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
+        "clock": "kNN measurement paused in both", "peer": "plain loop, SimCLR objective"
+        + ("" if task_name == "simclr_image" else f" (the plain peer is written for SimCLR only; {task_name} is not)"),
+        "random_init_knn_top1": random_knn, "curve": curve, "mmssl_monitor_s": round(ours["monitor_s"], 2),
+        "final_ratio": curve[-1]["mmssl"] / max(curve[-1]["plain"], 1e-9),
+        "views_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "speedup_vs_per_item": round(rates["mmssl"] / rates["per_item_reference"], 3),
+        # what the library aims at: a curve at or above the plain loop's, twice the per-item pipeline's views/s
+        "targets": {"curve_at_or_above_plain": all(p["mmssl"] >= p["plain"] for p in curve),
+                    "views_per_s_2x_per_item": rates["mmssl"] >= 2 * rates["per_item_reference"]},
+    }
+
+
+def train_device() -> torch.device:
+    """Where ``run_training`` trains: accelerate's default, a GPU where one is available."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
