@@ -133,14 +133,14 @@ def cmd_track(args: argparse.Namespace) -> None:
     import torch
 
     from mmssl.evaluation.video import track_davis
-    from mmssl.modalities.video import DavisRoot, demo_root
+    from mmssl.modalities.video import DavisRoot, davis_path
 
     for name in ("context", "topk"):
         if getattr(args, name) < 1:
             raise MmsslError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.temperature <= 0 or args.radius < 0:
         raise MmsslError("--temperature must be positive and --radius non-negative")
-    davis = DavisRoot(demo_root() / "davis" if args.davis == "demo" else args.davis, args.split)
+    davis = DavisRoot(davis_path(args.davis), args.split)
     label, features = _tracking_features(args.checkpoint, args.baseline)
     torch.manual_seed(0)
     output = args.output
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "or 'random:DIR' (DIR's architecture untrained)")
     track.add_argument("--baseline", help="pixels: propagate with raw Lab pixels instead of an encoder")
     track.add_argument("--davis", required=True, help="a DAVIS-2017 root (JPEGImages/480p, Annotations/480p, "
-                                                      "ImageSets/2017), or demo")
+                                                      "ImageSets/2017), demo or demo_ambiguous")
     track.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt (default val)")
     track.add_argument("--output", help="write OUT/<seq>/00000.png ... and OUT/<seq>.mp4 overlays here")
     track.add_argument("--no-overlay", action="store_true", help="skip the overlay videos")

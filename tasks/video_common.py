@@ -40,7 +40,7 @@ class VideoConfig(TrainConfig):
     backbone: str = "dense_convnet"  # dense_convnet | resnet18 | resnet50 (stride 8) | vit (mae_video)
     dense_widths: str = "32,64,128"
     # evaluation: DAVIS label propagation (CRW protocol, arXiv:2006.14613) and view alignment
-    davis_root: str | None = None  # default: the demo's DAVIS-layout root when --dataset demo
+    davis_root: str | None = None  # demo | demo_ambiguous | PATH; default: demo when --dataset demo
     davis_split: str = "val"
     track_context: int = 20
     track_topk: int = 10
@@ -102,10 +102,10 @@ class VideoTask(Task):
 
     # evaluation ----------------------------------------------------------------------------------
     def davis(self, cfg: VideoConfig) -> Any | None:
-        from mmssl.modalities.video import DavisRoot, demo_root
+        from mmssl.modalities.video import DavisRoot, davis_path, demo_root
 
         if cfg.davis_root:
-            return DavisRoot(cfg.davis_root, cfg.davis_split)
+            return DavisRoot(davis_path(cfg.davis_root), cfg.davis_split)
         if cfg.dataset == "demo":
             return DavisRoot(demo_root() / "davis", cfg.davis_split)
         return None

@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -260,13 +261,18 @@ def demo_root() -> Path:
         davis/Annotations/480p/sceneNNN/00000.png ...       their masks, DAVIS palette PNGs
         davis/ImageSets/2017/val.txt, train.txt             test scenes / empty
     """
-    root = cache_dir() / f"video_demo_v{CACHE_VERSION}"
-    if root.is_dir():  # only ever appears complete: it is built elsewhere and renamed into place
+    return cached(cache_dir() / f"video_demo_v{CACHE_VERSION}", _write_demo)
+
+
+def cached(root: Path, write: Callable[[Path], None]) -> Path:
+    """``root``, made by ``write(folder)`` on first use: written into a temporary folder beside it
+    and renamed into place, so it only ever appears complete, and reused after."""
+    if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
-        _write_demo(tmp)
+        write(tmp)
         try:
             os.rename(tmp, root)
         except OSError:  # another process finished first: use its copy
