@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mmssl import config as config_lib
 from mmssl.config import ConfigError
+from mmssl.encoders.convert import init_objective
 from mmssl.errors import TrainingError
 from mmssl.optim import check_name as check_optimizer_name
 from mmssl.optim import make_optimizer, warmup_cosine
@@ -184,6 +185,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     _prepare_output(accelerator, cfg, out_dir)
     set_seed(cfg.seed)
     objective = task.build_objective(cfg)
+    if getattr(cfg, "init", None):  # before prepare, so every process starts from the same weights
+        init_objective(objective, cfg.init)
     if accelerator.num_processes > 1 and accelerator.device.type != "cpu":
         # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
