@@ -168,6 +168,9 @@ def _positions(state: dict[str, torch.Tensor], vit: nn.Module, out: dict, source
                               "ViT with cls_token=true")
     if pos is not None:
         pos = pos.reshape(1, -1, pos.shape[-1])
+        if pos.shape[-1] != vit.embed_dim:
+            raise CheckpointError(f"pos_embed: shape {list(pos.shape)} in the checkpoint, width {vit.embed_dim} in "
+                                  "the encoder; build the encoder with the checkpoint's sizes")
         if cls is not None and pos.shape[1] in (vit.num_patches + 1, math.isqrt(pos.shape[1] - 1) ** 2 + 1):
             cls, pos = cls + pos[:, :1], pos[:, 1:]  # timm / transformers give the class token a position
         if vit.pos_kind == "learned":
