@@ -193,22 +193,17 @@ def test_mae_checkpoint_with_sincos_table(tmp_path):
 @pytest.mark.parametrize("kind", ["vit", "vit_mae"])
 def test_transformers_vit_folder(tmp_path, kind):
     torch.manual_seed(0)
-    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-              "image_size": 16, "patch_size": 4, "layer_norm_eps": 1e-6}
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+             "image_size": 16, "patch_size": 4}
     if kind == "vit":
-        src = transformers.ViTModel(transformers.ViTConfig(**common)).eval()
+        src = transformers.ViTModel(transformers.ViTConfig(layer_norm_eps=1e-6, **sizes)).eval()
+        with torch.no_grad():
+            for name, p in src.named_parameters():
+                if "layernorm" in name or "cls_token" in name:
+                    p.add_(torch.randn_like(p) * 0.1)
+        src.save_pretrained(tmp_path / "hf")
     else:
-        src = transformers.ViTMAEModel(transformers.ViTMAEConfig(mask_ratio=0.0, **common)).eval()
-        # transformers 5.24 marks the patch projection initialised before the embeddings' own
-        # initialisation runs, which leaves the position table at zero: run it, it writes MAE's table
-        src.embeddings.patch_embeddings.projection._is_hf_initialized = False
-        src.embeddings.initialize_weights()
-        assert src.embeddings.position_embeddings[0, 1:].abs().sum() > 0
-    with torch.no_grad():
-        for name, p in src.named_parameters():
-            if "layernorm" in name or "cls_token" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    src.save_pretrained(tmp_path / "hf")
+        src = tiny_vit_mae(tmp_path / "hf", **sizes)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         if kind == "vit":
@@ -293,25 +288,43 @@ def test_init_reaches_the_momentum_encoder(tmp_path):
 
 # ---------------------------------------------------------------- train.py --init
 
+def tiny_vit_mae(tmp_path, **sizes):
+    """A transformers ViTMAEModel with random weights (and MAE's sin-cos table) saved as a folder."""
+    config = transformers.ViTMAEConfig(mask_ratio=0.0, layer_norm_eps=1e-6, **sizes)
+    src = transformers.ViTMAEModel(config).eval()
+    # transformers 5.24 marks the patch projection initialised before the embeddings' own
+    # initialisation runs, which leaves the position table at zero: run it, it writes MAE's table
+    src.embeddings.patch_embeddings.projection._is_hf_initialized = False
+    src.embeddings.initialize_weights()
+    assert src.embeddings.position_embeddings[0, 1:].abs().sum() > 0
+    with torch.no_grad():
+        for name, p in src.named_parameters():
+            if "layernorm" in name or "cls_token" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    src.save_pretrained(tmp_path)
+    return src
+
+
 def test_train_py_init_starts_from_the_checkpoint(tmp_path):
-    """mae_image's ViT (128 wide, 4 blocks, 8 px patches on 32 px images) from an MAE-layout file;
-    with lr=0 the saved encoder is the checkpoint itself, so its features are the source's."""
+    """mae_image's ViT (128 wide, 4 blocks, 8 px patches on 32 px images, here with a class token) from a
+    transformers ViTMAE folder; with lr=0 the saved encoder is the checkpoint, so its features are the source's."""
     torch.manual_seed(0)
-    src = mae_style_timm(embed_dim=128, depth=4, heads=4, img=32, patch=8)
-    torch.save({"model": src.state_dict()}, tmp_path / "mae.pth")
+    src = tiny_vit_mae(tmp_path / "hf", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=512, image_size=32, patch_size=8)
     out = tmp_path / "run"
-    args = ["--task", "mae_image", "--init", str(tmp_path / "mae.pth"), "--output-dir", str(out), "max_steps=1",
-            "evaluate=false", "batch_size=4", "num_workers=0", "monitor_every=0", "lr=0", "warmup_steps=0"]
+    args = ["--task", "mae_image", "--init", str(tmp_path / "hf"), "--output-dir", str(out), "max_steps=1",
+            "evaluate=false", "batch_size=4", "num_workers=0", "monitor_every=0", "lr=0", "warmup_steps=0",
+            "vit_cls_token=true"]
     result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        tokens = src.forward_features(x)
-        check(load_encoder(out), tokens, tokens.mean(1), x)
-    # a checkpoint that does not fit ends in one error line, before any step
-    bad = subprocess.run([sys.executable, "train.py", *args[:2], "--init", str(tmp_path / "none.pth"),
-                          "--output-dir", str(tmp_path / "bad"), "max_steps=1"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, check=False)
+        tokens = src(pixel_values=x, noise=torch.arange(16.0).expand(2, 16)).last_hidden_state
+    check(load_encoder(out), tokens, tokens[:, 1:].mean(1), x)
+    # without the class token the checkpoint does not fit: one error line, before any step
+    bad = subprocess.run([sys.executable, "train.py", *args[:-1], "--output-dir", str(tmp_path / "bad")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=False)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
-    assert bad.returncode != 0 and len(lines) == 1 and "none.pth: no such file" in lines[0], bad.stderr
+    assert bad.returncode != 0 and len(lines) == 1, bad.stderr
+    assert lines[0].startswith("error: cls_token: the checkpoint has a class token") and "vit_cls_token" in lines[0]
