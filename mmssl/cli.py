@@ -34,7 +34,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column", "image_column",
-             "video_column", "output_dir", "max_steps", "log_with", "readout")
+             "video_column", "output_dir", "max_steps", "log_with", "readout", "init")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for flag in ("streaming", "compile"):
         if getattr(args, flag, False):
@@ -59,6 +59,8 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument("--log-with", help="also log to tensorboard or wandb")
     p.add_argument("--compile", action="store_true", help="run the objective under torch.compile")
+    p.add_argument("--init", help="start the encoder from a checkpoint: an MAE / timm / transformers ViT "
+                   "(.pth, .bin, .safetensors or a transformers folder) or torchvision ResNet weights")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, checked against field types")
     return p
 

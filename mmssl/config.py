@@ -59,6 +59,7 @@ class TrainConfig:
     monitor_every: int = 0  # run the task's online monitor (e.g. kNN accuracy) every N steps; 0: never
     evaluate: bool = True
     compile: bool = False  # run the objective under torch.compile (same maths; slow first step)
+    init: str | None = None  # start the encoder from these weights (MAE / timm / transformers ViT, torchvision ResNet)
 
 
 # Fields that may change when a run is resumed; everything else must match the saved config.

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mmssl import config as config_lib
 from mmssl.config import ConfigError
+from mmssl.encoders.convert import init_objective
 from mmssl.errors import TrainingError
 from mmssl.objectives.base import Objective
 from mmssl.optim import check_name as check_optimizer_name
@@ -188,6 +189,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     if not isinstance(objective, Objective):
         raise TypeError(f"{task.name}.build_objective must return an mmssl.objectives.base.Objective, "
                         f"not {type(objective).__name__}")
+    if cfg.init:  # before prepare, so every process starts from the same weights
+        init_objective(objective, cfg.init)
     if accelerator.num_processes > 1 and accelerator.device.type != "cpu":
         # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)

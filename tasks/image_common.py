@@ -40,6 +40,11 @@ class ImageConfig(TrainConfig):
     vit_depth: int | None = 4
     vit_heads: int | None = 4
     patch_size: int = 4
+    # ViT layout options a checkpoint given to --init may need (timm / transformers ViTs: a class token
+    # and learned positions): vit_pos_embed sincos | learned; vit_pool mean | cls (with vit_cls_token)
+    vit_cls_token: bool = False
+    vit_pos_embed: str = "sincos"
+    vit_pool: str = "mean"
     small_stem: bool = True  # ResNet: 3x3 stride-1 stem without max-pool (CIFAR-sized images)
     channels_last: bool | None = None  # ResNet memory format; None: channels-last where CUDA is available
     monitor_every: int = 100  # online kNN accuracy on the labelled evaluation split
@@ -61,9 +66,14 @@ class ImageTask(Task):
 
     def encoder_spec(self, cfg: ImageConfig) -> dict:
         if cfg.backbone == "vit":
+            if cfg.vit_pos_embed not in ("sincos", "learned") or cfg.vit_pool not in ("mean", "cls") or (
+                    cfg.vit_pool == "cls" and not cfg.vit_cls_token):
+                raise DataError(f"vit_pos_embed must be sincos or learned, vit_pool mean or cls (with vit_cls_token="
+                                f"true), not '{cfg.vit_pos_embed}', '{cfg.vit_pool}'")
             kwargs = {"size": cfg.vit_size, "input_size": [cfg.image_size, cfg.image_size],
                       "patch": [cfg.patch_size, cfg.patch_size], "channels": 3,
-                      "dim": cfg.vit_dim, "depth": cfg.vit_depth, "heads": cfg.vit_heads}
+                      "dim": cfg.vit_dim, "depth": cfg.vit_depth, "heads": cfg.vit_heads,
+                      "cls_token": cfg.vit_cls_token, "pos_embed": cfg.vit_pos_embed, "pool": cfg.vit_pool}
             return {"name": "vit", "kwargs": kwargs}
         if cfg.backbone == "convnet":
             try:

@@ -3,6 +3,12 @@
 ``DIR/encoder/model.safetensors`` holds the weights and ``DIR/encoder/config.json``
 the registry spec (name + constructor kwargs) plus metadata such as the
 modality and sample rate, so ``load_encoder(DIR)`` rebuilds the module alone.
+
+An encoder class may name ``legacy_kwargs``: constructor arguments added after
+encoders of that class were first saved, with the value that reproduces those
+files (the ViT's ``pos_layout``). ``save_encoder`` always writes them out, and
+``load_encoder`` fills them in where a config.json predates them, so an old file
+keeps its features when a default changes.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ def save_encoder(encoder: nn.Module, directory: str | Path, **meta: Any) -> Path
         raise ValueError("only encoders built with ENCODERS.build can be saved (their spec is unknown)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(spec.get("kwargs", {}))
+    for key in getattr(type(encoder), "legacy_kwargs", {}):
+        kwargs.setdefault(key, getattr(encoder, key))
+    spec = {**spec, "kwargs": kwargs}
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps({"encoder": spec, **meta}, indent=2))
@@ -52,7 +62,9 @@ def load_encoder(path: str | Path, pretrained: bool = True) -> nn.Module:
     weights: the random-encoder baseline of every evaluation.
     """
     meta = encoder_config(path)
-    encoder = build_encoder(meta["encoder"])
+    spec = meta["encoder"]
+    legacy = getattr(ENCODERS.get(spec["name"]), "legacy_kwargs", {})
+    encoder = build_encoder({**spec, "kwargs": {**legacy, **spec.get("kwargs", {})}})
     if pretrained:
         encoder.load_state_dict(load_file(str(Path(meta["path"]) / "model.safetensors")))
     encoder.meta = {k: v for k, v in meta.items() if k != "encoder"}

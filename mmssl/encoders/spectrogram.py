@@ -39,13 +39,24 @@ class LogMel(nn.Module):
 
 @ENCODERS.register("spectrogram_vit")
 class SpectrogramViT(nn.Module):
+    """Spectrogram (B, 1, n_mels, frames) -> patch tokens, or waveform (B, L) -> frame tokens (B, L // 160, D).
+
+    ``pos_layout`` orders the sin-cos table's channels as ``ViT`` does: "mae" gives the time axis
+    (the grid's last) the first half, as AudioMAE's table; "grid" is the order of encoders saved
+    before the field existed.
+    """
+
+    legacy_kwargs = ViT.legacy_kwargs
+
     def __init__(self, n_mels: int = 64, frames: int = 128, patch: tuple[int, int] | list[int] = (8, 8),
-                 size: str = "tiny", dim: int | None = None, depth: int | None = None, heads: int | None = None):
+                 size: str = "tiny", dim: int | None = None, depth: int | None = None, heads: int | None = None,
+                 pos_layout: str = "mae"):
         super().__init__()
+        self.pos_layout = pos_layout
         self.frames, self.patch = frames, tuple(patch)
         self.logmel = LogMel(n_mels)  # no parameters; its window and filterbank are saved buffers
         self.vit = ViT(size=size, input_size=[n_mels, frames], patch=list(patch), channels=1, dim=dim, depth=depth,
-                       heads=heads)
+                       heads=heads, pos_layout=pos_layout)
         self.embed_dim = self.vit.embed_dim
         self.hop = 160  # waveform input: one token per 10 ms frame
 

@@ -123,7 +123,7 @@ class MAE(Objective):
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, masked_only: bool = False,
                         ids_shuffle: torch.Tensor | None = None) -> torch.Tensor:
-        """latent (B, N_keep, D) -> predicted patches (B, N, patch_dim) in the original token order;
+        """latent (B, P + N_keep, D), P class tokens first -> predicted patches (B, N, patch_dim) in the original token order;
         with ``masked_only``, (B, N - N_keep, patch_dim) for the masked tokens only, in shuffle order
         (at positions ``ids_restore.argsort(1)[:, N_keep:]``), and the head skips the visible ones.
 
@@ -132,14 +132,17 @@ class MAE(Objective):
         needs unshuffling before the blocks. ``ids_shuffle``: ``ids_restore.argsort(1)`` when the
         caller has it already.
         """
-        y = self.decoder_embed(latent)  # (B, N_keep, Dd)
-        (B, N), keep = ids_restore.shape, y.shape[1]
+        y = self.decoder_embed(latent)  # (B, P + N_keep, Dd), P class tokens first
+        prefix = getattr(self.encoder, "num_prefix_tokens", 0)
+        (B, N), keep = ids_restore.shape, y.shape[1] - prefix
         if ids_shuffle is None:
             ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
         pos = gather_tokens(self.decoder_pos_embed.to(y.dtype), ids_shuffle)  # (B, N, Dd), shuffle order
+        pos = F.pad(pos, (0, 0, prefix, 0))  # the class token has no position, as in MAE
         y = torch.cat([y, self.mask_token.to(y.dtype).expand(B, N - keep, -1)], dim=1) + pos
         for block in self.decoder_blocks:
             y = block(y)
+        y = y[:, prefix:]  # (B, N, Dd)
         if masked_only:
             return self.decoder_pred(self.decoder_norm(y[:, keep:]))
         pred = self.decoder_pred(self.decoder_norm(y))  # (B, N, P) shuffled
@@ -157,7 +160,8 @@ class MAE(Objective):
         latent, _mask, ids_restore = self.forward_encoder(x, target)
         # Every example masks the same number of tokens: the masked positions in shuffle order.
         ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
-        masked = ids_shuffle[:, latent.shape[1]:]  # (B, M)
+        keep = latent.shape[1] - getattr(self.encoder, "num_prefix_tokens", 0)  # without the class token
+        masked = ids_shuffle[:, keep:]  # (B, M)
         pred = self.forward_decoder(latent, ids_restore, masked_only=True, ids_shuffle=ids_shuffle)  # (B, M, P)
         target = gather_tokens(target, masked)  # (B, M, P)
         if self.norm_pix_loss:
