@@ -254,5 +254,10 @@ def differences(saved: dict[str, Any], cfg: Any) -> list[str]:
     ]
 
 
+def flat(cfg: Any) -> dict[str, Any]:
+    """The config as one level of dotted keys (``views.0.min_scale``), as trackers' hparams need."""
+    return _flat(to_dict(cfg), counts=False)
+
+
 def describe(cfg: Any) -> str:
-    return "\n".join(f"  {k}: {v}" for k, v in _flat(to_dict(cfg), counts=False).items())
+    return "\n".join(f"  {k}: {v}" for k, v in flat(cfg).items())

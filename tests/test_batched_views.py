@@ -414,6 +414,9 @@ def test_views_from_a_yaml_recipe_and_the_saved_config(tmp_path):
     fewer = config_lib.apply_overrides(cfg, {"views": [{}]})
     assert "views: 2 -> 1" in config_lib.differences(saved, fewer)
     assert "views.1.hue: 0.05" in config_lib.describe(cfg)
+    # trackers (tensorboard's hparams) take scalars only: the flat form has no lists or mappings
+    assert config_lib.flat(cfg)["views.1.hue"] == 0.05
+    assert not any(isinstance(v, (list, dict)) for v in config_lib.flat(cfg).values())
 
 
 def test_a_whole_section_on_the_command_line(tmp_path):

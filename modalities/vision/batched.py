@@ -15,7 +15,9 @@ Crops use ``torchvision.ops.roi_align`` (aligned=True, adaptive sampling) rather
 ``affine_grid`` + ``grid_sample``: when upsampling both are the same half-pixel bilinear
 interpolation (they agree to 1e-5), but roi_align averages ceil(box / output) samples per output
 pixel, a box filter that keeps a crop from aliasing when it is downscaled (working size above the
-crop size), as torchvision's ``antialias=True`` does. It costs more only in that downscaling case.
+crop size), as torchvision's ``antialias=True`` does. It is slower than grid_sample (a little when enlarging,
+several times when shrinking a large working image, where it averages many samples per pixel), a
+cost that stays small beside the encoder's step.
 All of this is plain batched torch: kornia would add a dependency for the same ops, and its
 per-op random sampling is not driven by our per-item generators.
 
