@@ -22,6 +22,8 @@ from mmssl.data import StepBatchSampler
 from mmssl.modalities.vision import ViewSettings, draw_params, make_views
 from mmssl.modalities.vision.augment import BOX, FLIP, GRAY, SOLARIZE, crop_box
 from mmssl.modalities.vision.batched import (
+    apply_indexed,
+    apply_where,
     brightness,
     contrast,
     gaussian_blur,
@@ -100,8 +102,9 @@ def test_batch_views_equal_views_made_one_image_at_a_time():
         assert 0 < params[:, :, column].sum() < params[:, :, column].numel()
 
 
-def test_the_view_maker_reads_nothing_back_to_the_host():
-    """torch.where instead of indexing the chosen samples: no device sync on a GPU."""
+def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_host():
+    """On a GPU every sample is computed and selected with torch.where (no device sync); on a CPU
+    only the chosen samples are computed. Both give the same views."""
     reads = []
     names = ("item", "__bool__", "__int__", "__float__", "tolist", "nonzero")
     originals = {name: getattr(torch.Tensor, name) for name in names}
@@ -112,15 +115,22 @@ def test_the_view_maker_reads_nothing_back_to_the_host():
             return originals[name](self, *args, **kwargs)
         return read
 
-    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    params = torch.stack([draw_params(ALL_ON, 16, 16, torch.Generator().manual_seed(i)) for i in range(4)])
-    try:
-        for name in names:
-            setattr(torch.Tensor, name, counted(name))
-        make_views(images, params, ALL_ON)
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
+    x = torch.stack([smooth_image(s) for s in range(6)])
+    mask = torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool)
+    factor = torch.linspace(0.2, 1.8, 6)
+    ops = [(op, factor) for op in (brightness, contrast, saturation)] + [(hue, factor - 1)]
+    ops.append((lambda z, sigma: gaussian_blur(z, sigma, 5), factor))
+    for fn, arg in ops:
+        indexed = apply_indexed(mask, fn, x, arg)
+        try:
+            for name in names:
+                setattr(torch.Tensor, name, counted(name))
+            selected = apply_where(mask, fn, x, arg)
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+        torch.testing.assert_close(selected, indexed, rtol=0, atol=1e-6)
+        assert torch.equal(indexed[~mask], x[~mask]) and not torch.equal(indexed[mask], x[mask])
     assert reads == []
 
 

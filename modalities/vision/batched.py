@@ -21,8 +21,9 @@ cost that stays small beside the encoder's step.
 All of this is plain batched torch: kornia would add a dependency for the same ops, and its
 per-op random sampling is not driven by our per-item generators.
 
-Random choices are applied with ``torch.where`` over the whole batch rather than by indexing the
-chosen samples: no host sync on a GPU, at the price of computing an op for samples that skip it.
+On an accelerator, random choices are applied with ``torch.where`` over the whole batch: no host
+sync, at the price of computing an op for samples that skip it. On a CPU, where reading indices
+costs nothing, the costly ops (colour jitter, blur) run on the chosen samples only.
 """
 from __future__ import annotations
 
@@ -50,6 +51,28 @@ _LUMA = (0.2989, 0.587, 0.114)
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool()[:, None, None, None], a, b)
+
+
+def apply_where(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """fn(x, *args) for the samples where mask (N,) is set, x elsewhere: computed for every sample
+    and selected, which needs no host sync."""
+    return _where(mask, fn(x, *args), x)
+
+
+def apply_indexed(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """The same as apply_where, computing fn only for the chosen samples (their indices are read on the host)."""
+    idx = mask.bool().nonzero().squeeze(1)
+    out = x.clone()
+    if len(idx):
+        out[idx] = fn(x[idx], *(a[idx] for a in args))
+    return out
+
+
+def _apply(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    # On a CPU reading the indices costs nothing and skips the unchosen samples' work (the colour
+    # ops would otherwise run 4 times per sample, once per jitter slot); on an accelerator a host
+    # read would stall the queue, so every sample is computed there.
+    return (apply_indexed if x.device.type == "cpu" else apply_where)(mask, fn, x, *args)
 
 
 def resized_crops(x: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, size: int) -> torch.Tensor:
@@ -85,29 +108,33 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) RGB in [0, 1] -> HSV, hue in turns [0, 1)."""
+    v, c, h6 = _hexcone(x)
+    s = c / torch.where(v > 0, v, torch.ones_like(v))
+    return torch.stack([h6 / 6, s, v], 1)
+
+
+def _hexcone(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Value (max channel), chroma (max - min) and hue in sixths of a turn [0, 6), each (N, H, W).
+    The hue's sector comes from the largest channel (red, then green, then blue on ties)."""
     r, g, b = x.unbind(1)
-    v, _ = x.max(1)
-    c = v - x.min(1).values
+    v = torch.maximum(torch.maximum(r, g), b)
+    c = v - torch.minimum(torch.minimum(r, g), b)
     safe = torch.where(c > 0, c, torch.ones_like(c))
-    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
-    # sector of the colour wheel from the largest channel, each 1/6 of a turn wide
-    h = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h = torch.where(c > 0, (h / 6) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, v], 1)
+    h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    return v, c, torch.remainder(h6, 6)
 
 
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of rgb_to_hsv: channel n is v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6."""
-    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype)[None, :, None, None]
-    k = (n + 6 * h) % 6
-    return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
+def _from_hexcone(v: torch.Tensor, c: torch.Tensor, h6: torch.Tensor) -> torch.Tensor:
+    """Inverse of _hexcone: channel n is v - c clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6 (n = 5, 3, 1)."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=v.device, dtype=v.dtype)[None, :, None, None]
+    k = torch.remainder(n + h6[:, None], 6)
+    return v[:, None] - c[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    hsv = rgb_to_hsv(x)
-    h = (hsv[:, 0:1] + shift[:, None, None, None]) % 1.0
-    return hsv_to_rgb(torch.cat([h, hsv[:, 1:]], 1))
+    """Rotate the HSV hue by ``shift`` (N,) turns, as torchvision's adjust_hue; (N, 3, H, W) -> same."""
+    v, c, h6 = _hexcone(x)
+    return _from_hexcone(v, c, torch.remainder(h6 + 6 * shift[:, None, None], 6))
 
 
 COLOUR_OPS = (brightness, contrast, saturation, hue)  # the indices ORDER refers to, as torchvision's
@@ -120,7 +147,7 @@ def colour_jitter(x: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, orde
     for slot in range(4):
         for op, (fn, used) in enumerate(zip(COLOUR_OPS, active)):
             if used:
-                x = _where(on.bool() & (order[:, slot] == op), fn(x, factors[:, op]), x)
+                x = _apply(on.bool() & (order[:, slot] == op), fn, x, factors[:, op])
     return x
 
 
@@ -152,7 +179,8 @@ def view_group(x: torch.Tensor, params: torch.Tensor, owner: torch.Tensor, v: Vi
     if v.gray_prob > 0:
         y = _where(params[:, GRAY] > 0.5, grayscale(y).expand_as(y), y)
     if v.blur_prob > 0:
-        y = _where(params[:, BLUR] > 0.5, gaussian_blur(y, params[:, SIGMA], blur_kernel(v.size)), y)
+        kernel = blur_kernel(v.size)
+        y = _apply(params[:, BLUR] > 0.5, lambda z, sigma: gaussian_blur(z, sigma, kernel), y, params[:, SIGMA])
     if v.solarize_prob > 0:
         y = _where(params[:, SOLARIZE] > 0.5, solarize(y), y)
     return y
