@@ -35,6 +35,7 @@ def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], ov
     for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise config_lib.ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    task.check_config(cfg)
     return task, cfg
 
 

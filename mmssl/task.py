@@ -23,6 +23,9 @@ class Task:
     def default_config(self) -> TrainConfig:
         return self.Config(task=self.name, output_dir=f"runs/{self.name}")
 
+    def check_config(self, cfg: Any) -> None:
+        """Raise a one-line ConfigError for a bad task-specific setting, before anything loads."""
+
     def build_objective(self, cfg: Any) -> nn.Module:
         """The objective module (it owns the encoder and any target networks)."""
         raise NotImplementedError

@@ -216,7 +216,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resuming from {ckpt} (step {step} of {cfg.max_steps})")
     if cfg.log_with:
-        accelerator.init_trackers(task.name, config={k: v for k, v in config_lib.to_dict(cfg).items() if v is not None})
+        accelerator.init_trackers(task.name, config={k: v for k, v in config_lib.flat(cfg).items() if v is not None})
 
     world = accelerator.num_processes
     batches = iter(task.train_loader(cfg, step * cfg.grad_accum, world, accelerator.process_index))

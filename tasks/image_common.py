@@ -1,8 +1,9 @@
-"""What every image task shares: the config, the backbone, the data stream, the
+"""What every image task shares: the config, the backbone, the data stream and its views, the
 online kNN monitor and the evaluation (kNN + linear probe beside a random
 encoder and raw pixels, and a t-SNE picture of the test embeddings).
 
-A task file only adds its objective's settings, its views and its objective.
+A task file only adds its objective's settings, its default views and its objective. Workers decode
+each image and draw its views' parameters; ``on_device`` makes the views on whole batches.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmssl.config import TrainConfig
+from mmssl.config import ConfigError, TrainConfig
 from mmssl.data import HeldOut, train_loader
 from mmssl.encoders.io import build_encoder
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
+from mmssl.modalities.vision.augment import ViewSettings, check_views, working_size
 from mmssl.task import Task
 
 
@@ -55,14 +57,20 @@ class ImageConfig(TrainConfig):
     # What the kNN / linear probes, the monitor and the t-SNE read: "pooled" (the encoder's pool,
     # which contrastive and rotation objectives train) or "tokens" (the token map, concatenated).
     readout: str = "pooled"
+    # The views, one entry per group of crops (``views.0.min_scale=0.08``); each task sets its recipe.
+    views: tuple[ViewSettings, ...] = (ViewSettings(crops=2),)
+    # Side of the square picture the workers resize every image to (so a batch stacks) and crops are
+    # cut from; None: the largest crop side (see augment.working_size).
+    working_size: int | None = None
 
 
 class ImageTask(Task):
-    """Base of the image tasks; subclasses set ``views`` and ``build_objective``."""
+    """Base of the image tasks; subclasses set their Config's ``views`` and ``build_objective``."""
 
     modality = "image"
     default_data = "embedded shapes (10 classes, 32 px)"
     Config = ImageConfig
+    single_view = False  # True: the objective reads batch["input"] (one crop), else batch["views"]
 
     def encoder_spec(self, cfg: ImageConfig) -> dict:
         if cfg.backbone == "vit":
@@ -91,9 +99,27 @@ class ImageTask(Task):
         check_readout(cfg.readout)  # a bad readout fails before training, not at the first monitor step
         return build_encoder(self.encoder_spec(cfg))
 
-    def views(self, cfg: ImageConfig) -> Callable[[torch.Tensor, torch.Generator], dict]:
-        """item image (uint8 (3, H, W)) + generator -> the batch entry the objective reads."""
-        raise NotImplementedError
+    def view_settings(self, cfg: ImageConfig) -> tuple[ViewSettings, ...]:
+        """cfg.views with every crop size set (``size`` None is the encoder's ``image_size``)."""
+        return tuple(dataclasses.replace(v, size=v.size or cfg.image_size) for v in cfg.views)
+
+    def check_config(self, cfg: ImageConfig) -> None:
+        check_views(cfg.views)
+        if cfg.working_size is not None and cfg.working_size < 1:
+            raise ConfigError(f"working_size must be a positive number of pixels, got {cfg.working_size}")
+        crops = sum(v.crops for v in cfg.views)
+        if self.single_view and crops != 1:
+            raise ConfigError(f"{self.name} reads one crop per image; its views give {crops}")
+        if not self.single_view and crops < 2:
+            raise ConfigError(f"{self.name} compares views of an image: its views give {crops} crop(s), need 2 or more")
+
+    def on_device(self, cfg: ImageConfig, batch: dict) -> dict:
+        """{"image": uint8 (B, 3, S, S), "view_params": (B, V, NUM_PARAMS)} -> the objective's batch:
+        {"views": [V x float32 (B, 3, size, size)]} or {"input": (B, 3, size, size)}."""
+        from mmssl.modalities.vision import make_views
+
+        views = make_views(batch["image"], batch["view_params"], self.view_settings(cfg))
+        return {"input": views[0]} if self.single_view else {"views": views}
 
     # data -------------------------------------------------------------------------------------
     def source(self, cfg: ImageConfig, split: str, labels: bool = False, vocab: list | None = None) -> Any:
@@ -105,8 +131,11 @@ class ImageTask(Task):
     def train_loader(self, cfg: ImageConfig, start_batch: int, world: int, rank: int) -> Any:
         if cfg.streaming:
             raise DataError("image tasks read map-style datasets; drop --streaming")
+        from mmssl.modalities.vision import DecodeAndDraw
+
         source = self.source(cfg, cfg.split)
-        make = self.views(cfg)
+        views = self.view_settings(cfg)
+        make = DecodeAndDraw(views, working_size(views, cfg.working_size))
 
         def transform(item: dict, gen: torch.Generator) -> dict:
             return make(item["image"], gen)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mmssl.errors import DataError
+from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
@@ -19,7 +20,8 @@ class MAEImageConfig(ImageConfig, MAESettings):
     # and the encoder sees 4; a 4-block decoder, narrow (64) to keep the steps cheap.
     lr: float = 1.5e-3
     backbone: str = "vit"
-    min_scale: float = 0.2
+    # MAE's only augmentation: a random resized crop (20-100%) and a flip (bilinear; the paper: bicubic).
+    views: tuple[ViewSettings, ...] = mae_views(None, min_scale=0.2)
     patch_size: int = 8
     decoder_dim: int = 64
     decoder_depth: int = 4
@@ -32,12 +34,7 @@ class MAEImage(ImageTask):
     encoder = "vit"
     objective = "mae"
     Config = MAEImageConfig
-
-    def views(self, cfg: MAEImageConfig):
-        from mmssl.modalities.vision import MAEView
-
-        recipe = MAEView(cfg.image_size, min_scale=cfg.min_scale)
-        return lambda img, gen: {"input": recipe(img, gen)}
+    single_view = True
 
     def build_objective(self, cfg: MAEImageConfig) -> MAE:
         if cfg.backbone != "vit":

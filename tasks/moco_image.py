@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.moco import MoCo
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
@@ -20,8 +21,9 @@ class MoCoImageConfig(ImageConfig):
     final_momentum: float | None = None  # None: constant momentum; a number: cosine from momentum to it
     symmetric: bool = True  # both views act as query once (solo-learn's CIFAR setting)
     shuffle_bn: int = 16  # shuffle-BN group size (the paper: 32 per GPU); 0: one BatchNorm batch, no shuffle
-    min_scale: float = 0.2
-    blur: bool = False
+    # MoCo v2's views are SimCLR's (arXiv:2003.04297): crops of 20-100% here, no blur at 32 px
+    # (views.0.blur_prob=0.5 gives the paper's ImageNet views).
+    views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
 
 
 @TASKS.register("moco_image")
@@ -30,12 +32,6 @@ class MoCoImage(ImageTask):
     encoder = "convnet | vit | resnet"
     objective = "moco"
     Config = MoCoImageConfig
-
-    def views(self, cfg: MoCoImageConfig):
-        from mmssl.modalities.vision import SimCLRViews
-
-        recipe = SimCLRViews(cfg.image_size, min_scale=cfg.min_scale, blur=cfg.blur)
-        return lambda img, gen: {"views": recipe(img, gen)}
 
     def build_objective(self, cfg: MoCoImageConfig) -> MoCo:
         return MoCo(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.queue_size, cfg.momentum,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.rotnet import RotNet
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
@@ -12,7 +13,8 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 @dataclasses.dataclass(frozen=True)
 class RotNetImageConfig(ImageConfig):
     batch_size: int = 32  # x4 rotations per image
-    min_scale: float = 0.5
+    # A random resized crop (50-100%) and a flip, no colour changes; the rotations are the objective's.
+    views: tuple[ViewSettings, ...] = mae_views(None, min_scale=0.5)
 
 
 @TASKS.register("rotnet_image")
@@ -21,12 +23,7 @@ class RotNetImage(ImageTask):
     encoder = "convnet | vit | resnet"
     objective = "rotnet"
     Config = RotNetImageConfig
-
-    def views(self, cfg: RotNetImageConfig):
-        from mmssl.modalities.vision import MAEView
-
-        recipe = MAEView(cfg.image_size, min_scale=cfg.min_scale)
-        return lambda img, gen: {"input": recipe(img, gen)}
+    single_view = True
 
     def build_objective(self, cfg: RotNetImageConfig) -> RotNet:
         return RotNet(self.build_encoder(cfg))

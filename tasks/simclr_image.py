@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.simclr import SimCLR
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
@@ -14,8 +15,10 @@ class SimCLRImageConfig(ImageConfig):
     temperature: float = 0.2
     proj_hidden: int = 512
     proj_dim: int = 128
-    min_scale: float = 0.2  # random resized crop scale range (min_scale, 1)
-    blur: bool = False  # the paper drops blur for 32 px CIFAR images
+    # Two crops from one recipe: crops of 20-100% of the area (the paper: 8-100%), flip, colour jitter
+    # 0.4 / 0.4 / 0.4 / 0.1 with p 0.8, grayscale p 0.2; no blur, which the paper drops for 32 px
+    # CIFAR images (views.0.blur_prob=0.5 gives its ImageNet views).
+    views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
 
 
 @TASKS.register("simclr_image")
@@ -24,12 +27,6 @@ class SimCLRImage(ImageTask):
     encoder = "convnet | vit | resnet"
     objective = "simclr"
     Config = SimCLRImageConfig
-
-    def views(self, cfg: SimCLRImageConfig):
-        from mmssl.modalities.vision import SimCLRViews
-
-        recipe = SimCLRViews(cfg.image_size, min_scale=cfg.min_scale, blur=cfg.blur)
-        return lambda img, gen: {"views": recipe(img, gen)}
 
     def build_objective(self, cfg: SimCLRImageConfig) -> SimCLR:
         return SimCLR(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.temperature)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.simsiam import SimSiam
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
@@ -14,8 +15,8 @@ class SimSiamImageConfig(ImageConfig):
     max_steps: int = 1600  # its kNN passes raw pixels between 800 and 1600 steps (about 6 minutes here)
     proj_dim: int = 512
     pred_hidden: int = 128  # the paper's bottleneck: a quarter of proj_dim
-    min_scale: float = 0.2
-    blur: bool = False
+    # SimSiam's views are SimCLR's: crops of 20-100% here, no blur at 32 px (the paper blurs with p 0.5 at 224).
+    views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
 
 
 @TASKS.register("simsiam_image")
@@ -24,12 +25,6 @@ class SimSiamImage(ImageTask):
     encoder = "convnet | vit | resnet"
     objective = "simsiam"
     Config = SimSiamImageConfig
-
-    def views(self, cfg: SimSiamImageConfig):
-        from mmssl.modalities.vision import SimCLRViews
-
-        recipe = SimCLRViews(cfg.image_size, min_scale=cfg.min_scale, blur=cfg.blur)
-        return lambda img, gen: {"views": recipe(img, gen)}
 
     def build_objective(self, cfg: SimSiamImageConfig) -> SimSiam:
         return SimSiam(self.build_encoder(cfg), cfg.proj_dim, cfg.pred_hidden)

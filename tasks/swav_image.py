@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.swav import SwAV
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
@@ -22,12 +23,15 @@ class SwAVImageConfig(ImageConfig):
     epsilon: float = 0.05
     sinkhorn_iters: int = 3
     freeze_prototypes_steps: int = 0
-    num_local: int = 4  # local crops beside the 2 global ones
-    local_size: int = 16
-    min_scale: float = 0.14  # global crops cover (min_scale, 1); local ones (0.05, min_scale)
     queue_size: int = 0  # embeddings of earlier batches in Sinkhorn (per global crop); 0: none
     queue_start_steps: int = 0  # optimizer steps before the queue is used (once full)
-    blur: bool = False  # no blur at 32 px, as in the CIFAR recipes; true gives the paper's ImageNet views
+    # Multi-crop: 2 global crops (14-100% of the area, image_size) and 4 local ones (5-14%, 16 px),
+    # each with SimCLR's colour ops; no blur at 32 px, as in the CIFAR recipes (blur_prob=0.5 on
+    # both groups gives the paper's ImageNet views). The first group's crops are the global ones.
+    views: tuple[ViewSettings, ...] = (
+        ViewSettings(crops=2, min_scale=0.14, max_scale=1.0, blur_prob=0.0),
+        ViewSettings(crops=4, size=16, min_scale=0.05, max_scale=0.14, blur_prob=0.0),
+    )
 
 
 @TASKS.register("swav_image")
@@ -37,14 +41,8 @@ class SwAVImage(ImageTask):
     objective = "swav"
     Config = SwAVImageConfig
 
-    def views(self, cfg: SwAVImageConfig):
-        from mmssl.modalities.vision import MultiCropViews
-
-        recipe = MultiCropViews(cfg.image_size, cfg.local_size, cfg.num_local, global_scale=(cfg.min_scale, 1.0),
-                                local_scale=(0.05, cfg.min_scale), blur=cfg.blur)
-        return lambda img, gen: {"views": recipe(img, gen)}
-
     def build_objective(self, cfg: SwAVImageConfig) -> SwAV:
         return SwAV(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.num_prototypes, cfg.temperature,
                     cfg.epsilon, cfg.sinkhorn_iters, cfg.freeze_prototypes_steps,
-                    queue_size=cfg.queue_size, queue_start_steps=cfg.queue_start_steps)
+                    global_crops=cfg.views[0].crops, queue_size=cfg.queue_size,
+                    queue_start_steps=cfg.queue_start_steps)

@@ -29,12 +29,12 @@ SMOKE = {
     "moco_image": {**_IMG, **_HEAD, "queue_size": 16},
     "byol_image": {**_IMG, **_HEAD, "pred_hidden": 16},
     "simsiam_image": {**_IMG, "proj_dim": 16, "pred_hidden": 8},
-    "swav_image": {**_IMG, **_HEAD, "num_prototypes": 8, "num_local": 2, "local_size": 8},
+    "swav_image": {**_IMG, **_HEAD, "num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image": {**_IMG},
     "mae_image": {**_VIT, "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
     # the other backbones, through a two-view and a multi-crop method (local crops of another size)
     "simclr_image/resnet18": {**_IMG, **_HEAD, "backbone": "resnet18"},
-    "swav_image/vit": {**_VIT, **_HEAD, "num_prototypes": 8, "num_local": 2, "local_size": 8},
+    "swav_image/vit": {**_VIT, **_HEAD, "num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image/vit": {**_VIT},
     "colorize_video": {**_VID, "quantizer_frames": 8},
     "tcn_video": {**_VID, "anchors": 4, "embed_dim": 8},
@@ -118,7 +118,9 @@ def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
         for step in range(3):
             with host_reads() as reads:  # after the first step, a training step reads nothing back to the host
                 opt.zero_grad()
-                out = objective(next(batches))
+                with torch.no_grad():  # as the trainer makes the views
+                    batch = task.on_device(cfg, next(batches))
+                out = objective(batch)
                 assert torch.isfinite(out["loss"]), (name, step)
                 assert all(metric_name_ok(objective, k) for k in out), (name, sorted(out))
                 out["loss"].backward()

@@ -1,15 +1,21 @@
-"""Vision: the embedded synthetic shapes set, datasets/imagefolder sources, augmentation recipes."""
+"""Vision: the embedded synthetic shapes set, datasets/imagefolder sources, view settings and the
+batched view maker (workers decode and draw parameters; views are made on the device)."""
 from mmssl.modalities.vision.augment import (  # noqa: F401
     MEAN,
+    NUM_PARAMS,
     STD,
-    BYOLViews,
+    DecodeAndDraw,
     EvalView,
+    ItemViews,
     MAEView,
-    MultiCropViews,
-    SimCLRViews,
+    ViewSettings,
+    check_views,
     denormalize,
+    draw_params,
+    mae_views,
     normalize,
-    run_seeded,
+    working_size,
 )
+from mmssl.modalities.vision.batched import make_views  # noqa: F401
 from mmssl.modalities.vision.data import ImageReadError, decode, open_images  # noqa: F401
 from mmssl.modalities.vision.synthetic import CLASSES, generate_shapes, load_demo_images  # noqa: F401

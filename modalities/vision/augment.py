@@ -1,24 +1,195 @@
-"""Augmentation recipes for self-supervised image objectives (torchvision.transforms.v2).
+"""View settings and the per-item half of the image augmentations: decode, resize, draw parameters.
 
-Every recipe is called as ``recipe(img, gen)`` with a uint8 RGB tensor (3, H, W) and the item's own
-``torch.Generator`` (mmssl.data seeds one per item), and returns float32 tensors (3, size, size)
-normalised with MEAN / STD: one tensor for single-view recipes, a list for multi-view ones.
-torchvision draws from the global torch RNG, so ``run_seeded`` reseeds it from ``gen`` inside a
-fork and restores it afterwards: the views depend only on ``gen``, never on worker scheduling, and
-the caller's random stream is left untouched.
+Workers only decode: ``DecodeAndDraw`` resizes an item to a fixed working size (so a batch stacks)
+and draws every random choice of its views with the item's own ``torch.Generator`` (mmssl.data
+seeds one per item from the seed and the global sample index). The views themselves are made on
+whole batches on the device by ``mmssl.modalities.vision.batched.make_views``, so they depend on
+(seed, global sample index) alone, never on workers, process count or resume point.
 
-Random resized crops and EvalView resample to the requested size whatever the input size, so
-an image smaller than the crop (say 8x8 for size 32) is upsampled rather than rejected.
+Each group of crops is described by a frozen ``ViewSettings`` (solo-learn's per-pipeline recipe
+keys); a task config holds a tuple of them under ``views`` (``views.0.min_scale=0.08``).
+
+Per crop, ``draw_params`` returns a float32 vector of ``NUM_PARAMS`` entries (the layout below):
+the crop box as fractions of the source image, flip, jitter applied, the brightness / contrast /
+saturation factors and hue shift, the random order of those four colour ops (as torchvision's
+ColorJitter draws it), grayscale, blur, blur sigma and solarize. Every draw is made whatever the
+probabilities, so changing one setting never shifts the random stream of the others.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import math
 
 import torch
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import v2
+
+from mmssl.config import ConfigError
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet channel statistics, the convention most checkpoints expect
 STD = (0.229, 0.224, 0.225)
+
+# Parameter layout of one crop: (top, left, bottom, right) as fractions of the image, then the rest.
+BOX, FLIP, JITTER, FACTORS, ORDER, GRAY, BLUR, SIGMA, SOLARIZE = (
+    slice(0, 4), 4, 5, slice(6, 10), slice(10, 14), 14, 15, 16, 17)
+NUM_PARAMS = 18
+_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # RandomResizedCrop's aspect-ratio range
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSettings:
+    """One group of crops made with the same recipe (solo-learn's ``augmentations`` entries).
+
+    The defaults are SimCLR's ImageNet views (arXiv:2002.05709, colour strength 0.5); tasks set
+    their own. ``size`` None means the task's ``image_size``.
+    """
+
+    crops: int = 1  # how many crops of this group each image yields
+    size: int | None = None  # output side in pixels
+    min_scale: float = 0.08  # crop area as a share of the image, uniform in [min_scale, max_scale]
+    max_scale: float = 1.0
+    flip_prob: float = 0.5
+    brightness: float = 0.4  # factor uniform in [max(0, 1 - b), 1 + b], as torchvision's ColorJitter
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1  # shift uniform in [-hue, hue] turns of the colour wheel
+    jitter_prob: float = 0.8
+    gray_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma_min: float = 0.1  # in pixels of the output crop
+    blur_sigma_max: float = 2.0
+    solarize_prob: float = 0.0
+
+
+def check_views(views: tuple[ViewSettings, ...], key: str = "views") -> None:
+    """Raise a one-line ConfigError for the first bad setting (named as ``views.I.field``)."""
+    if not views:
+        raise ConfigError(f"{key}: at least one group of crops is needed")
+    for i, v in enumerate(views):
+        name = f"{key}.{i}"
+        for field in ("flip_prob", "jitter_prob", "gray_prob", "blur_prob", "solarize_prob"):
+            p = getattr(v, field)
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"{name}.{field} is a probability in [0, 1], got {p}")
+        if v.crops < 1:
+            raise ConfigError(f"{name}.crops must be at least 1, got {v.crops}")
+        if v.size is not None and v.size < 1:
+            raise ConfigError(f"{name}.size must be a positive number of pixels, got {v.size}")
+        if not 0.0 < v.min_scale <= v.max_scale <= 1.0:
+            raise ConfigError(f"{name}: need 0 < min_scale <= max_scale <= 1, got {v.min_scale} and {v.max_scale}")
+        for field in ("brightness", "contrast", "saturation"):
+            if getattr(v, field) < 0:
+                raise ConfigError(f"{name}.{field} must be >= 0, got {getattr(v, field)}")
+        if not 0.0 <= v.hue <= 0.5:
+            raise ConfigError(f"{name}.hue must be in [0, 0.5], got {v.hue}")
+        if not 0.0 < v.blur_sigma_min <= v.blur_sigma_max:
+            raise ConfigError(f"{name}: need 0 < blur_sigma_min <= blur_sigma_max, got "
+                              f"{v.blur_sigma_min} and {v.blur_sigma_max}")
+
+
+def blur_kernel(size: int) -> int:
+    """Odd Gaussian kernel of ~10% of the crop side, at least 3 (SimCLR: 23 px at 224)."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def _uniform(lo: float, hi: float, gen: torch.Generator) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def crop_box(height: int, width: int, scale: tuple[float, float], gen: torch.Generator) -> tuple[int, int, int, int]:
+    """A random crop (top, left, h, w) in pixels, drawn as RandomResizedCrop does.
+
+    Up to 10 tries: an area share uniform in ``scale`` and a log aspect ratio uniform in
+    [log 3/4, log 4/3]; the first box that fits is placed uniformly. If none fits, the largest
+    centred box whose aspect ratio lies in [3/4, 4/3].
+    """
+    area = height * width
+    for _ in range(10):
+        target = area * _uniform(*scale, gen)
+        aspect = math.exp(_uniform(*_LOG_RATIO, gen))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(height - h + 1, (), generator=gen))
+            left = int(torch.randint(width - w + 1, (), generator=gen))
+            return top, left, h, w
+    ratio = width / height
+    if ratio < 3 / 4:
+        w, h = width, round(width / (3 / 4))
+    elif ratio > 4 / 3:
+        w, h = round(height * (4 / 3)), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def draw_params(views: tuple[ViewSettings, ...], height: int, width: int, gen: torch.Generator) -> torch.Tensor:
+    """Every random choice of one image's crops -> float32 (total crops, NUM_PARAMS)."""
+    rows = []
+    for v in views:
+        for _ in range(v.crops):
+            top, left, h, w = crop_box(height, width, (v.min_scale, v.max_scale), gen)
+            p = torch.zeros(NUM_PARAMS, dtype=torch.float64)
+            p[BOX] = torch.tensor([top / height, left / width, (top + h) / height, (left + w) / width])
+            p[FLIP] = _uniform(0, 1, gen) < v.flip_prob
+            p[JITTER] = _uniform(0, 1, gen) < v.jitter_prob
+            p[FACTORS] = torch.tensor([_uniform(max(0.0, 1 - s), 1 + s, gen)
+                                       for s in (v.brightness, v.contrast, v.saturation)] + [_uniform(-v.hue, v.hue, gen)])
+            p[ORDER] = torch.randperm(4, generator=gen).double()
+            p[GRAY] = _uniform(0, 1, gen) < v.gray_prob
+            p[BLUR] = _uniform(0, 1, gen) < v.blur_prob
+            p[SIGMA] = _uniform(v.blur_sigma_min, v.blur_sigma_max, gen)
+            p[SOLARIZE] = _uniform(0, 1, gen) < v.solarize_prob
+            rows.append(p)
+    return torch.stack(rows).float()
+
+
+def working_size(views: tuple[ViewSettings, ...], size: int | None) -> int:
+    """The side every training image is resized to in the workers: ``size``, or by default the
+    largest crop side. Crops are cut from this square picture (boxes are fractions of the image, so
+    a non-square image keeps its proportions), so a crop of the whole image loses no detail and
+    the batch moved to the device is B x 3 x S x S bytes; raise it for images much larger than the
+    crops to keep detail in small crops."""
+    return size or max(v.size for v in views)
+
+
+class DecodeAndDraw:
+    """The worker's whole job: uint8 (3, H, W) -> {"image": uint8 (3, S, S), "view_params": (V, NUM_PARAMS)}."""
+
+    def __init__(self, views: tuple[ViewSettings, ...], size: int):
+        self.views, self.size = views, size
+
+    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> dict:
+        _check(img)
+        params = draw_params(self.views, img.shape[-2], img.shape[-1], gen)
+        if img.shape[-2:] != (self.size, self.size):
+            img = v2.functional.resize(img, [self.size, self.size], antialias=True)
+        return {"image": img, "view_params": params}
+
+
+class ItemViews:
+    """The batched views of one item (for per-item users such as fine-tuning): ``(img, gen)`` ->
+    a list of float32 (3, size, size), or the one view when the settings give a single crop."""
+
+    def __init__(self, views: tuple[ViewSettings, ...]):
+        self.views = views
+
+    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
+        from mmssl.modalities.vision.batched import make_views
+
+        _check(img)
+        params = draw_params(self.views, img.shape[-2], img.shape[-1], gen)
+        out = [v[0] for v in make_views(img[None], params[None], self.views)]
+        return out[0] if len(out) == 1 else out
+
+
+def mae_views(size: int | None, min_scale: float = 0.2) -> tuple[ViewSettings]:
+    """MAE's only augmentation (arXiv:2111.06377): a random resized crop and a flip (bilinear, where
+    the paper resamples bicubically), no colour changes."""
+    return (ViewSettings(size=size, min_scale=min_scale, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0),)
+
+
+def MAEView(size: int, min_scale: float = 0.2) -> ItemViews:
+    """Per-item MAE view: ``(img, gen)`` -> float32 (3, size, size)."""
+    return ItemViews(mae_views(size, min_scale))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -34,113 +205,9 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * std[:, None, None] + mean[:, None, None]).clamp(0, 1)
 
 
-def run_seeded(transform: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """transform(img) with the global CPU RNG seeded from ``gen`` (one draw), then restored."""
-    seed = int(torch.randint(2**62, (1,), generator=gen))
-    with torch.random.fork_rng(devices=[]):
-        # default_generator rather than torch.manual_seed: the latter also reseeds CUDA
-        # generators, which fork_rng(devices=[]) would not restore.
-        torch.default_generator.manual_seed(seed)
-        return transform(img)
-
-
 def _check(img: torch.Tensor) -> None:
     if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
         raise ValueError(f"expected a uint8 image (3, H, W), got {img.dtype} {tuple(img.shape)}")
-
-
-def blur_kernel(size: int) -> int:
-    """Odd Gaussian kernel of ~10% of the crop side, at least 3 (SimCLR: 23 px at 224)."""
-    return max(3, int(0.1 * size) // 2 * 2 + 1)
-
-
-def _crop(size: int, scale: tuple[float, float], interpolation=InterpolationMode.BILINEAR) -> v2.Transform:
-    # Resamples to size x size from any crop, so inputs smaller than the crop are upsampled.
-    return v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation, antialias=True)
-
-
-def _colour(size: int, jitter: tuple[float, float, float, float], jitter_p: float, gray_p: float,
-            blur_p: float, solarize_p: float = 0.0) -> list[v2.Transform]:
-    ops = [v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p), v2.RandomGrayscale(p=gray_p)]
-    if blur_p > 0:
-        ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=blur_p))
-    if solarize_p > 0:
-        ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # uint8 scale: mid-grey
-    return ops
-
-
-def _finish(ops: list[v2.Transform]) -> v2.Compose:
-    return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-
-
-def _simclr_jitter(strength: float) -> tuple[float, float, float, float]:
-    return (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
-
-
-class _Views:
-    """Applies each of ``self.transforms`` to the image, each with its own seed drawn from ``gen``."""
-
-    transforms: list[v2.Compose]
-
-    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
-        _check(img)
-        return [run_seeded(t, img, gen) for t in self.transforms]
-
-
-class SimCLRViews(_Views):
-    """Two views from one distribution (SimCLR, arXiv:2002.05709): random resized crop, flip, colour
-    jitter (strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s; s = 0.5 gives 0.4 / 0.1)
-    with p = jitter_p, grayscale p = 0.2, Gaussian blur (sigma 0.1-2) with p = 0.5 when ``blur``.
-    Returns [v0, v1], each float32 (3, size, size)."""
-
-    def __init__(self, size: int, min_scale: float = 0.08, strength: float = 0.5, jitter_p: float = 0.8,
-                 blur: bool = True, flip: bool = True):
-        ops = [_crop(size, (min_scale, 1.0)), v2.RandomHorizontalFlip(0.5 if flip else 0.0),
-               *_colour(size, _simclr_jitter(strength), jitter_p, 0.2, 0.5 if blur else 0.0)]
-        self.transforms = [_finish(ops)] * 2
-
-
-class BYOLViews(_Views):
-    """The asymmetric pair of BYOL (arXiv:2006.07733): both views crop, flip, jitter (0.4, 0.4, 0.2,
-    0.1) with p = 0.8 and grayscale with p = 0.2; view 1 always blurs and never solarizes, view 2 blurs
-    with p = 0.1 and solarizes with p = 0.2. ``blur=False`` drops the blur from both, as CIFAR-sized
-    recipes do (solo-learn's). Returns [v1, v2], each float32 (3, size, size)."""
-
-    def __init__(self, size: int, min_scale: float = 0.08, flip: bool = True, blur: bool = True):
-        base = [_crop(size, (min_scale, 1.0)), v2.RandomHorizontalFlip(0.5 if flip else 0.0)]
-        jitter = (0.4, 0.4, 0.2, 0.1)
-        self.transforms = [_finish(base + _colour(size, jitter, 0.8, 0.2, blur_p=1.0 if blur else 0.0)),
-                           _finish(base + _colour(size, jitter, 0.8, 0.2, blur_p=0.1 if blur else 0.0,
-                                                  solarize_p=0.2))]
-
-
-class MultiCropViews(_Views):
-    """Multi-crop (SwAV, arXiv:2006.09882): 2 global crops of global_size (area share in global_scale)
-    and num_local local crops of local_size (area share in local_scale), each with SimCLR's colour
-    ops (blur with p = 0.5 unless ``blur=False``, as CIFAR-sized recipes drop it). Returns
-    [g0, g1, l0, ..., l{num_local-1}]: float32 (3, global_size, global_size) then (3, local_size, local_size)."""
-
-    def __init__(self, global_size: int, local_size: int, num_local: int,
-                 global_scale: tuple[float, float] = (0.14, 1.0), local_scale: tuple[float, float] = (0.05, 0.14),
-                 strength: float = 0.5, flip: bool = True, blur: bool = True):
-        def view(size, scale):
-            return _finish([_crop(size, scale), v2.RandomHorizontalFlip(0.5 if flip else 0.0),
-                            *_colour(size, _simclr_jitter(strength), 0.8, 0.2, 0.5 if blur else 0.0)])
-
-        self.transforms = [view(global_size, global_scale)] * 2 + [view(local_size, local_scale)] * num_local
-
-
-class MAEView:
-    """MAE's only augmentation (arXiv:2111.06377): bicubic random resized crop (area share
-    min_scale..1) and a horizontal flip. Returns float32 (3, size, size)."""
-
-    def __init__(self, size: int, min_scale: float = 0.2, flip: bool = True):
-        self.transform = _finish([_crop(size, (min_scale, 1.0), InterpolationMode.BICUBIC),
-                                  v2.RandomHorizontalFlip(0.5 if flip else 0.0)])
-
-    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        _check(img)
-        return run_seeded(self.transform, img, gen)
 
 
 class EvalView:
@@ -148,7 +215,8 @@ class EvalView:
     images) and centre-crop. Returns float32 (3, size, size); ``gen`` is accepted and unused."""
 
     def __init__(self, size: int):
-        self.transform = _finish([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+        self.transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size),
+                                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         _check(img)

@@ -1,0 +1,203 @@
+"""Image views made on whole batches on the device, from per-sample parameters drawn in the workers.
+
+``make_views(images, params, views)`` takes the collated uint8 batch (B, 3, S, S) and the parameters
+``DecodeAndDraw`` drew per crop (B, V, NUM_PARAMS), and returns the V views, each float32
+(B, 3, size, size) normalised with MEAN / STD, in the order of the settings' groups. Every op is
+per sample, so a batch's views equal its samples' views made one at a time.
+
+The ops follow torchvision.transforms.v2 on float images in [0, 1], with its value ranges and
+order: resized crop, horizontal flip, colour jitter (brightness, contrast, saturation, hue in a
+per-sample random order), grayscale (ITU-R 601-2 luma: 0.2989 R + 0.587 G + 0.114 B), Gaussian
+blur (kernel ~10% of the crop side, reflect padding, per-sample sigma) and solarize (threshold 0.5).
+Unlike torchvision on uint8 images, nothing is rounded to 8 bits between ops.
+
+Crops use ``torchvision.ops.roi_align`` (aligned=True, adaptive sampling) rather than
+``affine_grid`` + ``grid_sample``: when upsampling both are the same half-pixel bilinear
+interpolation (they agree to 1e-5), but roi_align averages ceil(box / output) samples per output
+pixel, a box filter that keeps a crop from aliasing when it is downscaled (working size above the
+crop size), as torchvision's ``antialias=True`` does. It is slower than grid_sample (a little when enlarging,
+several times when shrinking a large working image, where it averages many samples per pixel), a
+cost that stays small beside the encoder's step.
+All of this is plain batched torch: kornia would add a dependency for the same ops, and its
+per-op random sampling is not driven by our per-item generators.
+
+On an accelerator, random choices are applied with ``torch.where`` over the whole batch: no host
+sync, at the price of computing an op for samples that skip it. On a CPU, where reading indices
+costs nothing, the costly ops (colour jitter, blur) run on the chosen samples only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from mmssl.modalities.vision.augment import (
+    BLUR,
+    BOX,
+    FACTORS,
+    FLIP,
+    GRAY,
+    JITTER,
+    ORDER,
+    SIGMA,
+    SOLARIZE,
+    ViewSettings,
+    blur_kernel,
+    normalize,
+)
+
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.bool()[:, None, None, None], a, b)
+
+
+def apply_where(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """fn(x, *args) for the samples where mask (N,) is set, x elsewhere: computed for every sample
+    and selected, which needs no host sync."""
+    return _where(mask, fn(x, *args), x)
+
+
+def apply_indexed(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """The same as apply_where, computing fn only for the chosen samples (their indices are read on the host)."""
+    idx = mask.bool().nonzero().squeeze(1)
+    out = x.clone()
+    if len(idx):
+        out[idx] = fn(x[idx], *(a[idx] for a in args))
+    return out
+
+
+def _apply(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    # On a CPU reading the indices costs nothing and skips the unchosen samples' work (the colour
+    # ops would otherwise run 4 times per sample, once per jitter slot); on an accelerator a host
+    # read would stall the queue, so every sample is computed there.
+    return (apply_indexed if x.device.type == "cpu" else apply_where)(mask, fn, x, *args)
+
+
+def resized_crops(x: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, size: int) -> torch.Tensor:
+    """Crops of float images x (B, 3, H, W): boxes (N, 4) as (top, left, bottom, right) fractions of the
+    image, owner (N,) the image each box is cut from -> (N, 3, size, size)."""
+    H, W = x.shape[-2:]
+    rois = torch.stack([owner.to(x.dtype), boxes[:, 1] * W, boxes[:, 0] * H, boxes[:, 3] * W, boxes[:, 2] * H], 1)
+    return roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) luma."""
+    r, g, b = x.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b)[:, None]
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor[:, None, None, None]
+    return (f * x + (1 - f) * other).clamp(0, 1)
+
+
+def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, torch.zeros_like(x), factor)
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x), factor)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> HSV, hue in turns [0, 1)."""
+    v, c, h6 = _hexcone(x)
+    s = c / torch.where(v > 0, v, torch.ones_like(v))
+    return torch.stack([h6 / 6, s, v], 1)
+
+
+def _hexcone(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Value (max channel), chroma (max - min) and hue in sixths of a turn [0, 6), each (N, H, W).
+    The hue's sector comes from the largest channel (red, then green, then blue on ties)."""
+    r, g, b = x.unbind(1)
+    v = torch.maximum(torch.maximum(r, g), b)
+    c = v - torch.minimum(torch.minimum(r, g), b)
+    safe = torch.where(c > 0, c, torch.ones_like(c))
+    h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    return v, c, torch.remainder(h6, 6)
+
+
+def _from_hexcone(v: torch.Tensor, c: torch.Tensor, h6: torch.Tensor) -> torch.Tensor:
+    """Inverse of _hexcone: channel n is v - c clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6 (n = 5, 3, 1)."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=v.device, dtype=v.dtype)[None, :, None, None]
+    k = torch.remainder(n + h6[:, None], 6)
+    return v[:, None] - c[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue by ``shift`` (N,) turns, as torchvision's adjust_hue; (N, 3, H, W) -> same."""
+    v, c, h6 = _hexcone(x)
+    return _from_hexcone(v, c, torch.remainder(h6 + 6 * shift[:, None, None], 6))
+
+
+COLOUR_OPS = (brightness, contrast, saturation, hue)  # the indices ORDER refers to, as torchvision's
+
+
+def colour_jitter(x: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
+                  active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    """ColorJitter with per-sample factors (N, 4) and op order (N, 4), where ``on`` (N,) is set;
+    ops whose setting is 0 (``active`` False) are identities and skipped."""
+    for slot in range(4):
+        for op, (fn, used) in enumerate(zip(COLOUR_OPS, active)):
+            if used:
+                x = _apply(on.bool() & (order[:, slot] == op), fn, x, factors[:, op])
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with per-sample sigma (N,), reflect padding."""
+    N, C, H, W = x.shape
+    t = torch.arange(kernel, device=x.device, dtype=x.dtype) - (kernel - 1) / 2
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (N C, kernel): one filter per channel
+    pad = kernel // 2
+    y = F.pad(x.reshape(1, N * C, H, W), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, k[:, None, :, None], groups=N * C)  # rows
+    y = F.conv2d(y, k[:, None, None, :], groups=N * C)  # columns
+    return y.reshape(N, C, H, W)
+
+
+def solarize(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0.5, 1 - x, x)
+
+
+def view_group(x: torch.Tensor, params: torch.Tensor, owner: torch.Tensor, v: ViewSettings) -> torch.Tensor:
+    """One group's crops: float images (B, 3, H, W) in [0, 1], their params (N, NUM_PARAMS) and
+    owner images (N,) -> (N, 3, size, size) in [0, 1]."""
+    y = resized_crops(x, params[:, BOX], owner, v.size)
+    y = _where(params[:, FLIP] > 0.5, y.flip(-1), y)
+    if v.jitter_prob > 0:
+        active = (v.brightness > 0, v.contrast > 0, v.saturation > 0, v.hue > 0)
+        y = colour_jitter(y, params[:, JITTER] > 0.5, params[:, FACTORS], params[:, ORDER].long(), active)
+    if v.gray_prob > 0:
+        y = _where(params[:, GRAY] > 0.5, grayscale(y).expand_as(y), y)
+    if v.blur_prob > 0:
+        kernel = blur_kernel(v.size)
+        y = _apply(params[:, BLUR] > 0.5, lambda z, sigma: gaussian_blur(z, sigma, kernel), y, params[:, SIGMA])
+    if v.solarize_prob > 0:
+        y = _where(params[:, SOLARIZE] > 0.5, solarize(y), y)
+    return y
+
+
+def make_views(images: torch.Tensor, params: torch.Tensor, views: tuple[ViewSettings, ...]) -> list[torch.Tensor]:
+    """uint8 images (B, 3, S, S) + params (B, V, NUM_PARAMS) -> V normalised float32 views (B, 3, size, size).
+
+    The crops of one group are made together, (crops x B) at once, then split back into views.
+    ``views`` must have every ``size`` set.
+    """
+    B = images.shape[0]
+    x = images.float() / 255
+    out, first = [], 0
+    for v in views:
+        p = params[:, first:first + v.crops].transpose(0, 1).reshape(v.crops * B, -1)  # crop-major
+        owner = torch.arange(B, device=images.device).repeat(v.crops)
+        out += list(normalize(view_group(x, p, owner, v)).chunk(v.crops))
+        first += v.crops
+    return out

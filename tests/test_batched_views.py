@@ -1,0 +1,438 @@
+"""Views made on whole batches (modalities/vision/batched.py) from parameters drawn per item.
+
+- a batch's views are its samples' views made one at a time;
+- views depend only on (seed, global sample index): workers, processes, resume;
+- each op agrees with torchvision.transforms.v2's per-item op: exactly at fixed parameters, and
+  in distribution (mean and spread of its effect over a few hundred draws) at the same ranges;
+- every config key reaches the view maker, and bad values end in one ConfigError line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import yaml
+from torchvision.transforms import v2
+
+from mmssl import config as config_lib
+from mmssl.config import ConfigError
+from mmssl.data import StepBatchSampler
+from mmssl.modalities.vision import ViewSettings, draw_params, make_views
+from mmssl.modalities.vision.augment import BOX, FLIP, GRAY, SOLARIZE, crop_box
+from mmssl.modalities.vision.batched import (
+    apply_indexed,
+    apply_where,
+    brightness,
+    contrast,
+    gaussian_blur,
+    grayscale,
+    hue,
+    resized_crops,
+    rgb_to_hsv,
+    saturation,
+    view_group,
+)
+from mmssl.run import resolve_config, run_training
+from mmssl.tasks.simclr_image import SimCLRImage
+
+TINY = ["batch_size=4", "num_workers=0", "image_size=16", "convnet_widths=8,8,8,8", "proj_hidden=16", "proj_dim=8",
+        "evaluate=false"]
+# Everything on: two groups of different sizes (upsampled and downsampled crops), every colour op.
+ALL_ON = (ViewSettings(crops=2, size=32, blur_prob=0.5, solarize_prob=0.5, gray_prob=0.5),
+          ViewSettings(crops=3, size=8, min_scale=0.05, max_scale=0.3, blur_prob=0.5, solarize_prob=0.5))
+N = 400  # draws per distribution test
+
+
+def smooth_image(seed: int = 0, size: int = 32) -> torch.Tensor:
+    """A float image (3, size, size) in [0, 1] with colour gradients and texture, every hue present."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
+    return (x + 0.1 * torch.rand(3, size, size, generator=g)).clamp(0, 1)
+
+
+def draws(settings: ViewSettings, n: int = N, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """(n, NUM_PARAMS): one crop's parameters for n items with their own generators."""
+    return torch.cat([draw_params((settings,), size, size, torch.Generator().manual_seed(seed * 100_003 + i))
+                      for i in range(n)])
+
+
+def ours(img: torch.Tensor, settings: ViewSettings, n: int = N) -> torch.Tensor:
+    """n views of one float image through the batched ops: (n, 3, S, S)."""
+    p = draws(settings, n, img.shape[-1])
+    return view_group(img[None], p, torch.zeros(n, dtype=torch.long), settings)
+
+
+def theirs(img: torch.Tensor, transform, n: int = N) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.stack([transform(img) for _ in range(n)])
+
+
+def assert_same_distribution(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Per-draw statistics a, b (n,): means within 4 standard errors of their difference (a false
+    alarm once in ~16,000 for independent draws), spreads within 25% (the standard error of a
+    standard deviation over n = 400 is ~3.5%, so ~6 errors for the ratio of two)."""
+    a, b = a.double(), b.double()
+    se = math.sqrt(a.var() / len(a) + b.var() / len(b))
+    assert abs(a.mean() - b.mean()) <= 4 * se + 1e-9, (a.mean().item(), b.mean().item(), se)
+    if max(a.std(), b.std()) > 1e-6:
+        assert 0.8 <= a.std() / b.std() <= 1.25, (a.std().item(), b.std().item())
+
+
+# only the op under test: a crop of the whole image, no flip, every other op off
+IDENTITY = ViewSettings(size=32, min_scale=1.0, max_scale=1.0, flip_prob=0.0, brightness=0.0, contrast=0.0,
+                        saturation=0.0, hue=0.0, jitter_prob=1.0, gray_prob=0.0, blur_prob=0.0)
+
+
+# ---- batch = one by one ---------------------------------------------------------------------
+
+def test_batch_views_equal_views_made_one_image_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=g)
+    params = torch.stack([draw_params(ALL_ON, 40, 30, torch.Generator().manual_seed(i)) for i in range(6)])
+    batch = make_views(images, params, ALL_ON)
+    assert [tuple(v.shape) for v in batch] == [(6, 3, 32, 32)] * 2 + [(6, 3, 8, 8)] * 3
+    single = [make_views(images[i:i + 1], params[i:i + 1], ALL_ON) for i in range(6)]
+    for k, view in enumerate(batch):
+        torch.testing.assert_close(view, torch.cat([s[k] for s in single]), rtol=0, atol=1e-6)
+    # every random op happened somewhere in this batch, so the comparison covered it
+    for column in (FLIP, GRAY, SOLARIZE):
+        assert 0 < params[:, :, column].sum() < params[:, :, column].numel()
+
+
+def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_host():
+    """On a GPU every sample is computed and selected with torch.where (no device sync); on a CPU
+    only the chosen samples are computed. Both give the same views."""
+    reads = []
+    names = ("item", "__bool__", "__int__", "__float__", "tolist", "nonzero")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+
+    def counted(name):
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    x = torch.stack([smooth_image(s) for s in range(6)])
+    mask = torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool)
+    factor = torch.linspace(0.2, 1.8, 6)
+    ops = [(op, factor) for op in (brightness, contrast, saturation)] + [(hue, factor - 1)]
+    ops.append((lambda z, sigma: gaussian_blur(z, sigma, 5), factor))
+    for fn, arg in ops:
+        indexed = apply_indexed(mask, fn, x, arg)
+        try:
+            for name in names:
+                setattr(torch.Tensor, name, counted(name))
+            selected = apply_where(mask, fn, x, arg)
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+        torch.testing.assert_close(selected, indexed, rtol=0, atol=1e-6)
+        assert torch.equal(indexed[~mask], x[~mask]) and not torch.equal(indexed[mask], x[mask])
+    assert reads == []
+
+
+# ---- views depend on (seed, global sample index) only ----------------------------------------
+
+def _views(task, cfg, start: int, world: int, rank: int, n: int) -> list[list[torch.Tensor]]:
+    it = iter(task.train_loader(cfg, start, world, rank))
+    return [task.on_device(cfg, next(it))["views"] for _ in range(n)]
+
+
+def test_views_are_the_same_for_any_workers_processes_and_resume_point(tmp_path):
+    task, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path)}, [*TINY, "views.0.blur_prob=0.5"])
+    base = _views(task, cfg, 0, 1, 0, 3)
+    workers = _views(task, dataclasses.replace(cfg, num_workers=2), 0, 1, 0, 3)
+    resumed = _views(task, cfg, 2, 1, 0, 1)  # starts at global batch 2
+    two = dataclasses.replace(cfg, batch_size=2)  # 2 processes x 2 = the same global batch of 4
+    halves = [_views(task, two, 0, 2, r, 3) for r in (0, 1)]
+    for b in range(3):
+        for k in range(2):
+            assert torch.equal(base[b][k], workers[b][k])
+            assert torch.equal(base[b][k], torch.cat([halves[0][b][k], halves[1][b][k]]))
+    assert all(torch.equal(x, y) for x, y in zip(base[2], resumed[0]))
+    assert not torch.equal(base[0][0], base[0][1]) and not torch.equal(base[0][0], base[1][0])
+    # the process slices are StepBatchSampler's
+    whole, half = StepBatchSampler(4000, 4, 1, 0, cfg.seed), StepBatchSampler(4000, 2, 2, 1, cfg.seed)
+    assert whole.batch(1)[2:] == half.batch(1)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingSimCLR(SimCLRImage):
+    """Dies while making the views of its third batch (after the checkpoint of step 2)."""
+
+    def on_device(self, cfg, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            raise _Crash
+        return super().on_device(cfg, batch)
+
+
+def test_a_killed_image_run_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    def run(name, task=None):
+        t, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path / name), "max_steps": 4},
+                                [*TINY, "save_every=2", "log_every=1"])
+        run_training(task or t, cfg)
+        return load_file(str(tmp_path / name / "encoder" / "model.safetensors"))
+
+    straight = run("straight")
+    with pytest.raises(_Crash):
+        run("resumed", _CrashingSimCLR())
+    resumed = run("resumed")
+    for k, v in straight.items():
+        torch.testing.assert_close(resumed[k], v, rtol=0, atol=1e-6, msg=k)
+
+
+# ---- each op against torchvision ------------------------------------------------------------
+
+def test_ops_equal_torchvision_at_fixed_parameters():
+    x = torch.stack([smooth_image(s) for s in range(3)])
+    for f in (0.3, 1.0, 1.6):
+        factor = torch.full((3,), f)
+        torch.testing.assert_close(brightness(x, factor), v2.functional.adjust_brightness(x, f), rtol=0, atol=1e-6)
+        torch.testing.assert_close(contrast(x, factor), v2.functional.adjust_contrast(x, f), rtol=0, atol=1e-6)
+        torch.testing.assert_close(saturation(x, factor), v2.functional.adjust_saturation(x, f), rtol=0, atol=1e-6)
+    for shift in (-0.45, -0.1, 0.0, 0.25):
+        torch.testing.assert_close(hue(x, torch.full((3,), shift)), v2.functional.adjust_hue(x, shift), rtol=0, atol=1e-5)
+    torch.testing.assert_close(grayscale(x).expand_as(x), v2.functional.rgb_to_grayscale(x, 3), rtol=0, atol=1e-6)
+    for sigma in (0.3, 1.5):
+        torch.testing.assert_close(gaussian_blur(x, torch.full((3,), sigma), 7),
+                                   v2.functional.gaussian_blur(x, [7, 7], [sigma, sigma]), rtol=0, atol=1e-6)
+    # An enlarging crop is torchvision's bilinear resize of the box (half-pixel centres). Only the
+    # outermost output pixels differ: their samples lie past the box's edge pixel centres, where
+    # roi_align reads the image's next pixel and torchvision repeats the box's edge.
+    top, left, h, w = 5, 3, 20, 14
+    box = torch.tensor([[top / 32, left / 32, (top + h) / 32, (left + w) / 32]])
+    a = resized_crops(x[:1], box, torch.zeros(1, dtype=torch.long), 40)
+    b = v2.functional.resized_crop(x[:1], top, left, h, w, [40, 40], antialias=True)
+    torch.testing.assert_close(a[..., 1:-1, 1:-1], b[..., 1:-1, 1:-1], rtol=0, atol=1e-5)
+
+
+def test_crop_boxes_are_distributed_as_random_resized_crop():
+    from torchvision.transforms import RandomResizedCrop
+
+    H, W, scale = 30, 40, (0.08, 1.0)
+    ours_boxes = torch.tensor([crop_box(H, W, scale, torch.Generator().manual_seed(i)) for i in range(N)], dtype=torch.float64)
+    torch.manual_seed(0)
+    img = torch.zeros(3, H, W)
+    their_boxes = torch.tensor([RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3]) for _ in range(N)],
+                               dtype=torch.float64)
+    for boxes in (ours_boxes, their_boxes):
+        top, left, h, w = boxes.unbind(1)
+        assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
+    area = [b[:, 2] * b[:, 3] / (H * W) for b in (ours_boxes, their_boxes)]
+    assert_same_distribution(*area)
+    assert_same_distribution(*[torch.log(b[:, 3] / b[:, 2]) for b in (ours_boxes, their_boxes)])
+    assert_same_distribution(*[b[:, 0] + b[:, 2] / 2 for b in (ours_boxes, their_boxes)])  # vertical centre
+    # the drawn parameters are these boxes, as fractions of the image
+    p = draw_params((ViewSettings(),), H, W, torch.Generator().manual_seed(0))[0, BOX]
+    t, lft, h, w = crop_box(H, W, scale, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(p, torch.tensor([t / H, lft / W, (t + h) / H, (lft + w) / W]))
+
+
+def test_no_fitting_box_falls_back_to_the_central_crop():
+    assert crop_box(10, 100, (0.9, 1.0), torch.Generator().manual_seed(0)) == (0, 43, 10, 13)
+    assert crop_box(100, 10, (0.9, 1.0), torch.Generator().manual_seed(0)) == (43, 0, 13, 10)
+
+
+def test_flip_matches_random_horizontal_flip():
+    img = smooth_image()
+    settings = dataclasses.replace(IDENTITY, flip_prob=0.5)
+    flipped = [(v - img.flip(-1)).abs().amax((1, 2, 3)) < 1e-5 for v in
+               (ours(img, settings), theirs(img, v2.RandomHorizontalFlip(0.5)))]
+    assert_same_distribution(flipped[0].float(), flipped[1].float())
+
+
+@pytest.mark.parametrize("op, stat", [
+    ("brightness", lambda v: v.mean((1, 2, 3))),
+    ("contrast", lambda v: grayscale(v).std((1, 2, 3))),
+    ("saturation", lambda v: rgb_to_hsv(v)[:, 1].mean((1, 2))),
+])
+def test_jitter_op_matches_color_jitter(op, stat):
+    img = smooth_image()
+    settings = dataclasses.replace(IDENTITY, **{op: 0.4})
+    assert_same_distribution(stat(ours(img, settings)), stat(theirs(img, v2.ColorJitter(**{op: 0.4}))))
+
+
+def test_hue_shift_matches_color_jitter():
+    img = smooth_image()
+    before = rgb_to_hsv(img[None])[0, 0]
+
+    def shift(v):  # mean hue change over the image, in turns, wrapped to [-0.5, 0.5)
+        return ((rgb_to_hsv(v)[:, 0] - before + 0.5) % 1.0 - 0.5).mean((1, 2))
+
+    a, b = shift(ours(img, dataclasses.replace(IDENTITY, hue=0.1))), shift(theirs(img, v2.ColorJitter(hue=0.1)))
+    assert_same_distribution(a, b)
+    assert 0.05 < a.std() < 0.065  # uniform on [-0.1, 0.1]: 0.2 / sqrt(12) = 0.058
+
+
+def test_full_jitter_in_random_order_matches_color_jitter():
+    """All four ops with p 0.8 and grayscale p 0.2: the order matters (brightness before or after
+    contrast changes the result), so agreement here checks the per-sample order too."""
+    img = smooth_image()
+    settings = dataclasses.replace(IDENTITY, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
+                                   jitter_prob=0.8, gray_prob=0.2)
+    ref = v2.Compose([v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), v2.RandomGrayscale(0.2)])
+    a, b = ours(img, settings), theirs(img, ref)
+    for stat in (lambda v: v.mean((1, 2, 3)), lambda v: v[:, 0].mean((1, 2)) - v[:, 2].mean((1, 2)),
+                 lambda v: grayscale(v).std((1, 2, 3)), lambda v: rgb_to_hsv(v)[:, 1].mean((1, 2))):
+        assert_same_distribution(stat(a), stat(b))
+
+
+def test_grayscale_matches_random_grayscale():
+    img = smooth_image()
+    gray = [(v - v.mean(1, keepdim=True)).abs().amax((1, 2, 3)) < 1e-6 for v in
+            (ours(img, dataclasses.replace(IDENTITY, gray_prob=0.2)), theirs(img, v2.RandomGrayscale(0.2)))]
+    assert_same_distribution(gray[0].float(), gray[1].float())
+
+
+def test_blur_matches_gaussian_blur():
+    """64 px crops: a 7-tap kernel (~10% of the side), sigma uniform in [0.1, 2]."""
+    img = smooth_image(size=64)
+
+    def detail(v):  # energy left in the finest scale
+        return (v[..., 1:] - v[..., :-1]).abs().mean((1, 2, 3))
+
+    settings = dataclasses.replace(IDENTITY, size=64, blur_prob=0.5)
+    ref = v2.RandomApply([v2.GaussianBlur(7, sigma=(0.1, 2.0))], p=0.5)
+    assert_same_distribution(detail(ours(img, settings)), detail(theirs(img, ref)))
+
+
+def test_solarize_matches_random_solarize():
+    img = smooth_image()
+    a = ours(img, dataclasses.replace(IDENTITY, solarize_prob=0.2))
+    b = theirs(img, v2.RandomSolarize(0.5, p=0.2))
+    assert_same_distribution(a.mean((1, 2, 3)), b.mean((1, 2, 3)))
+    changed = [(v - img).abs().amax((1, 2, 3)) > 0 for v in (a, b)]
+    assert_same_distribution(changed[0].float(), changed[1].float())
+
+
+# ---- config keys ---------------------------------------------------------------------------
+
+# A view that only crops the whole image: each key below then has a visible effect alone.
+PLAIN = ["views.0.min_scale=1.0", "views.0.flip_prob=0", "views.0.jitter_prob=0", "views.0.gray_prob=0",
+         "views.0.blur_prob=0", "views.0.solarize_prob=0"]
+
+
+def first_views(tmp_path, *overrides: str) -> list[torch.Tensor]:
+    """The first batch's views of simclr_image with ``overrides``, in [0, 1]."""
+    from mmssl.modalities.vision import denormalize
+
+    task, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path)}, [*TINY, *PLAIN, *overrides])
+    return [denormalize(v) for v in task.on_device(cfg, next(iter(task.train_loader(cfg, 0, 1, 0))))["views"]]
+
+
+def test_every_view_key_reaches_the_view_maker(tmp_path):
+    base = first_views(tmp_path)[0]
+    assert base.shape == (4, 3, 16, 16)
+    assert len(first_views(tmp_path, "views.0.crops=3")) == 3
+    assert first_views(tmp_path, "views.0.size=8")[0].shape == (4, 3, 8, 8)
+    assert first_views(tmp_path, "image_size=24")[0].shape == (4, 3, 24, 24)  # size None follows image_size
+    assert not torch.equal(first_views(tmp_path, "views.0.min_scale=0.1", "views.0.max_scale=0.2")[0], base)
+    torch.testing.assert_close(first_views(tmp_path, "views.0.flip_prob=1")[0], base.flip(-1))
+    jitter = {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
+    for key, value in jitter.items():
+        on = first_views(tmp_path, "views.0.jitter_prob=1", *[f"views.0.{k}={value if k == key else 0}" for k in jitter])
+        assert not torch.allclose(on[0], base, atol=1e-3), key
+        off = first_views(tmp_path, "views.0.jitter_prob=0", *[f"views.0.{k}={value if k == key else 0}" for k in jitter])
+        torch.testing.assert_close(off[0], base)
+    gray = first_views(tmp_path, "views.0.gray_prob=1")[0]
+    torch.testing.assert_close(gray, gray.mean(1, keepdim=True).expand_as(gray), atol=1e-5, rtol=0)
+    torch.testing.assert_close(first_views(tmp_path, "views.0.solarize_prob=1")[0],
+                               torch.where(base >= 0.5, 1 - base, base), atol=1e-5, rtol=0)
+
+    def detail(v):
+        return (v[..., 1:] - v[..., :-1]).abs().mean().item()
+
+    light = first_views(tmp_path, "views.0.blur_prob=1", "views.0.blur_sigma_min=0.3", "views.0.blur_sigma_max=0.3")
+    heavy = first_views(tmp_path, "views.0.blur_prob=1", "views.0.blur_sigma_min=2", "views.0.blur_sigma_max=2")
+    assert detail(heavy[0]) < detail(light[0]) < detail(base)
+
+
+def test_working_size_sets_the_decoded_size(tmp_path):
+    task, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path)}, [*TINY, "working_size=24"])
+    batch = next(iter(task.train_loader(cfg, 0, 1, 0)))
+    assert batch["image"].shape == (4, 3, 24, 24) and batch["image"].dtype == torch.uint8
+    assert batch["view_params"].shape[:2] == (4, 2)
+    task, cfg = resolve_config("swav_image", None, {"output_dir": str(tmp_path)}, [*TINY, "views.1.size=40"])
+    assert next(iter(task.train_loader(cfg, 0, 1, 0)))["image"].shape[-1] == 40  # default: the largest crop
+
+
+def test_task_recipes_keep_their_papers_views():
+    def views(name):
+        return resolve_config(name, None, {}, [])[1].views
+
+    byol = views("byol_image")
+    assert (byol[0].solarize_prob, byol[1].solarize_prob, byol[0].saturation) == (0.0, 0.2, 0.2)
+    swav = views("swav_image")
+    assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in swav] == [(2, None, 0.14, 1.0), (4, 16, 0.05, 0.14)]
+    for name in ("simclr_image", "moco_image", "simsiam_image"):
+        (v,) = views(name)
+        assert (v.crops, v.brightness, v.contrast, v.saturation, v.hue, v.jitter_prob, v.gray_prob) == \
+            (2, 0.4, 0.4, 0.4, 0.1, 0.8, 0.2)
+    for name, scale in (("mae_image", 0.2), ("rotnet_image", 0.5)):
+        (v,) = views(name)
+        assert (v.crops, v.min_scale, v.flip_prob, v.jitter_prob, v.gray_prob, v.blur_prob) == (1, scale, 0.5, 0, 0, 0)
+
+
+@pytest.mark.parametrize("task, overrides, needle", [
+    ("simclr_image", ["views.0.flip_prob=1.5"], "views.0.flip_prob is a probability"),
+    ("simclr_image", ["views.0.gray_prob=-0.1"], "views.0.gray_prob is a probability"),
+    ("byol_image", ["views.1.solarize_prob=2"], "views.1.solarize_prob is a probability"),
+    ("simclr_image", ["views.0.min_scale=0.9", "views.0.max_scale=0.5"], "min_scale <= max_scale"),
+    ("simclr_image", ["views.0.size=0"], "views.0.size must be a positive"),
+    ("simclr_image", ["views.0.blur_sigma_min=2", "views.0.blur_sigma_max=1"], "blur_sigma_min <= blur_sigma_max"),
+    ("simclr_image", ["views.0.hue=0.7"], "views.0.hue"),
+    ("simclr_image", ["working_size=0"], "working_size"),
+    ("simclr_image", ["views.0.crops=1"], "need 2 or more"),
+    ("mae_image", ["views.0.crops=2"], "one crop"),
+    ("simclr_image", ["views.2.size=8"], "views.2: views has items 0..0"),
+    ("simclr_image", ["views.0.nosuch=1"], "unknown config key 'views.0.nosuch'"),
+    ("simclr_image", ["views.0.flip_prob=often"], "views.0.flip_prob: expected a number"),
+])
+def test_bad_view_settings_give_one_config_error_line(task, overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        resolve_config(task, None, {}, overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- nested sections in config.py ----------------------------------------------------------
+
+def test_views_from_a_yaml_recipe_and_the_saved_config(tmp_path):
+    recipe = tmp_path / "byol.yaml"
+    recipe.write_text("task: byol_image\nviews:\n  - {min_scale: 0.08, blur_prob: 1.0}\n  - {blur_prob: 0.1}\n")
+    task, cfg = resolve_config("byol_image", str(recipe), {}, ["views.1.hue=0.05"])
+    # list items override the task's own views field by field
+    assert (cfg.views[0].min_scale, cfg.views[0].blur_prob, cfg.views[0].saturation) == (0.08, 1.0, 0.2)
+    assert (cfg.views[1].min_scale, cfg.views[1].blur_prob, cfg.views[1].solarize_prob, cfg.views[1].hue) == \
+        (0.4, 0.1, 0.2, 0.05)
+    config_lib.save(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["views"][1]["hue"] == 0.05
+    assert config_lib.differences(saved, cfg) == []
+    # a saved config read back (as `mmssl probe` does) gives the same config
+    assert config_lib.apply_overrides(task.default_config(), saved) == cfg
+    changed = config_lib.apply_overrides(cfg, {"views.0.flip_prob": 0.0, "num_workers": 0})
+    assert config_lib.differences(saved, changed) == ["views.0.flip_prob: 0.5 -> 0.0"]
+    fewer = config_lib.apply_overrides(cfg, {"views": [{}]})
+    assert "views: 2 -> 1" in config_lib.differences(saved, fewer)
+    assert "views.1.hue: 0.05" in config_lib.describe(cfg)
+    # trackers (tensorboard's hparams) take scalars only: the flat form has no lists or mappings
+    assert config_lib.flat(cfg)["views.1.hue"] == 0.05
+    assert not any(isinstance(v, (list, dict)) for v in config_lib.flat(cfg).values())
+
+
+def test_a_whole_section_on_the_command_line(tmp_path):
+    _, cfg = resolve_config("swav_image", None, {}, ["views=[{crops: 2}, {crops: 6, size: 8}]"])
+    assert [(v.crops, v.size, v.min_scale) for v in cfg.views] == [(2, None, 0.14), (6, 8, 0.05)]
+    with pytest.raises(ConfigError, match="expected a list of ViewSettings"):
+        resolve_config("swav_image", None, {}, ["views=3"])
+    with pytest.raises(ConfigError, match="image_size has no fields"):
+        resolve_config("swav_image", None, {}, ["image_size.x=3"])
