@@ -116,7 +116,9 @@ def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
         for step in range(3):
             with host_reads() as reads:  # after the first step, a training step reads nothing back to the host
                 opt.zero_grad()
-                out = objective(next(batches))
+                with torch.no_grad():  # as the trainer does: views made on the batch, then the step
+                    batch = task.on_device(cfg, next(batches))
+                out = objective(batch)
                 assert torch.isfinite(out["loss"]), (name, step)
                 out["loss"].backward()
                 missing = [n for n, p in objective.named_parameters() if p.requires_grad and
