@@ -41,7 +41,7 @@ def hashed_normal(seeds: torch.Tensor, length: int) -> torch.Tensor:
 
     Counter-based, like Philox: row n hashes the counters 0, 1, 2, ... through a map of its own,
     ``mix32(a_n * counter + b_n mod 2**32)`` with a_n odd and b_n derived from the seed, into
-    uniforms; Box-Muller turns each pair into two normals. Distinct seeds give distinct affine
+    uniforms; Box-Muller turns each pair into two normals (positions 2k and 2k + 1). Distinct seeds give distinct affine
     maps, so no two rows share a (shifted) stream. A row is the same whatever else is in the
     batch and on every device: the integer arithmetic is exact, only the final float maths may
     round differently between CPU and GPU kernels.
@@ -52,8 +52,10 @@ def hashed_normal(seeds: torch.Tensor, length: int) -> torch.Tensor:
     counter = torch.arange(2 * pairs, device=seeds.device, dtype=torch.long)
     bits = _mix32((_mul32(counter, a) + b) & _MASK32)  # (N, 2 * pairs)
     u = ((bits >> 8).float() + 0.5) * 2.0**-24  # 24 bits: exact in float32, in (0, 1)
-    radius, angle = torch.sqrt(-2 * torch.log(u[:, :pairs])), 2 * math.pi * u[:, pairs:]
-    return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)[:, :length]
+    radius, angle = torch.sqrt(-2 * torch.log(u[:, 0::2])), 2 * math.pi * u[:, 1::2]  # (N, pairs)
+    # positions 2k and 2k + 1 share pair k, so position t depends on (seed, t) alone, whatever the length
+    z = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1)  # (N, pairs, 2)
+    return z.flatten(1)[:, :length]
 
 
 def draw_params(gen: torch.Generator, length: int, gain_db: float = 6.0, snr_db: tuple[float, float] = (10.0, 40.0),
