@@ -1,7 +1,8 @@
 """What the video tasks share: the config, the frame encoder, clips decoded in DataLoader
-workers and cropped on the device (mmssl.modalities.video.views), and the evaluation every video encoder gets: DAVIS-2017 label propagation scored
-with J&F and the temporal alignment error between two synchronised cameras, each beside a
-randomly initialised encoder of the same architecture and raw pixels.
+workers and cropped on the device (mmssl.modalities.video.views), and the evaluation every
+video encoder gets: DAVIS-2017 label propagation scored with J&F and the temporal alignment
+error between two synchronised cameras, each beside a randomly initialised encoder of the same
+architecture and raw pixels.
 
 A task file adds its objective's settings, what one training item holds and its objective.
 """
@@ -51,6 +52,11 @@ class VideoConfig(TrainConfig):
     align_max_scenes: int = 8
 
 
+def check_decode_size(cfg: VideoConfig) -> None:
+    if cfg.decode_size < 1:
+        raise DataError(f"decode_size must be a positive number of pixels, not {cfg.decode_size}")
+
+
 class VideoTask(Task):
     """Base of the video tasks; subclasses set ``input_kind``, ``make_item`` (decode, draw the
     views' parameters), ``on_device`` (make the views of a whole batch) and ``build_objective``."""
@@ -96,6 +102,7 @@ class VideoTask(Task):
         (..., 3, decode_size, decode_size); one random crop and flip for all of them, float (5,))."""
         from mmssl.modalities.video.views import draw_view, to_working_size
 
+        check_decode_size(cfg)
         view = draw_view(frames.shape[-2], frames.shape[-1], cfg.min_scale, gen)
         return to_working_size(frames, cfg.decode_size), view
 
@@ -111,8 +118,7 @@ class VideoTask(Task):
 
         if cfg.streaming:
             raise DataError("video tasks read map-style datasets; drop --streaming")
-        if cfg.decode_size < 1:
-            raise DataError(f"decode_size must be a positive number of pixels, not {cfg.decode_size}")
+        check_decode_size(cfg)
         source = self.source(cfg, cfg.split)
         # a video that fails to decode inside a worker is replaced (and named in a warning), not fatal
         transform = SafeClips(source, self.make_item(cfg))

@@ -243,3 +243,11 @@ def test_crop_views_use_one_box_for_every_frame_of_a_clip():
     clip = crop_views(frames[None], view, 32)[0]
     frame_by_frame = torch.cat([crop_views(frames[None, t:t + 1], view, 32)[0] for t in range(4)])
     torch.testing.assert_close(clip, frame_by_frame, rtol=0, atol=0)
+
+
+def test_a_bad_decode_size_is_one_clear_error(tmp_path):
+    from mmssl.errors import DataError
+
+    task, cfg = setup("mae_video", tmp_path, decode_size=0)
+    with pytest.raises(DataError, match="decode_size must be a positive number of pixels, not 0"):
+        task.train_loader(cfg, 0, 1, 0)
