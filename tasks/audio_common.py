@@ -36,7 +36,8 @@ class AudioConfig(TrainConfig):
 
 class AudioTask(Task):
     """Base of the audio tasks; subclasses set ``build_objective`` and, when they need
-    more than one crop per utterance, ``make_item``."""
+    more than one crop per utterance or random views, ``make_item`` (in the workers: the crops
+    and each crop's random parameters) and ``on_device`` (the views of the whole batch)."""
 
     modality = "audio"
     default_data = "embedded synthetic speech (24 speakers, 22 phones)"
@@ -53,7 +54,8 @@ class AudioTask(Task):
         }
 
     def make_item(self, cfg: AudioConfig) -> Callable[[Any, torch.Generator], dict]:
-        """waveform (numpy) + generator -> the batch entry the objective reads."""
+        """waveform (numpy) + generator -> the batch entry: fixed-length crop(s), cut here so the
+        batch stacks (the offset drawn from the item's generator), and any per-crop parameters."""
         crop = cfg.crop_samples
         return lambda audio, gen: {"input": random_crop(audio, crop, gen)}
 

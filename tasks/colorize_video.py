@@ -11,9 +11,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.colorization import Colorization, ColorQuantizer, rgb_to_lab
 from mmssl.registry import TASKS
-from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
+from mmssl.tasks.video_common import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +42,16 @@ class ColorizeVideo(VideoTask):
             views = entry["views"]
             view = views[int(torch.randint(len(views), (), generator=gen))]
             clip = read_clip(view, cfg.num_refs + 1, cfg.frame_stride, gen, cfg.backend)["frames"]
-            # references first, target last; the same crop for all so positions correspond
-            return {"frames": random_crop_clip(clip, cfg.frame_size, cfg.min_scale, gen)}
+            frames, crop = self.decode_view(cfg, clip, gen)
+            return {"frames": frames, "view": crop}
 
         return item
+
+    def on_device(self, cfg: ColorizeVideoConfig, batch: dict) -> dict:
+        """uint8 "frames" (B, R + 1, 3, S, S) + "view" (B, 5) -> float [0, 1] RGB "frames"
+        (B, R + 1, 3, frame_size, frame_size), references first, target last; one crop per clip,
+        so positions correspond across its frames (the objective turns them into Lab)."""
+        return {"frames": crop_views(batch["frames"], batch["view"], cfg.frame_size)}
 
     def fit_quantizer(self, cfg: ColorizeVideoConfig) -> ColorQuantizer:
         """k-means on the ab values of training frames, averaged over stride-8 cells as the targets are."""
@@ -58,7 +65,8 @@ class ColorizeVideo(VideoTask):
         for i in picks:
             views = source[i]["views"]
             clip = read_clip(views[0], per_clip, 4, gen, cfg.backend)["frames"]  # (8, 3, H, W)
-            clip = random_crop_clip(clip, cfg.frame_size, cfg.min_scale, gen)
+            frames, crop = self.decode_view(cfg, clip, gen)
+            clip = crop_views(frames[None], crop[None], cfg.frame_size)[0]
             lab = rgb_to_lab(clip)[:, 1:]  # (8, 2, S, S)
             ab.append(F.avg_pool2d(lab, 8, ceil_mode=True).flatten(2).transpose(1, 2).reshape(-1, 2))
         return ColorQuantizer(cfg.clusters).fit(torch.cat(ab), generator=torch.Generator().manual_seed(cfg.seed))

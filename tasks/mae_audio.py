@@ -7,6 +7,7 @@ CPC paper score it beside a random encoder and MFCCs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import torch
@@ -14,10 +15,15 @@ import torch
 from mmssl.encoders.io import build_encoder
 from mmssl.encoders.spectrogram import LogMel
 from mmssl.errors import DataError
-from mmssl.modalities.audio import random_crop
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
 from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits
+
+
+@functools.cache
+def _logmel(n_mels: int, device: torch.device) -> LogMel:
+    """The log-mel front end on ``device``, its filterbank built once rather than per batch."""
+    return LogMel(n_mels).to(device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +58,10 @@ class MAEAudio(AudioTask):
             "n_mels": cfg.n_mels, "frames": frames, "patch": [cfg.patch_mels, cfg.patch_frames], "size": cfg.vit_size,
             "dim": cfg.vit_dim, "depth": cfg.vit_depth, "heads": cfg.vit_heads}}
 
-    def make_item(self, cfg: MAEAudioConfig):
-        crop, logmel = cfg.crop_samples, LogMel(cfg.n_mels)
-
-        def item(audio, gen):
-            with torch.no_grad():
-                return {"input": logmel(random_crop(audio, crop, gen)[None])[0]}  # (1, F, T)
-
-        return item
+    def on_device(self, cfg: MAEAudioConfig, batch: dict) -> dict:
+        """Waveform crops {"input": (B, L)} -> per-example standardised log-mel {"input": (B, 1, F, T)},
+        computed on the whole batch where it lives (the workers only cut the crops)."""
+        return {**batch, "input": _logmel(cfg.n_mels, batch["input"].device)(batch["input"])}
 
     def build_objective(self, cfg: MAEAudioConfig) -> MAE:
         return cfg.build_mae(build_encoder(self.encoder_spec(cfg)))
@@ -74,8 +76,10 @@ class MAEAudio(AudioTask):
             return
         make = self.make_item(cfg)
         gen = torch.Generator().manual_seed(cfg.seed)
-        x = torch.stack([make(test[i]["audio"], gen)["input"] for i in range(min(6, len(test)))])
         device = next(objective.parameters()).device
+        crops = torch.stack([make(test[i]["audio"], gen)["input"] for i in range(min(6, len(test)))])
+        with torch.no_grad():
+            x = self.on_device(cfg, {"input": crops.to(device)})["input"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             shown = objective.eval().reconstruct(x.to(device))

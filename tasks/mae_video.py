@@ -7,11 +7,13 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from einops import rearrange
 
 from mmssl.errors import DataError
+from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
-from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
+from mmssl.tasks.video_common import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +59,23 @@ class MAEVideo(VideoTask):
 
     def make_item(self, cfg: MAEVideoConfig):
         from mmssl.modalities.video import read_clip
-        from mmssl.modalities.vision import normalize
 
         def item(entry: dict, gen: torch.Generator) -> dict:
             views = entry["views"]
             view = views[int(torch.randint(len(views), (), generator=gen))]
             clip = read_clip(view, cfg.clip_len, cfg.frame_stride, gen, cfg.backend)["frames"]  # (T, 3, H, W)
-            x = normalize(random_crop_clip(clip, cfg.frame_size, cfg.min_scale, gen))
-            return {"input": x.transpose(0, 1).contiguous()}  # (3, T, S, S): channels first, then time
+            frames, crop = self.decode_view(cfg, clip, gen)
+            return {"frames": frames, "view": crop}
 
         return item
+
+    def on_device(self, cfg: MAEVideoConfig, batch: dict) -> dict:
+        """uint8 "frames" (B, T, 3, S, S) + "view" (B, 5) -> normalised "input" (B, 3, T, frame_size,
+        frame_size): one crop and flip per clip, channels first, then time (the tubelets' layout)."""
+        from mmssl.modalities.vision import normalize
+
+        x = normalize(crop_views(batch["frames"], batch["view"], cfg.frame_size))
+        return {"input": rearrange(x, "b t c h w -> b c t h w")}
 
     def build_objective(self, cfg: MAEVideoConfig) -> MAE:
         return cfg.build_mae(self.build_encoder(cfg), masking="tube")
@@ -80,9 +89,10 @@ class MAEVideo(VideoTask):
             source = self.source(cfg, cfg.eval_split or "test")
         except DataError:
             source = self.source(cfg, cfg.split)
-        make = self.make_item(dataclasses.replace(cfg, min_scale=1.0))
+        whole = dataclasses.replace(cfg, min_scale=1.0)
+        make = self.make_item(whole)
         picks = torch.linspace(0, len(source) - 1, min(4, len(source))).long().tolist()
-        x = torch.stack([make(source[i], torch.Generator().manual_seed(i))["input"] for i in picks])
+        x = self.views_of(whole, [make(source[i], torch.Generator().manual_seed(i)) for i in picks])["input"]
         device = next(objective.parameters()).device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

@@ -1,12 +1,17 @@
 """simclr_audio: SimCLR on waveforms. Two random crops of one utterance, each with
 random gain, noise and a time mask, are a positive pair; the rest of the global
-batch are negatives. The objective is the same code as simclr_image."""
+batch are negatives. The objective is the same code as simclr_image.
+
+Workers cut the two crops and draw their parameters; gain, noise and masks are
+applied to the whole batch on the device (``on_device``)."""
 from __future__ import annotations
 
 import dataclasses
 
+from einops import rearrange
+
 from mmssl.encoders.io import build_encoder
-from mmssl.modalities.audio.augment import two_crops
+from mmssl.modalities.audio.augment import augment_batch, two_crops
 from mmssl.objectives.simclr import SimCLR
 from mmssl.registry import TASKS
 from mmssl.tasks.audio_common import AudioConfig, AudioTask
@@ -34,7 +39,13 @@ class SimCLRAudio(AudioTask):
     def make_item(self, cfg: SimCLRAudioConfig):
         crop, kw = cfg.crop_samples, {"gain_db": cfg.gain_db, "snr_db": (cfg.min_snr_db, cfg.min_snr_db + 30.0),
                                       "time_masks": cfg.time_masks}
-        return lambda audio, gen: {"views": two_crops(audio, crop, gen, **kw)}
+        return lambda audio, gen: two_crops(audio, crop, gen, **kw)
+
+    def on_device(self, cfg: SimCLRAudioConfig, batch: dict) -> dict:
+        """{"crops": (B, 2, L), parameters (B, 2, ...)} -> {"views": [x0, x1]}, each (B, L)."""
+        params = {k: rearrange(v, "b v ... -> (b v) ...") for k, v in batch.items() if k != "crops"}
+        views = augment_batch(rearrange(batch["crops"], "b v l -> (b v) l"), params)
+        return {"views": list(rearrange(views, "(b v) l -> v b l", v=2))}
 
     def build_objective(self, cfg: SimCLRAudioConfig) -> SimCLR:
         return SimCLR(build_encoder(self.encoder_spec(cfg)), cfg.proj_hidden, cfg.proj_dim, cfg.temperature)

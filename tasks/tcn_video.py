@@ -13,9 +13,10 @@ import dataclasses
 import torch
 
 from mmssl.errors import DataError
+from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.tcn import TCN
 from mmssl.registry import TASKS
-from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
+from mmssl.tasks.video_common import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,6 @@ class TCNVideo(VideoTask):
 
     def make_item(self, cfg: TCNVideoConfig):
         from mmssl.modalities.video import VideoReader, clip_indices
-        from mmssl.modalities.vision import normalize
 
         if cfg.views not in ("multi", "single", "auto"):
             raise DataError(f"views must be multi, single or auto, not '{cfg.views}'")
@@ -69,11 +69,20 @@ class TCNVideo(VideoTask):
             for r in readers:
                 r.close()
             # each side gets its own crop: the camera, not the crop, is what must not matter
-            return {"anchor": normalize(random_crop_clip(anchor, cfg.frame_size, cfg.min_scale, gen)),
-                    "positive": normalize(random_crop_clip(positive, cfg.frame_size, cfg.min_scale, gen)),
-                    "times": t}
+            anchor, anchor_view = self.decode_view(cfg, anchor, gen)
+            positive, positive_view = self.decode_view(cfg, positive, gen)
+            return {"anchor": anchor, "anchor_view": anchor_view, "positive": positive,
+                    "positive_view": positive_view, "times": t}
 
         return item
+
+    def on_device(self, cfg: TCNVideoConfig, batch: dict) -> dict:
+        """uint8 "anchor" / "positive" (B, N, 3, S, S) and their "*_view" (B, 5) -> normalised crops
+        (B, N, 3, frame_size, frame_size), one crop and flip per side of each video; "times" (B, N) kept."""
+        from mmssl.modalities.vision import normalize
+
+        return {side: normalize(crop_views(batch[side], batch[f"{side}_view"], cfg.frame_size))
+                for side in ("anchor", "positive")} | {"times": batch["times"]}
 
     def build_objective(self, cfg: TCNVideoConfig) -> TCN:
         if cfg.loss not in ("triplet", "npairs"):

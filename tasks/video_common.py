@@ -1,14 +1,14 @@
-"""What the video tasks share: the config, the frame encoder, clips read in DataLoader
-workers, and the evaluation every video encoder gets: DAVIS-2017 label propagation scored
-with J&F and the temporal alignment error between two synchronised cameras, each beside a
-randomly initialised encoder of the same architecture and raw pixels.
+"""What the video tasks share: the config, the frame encoder, clips decoded in DataLoader
+workers and cropped on the device (mmssl.modalities.video.views), and the evaluation every
+video encoder gets: DAVIS-2017 label propagation scored with J&F and the temporal alignment
+error between two synchronised cameras, each beside a randomly initialised encoder of the same
+architecture and raw pixels.
 
 A task file adds its objective's settings, what one training item holds and its objective.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ class VideoConfig(TrainConfig):
     video_column: str = "video"
     backend: str = "auto"  # decord | torchcodec | pyav | auto (the first that works)
     frame_size: int = 64  # training crop side
+    decode_size: int = 128  # workers resize decoded frames to this square (the demo's own size); crops come from it
     min_scale: float = 0.3  # random resized crop: smallest fraction of the frame's area
     frame_stride: int = 2  # frames between consecutive sampled frames
     backbone: str = "dense_convnet"  # dense_convnet | resnet18 | resnet50 (stride 8) | vit (mae_video)
@@ -51,8 +52,14 @@ class VideoConfig(TrainConfig):
     align_max_scenes: int = 8
 
 
+def check_decode_size(cfg: VideoConfig) -> None:
+    if cfg.decode_size < 1:
+        raise DataError(f"decode_size must be a positive number of pixels, not {cfg.decode_size}")
+
+
 class VideoTask(Task):
-    """Base of the video tasks; subclasses set ``input_kind``, ``make_item`` and ``build_objective``."""
+    """Base of the video tasks; subclasses set ``input_kind``, ``make_item`` (decode, draw the
+    views' parameters), ``on_device`` (make the views of a whole batch) and ``build_objective``."""
 
     modality = "video"
     default_data = "embedded moving-objects videos (2 cameras) + DAVIS-layout masks"
@@ -87,14 +94,31 @@ class VideoTask(Task):
         return open_videos(cfg.dataset, split, cfg.dataset_config, cfg.video_column)
 
     def make_item(self, cfg: VideoConfig) -> Callable[[dict, torch.Generator], dict]:
-        """source item (video / views) + generator -> the batch entry the objective reads."""
+        """source item (video / views) + generator -> decoded frames and their views' parameters."""
         raise NotImplementedError
+
+    def decode_view(self, cfg: VideoConfig, frames: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decoded clip uint8 (..., 3, H, W) -> (its frames at the working size, uint8
+        (..., 3, decode_size, decode_size); one random crop and flip for all of them, float (5,))."""
+        from mmssl.modalities.video.views import draw_view, to_working_size
+
+        check_decode_size(cfg)
+        view = draw_view(frames.shape[-2], frames.shape[-1], cfg.min_scale, gen)
+        return to_working_size(frames, cfg.decode_size), view
+
+    def views_of(self, cfg: VideoConfig, items: list[dict]) -> dict:
+        """What the objective reads for a few ``make_item`` outputs, made here as in training (plots, fits)."""
+        from torch.utils.data import default_collate
+
+        with torch.no_grad():
+            return self.on_device(cfg, default_collate(items))
 
     def train_loader(self, cfg: VideoConfig, start_batch: int, world: int, rank: int) -> Any:
         from mmssl.modalities.video import SafeClips
 
         if cfg.streaming:
             raise DataError("video tasks read map-style datasets; drop --streaming")
+        check_decode_size(cfg)
         source = self.source(cfg, cfg.split)
         # a video that fails to decode inside a worker is replaced (and named in a warning), not fatal
         transform = SafeClips(source, self.make_item(cfg))
@@ -187,36 +211,3 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
             lines.append(f"{name:<16}{err:>7.3f}")
     report["table"] = "\n".join(lines) if lines else "no DAVIS root and no multi-view videos: nothing to evaluate"
     return report
-
-
-def random_resized_box(H: int, W: int, min_scale: float, gen: torch.Generator) -> tuple[int, int, int, int]:
-    """A random crop box (top, left, h, w) covering [min_scale, 1] of the area, aspect in [3/4, 4/3]."""
-    for _ in range(10):
-        area = H * W * (min_scale + (1 - min_scale) * float(torch.rand((), generator=gen)))
-        aspect = math.exp(math.log(3 / 4) + math.log(16 / 9) * float(torch.rand((), generator=gen)))
-        h, w = round(math.sqrt(area / aspect)), round(math.sqrt(area * aspect))
-        if 0 < h <= H and 0 < w <= W:
-            top = int(torch.randint(H - h + 1, (), generator=gen))
-            left = int(torch.randint(W - w + 1, (), generator=gen))
-            return top, left, h, w
-    return 0, 0, H, W
-
-
-def crop_clip(frames: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float [0, 1] (..., 3, size, size): the same crop of every frame."""
-    import torch.nn.functional as F
-
-    top, left, h, w = box
-    x = frames[..., top:top + h, left:left + w].float() / 255
-    lead = x.shape[:-3]
-    x = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(size, size), mode="bilinear", antialias=True,
-                      align_corners=False).clamp(0, 1)
-    x = x.reshape(*lead, 3, size, size)
-    return x.flip(-1) if flip else x
-
-
-def random_crop_clip(frames: torch.Tensor, size: int, min_scale: float, gen: torch.Generator) -> torch.Tensor:
-    """One random resized crop and flip shared by every frame of (..., 3, H, W)."""
-    box = random_resized_box(frames.shape[-2], frames.shape[-1], min_scale, gen)
-    flip = bool(torch.rand((), generator=gen) < 0.5)
-    return crop_clip(frames, box, size, flip)

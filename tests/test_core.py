@@ -118,7 +118,7 @@ def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
         for step in range(3):
             with host_reads() as reads:  # after the first step, a training step reads nothing back to the host
                 opt.zero_grad()
-                with torch.no_grad():  # as the trainer makes the views
+                with torch.no_grad():  # as the trainer does: views made on the batch, then the step
                     batch = task.on_device(cfg, next(batches))
                 out = objective(batch)
                 assert torch.isfinite(out["loss"]), (name, step)
