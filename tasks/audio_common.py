@@ -42,7 +42,7 @@ class AudioConfig(TrainConfig):
     probe_max_utterances: int = 4000
     probe_max_seconds: float = 10.0
     utterance_pooling: str = "meanstd"  # meanstd (x-vector statistics pooling) | mean (the CPC paper's)
-    # Online monitor: the speaker probe on a few utterances per speaker (about a second on 2 CPU cores).
+    # Online monitor: the speaker probe on a few short utterances per speaker, cheap enough to run often.
     monitor_every: int = 25
     monitor_utterances: int = 2  # per speaker, from each of the train and the evaluation split
     monitor_speakers: int = 32
@@ -135,7 +135,7 @@ class AudioTask(Task):
 
         return run_learning_curve(cfg, out_dir, "monitor/speaker_acc", baselines,
                                   title=f"{self.name}: online speaker probe ({POOLINGS[cfg.utterance_pooling]})",
-                                  ylabel="speaker accuracy (%)")
+                                  ylabel="speaker accuracy (%)", label=f"{self.name} encoder")
 
 
 def probe_splits(cfg: Any) -> tuple[Any, Any]:

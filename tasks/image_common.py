@@ -206,7 +206,7 @@ class ImageTask(Task):
 
         return run_learning_curve(cfg, out_dir, "monitor/knn_top1", baselines,
                                   title=f"{self.name}: online kNN (k=20, {cfg.monitor_items} images per split)",
-                                  ylabel="kNN top-1 accuracy (%)")
+                                  ylabel="kNN top-1 accuracy (%)", label=f"{self.name} encoder")
 
     def finetune(self, cfg: ImageConfig, encoder: nn.Module, train: Any, test: Any) -> dict:
         from mmssl.evaluation.vision import finetune

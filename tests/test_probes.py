@@ -130,6 +130,31 @@ def test_speaker_monitor_set_takes_the_first_utterances_of_shared_speakers():
     assert speaker_monitor_set(train, test, per_speaker=3) is None  # no speaker has 3 test utterances
 
 
+# ---------------------------------------------------------------- kNN as solo-learn runs it
+
+
+def test_knn_defaults_are_solo_learns_and_match_a_one_hot_vote_reference():
+    import inspect
+
+    from mmssl.evaluation.knn import knn_classify, knn_predict
+
+    defaults = inspect.signature(knn_predict).parameters
+    assert defaults["ks"].default == (20, 200) and defaults["temperature"].default == 0.07
+    g = torch.Generator().manual_seed(5)
+    train_x, test_x = torch.randn(300, 12, generator=g) * 4 + 1, torch.randn(40, 12, generator=g)
+    train_y, test_y = torch.randint(0, 5, (300,), generator=g), torch.randint(0, 5, (40,), generator=g)
+    got = knn_predict(train_x, train_y, test_x)
+    a = train_x / train_x.norm(dim=1, keepdim=True)  # cosine similarity of L2-normalised features
+    q = test_x / test_x.norm(dim=1, keepdim=True)
+    for k in (20, 200):
+        sim, idx = (q @ a.T).topk(k, dim=1)
+        one_hot = torch.zeros(40, k, 5)
+        one_hot[torch.arange(40)[:, None], torch.arange(k)[None], train_y[idx]] = 1.0
+        votes = (one_hot * (sim / 0.07).exp()[..., None]).sum(1)  # (40, 5): summed exp(sim / T) per class
+        assert torch.equal(got[k], votes.argmax(1)), k
+        assert knn_classify(train_x, train_y, test_x, test_y)[k] == pytest.approx((votes.argmax(1) == test_y).float().mean().item())
+
+
 # ---------------------------------------------------------------- MAE linear probe and image tables
 
 

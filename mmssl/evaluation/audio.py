@@ -226,24 +226,34 @@ def format_table(report: dict[str, Any], names: list[str]) -> str:
 def speaker_monitor_set(train: Any, test: Any, per_speaker: int = 2, max_speakers: int = 32, max_seconds: float = 1.0,
                         scan: int = 2000) -> dict[str, list] | None:
     """A small labelled set for the online speaker monitor: the first ``per_speaker`` utterances of
-    each speaker in the first ``scan`` items of ``train``, against as many of the same speakers in
-    ``test``; at most ``max_speakers`` speakers (lowest labels first), each utterance cut to
-    ``max_seconds``. Deterministic: nothing is drawn at random.
+    the first ``max_speakers`` speakers to reach that many in ``train``, against the first
+    ``per_speaker`` of the same speakers in ``test``; each utterance cut to ``max_seconds``. At
+    most ``scan`` items of each split are read, and reading stops once the set is complete.
+    Deterministic: nothing is drawn at random.
 
-    Returns {"train_wavs", "train_y", "test_wavs", "test_y"} or None when no speaker has enough
-    utterances in both splits.
+    Returns {"train_wavs", "train_y", "test_wavs", "test_y"} (speakers in label order), or None
+    when fewer than two speakers have enough utterances in both splits.
     """
-    def first(source: Any) -> dict[int, list[np.ndarray]]:
+    cut = int(max_seconds * 16000)
+
+    def first(source: Any, wanted: set[int] | None) -> dict[int, list[np.ndarray]]:
         found: dict[int, list[np.ndarray]] = {}
+        complete: set[int] = set()
         for i in range(min(len(source), scan)):
             item = source[i]
             label = int(item["label"])
-            if label >= 0 and len(found.setdefault(label, [])) < per_speaker:
-                found[label].append(item["audio"][: int(max_seconds * 16000)])
-        return {k: v for k, v in found.items() if len(v) == per_speaker}
+            if label < 0 or (wanted is not None and label not in wanted) or len(found.get(label, ())) == per_speaker:
+                continue
+            found.setdefault(label, []).append(item["audio"][:cut])
+            if len(found[label]) == per_speaker:
+                complete.add(label)
+                if len(complete) == (max_speakers if wanted is None else len(wanted)):
+                    break
+        return {k: found[k] for k in complete}
 
-    tr, te = first(train), first(test)
-    speakers = sorted(set(tr) & set(te))[:max_speakers]
+    tr = first(train, None)
+    te = first(test, set(tr))
+    speakers = sorted(te)
     if len(speakers) < 2:
         return None
     out: dict[str, list] = {"train_wavs": [], "train_y": [], "test_wavs": [], "test_y": []}

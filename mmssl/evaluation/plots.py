@@ -245,6 +245,7 @@ def learning_curve(
     baselines: dict[str, float] | None = None,
     title: str = "",
     ylabel: str | None = None,
+    label: str | None = None,
 ) -> Path:
     """``key`` (an online-monitor figure such as "monitor/knn_top1") against wall seconds (top
     panel) and samples seen (bottom panel), from the rows of a metrics.jsonl that carry
@@ -272,7 +273,7 @@ def learning_curve(
     axes = fig.subplots(2, 1, sharey=True)
     for ax, x_key, x_label in ((axes[0], "wall_s", "wall-clock seconds"), (axes[1], "samples", "samples seen")):
         x = np.array([r[x_key] for r in ordered], dtype=float)
-        ax.plot(x, scale * values, marker="o", markersize=3, linewidth=1.5, color="C0", label=key.split("/")[-1])
+        ax.plot(x, scale * values, marker="o", markersize=3, linewidth=1.5, color="C0", label=label or key.split("/")[-1])
         for i, (name, value) in enumerate(baselines.items()):
             ax.axhline(scale * value, color=f"C{i + 1}", linestyle=BASELINE_STYLES[i % len(BASELINE_STYLES)],
                        linewidth=1.2, label=f"{name} {scale * value:.1f}" + ("%" if scale == 100 else ""))
@@ -290,7 +291,7 @@ def learning_curve(
 
 def run_learning_curve(
     cfg: Any, out_dir: str | Path, key: str, baselines: Callable[[], dict[str, float]], title: str = "",
-    ylabel: str | None = None,
+    ylabel: str | None = None, label: str | None = None,
 ) -> dict[str, Any] | None:
     """``out_dir/plots/learning_curve.png`` for a run directory whose metrics.jsonl logged ``key``.
 
@@ -311,5 +312,5 @@ def run_learning_curve(
         if any(run.get(f) != getattr(cfg, f, None) for f in MONITOR_DATA_FIELDS):
             return None
     values = baselines()
-    path = learning_curve(metrics, out_dir / "plots" / "learning_curve.png", key, values, title, ylabel)
+    path = learning_curve(metrics, out_dir / "plots" / "learning_curve.png", key, values, title, ylabel, label)
     return {"path": str(path), "key": key, "baselines": values}
