@@ -90,9 +90,11 @@ class AudioTask(Task):
 
     # monitor and evaluation ----------------------------------------------------------------------
     def monitor_data(self, cfg: AudioConfig) -> dict | None:
-        """The online monitor's utterances (see ``speaker_monitor_set``), read once; None without labels."""
+        """The online monitor's utterances (see ``speaker_monitor_set``), read once; None without labels
+        or when streaming."""
         if not hasattr(self, "_monitor_data"):
-            labelled = cfg.dataset == "demo" or cfg.label_column is not None
+            # A streamed dataset is not opened map-style in the middle of training.
+            labelled = (cfg.dataset == "demo" or cfg.label_column is not None) and not cfg.streaming
             self._monitor_data = speaker_monitor_set(*probe_splits(cfg), cfg.monitor_utterances, cfg.monitor_speakers,
                                                      cfg.monitor_seconds) if labelled else None
         return self._monitor_data

@@ -6,8 +6,9 @@ standardised features, or MAE's protocol: ``mmssl.evaluation.linear``); raw pixe
 majority class are the floors an encoder must beat. Every column (trained encoder, random encoder,
 pixels) goes through the same normalisation: kNN L2-normalises each feature vector, the L-BFGS
 probe standardises each dimension with the train mean and std, MAE's probe batch-normalises
-without affine parameters; pixels enter as the same normalised view the encoders see. ``finetune`` is the end-to-end
-protocol of MAE (arXiv:2111.06377, section 4) without its extras (layer-wise decay, mixup).
+without affine parameters; pixels enter as the same normalised view the encoders see.
+``finetune`` is the end-to-end protocol of MAE (arXiv:2111.06377, section 4) without its extras
+(layer-wise decay, mixup).
 """
 from __future__ import annotations
 
