@@ -283,7 +283,7 @@ def learning_curve(
         ax.grid(alpha=0.3)
     if scale == 100:
         axes[0].set_ylim(0, 100)
-    axes[0].legend(loc="lower right", fontsize="small")
+    axes[0].legend(loc="best", fontsize="small")  # the spot that covers the fewest points
     final = f"last {scale * values[-1]:.1f}" + ("%" if scale == 100 else "")
     fig.suptitle(f"{title or key}: {final} at {ordered[-1]['wall_s']:.0f} s, {int(ordered[-1]['samples'])} samples")
     return _save(fig, path)
