@@ -16,7 +16,9 @@ from typing import Any
 
 from mmssl import config as config_lib
 from mmssl.errors import MmsslError
+from mmssl.evaluation.audio import POOLINGS
 from mmssl.evaluation.knn import READOUTS
+from mmssl.evaluation.linear import PROTOCOLS
 from mmssl.registry import TASKS
 from mmssl.run import load_tasks, resolve_config, run_training
 
@@ -34,7 +36,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column", "image_column",
-             "video_column", "output_dir", "max_steps", "log_with", "readout", "init")
+             "video_column", "output_dir", "max_steps", "log_with", "readout", "init", "utterance_pooling",
+             "linear_protocol")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for flag in ("streaming", "compile"):
         if getattr(args, flag, False):
@@ -95,8 +98,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
     base = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
     cfg = config_lib.apply_overrides(task.default_config(), {k: v for k, v in base.items() if v is not None})
     flags = _flag_overrides(args)
-    if "readout" in flags and not hasattr(cfg, "readout"):
-        raise MmsslError(f"--readout applies to image tasks; {meta['task']} has no readout to choose")
+    for flag, modality in (("readout", "image"), ("linear_protocol", "image"), ("utterance_pooling", "audio")):
+        if flag in flags and not hasattr(cfg, flag):
+            raise MmsslError(f"--{flag.replace('_', '-')} applies to {modality} tasks; {meta['task']} has no {flag}")
     if flags.get("dataset") not in (None, "demo"):  # a new dataset: its own splits and columns
         cfg = dataclasses.replace(cfg, split="train", eval_split=None, label_column=None)
     cfg = config_lib.apply_overrides(cfg, flags)
@@ -186,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     _data_args(probe)
     probe.add_argument("--readout", choices=READOUTS,
                        help="image tasks: probe the pooled features or the token map (default: the run's setting)")
+    probe.add_argument("--utterance-pooling", choices=POOLINGS,
+                       help="audio tasks: pool an utterance's frames by mean+std (meanstd) or mean (default: the run's)")
+    probe.add_argument("--linear-protocol", choices=PROTOCOLS,
+                       help="image tasks: the linear probe, L-BFGS (lbfgs) or MAE's (mae) (default: the run's)")
     probe.add_argument("--report", help="also write the report as JSON here")
     probe.set_defaults(fn=cmd_probe)
     track = sub.add_parser("track", help="DAVIS label propagation with an encoder's features, scored with J&F")

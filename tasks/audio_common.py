@@ -1,6 +1,7 @@
 """What the audio tasks share: the config of the waveform data and of the CPC
-encoder, the data stream, and the evaluation of the CPC paper (speaker and phone
-linear probes beside MFCCs and a randomly initialised encoder of the same shape)."""
+encoder, the data stream, an online speaker monitor, and the evaluation of the CPC
+paper (speaker and phone linear probes beside MFCCs and a randomly initialised
+encoder of the same shape, with a learning curve of the monitor)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,15 @@ from mmssl.config import TrainConfig
 from mmssl.data import HeldOut, train_loader
 from mmssl.encoders.io import build_encoder
 from mmssl.errors import DataError
-from mmssl.evaluation.audio import audio_probes
+from mmssl.evaluation.audio import (
+    MFCC,
+    POOLINGS,
+    audio_probes,
+    check_pooling,
+    encoder_features,
+    speaker_monitor,
+    speaker_monitor_set,
+)
 from mmssl.modalities.audio import SAMPLE_RATE, open_audio, random_crop
 from mmssl.modalities.audio.data import StreamingAudio
 from mmssl.task import Task
@@ -32,6 +41,12 @@ class AudioConfig(TrainConfig):
     context_layers: int = 1
     probe_max_utterances: int = 4000
     probe_max_seconds: float = 10.0
+    utterance_pooling: str = "meanstd"  # meanstd (x-vector statistics pooling) | mean (the CPC paper's)
+    # Online monitor: the speaker probe on a few short utterances per speaker, cheap enough to run often.
+    monitor_every: int = 25
+    monitor_utterances: int = 2  # per speaker, from each of the train and the evaluation split
+    monitor_speakers: int = 32
+    monitor_seconds: float = 1.0
 
 
 class AudioTask(Task):
@@ -44,6 +59,7 @@ class AudioTask(Task):
     Config = AudioConfig
 
     def encoder_spec(self, cfg: AudioConfig) -> dict:
+        check_pooling(cfg.utterance_pooling)  # a bad pooling fails before training, not at its end
         if cfg.context not in ("gru", "causal_transformer"):
             raise DataError(f"context must be gru or causal_transformer, not '{cfg.context}'")
         ctx = {"dim": cfg.context_dim, "layers": cfg.context_layers}
@@ -74,12 +90,56 @@ class AudioTask(Task):
     def encoder_meta(self, cfg: AudioConfig) -> dict:
         return {"task": self.name, "modality": self.modality, "sample_rate": SAMPLE_RATE, "frame_hop": 160}
 
+    # monitor and evaluation ----------------------------------------------------------------------
+    def monitor_data(self, cfg: AudioConfig) -> dict | None:
+        """The online monitor's utterances (see ``speaker_monitor_set``), read once; None without labels
+        or when streaming."""
+        if not hasattr(self, "_monitor_data"):
+            # A streamed dataset is not opened map-style in the middle of training.
+            labelled = (cfg.dataset == "demo" or cfg.label_column is not None) and not cfg.streaming
+            self._monitor_data = speaker_monitor_set(*probe_splits(cfg), cfg.monitor_utterances, cfg.monitor_speakers,
+                                                     cfg.monitor_seconds) if labelled else None
+        return self._monitor_data
+
+    def monitor(self, cfg: AudioConfig, encoder: nn.Module) -> dict[str, float]:
+        data = self.monitor_data(cfg)
+        if data is None:
+            return {}
+        return {"speaker_acc": speaker_monitor(encoder_features(encoder), data, cfg.utterance_pooling)}
+
+    def random_encoder(self, cfg: AudioConfig, encoder: nn.Module) -> nn.Module:
+        """The baseline: ``encoder``'s architecture, initialised from seed ``cfg.seed + 1``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            return build_encoder(encoder.spec).eval()
+
     def evaluate(self, cfg: AudioConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
         train, test = probe_splits(cfg)
-        torch.manual_seed(cfg.seed + 1)
-        random = build_encoder(encoder.spec).eval()
-        return audio_probes({self.objective: encoder.eval(), "random": random}, train, test,
-                            cfg.probe_max_utterances, cfg.probe_max_seconds)
+        random = self.random_encoder(cfg, encoder)
+        report = audio_probes({self.objective: encoder.eval(), "random": random}, train, test,
+                              cfg.probe_max_utterances, cfg.probe_max_seconds, pooling=cfg.utterance_pooling,
+                              seed=cfg.seed, random_init_seed=cfg.seed + 1)
+        curve = self.learning_curve(cfg, random, Path(out_dir)) if out_dir is not None else None
+        if curve is not None:
+            report["learning_curve"], report["plots"] = curve, [curve["path"]]
+        return report
+
+    def learning_curve(self, cfg: AudioConfig, random: nn.Module, out_dir: Path) -> dict | None:
+        """plots/learning_curve.png: the monitor's speaker accuracy over the run, beside the random
+        encoder and MFCCs measured once with the same monitor protocol."""
+        from mmssl.evaluation.plots import run_learning_curve
+
+        def baselines() -> dict[str, float]:
+            data = self.monitor_data(cfg)
+            if data is None:
+                return {}
+            mfcc = MFCC()
+            return {"random encoder": speaker_monitor(encoder_features(random), data, cfg.utterance_pooling),
+                    "mfcc": speaker_monitor(mfcc.batch, data, cfg.utterance_pooling, MFCC.UTTERANCE_DIMS)}
+
+        return run_learning_curve(cfg, out_dir, "monitor/speaker_acc", baselines,
+                                  title=f"{self.name}: online speaker probe ({POOLINGS[cfg.utterance_pooling]})",
+                                  ylabel="speaker accuracy (%)", label=f"{self.name} encoder")
 
 
 def probe_splits(cfg: Any) -> tuple[Any, Any]:

@@ -1,6 +1,7 @@
 """What every image task shares: the config, the backbone, the data stream and its views, the
 online kNN monitor and the evaluation (kNN + linear probe beside a random
-encoder and raw pixels, and a t-SNE picture of the test embeddings).
+encoder and raw pixels, a t-SNE picture of the test embeddings, and the monitor's
+learning curve).
 
 A task file only adds its objective's settings, its default views and its objective. Workers decode
 each image and draw its views' parameters; ``on_device`` makes the views on whole batches.
@@ -20,6 +21,7 @@ from mmssl.data import HeldOut, train_loader
 from mmssl.encoders.io import build_encoder
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
+from mmssl.evaluation.linear import check_protocol
 from mmssl.modalities.vision.augment import ViewSettings, check_views, working_size
 from mmssl.task import Task
 
@@ -62,6 +64,9 @@ class ImageConfig(TrainConfig):
     # Side of the square picture the workers resize every image to (so a batch stacks) and crops are
     # cut from; None: the largest crop side (see augment.working_size).
     working_size: int | None = None
+    # The linear probe: "lbfgs" (standardised features, L-BFGS logistic regression) or "mae"
+    # (MAE's protocol: BatchNorm without affine, then SGD on a linear layer).
+    linear_protocol: str = "lbfgs"
 
 
 class ImageTask(Task):
@@ -97,6 +102,7 @@ class ImageTask(Task):
 
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:
         check_readout(cfg.readout)  # a bad readout fails before training, not at the first monitor step
+        check_protocol(cfg.linear_protocol)
         return build_encoder(self.encoder_spec(cfg))
 
     def view_settings(self, cfg: ImageConfig) -> tuple[ViewSettings, ...]:
@@ -161,8 +167,8 @@ class ImageTask(Task):
         return EvalView(cfg.image_size)
 
     # monitor and evaluation ----------------------------------------------------------------------
-    def monitor(self, cfg: ImageConfig, encoder: nn.Module) -> dict[str, float]:
-        from mmssl.evaluation.knn import extract_features, knn_classify
+    def monitor_data(self, cfg: ImageConfig) -> tuple[list, Callable] | None:
+        """([train, test] fixed random subsets of monitor_items, the eval view), or None without labels."""
         from mmssl.evaluation.vision import RandomSubset
 
         if not hasattr(self, "_monitor_data"):
@@ -170,12 +176,31 @@ class ImageTask(Task):
             # fixed random subsets: folders list items class by class, so the first N would miss classes
             self._monitor_data = None if splits is None else (
                 [RandomSubset(s, cfg.monitor_items) for s in splits], self.eval_view(cfg))
-        if self._monitor_data is None:
+        return self._monitor_data
+
+    def monitor(self, cfg: ImageConfig, encoder: nn.Module) -> dict[str, float]:
+        from mmssl.evaluation.knn import extract_features
+
+        if self.monitor_data(cfg) is None:
             return {}
-        (train, test), view = self._monitor_data
-        tr_x, tr_y = extract_features(encoder, train, view, readout=cfg.readout)
-        te_x, te_y = extract_features(encoder, test, view, readout=cfg.readout)
-        return {"knn_top1": knn_classify(tr_x, tr_y, te_x, te_y, ks=(20,))[20]}
+        return {"knn_top1": self._monitor_knn(cfg, lambda src, view: extract_features(encoder, src, view,
+                                                                                        readout=cfg.readout))}
+
+    def _monitor_knn(self, cfg: ImageConfig, featurize: Callable) -> float:
+        """kNN top-1 (k = 20) of ``featurize(source, view) -> (features, labels)`` on the monitor's data."""
+        from mmssl.evaluation.knn import knn_classify
+
+        (train, test), view = self.monitor_data(cfg)
+        tr_x, tr_y = featurize(train, view)
+        te_x, te_y = featurize(test, view)
+        tr_x, tr_y, te_x, te_y = tr_x[tr_y >= 0], tr_y[tr_y >= 0], te_x[te_y >= 0], te_y[te_y >= 0]
+        return knn_classify(tr_x, tr_y, te_x, te_y, ks=(20,))[20]
+
+    def random_encoder(self, cfg: ImageConfig, encoder: nn.Module) -> nn.Module:
+        """The baseline: ``encoder``'s architecture, initialised from seed ``cfg.seed + 1``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            return build_encoder(encoder.spec).eval()
 
     def evaluate(self, cfg: ImageConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
         from mmssl.evaluation.vision import image_probes
@@ -184,21 +209,43 @@ class ImageTask(Task):
         if splits is None:
             return {"table": "no labels in this dataset: nothing to probe (pass --label-column)"}
         train, test = splits
-        torch.manual_seed(cfg.seed + 1)
-        random = build_encoder(encoder.spec).eval()
+        random = self.random_encoder(cfg, encoder)
         view = self.eval_view(cfg)
         encoders = {self.name: encoder.eval(), "random": random}
         readout = check_readout(cfg.readout)
         if readout != "pooled":  # the pooled features stay in the table, beside the chosen readout
             encoders.update({f"{self.name} pooled": encoder, "random pooled": random})
         report = image_probes(encoders, train, test, view, max_train=cfg.probe_max_train, max_test=cfg.probe_max_test,
-                              readouts={self.name: readout, "random": readout})
+                              readouts={self.name: readout, "random": readout}, linear_protocol=cfg.linear_protocol,
+                              seed=cfg.seed, random_init_seed=cfg.seed + 1)
         if cfg.finetune_steps > 0:
             report["finetune"] = self.finetune(cfg, encoder, train, test)
             report["table"] += f"\nfine-tuned end to end ({cfg.finetune_steps} steps): {100 * report['finetune']['accuracy']:.1f}%"
         if out_dir is not None:
             report["plots"] = self.plot_embeddings(cfg, encoder, test, view, Path(out_dir))
+            curve = self.learning_curve(cfg, random, Path(out_dir))
+            if curve is not None:
+                report["learning_curve"] = curve
+                report["plots"].append(curve["path"])
         return report
+
+    def learning_curve(self, cfg: ImageConfig, random: nn.Module, out_dir: Path) -> dict | None:
+        """plots/learning_curve.png: the monitor's kNN accuracy over the run, beside the random
+        encoder and raw pixels measured once with the same monitor protocol."""
+        from mmssl.evaluation.knn import extract_features, pixels
+        from mmssl.evaluation.plots import run_learning_curve
+        from mmssl.evaluation.vision import PIXEL_SIZE
+
+        def baselines() -> dict[str, float]:
+            if self.monitor_data(cfg) is None:
+                return {}
+            return {"random encoder": self._monitor_knn(cfg, lambda src, view: extract_features(
+                        random, src, view, readout=cfg.readout)),
+                    "pixels": self._monitor_knn(cfg, lambda src, view: pixels(src, view, size=PIXEL_SIZE))}
+
+        return run_learning_curve(cfg, out_dir, "monitor/knn_top1", baselines,
+                                  title=f"{self.name}: online kNN (k=20, {cfg.monitor_items} images per split)",
+                                  ylabel="kNN top-1 accuracy (%)", label=f"{self.name} encoder")
 
     def finetune(self, cfg: ImageConfig, encoder: nn.Module, train: Any, test: Any) -> dict:
         from mmssl.evaluation.vision import finetune

@@ -337,4 +337,4 @@ def test_train_and_probe_on_an_audiofolder(tmp_path):
     chance = 1 / len(SPEAKERS)
     assert probed["majority"]["speaker"] == pytest.approx(chance)
     assert probed["speaker"]["mfcc"] > chance + 0.3  # the speakers differ in pitch: MFCCs separate them
-    assert "speaker (utterance)" in probe.stdout
+    assert "speaker (utterance, mean+std pooled)" in probe.stdout

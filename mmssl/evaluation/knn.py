@@ -15,6 +15,9 @@ from torch import nn
 
 from mmssl.config import ConfigError
 
+KS = (20, 200)  # solo-learn's and DINO's neighbour counts
+TEMPERATURE = 0.07  # the vote weight exp(sim / T) of Wu et al. and solo-learn
+
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(int(k) for k in ks)
@@ -28,8 +31,8 @@ def knn_predict(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
     test_x: torch.Tensor,
-    ks: Sequence[int] = (20, 200),
-    temperature: float = 0.07,
+    ks: Sequence[int] = KS,
+    temperature: float = TEMPERATURE,
     num_classes: int | None = None,
     chunk: int = 1024,
 ) -> dict[int, torch.Tensor]:
@@ -79,8 +82,8 @@ def knn_classify(
     train_y: torch.Tensor,
     test_x: torch.Tensor,
     test_y: torch.Tensor,
-    ks: Sequence[int] = (20, 200),
-    temperature: float = 0.07,
+    ks: Sequence[int] = KS,
+    temperature: float = TEMPERATURE,
     num_classes: int | None = None,
     chunk: int = 1024,
 ) -> dict[int, float]:

@@ -1,4 +1,5 @@
-"""Figures a person looks at after a run: embeddings in 2-D, MAE-style reconstructions, loss curves.
+"""Figures a person looks at after a run: embeddings in 2-D, MAE-style reconstructions, loss curves,
+and learning curves of the online monitor against wall-clock time and samples seen.
 
 Every figure is a ``matplotlib.figure.Figure`` drawn on an Agg canvas and written as PNG; pyplot
 is never imported, so the caller's backend, open figures and interactive state are untouched,
@@ -229,3 +230,87 @@ def loss_curve(metrics_jsonl_path: str | Path, path: str | Path, keys: Sequence[
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
     return _save(fig, path)
+
+
+LEARNING_INCHES = (8.0, 6.0)  # learning curve: 800 x 600 px, two panels
+BASELINE_STYLES = ("--", ":", "-.")
+# What a run's monitor read; a later evaluation on other data cannot draw that run's baselines.
+MONITOR_DATA_FIELDS = ("dataset", "dataset_config", "split", "eval_split", "label_column")
+
+
+def learning_curve(
+    metrics_jsonl_path: str | Path,
+    path: str | Path,
+    key: str,
+    baselines: dict[str, float] | None = None,
+    title: str = "",
+    ylabel: str | None = None,
+    label: str | None = None,
+) -> Path:
+    """``key`` (an online-monitor figure such as "monitor/knn_top1") against wall seconds (top
+    panel) and samples seen (bottom panel), from the rows of a metrics.jsonl that carry
+    ``key``, ``wall_s`` and ``samples``; each of ``baselines`` (name -> value, measured once
+    with the monitor's own protocol) is a horizontal line on both panels.
+
+    Accuracies in [0, 1] are drawn in %. A resumed run logs the steps after its checkpoint
+    again; the later row of a step wins. Writes an 800 x 600 PNG; returns ``path``.
+    """
+    rows: dict[float, dict] = {}
+    records = [r for r in read_metrics(metrics_jsonl_path) if isinstance(r, dict)]
+    for r in records:
+        if all(isinstance(r.get(k), (int, float)) for k in (key, "wall_s", "samples")):
+            rows[r.get("step", len(rows))] = r
+    if not rows:
+        found = sorted({k for r in records for k in r if k != "step"})
+        raise ValueError(f"{metrics_jsonl_path}: no rows with {key}, wall_s and samples "
+                         f"(logged: {', '.join(found) or 'nothing'})")
+    ordered = [rows[s] for s in sorted(rows)]
+    values = np.array([r[key] for r in ordered], dtype=float)
+    baselines = dict(baselines or {})
+    everything = [*values.tolist(), *baselines.values()]
+    scale = 100.0 if all(0.0 <= v <= 1.0 for v in everything) else 1.0
+    fig = _figure(LEARNING_INCHES)
+    axes = fig.subplots(2, 1, sharey=True)
+    for ax, x_key, x_label in ((axes[0], "wall_s", "wall-clock seconds"), (axes[1], "samples", "samples seen")):
+        x = np.array([r[x_key] for r in ordered], dtype=float)
+        ax.plot(x, scale * values, marker="o", markersize=3, linewidth=1.5, color="C0", label=label or key.split("/")[-1])
+        for i, (name, value) in enumerate(baselines.items()):
+            ax.axhline(scale * value, color=f"C{i + 1}", linestyle=BASELINE_STYLES[i % len(BASELINE_STYLES)],
+                       linewidth=1.2, label=f"{name} {scale * value:.1f}" + ("%" if scale == 100 else ""))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(ylabel or (f"{key} (%)" if scale == 100 else key))
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    if scale == 100:
+        axes[0].set_ylim(0, 100)
+    axes[0].legend(loc="best", fontsize="small")  # the spot that covers the fewest points
+    final = f"last {scale * values[-1]:.1f}" + ("%" if scale == 100 else "")
+    fig.suptitle(f"{title or key}: {final} at {ordered[-1]['wall_s']:.0f} s, {int(ordered[-1]['samples'])} samples")
+    return _save(fig, path)
+
+
+def run_learning_curve(
+    cfg: Any, out_dir: str | Path, key: str, baselines: Callable[[], dict[str, float]], title: str = "",
+    ylabel: str | None = None, label: str | None = None,
+) -> dict[str, Any] | None:
+    """``out_dir/plots/learning_curve.png`` for a run directory whose metrics.jsonl logged ``key``.
+
+    ``baselines`` is called only when the curve is drawn. Nothing is drawn (returns None) when
+    the run logged no ``key`` (its monitor was off) or when ``cfg`` reads other data than the
+    run's saved config.yaml (a probe of the run on another dataset), whose baselines would not
+    compare. Returns {"path": str, "key": key, "baselines": {name: value}}.
+    """
+    out_dir = Path(out_dir)
+    metrics = out_dir / "metrics.jsonl"
+    if not metrics.is_file() or not any(key in r for r in read_metrics(metrics) if isinstance(r, dict)):
+        return None
+    saved = out_dir / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        run = yaml.safe_load(saved.read_text()) or {}
+        if any(run.get(f) != getattr(cfg, f, None) for f in MONITOR_DATA_FIELDS):
+            return None
+    values = baselines()
+    path = learning_curve(metrics, out_dir / "plots" / "learning_curve.png", key, values, title, ylabel, label)
+    return {"path": str(path), "key": key, "baselines": values}

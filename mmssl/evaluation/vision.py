@@ -1,9 +1,14 @@
 """Image probes on frozen features, and an optional end-to-end fine-tuning protocol.
 
 Frozen features are scored with the weighted kNN of Wu et al. (arXiv:1805.01978) at k = 20 and
-200, as solo-learn and DINO (arXiv:2104.14294) report it, and with a linear probe; raw pixels
-and the majority class are the floors an encoder must beat. ``finetune`` is the end-to-end
-protocol of MAE (arXiv:2111.06377, section 4) without its extras (layer-wise decay, mixup).
+200, as solo-learn and DINO (arXiv:2104.14294) report it, and with a linear probe (L-BFGS on
+standardised features, or MAE's protocol: ``mmssl.evaluation.linear``); raw pixels and the
+majority class are the floors an encoder must beat. Every column (trained encoder, random encoder,
+pixels) goes through the same normalisation: kNN L2-normalises each feature vector, the L-BFGS
+probe standardises each dimension with the train mean and std, MAE's probe batch-normalises
+without affine parameters; pixels enter as the same normalised view the encoders see.
+``finetune`` is the end-to-end protocol of MAE (arXiv:2111.06377, section 4) without its extras
+(layer-wise decay, mixup).
 """
 from __future__ import annotations
 
@@ -17,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.evaluation.audio import majority
-from mmssl.evaluation.knn import check_readout, extract_features, knn_classify, pixels
-from mmssl.evaluation.linear import linear_probe
+from mmssl.evaluation.knn import KS, TEMPERATURE, check_readout, extract_features, knn_classify, pixels
+from mmssl.evaluation.linear import PROTOCOLS, check_protocol, probe
 from mmssl.optim import warmup_cosine as lr_at  # warm-up, then cosine decay to 0
 
 PIXEL_SIZE = 32  # raw pixels are averaged down to at most 32 x 32 (3,072 dims: CIFAR's own size)
@@ -49,11 +54,14 @@ def image_probes(
     train: Any,
     test: Any,
     transform: Callable[[torch.Tensor], torch.Tensor],
-    ks: Sequence[int] = (20, 200),
+    ks: Sequence[int] = KS,
     linear: bool = True,
     max_train: int | None = None,
     max_test: int | None = None,
     readouts: dict[str, str] | None = None,
+    linear_protocol: str = "lbfgs",
+    seed: int = 0,
+    random_init_seed: int | None = None,
 ) -> dict[str, Any]:
     """kNN and linear probes of each encoder's frozen features, beside raw pixels.
 
@@ -65,13 +73,19 @@ def image_probes(
         max_train, max_test: a fixed random subset of at most this many items of each split.
         readouts: name -> ``pooled`` (the default for a name left out) or ``tokens``, see
             ``mmssl.evaluation.knn.read_out``.
+        linear_protocol: ``lbfgs`` or ``mae`` (see ``mmssl.evaluation.linear``).
+        seed: draws the subsets and the MAE probe's batches and initial weight.
+        random_init_seed: the seed the caller initialised its random encoder with, for the table.
     Returns:
-        {"train": name, "test": name, "num_train": n, "num_test": m,
+        {"train": name, "test": name, "num_train": n, "num_test": m, "seed": seed,
          "knn": {column: {k: accuracy}}, "linear": {column: accuracy} (when linear=True),
-         "majority": accuracy, "table": str}; columns are the encoder names and "pixels".
+         "linear_protocol": str, "majority": accuracy, "table": str}; columns are the encoder
+         names and "pixels".
     """
-    train_src, test_src = RandomSubset(train, max_train), RandomSubset(test, max_test)
-    report: dict[str, Any] = {"train": getattr(train, "name", None) or "train", "test": getattr(test, "name", None) or "test"}
+    check_protocol(linear_protocol)
+    train_src, test_src = RandomSubset(train, max_train, seed), RandomSubset(test, max_test, seed)
+    report: dict[str, Any] = {"train": getattr(train, "name", None) or "train", "test": getattr(test, "name", None) or "test",
+                              "seed": seed, "random_init_seed": random_init_seed, "linear_protocol": linear_protocol}
     readouts = readouts or {}
     for how in readouts.values():
         check_readout(how)
@@ -95,7 +109,7 @@ def image_probes(
         num_classes = len(vocab) if vocab else int(max(train_y.max(), test_y.max())) + 1
         report.setdefault("knn", {})[name] = knn_classify(train_x, train_y, test_x, test_y, ks, num_classes=num_classes)
         if linear:
-            res = linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes)
+            res = probe(linear_protocol, train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed)
             report.setdefault("linear", {})[name] = res["accuracy"]
         report["majority"] = majority(test_y)
     report["table"] = format_table(report, list(featurizers), ks)
@@ -108,8 +122,16 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
         return (f"no labelled images in train {report['train']} ({report['num_train']}) or test "
                 f"{report['test']} ({report['num_test']}): nothing to probe (pass --label-column)")
     width = max(10, *(len(n) + 2 for n in names))
+    seeds = f"seed {report.get('seed', 0)} (subsets" + (", MAE probe)" if report.get("linear_protocol") == "mae" else ")")
+    if report.get("random_init_seed") is not None:
+        seeds += f", random encoder initialised with seed {report['random_init_seed']}"
     lines = [(f"frozen features, accuracy % (train {report['train']}: {report['num_train']} images -> "
-              f"test {report['test']}: {report['num_test']} images)")]
+              f"test {report['test']}: {report['num_test']} images; {seeds})"),
+             f"knn: cosine similarity of L2-normalised features, top-k votes weighted exp(sim / {TEMPERATURE})"]
+    if "linear" in report:
+        lines.append(f"linear: {PROTOCOLS[report.get('linear_protocol', 'lbfgs')]}")
+    lines.append("every column alike; pixels are the encoders' normalised input view, at most "
+                 f"{PIXEL_SIZE} x {PIXEL_SIZE}")
     lines.append(f"{'probe':<18}" + "".join(f"{n:>{width}}" for n in names) + f"{'majority':>{width}}")
     rows = []
     for k in ks:
@@ -117,7 +139,8 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
         label = f"knn k={k}" + (f" (={report['num_train']})" if k > report["num_train"] else "")
         rows.append((label, {n: report["knn"][n][k] for n in names}))
     if "linear" in report:
-        rows.append(("linear", report["linear"]))
+        mae = report.get("linear_protocol") == "mae"
+        rows.append(("linear (MAE)" if mae else "linear", report["linear"]))
     for label, accs in rows:
         cells = "".join(f"{100 * accs[n]:>{width}.1f}" for n in names)
         lines.append(f"{label:<18}{cells}{100 * report['majority']:>{width}.1f}")
