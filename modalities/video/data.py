@@ -25,7 +25,15 @@ import torch
 from mmssl.errors import DataError
 from mmssl.modalities.video.reader import VideoReader, VideoReadError
 from mmssl.modalities.video.sampler import clip_indices
-from mmssl.sources import check_columns, map_labels, open_split
+from mmssl.sources import (
+    check_columns,
+    is_saved_dataset,
+    is_table_folder,
+    local_root,
+    map_labels,
+    open_split,
+    resolve_paths,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -270,6 +278,7 @@ class HFVideos(VideoSource):
         import datasets
 
         check_columns(ds, spec, **{"--video-column": video_column, "--label-column": label_column})
+        ds = resolve_paths(ds, video_column, local_root(spec))  # a table of paths relative to its folder
         if isinstance(ds.features.get(video_column), datasets.Video):
             ds = ds.cast_column(video_column, datasets.Video(decode=False))  # we decode; datasets must not
         self.ds, self.video_column, self.name = ds, video_column, spec
@@ -363,7 +372,8 @@ def open_videos(spec: str, split: str, config: str | None = None, video_column: 
     spec: "demo" (the embedded two-camera videos, splits train / test), a local folder of videos
     (``<root>/<split>/`` when it exists, else everything under ``<root>``; class subfolders give
     labels with label_column="label"), a DAVIS-2017 root (its ImageSets/2017/<split>.txt sequences
-    as frame lists), a ``save_to_disk`` folder or a Hub id (``video_column`` holds a path, bytes
+    as frame lists), a folder of tables (parquet / arrow / csv / jsonl, e.g. a Hub snapshot; relative
+    paths resolve against the folder), a ``save_to_disk`` folder or a Hub id (``video_column`` holds a path, bytes
     or {"path", "bytes"}). ``vocab``: the class names of another split (its training split), so
     label indices agree across splits; unknown classes become -1. ``backend``: the reader of the
     open-time check (see VideoReader).
@@ -384,7 +394,7 @@ def open_videos(spec: str, split: str, config: str | None = None, video_column: 
             raise DataError(f"--dataset {spec}: expected a folder, found a file")
         if is_davis_root(path):
             return _davis_source(path, spec, split, label_column)
-        if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        if not (is_saved_dataset(path) or is_table_folder(path)):
             return _local_folder(path, spec, split, label_column, backend, vocab=vocab)
     ds = open_split(spec, split, config=config)
     return HFVideos(ds, spec, video_column, label_column, backend, vocab)
