@@ -37,6 +37,7 @@ class VideoConfig(TrainConfig):
     frame_size: int = 64  # training crop side
     min_scale: float = 0.3  # random resized crop: smallest fraction of the frame's area
     frame_stride: int = 2  # frames between consecutive sampled frames
+    clips_per_video: int = 0  # items per video per pass; 0: as many as its frames hold (frames // clip span)
     backbone: str = "dense_convnet"  # dense_convnet | resnet18 | resnet50 (stride 8) | vit (mae_video)
     dense_widths: str = "32,64,128"
     # evaluation: DAVIS label propagation (CRW protocol, arXiv:2006.14613) and view alignment
@@ -90,12 +91,17 @@ class VideoTask(Task):
         """source item (video / views) + generator -> the batch entry the objective reads."""
         raise NotImplementedError
 
+    def clip_frames(self, cfg: VideoConfig) -> int:
+        """Frames one training clip samples (``frame_stride`` apart)."""
+        return 1
+
     def train_loader(self, cfg: VideoConfig, start_batch: int, world: int, rank: int) -> Any:
-        from mmssl.modalities.video import SafeClips
+        from mmssl.modalities.video import SafeClips, VideoClips
 
         if cfg.streaming:
             raise DataError("video tasks read map-style datasets; drop --streaming")
-        source = self.source(cfg, cfg.split)
+        source = VideoClips(self.source(cfg, cfg.split), cfg.clips_per_video,
+                            self.clip_frames(cfg) * cfg.frame_stride)
         # a video that fails to decode inside a worker is replaced (and named in a warning), not fatal
         transform = SafeClips(source, self.make_item(cfg))
         return train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers)
