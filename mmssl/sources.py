@@ -269,7 +269,8 @@ def choose_label_column(ds: Any, modality: str, asked: str | None) -> tuple[str 
     ``asked`` (--label-column) wins and must exist. Otherwise, by convention: for audio a speaker
     column (``speaker_id`` / ``speaker``), since the utterance probe is a speaker probe; then a
     ClassLabel column named ``label`` (what audiofolder / imagefolder make of class subfolders);
-    then the only ClassLabel column, when there is exactly one. None when nothing qualifies.
+    then the only ClassLabel column, when there is exactly one; then, in a table without any
+    ClassLabel (csv, json), an integer or text column named ``label``. None when nothing qualifies.
     """
     features = getattr(ds, "features", None) or {}
     if asked is not None:  # the source checked that it exists when it opened
@@ -283,6 +284,9 @@ def choose_label_column(ds: Any, modality: str, asked: str | None) -> tuple[str 
         return "label", f"ClassLabel, {len(features['label'].names)} classes"
     if len(classes) == 1:
         return classes[0], f"the only ClassLabel column, {len(features[classes[0]].names)} classes"
+    plain = features.get("label")
+    if not classes and isinstance(plain, datasets.Value) and (plain.dtype.startswith("int") or "string" in plain.dtype):
+        return "label", "the column named label (csv / json tables store no ClassLabel)"
     return None, ""
 
 

@@ -47,6 +47,7 @@ class VideoConfig(TrainConfig):
     track_topk: int = 10
     track_radius: float = 12.0
     track_temperature: float = 0.05
+    track_protocol: str = "crw"  # crw (published) | legacy; see mmssl.evaluation.propagation
     track_max_sequences: int | None = None
     overlay: bool = True  # DIR/tracking/<seq>.mp4 with the learned encoder's masks drawn over the frames
     align_max_scenes: int = 8
@@ -161,7 +162,8 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
     davis = task.davis(cfg)
     if davis is not None:
         settings = {"context": cfg.track_context, "topk": cfg.track_topk, "radius": cfg.track_radius,
-                        "temperature": cfg.track_temperature, "max_sequences": cfg.track_max_sequences}
+                        "temperature": cfg.track_temperature, "max_sequences": cfg.track_max_sequences,
+                        "protocol": cfg.track_protocol}
         tracking = {}
         for name, feats in ((task.name, features_for(encoder, kind)), ("random", features_for(random, kind)),
                             ("pixels", features_for("pixels"))):
@@ -174,7 +176,7 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
                 report["tracking_table"] = result["table"]
         report["tracking"] = tracking
         lines.append(f"DAVIS label propagation ({len(davis.sequences)} sequences of {getattr(davis, 'root', 'the DAVIS root')}; "
-                     f"context {cfg.track_context}, top-k {cfg.track_topk}, radius {cfg.track_radius}, "
+                     f"{cfg.track_protocol} protocol, context {cfg.track_context}, top-k {cfg.track_topk}, radius {cfg.track_radius}, "
                      f"temperature {cfg.track_temperature})")
         lines.append(f"{'features':<16}{'J&F':>7}{'J':>7}{'F':>7}{'frames/s':>10}")
         for name, r in tracking.items():
