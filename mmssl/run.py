@@ -50,6 +50,7 @@ def run_training(task: Any, cfg: Any) -> dict | None:
         _require("wandb", "--log-with wandb needs wandb: pip install wandb")
     check_output_dir(cfg)
     cfg, notes = check_data(task, cfg)  # every data error before anything is printed or built
+    check_resume(cfg)  # after check_data: a resumed run compares the label column it chose
     accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir, cpu=_cpu_processes())
     header = (f"task {task.name} ({task.modality}, {task.encoder}, {task.objective}); "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -90,12 +91,8 @@ def describe_changes(task: Any, cfg: Any) -> str:
 
 
 def check_output_dir(cfg: Any) -> None:
-    """The output folder can be written, and holds no run with another config to resume."""
+    """The output folder is a folder, or can be made."""
     import os
-
-    import yaml
-
-    from mmssl.trainer import latest_checkpoint
 
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
@@ -105,6 +102,15 @@ def check_output_dir(cfg: Any) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise MmsslError(f"--output-dir {cfg.output_dir}: cannot write to {parent}")
+
+
+def check_resume(cfg: Any) -> None:
+    """A run directory with checkpoints is resumed only with the config it was started with."""
+    import yaml
+
+    from mmssl.trainer import latest_checkpoint
+
+    out = Path(cfg.output_dir).expanduser()
     saved = out / "config.yaml"
     if saved.is_file() and latest_checkpoint(out) is not None:
         diff = config_lib.differences(yaml.safe_load(saved.read_text()) or {}, cfg)

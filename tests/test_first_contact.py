@@ -55,6 +55,9 @@ def test_image_trains_on_tables_and_the_offline_hub_cache(tmp_path, kind):
     out = ok(run(tmp_path, "--task", "simclr_image", "--dataset", spec, "--output-dir", str(tmp_path / "run"),
                  *TINY_IMAGE))
     assert "labels: column 'label'" in out and "knn k=20" in out
+    if kind == "parquet":  # the same command again resumes: the label column chosen again matches the saved one
+        ok(run(tmp_path, "--task", "simclr_image", "--dataset", spec, "--output-dir", str(tmp_path / "run"),
+               *TINY_IMAGE, "evaluate=false"))  # evaluate is a runtime field: it may change on resume
 
 
 @pytest.mark.parametrize("kind", ["snapshot_readme", "jsonl"])
