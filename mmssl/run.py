@@ -134,8 +134,9 @@ def check_data(task: Any, cfg: Any) -> tuple[Any, list[str]]:
                                          f"not '{cfg.track_protocol}'")
         if hasattr(task, "source") and not cfg.streaming:
             task.source(cfg, cfg.split)
-        if hasattr(task, "davis"):
-            task.davis(cfg)
+        if hasattr(task, "davis") and task.davis(cfg) is None and cfg.evaluate:
+            notes.append(f"no DAVIS root: the evaluation skips label propagation; pass davis_root=ROOT, or run "
+                         f"mmssl track --checkpoint {cfg.output_dir} --davis ROOT")
         return cfg, notes
     if cfg.dataset == "demo":  # its own labels
         return cfg, notes

@@ -193,7 +193,10 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
         lines.append(f"alignment error between two cameras (mean |t - t_nn| / T over {len(scenes)} scenes; lower is better)")
         for name, err in report["alignment"].items():
             lines.append(f"{name:<16}{err:>7.3f}")
-    report["table"] = "\n".join(lines) if lines else "no DAVIS root and no multi-view videos: nothing to evaluate"
+    if davis is None:  # one line: what was skipped and how to run it
+        lines.append(f"no DAVIS root: the evaluation skips label propagation; pass davis_root=ROOT, or run "
+                     f"mmssl track --checkpoint {cfg.output_dir} --davis ROOT")
+    report["table"] = "\n".join(lines)
     return report
 
 
