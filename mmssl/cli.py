@@ -18,9 +18,10 @@ from mmssl import config as config_lib
 from mmssl.errors import MmsslError
 from mmssl.evaluation.audio import POOLINGS
 from mmssl.evaluation.knn import READOUTS
-from mmssl.evaluation.linear import PROTOCOLS
+from mmssl.evaluation.linear import PROTOCOLS as LINEAR_PROTOCOLS
+from mmssl.evaluation.propagation import PROTOCOLS as TRACK_PROTOCOLS
 from mmssl.registry import TASKS
-from mmssl.run import load_tasks, resolve_config, run_training
+from mmssl.run import check_data, load_tasks, resolve_config, run_training
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -104,6 +105,12 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if flags.get("dataset") not in (None, "demo"):  # a new dataset: its own splits and columns
         cfg = dataclasses.replace(cfg, split="train", eval_split=None, label_column=None)
     cfg = config_lib.apply_overrides(cfg, flags)
+    cfg, notes = check_data(task, cfg)  # the data checked and its label column chosen
+    if task.modality in ("audio", "image") and cfg.dataset != "demo" and cfg.label_column is None:
+        raise MmsslError(f"{cfg.dataset}: no label column found (none named label, speaker_id or speaker, and "
+                         f"not exactly one ClassLabel column); pass --label-column COLUMN")
+    for line in notes:
+        print(line)
     report = task.evaluate(cfg, load_encoder(args.checkpoint), Path(args.checkpoint))
     print(report["table"])
     if args.report:
@@ -152,12 +159,13 @@ def cmd_track(args: argparse.Namespace) -> None:
     output = args.output
     result = track_davis(features, davis, context=args.context, topk=args.topk, radius=args.radius,
                          temperature=args.temperature, output=output, overlay=output is not None and not args.no_overlay,
-                         max_sequences=args.max_sequences)
+                         max_sequences=args.max_sequences, protocol=args.protocol)
     print(f"features: {label}; {result['sequences']} sequences, {result['fps']:.1f} frames/s\n{result['table']}")
     if output is not None:
         print(f"masks in {output}/<sequence>/*.png" + ("" if args.no_overlay else f", overlays in {output}/<sequence>.mp4"))
     if args.report:
-        report = {"features": label, "settings": {k: getattr(args, k) for k in ("context", "topk", "radius", "temperature")},
+        report = {"features": label,
+                  "settings": {k: getattr(args, k) for k in ("protocol", "context", "topk", "radius", "temperature")},
                   **{k: result[k] for k in ("summary", "fps", "sequences")}}
         Path(args.report).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.report}")
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="image tasks: probe the pooled features or the token map (default: the run's setting)")
     probe.add_argument("--utterance-pooling", choices=POOLINGS,
                        help="audio tasks: pool an utterance's frames by mean+std (meanstd) or mean (default: the run's)")
-    probe.add_argument("--linear-protocol", choices=PROTOCOLS,
+    probe.add_argument("--linear-protocol", choices=LINEAR_PROTOCOLS,
                        help="image tasks: the linear probe, L-BFGS (lbfgs) or MAE's (mae) (default: the run's)")
     probe.add_argument("--report", help="also write the report as JSON here")
     probe.set_defaults(fn=cmd_probe)
@@ -211,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     track.add_argument("--radius", type=float, default=12, help="local window radius in feature cells")
     track.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the affinities")
     track.add_argument("--max-sequences", type=int, help="only the first N sequences")
+    track.add_argument("--protocol", choices=TRACK_PROTOCOLS, default="crw",
+                       help="crw: CRW's published label propagation (default); legacy: mmssl's earlier variant "
+                            "(area-averaged first-frame labels, frame 0 within the radius, no padding, radius <=)")
     track.set_defaults(fn=cmd_track)
     bench = sub.add_parser("bench", help="training throughput, memory and FLOPs per task, beside peer implementations")
     bench.add_argument("--tasks", nargs="+", metavar="TASK", help="any of mae_image mae_video simclr_image "

@@ -49,10 +49,14 @@ def run_training(task: Any, cfg: Any) -> dict | None:
         _require("tensorboard", "--log-with tensorboard needs tensorboard: pip install 'mmssl[track]'")
     elif cfg.log_with == "wandb":
         _require("wandb", "--log-with wandb needs wandb: pip install wandb")
+    check_output_dir(cfg)
+    cfg, notes = check_data(task, cfg)  # every data error before anything is printed or built
+    check_resume(cfg)  # after check_data: a resumed run compares the label column it chose
     accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir, cpu=_cpu_processes())
-    accelerator.print(f"task {task.name} ({task.modality}, {task.encoder}, {task.objective}); "
-                      f"{accelerator.num_processes} process(es) on {accelerator.device}, "
-                      f"mixed precision {accelerator.mixed_precision}\n{config_lib.describe(cfg)}")
+    header = (f"task {task.name} ({task.modality}, {task.encoder}, {task.objective}); "
+              f"{accelerator.num_processes} process(es) on {accelerator.device}, "
+              f"mixed precision {accelerator.mixed_precision}")
+    accelerator.print("\n".join([header, describe_changes(task, cfg), *notes]))
     objective, accelerator = train(task, cfg, accelerator)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -68,6 +72,108 @@ def run_training(task: Any, cfg: Any) -> dict | None:
     accelerator.wait_for_everyone()
     accelerator.end_training()  # flushes trackers, then ends the process group
     return report
+
+
+def describe_changes(task: Any, cfg: Any) -> str:
+    """The values that differ from the task's defaults, a few per line (the full config goes to
+    DIR/config.yaml)."""
+    default, now = config_lib.to_dict(task.default_config()), config_lib.to_dict(cfg)
+    changed = [f"{k}={v}" for k, v in now.items() if default.get(k) != v and k != "task"]
+    if not changed:
+        return f"config: the task's defaults (all of it in {Path(cfg.output_dir) / 'config.yaml'})"
+    lines, line = [], "config:"
+    for item in changed:
+        if len(line) + len(item) > 100 and line != "config:":
+            lines.append(line)
+            line = "       "
+        line += " " + item
+    lines.append(line)
+    return "\n".join(lines) + f"\n        (all of it in {Path(cfg.output_dir) / 'config.yaml'})"
+
+
+def check_output_dir(cfg: Any) -> None:
+    """The output folder is a folder, or can be made."""
+    import os
+
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MmsslError(f"--output-dir {cfg.output_dir} is a file, not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise MmsslError(f"--output-dir {cfg.output_dir}: cannot write to {parent}")
+
+
+def check_resume(cfg: Any) -> None:
+    """A run directory with checkpoints is resumed only with the config it was started with."""
+    import yaml
+
+    from mmssl.trainer import latest_checkpoint
+
+    out = Path(cfg.output_dir).expanduser()
+    saved = out / "config.yaml"
+    if saved.is_file() and latest_checkpoint(out) is not None:
+        diff = config_lib.differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+        if diff:
+            raise config_lib.ConfigError(f"{out} holds a run with another config ({'; '.join(diff[:3])}); "
+                                         "use a new --output-dir to start a new run")
+
+
+def check_data(task: Any, cfg: Any) -> tuple[Any, list[str]]:
+    """Open the training data (and the DAVIS root of a video task) as training will, choose the
+    probe labels, and say what the end-of-run evaluation will skip: every data error surfaces here,
+    before a model is built. Returns (the config with ``label_column`` filled in, lines to print)."""
+    from mmssl.sources import choose_label_column, probe_hint
+
+    notes: list[str] = []
+    if task.modality == "video":
+        from mmssl.evaluation.propagation import PROTOCOLS
+
+        if getattr(cfg, "track_protocol", PROTOCOLS[0]) not in PROTOCOLS:
+            raise config_lib.ConfigError(f"track_protocol must be one of {', '.join(PROTOCOLS)}, "
+                                         f"not '{cfg.track_protocol}'")
+        if hasattr(task, "source") and not cfg.streaming:
+            task.source(cfg, cfg.split)
+        if hasattr(task, "davis") and task.davis(cfg) is None and cfg.evaluate:
+            notes.append(f"no DAVIS root: the evaluation skips label propagation; pass davis_root=ROOT, or run "
+                         f"mmssl track --checkpoint {cfg.output_dir} --davis ROOT")
+        return cfg, notes
+    if cfg.dataset == "demo":  # its own labels
+        return cfg, notes
+    ds = _training_table(task, cfg)
+    if ds is None:
+        return cfg, notes
+    column, why = choose_label_column(ds, task.modality, cfg.label_column)
+    if column is not None:
+        cfg = dataclasses.replace(cfg, label_column=column)
+        notes.append(f"labels: column '{column}' ({why})")
+    elif cfg.evaluate:
+        notes.append(probe_hint(task, cfg, ds))
+    return cfg, notes
+
+
+def _training_table(task: Any, cfg: Any) -> Any:
+    """The training split as a ``datasets`` table (opened and checked like training opens it), or
+    None for a source without one."""
+    if task.modality == "audio":
+        from mmssl.modalities.audio import open_audio
+        from mmssl.sources import check_columns, open_split
+
+        if cfg.streaming:
+            ds = open_split(cfg.dataset, cfg.split, config=cfg.dataset_config, streaming=True)
+            check_columns(ds, cfg.dataset, **{"--audio-column": cfg.audio_column, "--label-column": cfg.label_column})
+            return None
+        source = open_audio(cfg.dataset, cfg.split, cfg.dataset_config, cfg.audio_column, cfg.label_column)
+    elif task.modality == "image":
+        from mmssl.modalities.vision import open_images
+
+        if cfg.streaming:
+            raise MmsslError("image tasks read map-style datasets; drop --streaming")
+        source = open_images(cfg.dataset, cfg.split, cfg.dataset_config, cfg.image_column, cfg.label_column)
+    else:
+        return None
+    return getattr(source, "ds", None)
 
 
 def _cpu_processes() -> bool:

@@ -114,8 +114,10 @@ class AudioTask(Task):
             return build_encoder(encoder.spec).eval()
 
     def evaluate(self, cfg: AudioConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
-        train, test = probe_splits(cfg)
         random = self.random_encoder(cfg, encoder)
+        if cfg.dataset != "demo" and cfg.label_column is None:  # unlabelled: the collapse monitor only
+            return unlabelled_audio_report(self, cfg, {self.objective: encoder.eval(), "random": random})
+        train, test = probe_splits(cfg)
         report = audio_probes({self.objective: encoder.eval(), "random": random}, train, test,
                               cfg.probe_max_utterances, cfg.probe_max_seconds, pooling=cfg.utterance_pooling,
                               seed=cfg.seed, random_init_seed=cfg.seed + 1)
@@ -156,3 +158,15 @@ def probe_splits(cfg: Any) -> tuple[Any, Any]:
             raise
         return HeldOut(train, keep_test=False), HeldOut(train, keep_test=True)
     return train, test
+
+
+def unlabelled_audio_report(task: Task, cfg: Any, encoders: dict[str, nn.Module]) -> dict[str, Any]:
+    from mmssl.evaluation.audio import encoder_features
+    from mmssl.evaluation.collapse import collapse_report
+    from mmssl.sources import probe_hint
+
+    source = open_audio(cfg.dataset, cfg.split, cfg.dataset_config, cfg.audio_column)
+    n = min(len(source), cfg.probe_max_utterances)
+    wavs = [source[i]["audio"][: int(cfg.probe_max_seconds * SAMPLE_RATE)] for i in range(n)]
+    pooled = {name: torch.stack([f.mean(0) for f in encoder_features(enc)(wavs)]) for name, enc in encoders.items()}
+    return collapse_report(pooled, "utterances", probe_hint(task, cfg, getattr(source, "ds", None)))

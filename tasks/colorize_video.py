@@ -35,6 +35,9 @@ class ColorizeVideo(VideoTask):
     Config = ColorizeVideoConfig
     input_kind = "lab_l"
 
+    def clip_frames(self, cfg) -> int:
+        return cfg.num_refs + 1
+
     def make_item(self, cfg: ColorizeVideoConfig):
         from mmssl.modalities.video import read_clip
 

@@ -206,10 +206,10 @@ class ImageTask(Task):
         from mmssl.evaluation.vision import image_probes
 
         splits = self.labelled_splits(cfg)
-        if splits is None:
-            return {"table": "no labels in this dataset: nothing to probe (pass --label-column)"}
-        train, test = splits
         random = self.random_encoder(cfg, encoder)
+        if splits is None:  # unlabelled: the collapse monitor only
+            return self.unlabelled_report(cfg, {self.name: encoder.eval(), "random": random})
+        train, test = splits
         view = self.eval_view(cfg)
         encoders = {self.name: encoder.eval(), "random": random}
         readout = check_readout(cfg.readout)
@@ -246,6 +246,17 @@ class ImageTask(Task):
         return run_learning_curve(cfg, out_dir, "monitor/knn_top1", baselines,
                                   title=f"{self.name}: online kNN (k=20, {cfg.monitor_items} images per split)",
                                   ylabel="kNN top-1 accuracy (%)", label=f"{self.name} encoder")
+
+    def unlabelled_report(self, cfg: ImageConfig, encoders: dict[str, nn.Module]) -> dict[str, Any]:
+        from mmssl.evaluation.collapse import collapse_report
+        from mmssl.evaluation.knn import extract_features
+        from mmssl.evaluation.vision import RandomSubset
+        from mmssl.sources import probe_hint
+
+        source = self.source(cfg, cfg.split)
+        subset, view = RandomSubset(source, cfg.probe_max_test), self.eval_view(cfg)
+        pooled = {name: extract_features(enc, subset, view, readout=cfg.readout)[0] for name, enc in encoders.items()}
+        return collapse_report(pooled, "training images", probe_hint(self, cfg, getattr(source, "ds", None)))
 
     def finetune(self, cfg: ImageConfig, encoder: nn.Module, train: Any, test: Any) -> dict:
         from mmssl.evaluation.vision import finetune

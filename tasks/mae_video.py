@@ -57,6 +57,9 @@ class MAEVideo(VideoTask):
                   "heads": cfg.vit_heads}
         return {"name": "vit", "kwargs": kwargs}
 
+    def clip_frames(self, cfg) -> int:
+        return cfg.clip_len
+
     def make_item(self, cfg: MAEVideoConfig):
         from mmssl.modalities.video import read_clip
 

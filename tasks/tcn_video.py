@@ -41,6 +41,9 @@ class TCNVideo(VideoTask):
     objective = "tcn (triplet / n-pairs)"
     Config = TCNVideoConfig
 
+    def clip_frames(self, cfg) -> int:
+        return cfg.anchors
+
     def make_item(self, cfg: TCNVideoConfig):
         from mmssl.modalities.video import VideoReader, clip_indices
 

@@ -38,6 +38,7 @@ class VideoConfig(TrainConfig):
     decode_size: int = 128  # workers resize decoded frames to this square (the demo's own size); crops come from it
     min_scale: float = 0.3  # random resized crop: smallest fraction of the frame's area
     frame_stride: int = 2  # frames between consecutive sampled frames
+    clips_per_video: int = 0  # items per video per pass; 0: as many as its frames hold (frames // clip span)
     backbone: str = "dense_convnet"  # dense_convnet | resnet18 | resnet50 (stride 8) | vit (mae_video)
     dense_widths: str = "32,64,128"
     # evaluation: DAVIS label propagation (CRW protocol, arXiv:2006.14613) and view alignment
@@ -47,6 +48,7 @@ class VideoConfig(TrainConfig):
     track_topk: int = 10
     track_radius: float = 12.0
     track_temperature: float = 0.05
+    track_protocol: str = "crw"  # crw (published) | legacy; see mmssl.evaluation.propagation
     track_max_sequences: int | None = None
     overlay: bool = True  # DIR/tracking/<seq>.mp4 with the learned encoder's masks drawn over the frames
     align_max_scenes: int = 8
@@ -113,13 +115,20 @@ class VideoTask(Task):
         with torch.no_grad():
             return self.on_device(cfg, default_collate(items))
 
+    def clip_frames(self, cfg: VideoConfig) -> int:
+        """Frames one training clip samples (``frame_stride`` apart)."""
+        return 1
+
     def train_loader(self, cfg: VideoConfig, start_batch: int, world: int, rank: int) -> Any:
-        from mmssl.modalities.video import SafeClips
+        from mmssl.modalities.video import SafeClips, VideoClips
 
         if cfg.streaming:
             raise DataError("video tasks read map-style datasets; drop --streaming")
         check_decode_size(cfg)
         source = self.source(cfg, cfg.split)
+
+        source = VideoClips(self.source(cfg, cfg.split), cfg.clips_per_video,
+                            self.clip_frames(cfg) * cfg.frame_stride)
         # a video that fails to decode inside a worker is replaced (and named in a warning), not fatal
         transform = SafeClips(source, self.make_item(cfg))
         return train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers)
@@ -179,7 +188,8 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
     davis = task.davis(cfg)
     if davis is not None:
         settings = {"context": cfg.track_context, "topk": cfg.track_topk, "radius": cfg.track_radius,
-                        "temperature": cfg.track_temperature, "max_sequences": cfg.track_max_sequences}
+                        "temperature": cfg.track_temperature, "max_sequences": cfg.track_max_sequences,
+                        "protocol": cfg.track_protocol}
         tracking = {}
         for name, feats in ((task.name, features_for(encoder, kind)), ("random", features_for(random, kind)),
                             ("pixels", features_for("pixels"))):
@@ -192,7 +202,7 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
                 report["tracking_table"] = result["table"]
         report["tracking"] = tracking
         lines.append(f"DAVIS label propagation ({len(davis.sequences)} sequences of {getattr(davis, 'root', 'the DAVIS root')}; "
-                     f"context {cfg.track_context}, top-k {cfg.track_topk}, radius {cfg.track_radius}, "
+                     f"{cfg.track_protocol} protocol, context {cfg.track_context}, top-k {cfg.track_topk}, radius {cfg.track_radius}, "
                      f"temperature {cfg.track_temperature})")
         lines.append(f"{'features':<16}{'J&F':>7}{'J':>7}{'F':>7}{'frames/s':>10}")
         for name, r in tracking.items():
@@ -209,5 +219,8 @@ def video_evaluation(cfg: VideoConfig, task: VideoTask, encoder: nn.Module, out_
         lines.append(f"alignment error between two cameras (mean |t - t_nn| / T over {len(scenes)} scenes; lower is better)")
         for name, err in report["alignment"].items():
             lines.append(f"{name:<16}{err:>7.3f}")
-    report["table"] = "\n".join(lines) if lines else "no DAVIS root and no multi-view videos: nothing to evaluate"
+    if davis is None:  # one line: what was skipped and how to run it
+        lines.append(f"no DAVIS root: the evaluation skips label propagation; pass davis_root=ROOT, or run "
+                     f"mmssl track --checkpoint {cfg.output_dir} --davis ROOT")
+    report["table"] = "\n".join(lines)
     return report

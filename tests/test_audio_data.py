@@ -147,7 +147,7 @@ def test_open_audio_label_mapping_from_class_folders(tmp_path):
             item = source[i]
             assert item["audio"].dtype == np.float32 and item["audio"].shape == (int(0.4 * SAMPLE_RATE),)
             assert 0 <= item["label"] < source.num_classes
-            speaker = names[source.vocab[item["label"]]]
+            speaker = source.vocab[item["label"]]  # the ClassLabel names, as image and video sources give
             assert speaker == files[row_path(source, i)]
             seen.add(item["label"])
         assert seen == set(range(len(SPEAKERS)))

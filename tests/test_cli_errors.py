@@ -275,8 +275,10 @@ def test_missing_recipe_file(in_process):
     assert_one_error(in_process(["--task", "cpc_audio", "--config", "no/such/recipe.yaml"]), "no/such/recipe.yaml")
 
 
-def test_probe_without_labels_asks_for_a_label_column(in_process, audiofolder, checkpoint):
-    result = in_process(["probe", "--checkpoint", str(checkpoint), "--dataset", str(audiofolder)], module=True)
+def test_probe_without_labels_asks_for_a_label_column(in_process, checkpoint, tmp_path):
+    for k in range(3):  # a flat folder: no class subfolders, so no label column to guess
+        _write_wav(tmp_path / "flat" / f"u{k}.wav", seed=k)
+    result = in_process(["probe", "--checkpoint", str(checkpoint), "--dataset", str(tmp_path / "flat")], module=True)
     assert_one_error(result, "--label-column")
 
 

@@ -248,21 +248,21 @@ def test_propagation_follows_a_translating_texture():
     assert torch.equal(by_frame, pred)
 
 
-def test_radius_is_euclidean_and_inclusive():
+def test_radius_is_euclidean_and_inclusive_in_the_legacy_protocol():
     g = torch.Generator().manual_seed(0)
     h, w = 9, 11
     f0 = torch.randn(16, h, w, generator=g)
     labels = torch.randint(0, 5, (h, w), generator=g)
     # frame 1 shows frame 0 moved by (1, 2) cells: each cell's exact match lies sqrt(5) ~ 2.24 away
     feats = torch.stack([f0, torch.roll(f0, (1, 2), dims=(1, 2))])
-    reach = propagate(feats, labels, radius=2.3, topk=1)[1]
+    reach = propagate(feats, labels, radius=2.3, topk=1, protocol="legacy")[1]
     assert torch.equal(reach[1:, 2:], labels[:-1, :-2])
-    short = propagate(feats, labels, radius=2, topk=1)[1]
+    short = propagate(feats, labels, radius=2, topk=1, protocol="legacy")[1]
     assert (short[1:, 2:] == labels[:-1, :-2]).float().mean() < 0.6
     # radius 0: a cell can only copy from the same cell, whatever the features say
     rand = torch.randn(6, 16, h, w, generator=g)
-    assert (propagate(rand, labels, radius=0, context=2) == labels).all()
-    assert not (propagate(rand, labels, radius=3, context=2) == labels).all()
+    assert (propagate(rand, labels, radius=0, context=2, protocol="legacy") == labels).all()
+    assert not (propagate(rand, labels, radius=3, context=2, protocol="legacy") == labels).all()
 
 
 def test_topk_limits_the_voters():
@@ -272,8 +272,11 @@ def test_topk_limits_the_voters():
     f1 = torch.tensor([[1.0], [0.0]])[:, :, None].expand(2, 1, 5)
     labels = torch.tensor([[1, 2, 2, 0, 0]])
     feats = torch.stack([f0, f1])
-    assert (propagate(feats, labels, topk=1, temperature=10, radius=math.inf)[1] == 1).all()
-    assert (propagate(feats, labels, topk=3, temperature=10, radius=math.inf)[1] == 2).all()
+    assert (propagate(feats, labels, topk=1, temperature=10, radius=math.inf, protocol="legacy")[1] == 1).all()
+    assert (propagate(feats, labels, topk=3, temperature=10, radius=math.inf, protocol="legacy")[1] == 2).all()
+    # crw pads the context with copies of frame 0: frame 1 sees the exact match in every copy, so
+    # it fills all three top places
+    assert (propagate(feats, labels, topk=3, temperature=10, radius=math.inf)[1] == 1).all()
 
 
 def dense_reference(feats, labels, context, topk, radius, temperature, out_size):
@@ -306,10 +309,72 @@ def test_tiled_propagation_matches_a_dense_reference():
     feats = base + 0.7 * torch.randn(T, D, h, w, generator=g)  # related frames, so labels spread
     labels = F.interpolate(torch.randint(0, 3, (1, 1, h, w), generator=g).float(), size=(2 * h, 2 * w))[0, 0].long()
     kw = {"context": 2, "topk": 4, "radius": 2.5, "temperature": 0.1}
-    ours = propagate(feats, labels, tile=4, **kw)
+    ours = propagate(feats, labels, tile=4, protocol="legacy", **kw)
     ref = dense_reference(feats, labels, out_size=(2 * h, 2 * w), **kw)
     assert torch.equal(ours, ref)
-    assert torch.equal(propagate(feats, labels, tile=16, **kw), ref)
+    assert torch.equal(propagate(feats, labels, tile=16, protocol="legacy", **kw), ref)
+
+
+def crw_reference(feats, labels, n_context, topk, radius, temperature):
+    """CRW's test-time label propagation (arXiv:2006.14613), written plainly from the published
+    algorithm: the video is padded in front with ``n_context`` copies of frame 0; target frame t
+    attends to frame 0 whole (the long memory) and to the n_context padded frames before it, those
+    restricted to cells at distance < radius; the top-k affinities / temperature over all of them
+    are softmaxed and weight the keys' soft labels; frame 0's labels are its one-hot maps resized
+    bilinearly to the feature grid. Returns the soft labels (T - 1, K+1, h, w) of frames 1..T-1."""
+    T, _, h, w = feats.shape
+    f = F.normalize(feats.float(), dim=1).flatten(2)  # (T, D, hw)
+    K1 = int(labels.max()) + 1
+    onehot = F.one_hot(labels, K1).permute(2, 0, 1).float()[None]
+    lbl0 = F.interpolate(onehot, size=(h, w), mode="bilinear", align_corners=False)[0].flatten(1)  # (K1, hw)
+    padded_feats = [f[0]] * n_context + [f[t] for t in range(T)]
+    padded_lbls = [lbl0] * n_context + [lbl0]
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).float()
+    restrict = torch.where(torch.cdist(pos, pos) < radius, 0.0, -1e10)  # (hw keys, hw queries)
+    out = []
+    for t in range(1, T):
+        i = n_context + t  # the target's index in the padded video
+        key_ids = [0] + list(range(i - n_context, i))  # long memory, then the short context
+        A = torch.stack([padded_feats[k].T @ f[t] for k in key_ids]) / temperature  # (n, hw keys, hw queries)
+        A[1:] += restrict
+        A = A.flatten(0, 1)  # (n * hw, hw queries)
+        weights, ids = A.topk(topk, dim=0)
+        weights = torch.softmax(weights, dim=0)
+        ctx = torch.cat([padded_lbls[k] for k in key_ids], 1)  # (K1, n * hw)
+        pred = (ctx[:, ids] * weights[None]).sum(1)  # (K1, hw queries)
+        padded_lbls.append(pred)
+        out.append(pred.view(K1, h, w))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("n_context, radius, tile", [(3, 2.5, 4), (2, 3.0, 16), (5, 12.0, 4)])
+def test_crw_protocol_reproduces_a_plain_port_of_the_reference(n_context, radius, tile):
+    """Random features over 9 frames (more than the context, so the padding runs out and the
+    ring buffer wraps): the default protocol's soft labels match the port within 1e-5."""
+    from mmssl.evaluation.propagation import soft_labels
+
+    g = torch.Generator().manual_seed(n_context)
+    T, D, h, w = 9, 16, 7, 10
+    base = torch.randn(1, D, h, w, generator=g)
+    feats = base + 0.8 * torch.randn(T, D, h, w, generator=g)
+    labels = torch.randint(0, 3, (h * 8, w * 8), generator=g)  # a stride-8 grid: bilinear samples it
+    labels[:20, :30] = 1
+    kw = {"topk": 5, "radius": radius, "temperature": 0.05}
+    frames = soft_labels(feats, labels, context=n_context, tile=tile, **kw)
+    assert next(frames) == T
+    ours = torch.stack(list(frames))
+    ref = crw_reference(feats, labels, n_context, **kw)
+    assert ours.shape == ref.shape == (T - 1, 3, h, w)
+    assert (ours - ref).abs().max() <= 1e-5
+    # and it is a different protocol from the legacy one
+    legacy = soft_labels(feats, labels, context=n_context, tile=tile, protocol="legacy", **kw)
+    next(legacy)
+    assert (torch.stack(list(legacy)) - ref).abs().max() > 1e-2
+    # propagate is the argmax of the same soft labels, upsampled
+    ids = propagate(feats, labels, context=n_context, tile=tile, **kw)
+    up = F.interpolate(ref, size=labels.shape, mode="bilinear", align_corners=False).argmax(1)
+    assert (ids[1:] == up).float().mean() > 0.999
 
 
 # ---------------------------------------------------------------- palette PNGs and overlays

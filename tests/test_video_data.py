@@ -19,6 +19,7 @@ from mmssl.errors import DataError
 from mmssl.modalities.video import (
     DavisRoot,
     SafeClips,
+    VideoClips,
     VideoReader,
     VideoReadError,
     available_backends,
@@ -401,3 +402,56 @@ def test_auto_backend_falls_through_when_one_cannot_decode(tmp_path):
         if others:
             with VideoReader(path, others[0]) as ref:
                 assert (got.float() - ref.get_batch([0, 9]).float()).abs().mean() < BACKEND_TOLERANCE
+
+
+# clip slots ---------------------------------------------------------------------------------------
+
+def test_clip_slots_follow_each_videos_frames_and_map_back(tmp_path):
+    for k, frames in enumerate((24, 8, 13)):
+        write_clip(tmp_path / "v" / f"{k}.mp4", k, frames=frames)
+    source = open_videos(str(tmp_path / "v"), "train")
+    assert [source.num_frames(i) for i in range(3)] == [24, 8, 13]
+    clips = VideoClips(source, 0, span=6)  # 24 // 6, 8 // 6, 13 // 6
+    assert clips.clips == [4, 1, 2] and len(clips) == 7
+    assert [(clips[i]["video_index"], clips[i]["clip_slot"]) for i in range(7)] == \
+        [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (2, 0), (2, 1)]
+    assert clips[5]["video"] == source[1 + 1]["video"] and clips[5]["index"] == 5
+    assert VideoClips(source, 3, span=100).clips == [3, 3, 3]
+    assert VideoClips(source, 0, span=100).clips == [1, 1, 1]  # shorter than a clip: still one
+    with pytest.raises(DataError, match="clips_per_video"):
+        VideoClips(source, -1, span=6)
+
+
+def test_clip_slots_are_deterministic_resume_exactly_and_differ_in_start(tmp_path):
+    """Two videos, 8 slots each, batches of 4: the slots of one video draw different clip starts
+    from their own generators, and a loader resumed at batch 3 yields what the first one did."""
+    for k in range(2):
+        write_clip(tmp_path / "v" / f"{k}.mp4", k, frames=40)
+    clips = VideoClips(open_videos(str(tmp_path / "v"), "train"), 8, span=4)
+
+    def start(item, gen):
+        return {"start": read_clip(item["video"], 4, 1, gen)["indices"][0], "video": item["video_index"]}
+
+    def batches(first, n):
+        it = iter(train_loader(clips, start, batch_size=4, world=1, rank=0, seed=5, start_batch=first))
+        return [next(it) for _ in range(n)]
+
+    run = batches(0, 6)
+    resumed = batches(3, 3)
+    for a, b in zip(run[3:], resumed):
+        assert torch.equal(a["start"], b["start"]) and torch.equal(a["video"], b["video"])
+    starts = torch.cat([b["start"] for b in run[:4]])  # one pass: all 16 slots
+    videos = torch.cat([b["video"] for b in run[:4]])
+    assert sorted(videos.tolist()) == [0] * 8 + [1] * 8
+    assert len(set(starts[videos == 0].tolist())) > 2  # the slots of a video are different clips
+
+
+def test_safe_clips_skip_every_slot_of_a_broken_video(broken_folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clips = VideoClips(open_videos(str(broken_folder), "train"), 3, span=1)
+    (broken_folder / "good1.mp4").unlink()
+    safe = SafeClips(clips, _clip_of)
+    with pytest.warns(UserWarning, match="good1.mp4.*using item 6"):
+        out = safe(clips[4], torch.Generator().manual_seed(3))  # video 1's second slot -> video 2's first
+    assert out["index"] == 6

@@ -93,6 +93,7 @@ def track_davis(
     output: str | Path | None = None,
     overlay: bool = False,
     max_sequences: int | None = None,
+    protocol: str = "crw",
 ) -> dict[str, Any]:
     """Propagate every sequence's first-frame masks and score them with J&F (DAVIS-2017 protocol).
 
@@ -100,6 +101,7 @@ def track_davis(
         features: frames -> dense features (see ``features_for``).
         davis: a ``mmssl.modalities.video.DavisRoot``.
         context, topk, radius, temperature: the propagation settings (CRW defaults, arXiv:2006.14613).
+        protocol: "crw" (the published propagation) or "legacy" (see ``mmssl.evaluation.propagation``).
         output: where to write the results layout ``OUT/<seq>/00000.png ...`` (palette PNGs), and with
             ``overlay`` an ``OUT/<seq>.mp4`` of the frames with the masks drawn over them.
     Returns:
@@ -117,7 +119,7 @@ def track_davis(
         frames, gt = davis.frames(name), davis.masks(name)
         start = time.perf_counter()
         pred = propagate(features(frames), gt[0].long(), context=context, topk=topk, radius=radius,
-                         temperature=temperature, out_size=tuple(frames.shape[-2:]))
+                         temperature=temperature, out_size=tuple(frames.shape[-2:]), protocol=protocol)
         seconds += time.perf_counter() - start
         frames_done += frames.shape[0]
         per_sequence[name] = evaluate_sequence(gt.numpy(), pred.numpy())

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mmssl.errors import DataError
-from mmssl.sources import audio_feature, check_columns, open_split
+from mmssl.sources import audio_feature, check_columns, local_root, map_labels, open_split, resolve_paths
 
 SAMPLE_RATE = 16000
 
@@ -111,16 +111,17 @@ class HFAudio:
         import datasets
 
         check_columns(ds, spec, **{"--audio-column": audio_column, "--label-column": label_column})
-        feature = ds.features[audio_column]
-        if isinstance(feature, datasets.Audio):
-            ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+        ds = resolve_paths(ds, audio_column, local_root(spec))  # a table of paths relative to its folder
+        try:  # embedded bytes and paths alike become {"bytes", "path"}; mmssl decodes them itself
+            if getattr(ds.features[audio_column], "dtype", None) == "large_string":  # csv / json paths
+                ds = ds.cast_column(audio_column, datasets.Value("string"))
+            ds = ds.cast_column(audio_column, audio_feature(decode=False))
+        except Exception as e:  # noqa: BLE001  datasets raises many types; one line
+            raise DataError(f"{spec}: column '{audio_column}' does not hold audio ({str(e).splitlines()[0][:120]})") from None
         self.ds, self.audio_column, self.label_column, self.name = ds, audio_column, label_column, spec
-        self.labels = None
+        self.labels, self.vocab, self.num_classes = None, None, None
         if label_column is not None:
-            values = ds[label_column]
-            self.vocab = vocab if vocab is not None else sorted(set(values), key=str)
-            index = {v: i for i, v in enumerate(self.vocab)}
-            self.labels = np.array([index.get(v, -1) for v in values])
+            self.labels, self.vocab = map_labels(ds, label_column, vocab)
             self.num_classes = len(self.vocab)
         self.rows = self._scan()
 

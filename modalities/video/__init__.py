@@ -3,6 +3,7 @@ embedded two-camera demo."""
 from mmssl.modalities.video.data import (  # noqa: F401
     DavisRoot,
     SafeClips,
+    VideoClips,
     VideoSource,
     davis_palette,
     is_davis_root,

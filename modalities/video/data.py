@@ -25,14 +25,22 @@ import torch
 from mmssl.errors import DataError
 from mmssl.modalities.video.reader import VideoReader, VideoReadError
 from mmssl.modalities.video.sampler import clip_indices
-from mmssl.sources import check_columns, map_labels, open_split
+from mmssl.sources import (
+    check_columns,
+    is_saved_dataset,
+    is_table_folder,
+    local_root,
+    map_labels,
+    open_split,
+    resolve_paths,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIEW_PREFIXES = ("cam", "view")  # two or more videos named cam* / view* in one folder are one multi-view item
 SPLIT_FOLDERS = ("train", "test", "val", "validation")
 SCAN_LIMIT = 2_000  # larger datasets skip the up-front decode check and rely on SafeClips
-_SCANNED: dict[tuple, str | None] = {}  # (path, mtime, size) -> why it failed, or None: this process only
+_SCANNED: dict[tuple, tuple] = {}  # (path, mtime, size, backend) -> _check's answer: this process only
 
 
 # DAVIS-2017 ---------------------------------------------------------------------------------------
@@ -172,22 +180,23 @@ class DavisRoot:
 
 # sources ------------------------------------------------------------------------------------------
 
-def _check(video: Any, backend: str) -> tuple[str | None, tuple[int, int] | None]:
-    """(why ``video`` cannot be used or None, its frame size): it must open and its last frame decode."""
+def _check(video: Any, backend: str) -> tuple[str | None, tuple[int, int] | None, int]:
+    """(why ``video`` cannot be used or None, its frame size, its frame count): it must open and its
+    last frame decode."""
     key = None
     if isinstance(video, (str, os.PathLike)):
         try:
             st = os.stat(video)
         except OSError:
-            return "no such file", None
+            return "no such file", None, 0
         key = (str(video), st.st_mtime_ns, st.st_size, backend)
         if key in _SCANNED:
             return _SCANNED[key]
     try:
         with VideoReader(video, backend) as r:
-            result = None, tuple(r.get_batch([r.num_frames - 1]).shape[-2:])
+            result = None, tuple(r.get_batch([r.num_frames - 1]).shape[-2:]), r.num_frames
     except VideoReadError as e:
-        result = str(e).split(": ", 1)[-1], None
+        result = str(e).split(": ", 1)[-1], None, 0
     if key is not None:
         _SCANNED[key] = result
     return result
@@ -206,16 +215,18 @@ class VideoSource:
         self.skipped: list[str] = []
         reasons = []
         self.rows = list(range(count))
+        self._frames: dict[int, int] = {}  # entry -> frames (the shortest view's), where known
         if scan and count <= SCAN_LIMIT:
             self.rows = []
             for k in range(count):
                 name, views, _ = self._entry(k)
-                why, sizes = None, set()
+                why, sizes, frames = None, set(), []
                 for v in views:
-                    why, size = _check(v, backend)
+                    why, size, n = _check(v, backend)
                     if why:
                         break
                     sizes.add(size)
+                    frames.append(n)
                 if why is None and len(sizes) > 1:  # synchronised views are stacked: they must match in size
                     why = "its views differ in frame size"
                 if why:
@@ -223,6 +234,7 @@ class VideoSource:
                     reasons.append(why)
                 else:
                     self.rows.append(k)
+                    self._frames[k] = min(frames)
             if self.skipped:
                 listing = (", ".join(self.skipped[:10]) + (" ..." if len(self.skipped) > 10 else "")
                            + f" (first error: {reasons[0][:160]})")
@@ -235,6 +247,14 @@ class VideoSource:
 
     def _entry(self, k: int) -> tuple[str, list, int | None]:
         raise NotImplementedError
+
+    def num_frames(self, i: int) -> int | None:
+        """Frames of item ``i`` (its shortest view), when the open-time check or a frame list told."""
+        k = self.rows[i]
+        if k in self._frames:
+            return self._frames[k]
+        views = self._entry(k)[1]
+        return min(len(v) for v in views) if all(isinstance(v, list) for v in views) else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -270,6 +290,7 @@ class HFVideos(VideoSource):
         import datasets
 
         check_columns(ds, spec, **{"--video-column": video_column, "--label-column": label_column})
+        ds = resolve_paths(ds, video_column, local_root(spec))  # a table of paths relative to its folder
         if isinstance(ds.features.get(video_column), datasets.Video):
             ds = ds.cast_column(video_column, datasets.Video(decode=False))  # we decode; datasets must not
         self.ds, self.video_column, self.name = ds, video_column, spec
@@ -363,7 +384,8 @@ def open_videos(spec: str, split: str, config: str | None = None, video_column: 
     spec: "demo" (the embedded two-camera videos, splits train / test), a local folder of videos
     (``<root>/<split>/`` when it exists, else everything under ``<root>``; class subfolders give
     labels with label_column="label"), a DAVIS-2017 root (its ImageSets/2017/<split>.txt sequences
-    as frame lists), a ``save_to_disk`` folder or a Hub id (``video_column`` holds a path, bytes
+    as frame lists), a folder of tables (parquet / arrow / csv / jsonl, e.g. a Hub snapshot; relative
+    paths resolve against the folder), a ``save_to_disk`` folder or a Hub id (``video_column`` holds a path, bytes
     or {"path", "bytes"}). ``vocab``: the class names of another split (its training split), so
     label indices agree across splits; unknown classes become -1. ``backend``: the reader of the
     open-time check (see VideoReader).
@@ -384,7 +406,7 @@ def open_videos(spec: str, split: str, config: str | None = None, video_column: 
             raise DataError(f"--dataset {spec}: expected a folder, found a file")
         if is_davis_root(path):
             return _davis_source(path, spec, split, label_column)
-        if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        if not (is_saved_dataset(path) or is_table_folder(path)):
             return _local_folder(path, spec, split, label_column, backend, vocab=vocab)
     ds = open_split(spec, split, config=config)
     return HFVideos(ds, spec, video_column, label_column, backend, vocab)
@@ -434,6 +456,48 @@ def read_views(item: dict, clip_len: int, stride: int, generator: torch.Generato
             r.close()
 
 
+class VideoClips:
+    """A video source read as clip slots: video k contributes ``clips[k]`` items per pass, so a few
+    long videos fill batches as many short ones do.
+
+    ``clips_per_video`` > 0 gives every video that many slots; 0 gives each as many as its frames
+    hold, ``frames // span`` (at least 1; 1 where the frame count is unknown), ``span`` being the
+    frames one clip covers. Item i is (video, slot) by a fixed table, so the sampler's
+    determinism and resume guarantees carry over; a slot does not fix where its clip starts: the
+    transform draws that from the item's own generator, as for any item.
+    ``clips[i]`` -> the video's item with "index" = i, "video_index" and "clip_slot".
+    """
+
+    def __init__(self, source: Any, clips_per_video: int = 0, span: int = 1):
+        if clips_per_video < 0 or span < 1:
+            raise DataError(f"clips_per_video must be >= 0 (0: as many as the frames hold), got {clips_per_video}")
+        self.source = source
+        self.clips = []
+        for k in range(len(source)):
+            frames = source.num_frames(k) if hasattr(source, "num_frames") else None
+            self.clips.append(clips_per_video if clips_per_video > 0 else max(1, (frames or 0) // span))
+        self.starts = np.concatenate([[0], np.cumsum(self.clips)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def video_of(self, i: int) -> int:
+        return int(np.searchsorted(self.starts, i, side="right") - 1)
+
+    def next_video(self, i: int) -> int:
+        """The first slot of the video after item i's (wrapping): where a substitute for a broken video starts."""
+        return int(self.starts[(self.video_of(i) + 1) % len(self.clips)])
+
+    def __getitem__(self, i: int) -> dict:
+        k = self.video_of(i)
+        return {**self.source[k], "index": i, "video_index": k, "clip_slot": i - int(self.starts[k])}
+
+    def __getattr__(self, name: str) -> Any:  # name, vocab, num_views, skipped, ... of the videos
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
 class SafeClips:
     """A per-item transform that survives videos which fail to decode in a DataLoader worker.
 
@@ -450,15 +514,18 @@ class SafeClips:
     def __call__(self, item: dict | int, generator: torch.Generator) -> dict:
         if isinstance(item, int):
             item = self.source[item]
-        start, state = int(item.get("index", 0)), generator.get_state()
+        position, state = int(item.get("index", 0)), generator.get_state()
+        # clip slots of one video fail together: skip to the next video's
+        after = getattr(self.source, "next_video", lambda i: (i + 1) % len(self.source))
         for attempt in range(self.max_failures):
             if attempt:
-                item = self.source[(start + attempt) % len(self.source)]
+                item = self.source[position]
                 generator.set_state(state)
             try:
                 return self.fn(item, generator)
             except VideoReadError as e:
                 error = e
-                warnings.warn(f"{e}; using item {(start + attempt + 1) % len(self.source)} instead", stacklevel=2)
+                position = after(position)
+                warnings.warn(f"{e}; using item {position} instead", stacklevel=2)
         raise DataError(f"{getattr(self.source, 'name', 'the dataset')}: {self.max_failures} videos in a row "
                         f"could not be decoded (last: {error})")

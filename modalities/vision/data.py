@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mmssl.errors import DataError
-from mmssl.sources import cache_dir, check_columns, map_labels, open_split
+from mmssl.sources import cache_dir, check_columns, local_root, map_labels, open_split, resolve_paths
 
 SCAN_LIMIT = 200_000  # larger datasets skip the up-front header scan (one open() per file is too slow)
 
@@ -104,6 +104,7 @@ class HFImages:
         import datasets
 
         check_columns(ds, spec, **{"--image-column": image_column, "--label-column": label_column})
+        ds = resolve_paths(ds, image_column, local_root(spec))  # a table of paths relative to its folder
         try:  # also turns a column of paths or raw bytes into {"bytes", "path"} values
             ds = ds.cast_column(image_column, datasets.Image(decode=False))
         except Exception as e:  # noqa: BLE001  datasets raises many types; one line
