@@ -126,17 +126,67 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys and wrong types raise."""
+def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys and wrong types raise.
+
+    A field may be a nested frozen dataclass or a tuple of them (a section such as ``views``): a
+    dotted key reaches inside it (``views.0.min_scale``, list items by index), and a mapping (or a
+    list of mappings) overrides the current section field by field.
+    """
     hints = _field_types(type(cfg))
-    changes = {}
     for key, value in overrides.items():
-        if key not in hints:
-            close = [k for k in hints if key in k or k in key]
+        name, _, rest = key.partition(".")
+        if name not in hints:
+            close = [k for k in hints if name in k or k in name]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
-            raise ConfigError(f"unknown config key '{key}' for {type(cfg).__name__}{hint}")
-        changes[key] = _coerce(key, value, hints[key])
-    return dataclasses.replace(cfg, **changes)
+            raise ConfigError(f"unknown config key '{prefix}{key}' for {type(cfg).__name__}{hint}")
+        new = _set(f"{prefix}{name}", getattr(cfg, name), hints[name], rest, value)
+        cfg = dataclasses.replace(cfg, **{name: new})
+    return cfg
+
+
+def _section(hint: Any) -> type | None:
+    """The dataclass a field holds: the hint itself, or the item of a ``tuple[Section, ...]``."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) is tuple:
+        item = next((a for a in typing.get_args(hint) if a is not Ellipsis), None)
+        return item if dataclasses.is_dataclass(item) else None
+    return None
+
+
+def _set(key: str, current: Any, hint: Any, path: str, value: Any) -> Any:
+    """``current`` (of type ``hint``) with ``value`` put at the dotted ``path`` inside it."""
+    section = _section(hint)
+    if section is None:
+        if path:
+            raise ConfigError(f"unknown config key '{key}.{path}': {key} has no fields")
+        return _coerce(key, value, hint)
+    if isinstance(value, str) and not path:  # a whole section on the command line, as YAML text
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: not valid YAML: {value!r}") from None
+    if dataclasses.is_dataclass(hint):
+        if path:
+            return apply_overrides(current, {path: value}, f"{key}.")
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {hint.__name__} fields, got {value!r}")
+        return apply_overrides(current, value, f"{key}.")
+    items = tuple(current)
+    if path:  # one item: views.1.size=16
+        index, _, rest = path.partition(".")
+        if not index.isdigit() or int(index) >= len(items):
+            raise ConfigError(f"{key}.{index}: {key} has items 0..{len(items) - 1}")
+        i = int(index)
+        return items[:i] + (_set(f"{key}.{i}", items[i], section, rest, value),) + items[i + 1:]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list of {section.__name__} mappings, got {value!r}")
+    # A list replaces the section; item i starts from the current item i where there is one.
+    return tuple(_set(f"{key}.{i}", items[i] if i < len(items) else section(), section, "", v)
+                 for i, v in enumerate(value))
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -160,9 +210,33 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _plain(value: Any) -> Any:
+    """Tuples (also inside nested sections) as lists, so YAML can write them."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    out = dataclasses.asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _flat(data: dict[str, Any], prefix: str = "", counts: bool = True) -> dict[str, Any]:
+    """Nested sections as dotted keys: {"views": [{"size": 32}]} -> {"views.0.size": 32}."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}.", counts))
+        elif isinstance(v, list) and v and all(isinstance(i, dict) for i in v):
+            if counts:  # so that a changed number of items shows too
+                out[f"{prefix}{k}"] = len(v)
+            for i, item in enumerate(v):
+                out.update(_flat(item, f"{prefix}{k}.{i}.", counts))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def save(cfg: Any, path: str | Path) -> None:
@@ -170,14 +244,15 @@ def save(cfg: Any, path: str | Path) -> None:
 
 
 def differences(saved: dict[str, Any], cfg: Any) -> list[str]:
-    """Fields (other than runtime ones) whose value differs from a saved config."""
-    now = to_dict(cfg)
+    """Fields (other than runtime ones) whose value differs from a saved config; fields inside
+    nested sections are named by their dotted key."""
+    before, now = _flat(saved), _flat(to_dict(cfg))
     return [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        f"{k}: {before.get(k)!r} -> {now[k]!r}"
         for k in now
-        if k not in RUNTIME_FIELDS and saved.get(k) != now[k]
+        if k.partition(".")[0] not in RUNTIME_FIELDS and before.get(k) != now[k]
     ]
 
 
 def describe(cfg: Any) -> str:
-    return "\n".join(f"  {k}: {v}" for k, v in to_dict(cfg).items())
+    return "\n".join(f"  {k}: {v}" for k, v in _flat(to_dict(cfg), counts=False).items())
