@@ -11,7 +11,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from mmssl.objectives.colorization import Colorization, ColorQuantizer, rgb_to_lab
+from mmssl.objectives.colorization import Colorization, ColorizationSettings, ColorQuantizer, rgb_to_lab
 from mmssl.registry import TASKS
 from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
 
@@ -19,9 +19,8 @@ from mmssl.tasks.video_common import VideoConfig, VideoTask, random_crop_clip
 @dataclasses.dataclass(frozen=True)
 class ColorizeVideoConfig(VideoConfig):
     max_steps: int = 1500  # about 4 minutes on 2 CPU cores; tracking keeps improving past 400 steps
-    num_refs: int = 3  # reference frames before the target
-    clusters: int = 16  # k-means colour clusters of Lab ab
-    temperature: float = 1.0  # softmax temperature of the feature affinities
+    objective: ColorizationSettings = ColorizationSettings()
+    clusters: int = 16  # k-means colour clusters of Lab ab, fitted before training (the paper's 16)
     quantizer_frames: int = 256  # training frames the colour clusters are fitted on (8 per sampled video)
     frame_stride: int = 3
 
@@ -40,7 +39,7 @@ class ColorizeVideo(VideoTask):
         def item(entry: dict, gen: torch.Generator) -> dict:
             views = entry["views"]
             view = views[int(torch.randint(len(views), (), generator=gen))]
-            clip = read_clip(view, cfg.num_refs + 1, cfg.frame_stride, gen, cfg.backend)["frames"]
+            clip = read_clip(view, cfg.objective.num_refs + 1, cfg.frame_stride, gen, cfg.backend)["frames"]
             # references first, target last; the same crop for all so positions correspond
             return {"frames": random_crop_clip(clip, cfg.frame_size, cfg.min_scale, gen)}
 
@@ -66,7 +65,7 @@ class ColorizeVideo(VideoTask):
     def build_objective(self, cfg: ColorizeVideoConfig) -> Colorization:
         quantizer = self.fit_quantizer(cfg)
         self._centers = quantizer.centers.tolist()
-        return Colorization(self.build_encoder(cfg), quantizer, num_refs=cfg.num_refs, temperature=cfg.temperature)
+        return super().build_objective(cfg, quantizer=quantizer)
 
     def encoder_meta(self, cfg: ColorizeVideoConfig) -> dict:
         # the colour clusters travel with the encoder, so its colour predictions can be decoded later

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from mmssl.encoders.io import build_encoder
 from mmssl.encoders.spectrogram import LogMel
 from mmssl.errors import DataError
 from mmssl.modalities.audio import random_crop
@@ -21,7 +20,7 @@ from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits
 
 
 @dataclasses.dataclass(frozen=True)
-class MAEAudioConfig(AudioConfig, MAESettings):
+class MAEAudioConfig(AudioConfig):
     max_steps: int = 600
     batch_size: int = 32
     lr: float = 1e-3
@@ -33,7 +32,12 @@ class MAEAudioConfig(AudioConfig, MAESettings):
     vit_dim: int | None = 128
     vit_depth: int | None = 4
     vit_heads: int | None = 4
-    mask_ratio: float = 0.8
+    objective: MAESettings = MAESettings(
+        mask_ratio=0.8,  # AudioMAE's ratio: neighbouring spectrogram patches are more alike than pixels
+        decoder_dim=128,  # sized to the demo encoder (128 wide, 4 blocks) and a few CPU minutes
+        decoder_depth=2,
+        decoder_heads=4,
+    )
 
 
 @TASKS.register("mae_audio")
@@ -61,9 +65,6 @@ class MAEAudio(AudioTask):
 
         return item
 
-    def build_objective(self, cfg: MAEAudioConfig) -> MAE:
-        return cfg.build_mae(build_encoder(self.encoder_spec(cfg)))
-
     def after_training(self, cfg: MAEAudioConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: log-mel spectrograms, masked and reconstructed."""
         from mmssl.evaluation.plots import reconstruction_grid
@@ -80,4 +81,4 @@ class MAEAudio(AudioTask):
             torch.manual_seed(cfg.seed)
             shown = objective.eval().reconstruct(x.to(device))
         reconstruction_grid(shown["original"].cpu(), shown["masked"].cpu(), shown["reconstruction"].cpu(),
-                            out_dir / "plots" / "reconstruction.png", title=f"mae_audio, mask ratio {cfg.mask_ratio}")
+                            out_dir / "plots" / "reconstruction.png", title=f"mae_audio, mask ratio {cfg.objective.mask_ratio}")

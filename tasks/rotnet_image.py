@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.objectives.rotnet import RotNet
+from mmssl.objectives.rotnet import RotNetSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
 
@@ -13,6 +13,7 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 class RotNetImageConfig(ImageConfig):
     batch_size: int = 32  # x4 rotations per image
     min_scale: float = 0.5
+    objective: RotNetSettings = RotNetSettings()
 
 
 @TASKS.register("rotnet_image")
@@ -27,6 +28,3 @@ class RotNetImage(ImageTask):
 
         recipe = MAEView(cfg.image_size, min_scale=cfg.min_scale)
         return lambda img, gen: {"input": recipe(img, gen)}
-
-    def build_objective(self, cfg: RotNetImageConfig) -> RotNet:
-        return RotNet(self.build_encoder(cfg))

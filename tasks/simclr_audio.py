@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.encoders.io import build_encoder
 from mmssl.modalities.audio.augment import two_crops
-from mmssl.objectives.simclr import SimCLR
+from mmssl.objectives.simclr import SimCLRSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.audio_common import AudioConfig, AudioTask
 
@@ -16,9 +15,10 @@ from mmssl.tasks.audio_common import AudioConfig, AudioTask
 class SimCLRAudioConfig(AudioConfig):
     max_steps: int = 250
     batch_size: int = 16
-    temperature: float = 0.2
-    proj_hidden: int = 512
-    proj_dim: int = 128
+    objective: SimCLRSettings = SimCLRSettings(
+        proj_hidden=512,  # twice the context network's 256 features, not ResNet-50's 2048
+        temperature=0.2,  # as simclr_image: batches of tens, not the paper's 4096
+    )
     gain_db: float = 6.0
     min_snr_db: float = 10.0
     time_masks: int = 1
@@ -35,6 +35,3 @@ class SimCLRAudio(AudioTask):
         crop, kw = cfg.crop_samples, {"gain_db": cfg.gain_db, "snr_db": (cfg.min_snr_db, cfg.min_snr_db + 30.0),
                                       "time_masks": cfg.time_masks}
         return lambda audio, gen: {"views": two_crops(audio, crop, gen, **kw)}
-
-    def build_objective(self, cfg: SimCLRAudioConfig) -> SimCLR:
-        return SimCLR(build_encoder(self.encoder_spec(cfg)), cfg.proj_hidden, cfg.proj_dim, cfg.temperature)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.objectives.simsiam import SimSiam
+from mmssl.objectives.simsiam import SimSiamSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
 
@@ -12,8 +12,10 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 @dataclasses.dataclass(frozen=True)
 class SimSiamImageConfig(ImageConfig):
     max_steps: int = 1600  # its kNN passes raw pixels between 800 and 1600 steps (about 6 minutes here)
-    proj_dim: int = 512
-    pred_hidden: int = 128  # the paper's bottleneck: a quarter of proj_dim
+    objective: SimSiamSettings = SimSiamSettings(
+        proj_dim=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
+        pred_hidden=128,  # the paper's bottleneck: a quarter of proj_dim
+    )
     min_scale: float = 0.2
     blur: bool = False
 
@@ -30,6 +32,3 @@ class SimSiamImage(ImageTask):
 
         recipe = SimCLRViews(cfg.image_size, min_scale=cfg.min_scale, blur=cfg.blur)
         return lambda img, gen: {"views": recipe(img, gen)}
-
-    def build_objective(self, cfg: SimSiamImageConfig) -> SimSiam:
-        return SimSiam(self.build_encoder(cfg), cfg.proj_dim, cfg.pred_hidden)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.objectives.swav import SwAV
+from mmssl.objectives.swav import SwAVSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
 
@@ -12,21 +12,16 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 @dataclasses.dataclass(frozen=True)
 class SwAVImageConfig(ImageConfig):
     max_steps: int = 1600  # its kNN passes raw pixels at 1600 steps (about 12 minutes here), not yet at 800
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    # Fewer prototypes than the demo's batch of 64: Sinkhorn's equal partition then groups the
-    # batch's samples instead of spreading them one per prototype. The CIFAR recipe's 3000 face a
-    # batch of 256 plus a 3840-embedding queue, so there too Sinkhorn sees more samples than prototypes.
-    num_prototypes: int = 30
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iters: int = 3
-    freeze_prototypes_steps: int = 0
+    objective: SwAVSettings = SwAVSettings(
+        proj_hidden=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
+        # Fewer prototypes than the demo's batch of 64: Sinkhorn's equal partition then groups the
+        # batch's samples instead of spreading them one per prototype. The CIFAR recipe's 3000 face a
+        # batch of 256 plus a 3840-embedding queue, so there too Sinkhorn sees more samples than prototypes.
+        num_prototypes=30,
+    )
     num_local: int = 4  # local crops beside the 2 global ones
     local_size: int = 16
     min_scale: float = 0.14  # global crops cover (min_scale, 1); local ones (0.05, min_scale)
-    queue_size: int = 0  # embeddings of earlier batches in Sinkhorn (per global crop); 0: none
-    queue_start_steps: int = 0  # optimizer steps before the queue is used (once full)
     blur: bool = False  # no blur at 32 px, as in the CIFAR recipes; true gives the paper's ImageNet views
 
 
@@ -43,8 +38,3 @@ class SwAVImage(ImageTask):
         recipe = MultiCropViews(cfg.image_size, cfg.local_size, cfg.num_local, global_scale=(cfg.min_scale, 1.0),
                                 local_scale=(0.05, cfg.min_scale), blur=cfg.blur)
         return lambda img, gen: {"views": recipe(img, gen)}
-
-    def build_objective(self, cfg: SwAVImageConfig) -> SwAV:
-        return SwAV(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.num_prototypes, cfg.temperature,
-                    cfg.epsilon, cfg.sinkhorn_iters, cfg.freeze_prototypes_steps,
-                    queue_size=cfg.queue_size, queue_start_steps=cfg.queue_start_steps)
