@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from mmssl.config import ConfigError, TrainConfig
+from mmssl.encoders.io import build_encoder
 from mmssl.errors import MmsslError
 from mmssl.registry import OBJECTIVES
 
@@ -28,8 +29,6 @@ class Task:
         return self.Config(task=self.name, output_dir=f"runs/{self.name}")
 
     def build_encoder(self, cfg: Any) -> nn.Module:
-        from mmssl.encoders.io import build_encoder
-
         return build_encoder(self.encoder_spec(cfg))
 
     def encoder_spec(self, cfg: Any) -> dict:

@@ -14,8 +14,8 @@ class BYOLImageConfig(ImageConfig):
     max_steps: int = 1600  # its kNN passes raw pixels at 1600 steps (about 7.5 minutes here)
     objective: BYOLSettings = BYOLSettings(
         proj_hidden=512,  # widths sized to the demo conv net's 256 features, not ResNet-50's 2048
-        proj_dim=128,
-        pred_hidden=512,
+        proj_dim=128,  # the output width of the other image tasks' projectors
+        pred_hidden=512,  # as proj_hidden: the predictor mirrors the projector
         # The target follows the online network over ~10 steps at first, not ~100 (0.99) or ~250 (the
         # paper's 0.996, set for ~300k steps): suited to a run of 1600 steps. No average at all (0) was
         # worse here, so the target still helps (docs/results/image.md).

@@ -34,9 +34,9 @@ class MAEAudioConfig(AudioConfig):
     vit_heads: int | None = 4
     objective: MAESettings = MAESettings(
         mask_ratio=0.8,  # AudioMAE's ratio: neighbouring spectrogram patches are more alike than pixels
-        decoder_dim=128,  # sized to the demo encoder (128 wide, 4 blocks) and a few CPU minutes
-        decoder_depth=2,
-        decoder_heads=4,
+        decoder_dim=128,  # as wide as the demo encoder (128), not 512: a few CPU minutes per run
+        decoder_depth=2,  # half the demo encoder's 4 blocks: MAE's decoder is the lighter half
+        decoder_heads=4,  # 32 dims per head, as the demo encoder's
     )
 
 

@@ -28,9 +28,9 @@ class MAEVideoConfig(VideoConfig):
     vit_heads: int | None = 4
     objective: MAESettings = MAESettings(
         mask_ratio=0.9,  # VideoMAE's ratio: a masked tube cannot be copied from its neighbour in time
-        decoder_dim=128,  # sized to the demo encoder (128 wide, 4 blocks) and a few CPU minutes
-        decoder_depth=2,
-        decoder_heads=4,
+        decoder_dim=128,  # as wide as the demo encoder (128), not 512: a few CPU minutes per run
+        decoder_depth=2,  # half the demo encoder's 4 blocks: MAE's decoder is the lighter half
+        decoder_heads=4,  # 32 dims per head, as the demo encoder's
     )
 
 
