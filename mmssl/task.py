@@ -1,13 +1,17 @@
 """The task interface: a config, a model, a data stream and an evaluation, under one name."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
 
-from mmssl.config import TrainConfig
+from mmssl.config import ConfigError, TrainConfig
+from mmssl.encoders.io import build_encoder
+from mmssl.errors import MmsslError
+from mmssl.registry import OBJECTIVES
 
 
 class Task:
@@ -16,7 +20,8 @@ class Task:
     name: ClassVar[str] = ""
     modality: ClassVar[str] = ""
     encoder: ClassVar[str] = ""
-    objective: ClassVar[str] = ""
+    objective: ClassVar[str] = ""  # the OBJECTIVES key; the config's ``objective`` field holds its settings
+    objective_note: ClassVar[str] = ""  # shown beside it by ``mmssl tasks``, e.g. "tube masking"
     default_data: ClassVar[str] = "demo"
     Config: ClassVar[type[TrainConfig]] = TrainConfig
 
@@ -26,9 +31,24 @@ class Task:
     def check_config(self, cfg: Any) -> None:
         """Raise a one-line ConfigError for a bad task-specific setting, before anything loads."""
 
-    def build_objective(self, cfg: Any) -> nn.Module:
-        """The objective module (it owns the encoder and any target networks)."""
+    def build_encoder(self, cfg: Any) -> nn.Module:
+        return build_encoder(self.encoder_spec(cfg))
+
+    def encoder_spec(self, cfg: Any) -> dict:
+        """``{"name": ENCODERS key, "kwargs": {...}}`` for this config."""
         raise NotImplementedError
+
+    def build_objective(self, cfg: Any, **extra: Any) -> nn.Module:
+        """The objective module (it owns the encoder and any target networks): ``self.objective`` from
+        the registry, given the encoder and the settings in ``cfg.objective``. ``extra``: arguments
+        that are not settings, for tasks that override this (MAE's masking, fitted colour clusters)."""
+        encoder = self.build_encoder(cfg)
+        try:
+            return OBJECTIVES.build(self.objective, encoder=encoder, **extra, **dataclasses.asdict(cfg.objective))
+        except ValueError as e:  # a setting the objective refuses: one line, before any training
+            if isinstance(e, MmsslError):
+                raise
+            raise ConfigError(f"objective ({self.objective}): {e}") from None
 
     def train_loader(self, cfg: Any, start_batch: int, world: int, rank: int) -> Iterable[dict]:
         """An endless stream of this process's batches, starting at global batch ``start_batch``."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mmssl.modalities.video.views import crop_views
-from mmssl.objectives.colorization import Colorization, ColorQuantizer, rgb_to_lab
+from mmssl.objectives.colorization import Colorization, ColorizationSettings, ColorQuantizer, rgb_to_lab
 from mmssl.registry import TASKS
 from mmssl.tasks.video_common import VideoConfig, VideoTask
 
@@ -20,9 +20,8 @@ from mmssl.tasks.video_common import VideoConfig, VideoTask
 @dataclasses.dataclass(frozen=True)
 class ColorizeVideoConfig(VideoConfig):
     max_steps: int = 1500  # about 4 minutes on 2 CPU cores; tracking keeps improving past 400 steps
-    num_refs: int = 3  # reference frames before the target
-    clusters: int = 16  # k-means colour clusters of Lab ab
-    temperature: float = 1.0  # softmax temperature of the feature affinities
+    objective: ColorizationSettings = ColorizationSettings()
+    clusters: int = 16  # k-means colour clusters of Lab ab, fitted before training (the paper's 16)
     quantizer_frames: int = 256  # training frames the colour clusters are fitted on (8 per sampled video)
     frame_stride: int = 3
 
@@ -36,7 +35,7 @@ class ColorizeVideo(VideoTask):
     input_kind = "lab_l"
 
     def clip_frames(self, cfg) -> int:
-        return cfg.num_refs + 1
+        return cfg.objective.num_refs + 1
 
     def make_item(self, cfg: ColorizeVideoConfig):
         from mmssl.modalities.video import read_clip
@@ -44,7 +43,7 @@ class ColorizeVideo(VideoTask):
         def item(entry: dict, gen: torch.Generator) -> dict:
             views = entry["views"]
             view = views[int(torch.randint(len(views), (), generator=gen))]
-            clip = read_clip(view, cfg.num_refs + 1, cfg.frame_stride, gen, cfg.backend)["frames"]
+            clip = read_clip(view, cfg.objective.num_refs + 1, cfg.frame_stride, gen, cfg.backend)["frames"]
             frames, crop = self.decode_view(cfg, clip, gen)
             return {"frames": frames, "view": crop}
 
@@ -77,7 +76,7 @@ class ColorizeVideo(VideoTask):
     def build_objective(self, cfg: ColorizeVideoConfig) -> Colorization:
         quantizer = self.fit_quantizer(cfg)
         self._centers = quantizer.centers.tolist()
-        return Colorization(self.build_encoder(cfg), quantizer, num_refs=cfg.num_refs, temperature=cfg.temperature)
+        return super().build_objective(cfg, quantizer=quantizer)
 
     def encoder_meta(self, cfg: ColorizeVideoConfig) -> dict:
         # the colour clusters travel with the encoder, so its colour predictions can be decoded later

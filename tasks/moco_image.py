@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from mmssl.modalities.vision.augment import ViewSettings
-from mmssl.objectives.moco import MoCo
+from mmssl.objectives.moco import MoCoSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
 
@@ -13,14 +13,13 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 @dataclasses.dataclass(frozen=True)
 class MoCoImageConfig(ImageConfig):
     max_steps: int = 1600  # its kNN passes raw pixels at 1600 steps (about 8 minutes here), not yet at 800
-    temperature: float = 0.2
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    queue_size: int = 4096
-    momentum: float = 0.99
-    final_momentum: float | None = None  # None: constant momentum; a number: cosine from momentum to it
-    symmetric: bool = True  # both views act as query once (solo-learn's CIFAR setting)
-    shuffle_bn: int = 16  # shuffle-BN group size (the paper: 32 per GPU); 0: one BatchNorm batch, no shuffle
+    objective: MoCoSettings = MoCoSettings(
+        proj_hidden=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
+        queue_size=4096,  # 32 steps of 128 keys: 65536 would hold keys of a much older encoder in a short run
+        momentum=0.99,  # the key encoder follows over ~100 steps, not ~1000: suited to 1600 steps
+        symmetric=True,  # both views act as query once (solo-learn's CIFAR setting)
+        shuffle_bn=16,  # 4 BatchNorm groups in the demo's batch of 64 (the paper: 32 per GPU)
+    )
     # MoCo v2's views are SimCLR's (arXiv:2003.04297): crops of 20-100% here, no blur at 32 px
     # (views.0.blur_prob=0.5 gives the paper's ImageNet views).
     views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
@@ -32,7 +31,3 @@ class MoCoImage(ImageTask):
     encoder = "convnet | vit | resnet"
     objective = "moco"
     Config = MoCoImageConfig
-
-    def build_objective(self, cfg: MoCoImageConfig) -> MoCo:
-        return MoCo(self.build_encoder(cfg), cfg.proj_hidden, cfg.proj_dim, cfg.queue_size, cfg.momentum,
-                    cfg.temperature, cfg.symmetric, cfg.final_momentum, cfg.shuffle_bn)

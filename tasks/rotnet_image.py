@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
-from mmssl.objectives.rotnet import RotNet
+from mmssl.objectives.rotnet import RotNetSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_common import ImageConfig, ImageTask
 
@@ -13,6 +13,7 @@ from mmssl.tasks.image_common import ImageConfig, ImageTask
 @dataclasses.dataclass(frozen=True)
 class RotNetImageConfig(ImageConfig):
     batch_size: int = 32  # x4 rotations per image
+    objective: RotNetSettings = RotNetSettings()
     # A random resized crop (50-100%) and a flip, no colour changes; the rotations are the objective's.
     views: tuple[ViewSettings, ...] = mae_views(None, min_scale=0.5)
 
@@ -24,6 +25,3 @@ class RotNetImage(ImageTask):
     objective = "rotnet"
     Config = RotNetImageConfig
     single_view = True
-
-    def build_objective(self, cfg: RotNetImageConfig) -> RotNet:
-        return RotNet(self.build_encoder(cfg))

@@ -10,9 +10,8 @@ import dataclasses
 
 from einops import rearrange
 
-from mmssl.encoders.io import build_encoder
 from mmssl.modalities.audio.augment import augment_batch, two_crops
-from mmssl.objectives.simclr import SimCLR
+from mmssl.objectives.simclr import SimCLRSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.audio_common import AudioConfig, AudioTask
 
@@ -21,9 +20,10 @@ from mmssl.tasks.audio_common import AudioConfig, AudioTask
 class SimCLRAudioConfig(AudioConfig):
     max_steps: int = 250
     batch_size: int = 16
-    temperature: float = 0.2
-    proj_hidden: int = 512
-    proj_dim: int = 128
+    objective: SimCLRSettings = SimCLRSettings(
+        proj_hidden=512,  # twice the context network's 256 features, not ResNet-50's 2048
+        temperature=0.2,  # as simclr_image: batches of tens, not the paper's 4096
+    )
     gain_db: float = 6.0
     min_snr_db: float = 10.0
     time_masks: int = 1
@@ -47,5 +47,3 @@ class SimCLRAudio(AudioTask):
         views = augment_batch(rearrange(batch["crops"], "b v l -> (b v) l"), params)
         return {"views": list(rearrange(views, "(b v) l -> v b l", v=2))}
 
-    def build_objective(self, cfg: SimCLRAudioConfig) -> SimCLR:
-        return SimCLR(build_encoder(self.encoder_spec(cfg)), cfg.proj_hidden, cfg.proj_dim, cfg.temperature)

@@ -3,7 +3,7 @@
 Frames of one moment attract, frames far apart in time repel. Multi-view (the default when a
 dataset has synchronised cameras, as the demo does): the positive of an anchor is the
 simultaneous frame of another camera. Single-view: a frame within ``pos_window`` frames of the
-anchor in the same video. Negatives are frames at least ``neg_margin`` frames away from the
+anchor in the same video. Negatives are frames at least ``objective.neg_margin_frames`` away from the
 anchor, and frames of other videos; triplet loss with semi-hard mining, or n-pairs.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from mmssl.errors import DataError
 from mmssl.modalities.video.views import crop_views
-from mmssl.objectives.tcn import TCN
+from mmssl.objectives.tcn import TCNSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.video_common import VideoConfig, VideoTask
 
@@ -27,18 +27,18 @@ class TCNVideoConfig(VideoConfig):
     frame_stride: int = 4  # frames between consecutive anchor times
     views: str = "auto"  # multi | single | auto (multi when the items have two or more cameras)
     pos_window: int = 2  # single-view: the positive lies within this many frames of the anchor
-    neg_margin: int = 6  # negatives from the same video are at least this many frames away
-    margin: float = 0.2  # triplet margin on squared distances of L2-normalised embeddings
-    loss: str = "triplet"  # triplet (semi-hard mining) | npairs
-    embed_dim: int = 32
     min_scale: float = 0.5
+    objective: TCNSettings = TCNSettings(
+        neg_margin_frames=6,  # anchors 4 frames apart: the neighbouring anchor is no negative, the next one is
+    )
 
 
 @TASKS.register("tcn_video")
 class TCNVideo(VideoTask):
     name = "tcn_video"
     encoder = "dense_convnet | resnet"
-    objective = "tcn (triplet / n-pairs)"
+    objective = "tcn"
+    objective_note = "triplet / n-pairs"
     Config = TCNVideoConfig
 
     def clip_frames(self, cfg) -> int:
@@ -87,8 +87,3 @@ class TCNVideo(VideoTask):
         return {side: normalize(crop_views(batch[side], batch[f"{side}_view"], cfg.frame_size))
                 for side in ("anchor", "positive")} | {"times": batch["times"]}
 
-    def build_objective(self, cfg: TCNVideoConfig) -> TCN:
-        if cfg.loss not in ("triplet", "npairs"):
-            raise DataError(f"loss must be triplet or npairs, not '{cfg.loss}'")
-        return TCN(self.build_encoder(cfg), embed_dim=cfg.embed_dim, margin=cfg.margin, loss=cfg.loss,
-                   neg_margin_frames=cfg.neg_margin)

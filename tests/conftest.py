@@ -27,5 +27,5 @@ def tiny_cpc(**extra):
     """Overrides that make cpc_audio run in a second on the CPU."""
     return {
         "batch_size": 4, "num_workers": 0, "channels": 16, "context_dim": 16, "crop_samples": 3200,
-        "prediction_steps": 3, "num_negatives": 8, "warmup_steps": 2, "log_every": 1, "monitor_every": 0, **extra,
+        "objective.steps": 3, "objective.num_negatives": 8, "warmup_steps": 2, "log_every": 1, "monitor_every": 0, **extra,
     }

@@ -314,7 +314,7 @@ def test_train_and_probe_on_an_audiofolder(tmp_path):
     train = subprocess.run(
         [sys.executable, "train.py", "--task", "cpc_audio", "--dataset", str(data), "--output-dir", str(run_dir),
          "--max-steps", "2", "batch_size=2", "num_workers=0", "channels=8", "context_dim=8", "crop_samples=3200",
-         "prediction_steps=2", "num_negatives=4", "--label-column", "label"],
+         "objective.steps=2", "objective.num_negatives=4", "--label-column", "label"],
         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
     )
     assert train.returncode == 0, train.stderr[-3000:]

@@ -151,11 +151,11 @@ def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_pat
     batch = task.on_device(cfg, next(iter(task.train_loader(cfg, 0, 1, 0))))
     library = batch["views"]  # what the objective reads: [v0, v1], each (B, 3, S, S)
     B = cfg.batch_size
-    item_views = PerItemSimCLRViews(cfg.image_size, cfg.min_scale)(images[0], torch.Generator().manual_seed(0))
+    item_views = PerItemSimCLRViews(cfg.image_size, cfg.views[0].min_scale)(images[0], torch.Generator().manual_seed(0))
     assert len(item_views) == len(library) == 2
     for v in item_views:
         assert v.dtype == torch.float32 and v.shape == library[0].shape[1:]
-    batched = batch_views(images[:B], cfg.image_size, cfg.min_scale, torch.Generator().manual_seed(0))
+    batched = batch_views(images[:B], cfg.image_size, cfg.views[0].min_scale, torch.Generator().manual_seed(0))
     assert batched.dtype == torch.float32 and batched.shape == library[0].shape
-    again = PerItemSimCLRViews(cfg.image_size, cfg.min_scale)(images[0], torch.Generator().manual_seed(0))
+    again = PerItemSimCLRViews(cfg.image_size, cfg.views[0].min_scale)(images[0], torch.Generator().manual_seed(0))
     torch.testing.assert_close(item_views[0], again[0])  # the item's generator alone decides its views

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Flags that make a run tiny, for the cases that would otherwise start training.
 TINY = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "channels=8", "context_dim=8",
-        "crop_samples=3200", "prediction_steps=2", "num_negatives=4"]
+        "crop_samples=3200", "objective.steps=2", "objective.num_negatives=4"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -116,7 +116,7 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
             Image.new("RGB", (20, 20), (40 * k, 200, 90)).save(images / "train" / cls / f"{i}.png")
             (bad_images / "train" / cls / f"broken{i}.png").write_bytes(np.random.default_rng(i).bytes(300))
     tiny_image = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "vit_dim=16", "vit_depth=1",
-                  "vit_heads=2", "image_size=16", "proj_hidden=8", "proj_dim=8"]
+                  "vit_heads=2", "image_size=16", "objective.proj_hidden=8", "objective.proj_dim=8"]
 
     def out(name: str) -> list[str]:
         return ["--output-dir", str(work / name)]

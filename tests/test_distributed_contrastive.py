@@ -28,12 +28,13 @@ NAMES = ("simclr", "swav", "moco", "moco_shuffle_bn")
 def make(name):
     torch.manual_seed(0)
     if name == "simclr":
-        return SimCLR(TinyEncoder(), 32, 16, temperature=0.5, projector_bn=False)
+        return SimCLR(TinyEncoder(), proj_hidden=32, proj_dim=16, temperature=0.5, projector_bn=False)
     if name == "swav":
-        return SwAV(TinyEncoder(), 32, 16, num_prototypes=6, projector_bn=False)
+        return SwAV(TinyEncoder(), proj_hidden=32, proj_dim=16, num_prototypes=6, projector_bn=False)
     if name == "moco_shuffle_bn":  # groups of 4: one per process on two, two on one process
-        return MoCo(BNEncoder(), 32, 16, queue_size=3 * GLOBAL_BATCH, symmetric=True, shuffle_bn=GLOBAL_BATCH // 2)
-    return MoCo(TinyEncoder(), 32, 16, queue_size=3 * GLOBAL_BATCH)
+        return MoCo(BNEncoder(), proj_hidden=32, proj_dim=16, queue_size=3 * GLOBAL_BATCH, symmetric=True,
+                    shuffle_bn=GLOBAL_BATCH // 2)
+    return MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=3 * GLOBAL_BATCH, shuffle_bn=0)
 
 
 def views(name):

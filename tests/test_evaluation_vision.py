@@ -191,7 +191,7 @@ def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
             for i in range(count):
                 Image.new("RGB", (16, 16), (30 + 180 * k, 20 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
     tiny = ["backbone=vit", "vit_dim=16", "vit_depth=1", "vit_heads=2", "image_size=16", "patch_size=8",
-            "decoder_dim=16", "decoder_depth=1", "decoder_heads=2"]
+            "objective.decoder_dim=16", "objective.decoder_depth=1", "objective.decoder_heads=2"]
     flags = {"dataset": str(tmp_path / "images"), "label_column": "label", "output_dir": str(tmp_path / "run")}
     task, cfg = resolve_config("mae_image", None, flags, [*tiny, "readout=tokens"])
     encoder = task.build_objective(cfg).encoder

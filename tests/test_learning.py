@@ -54,10 +54,12 @@ def test_short_cpc_run_beats_random_encoder_on_phone_probe(tmp_path):
 
 def _cpc_learns(tmp_path):
     task = TASKS.get("tiny_speech_cpc")()
+    base = task.default_config()
     cfg = dataclasses.replace(
-        task.default_config(), output_dir=str(tmp_path / "run"), batch_size=8, num_workers=0, channels=64,
-        context_dim=64, crop_samples=8000, prediction_steps=6, num_negatives=32, warmup_steps=20, max_steps=1200,
-        log_every=50, save_every=1000, lr=5e-4, monitor_every=0,  # the audio monitor reads the demo corpus, not this one
+        base, output_dir=str(tmp_path / "run"), batch_size=8, num_workers=0, channels=64, context_dim=64,
+        crop_samples=8000, objective=dataclasses.replace(base.objective, steps=6, num_negatives=32), warmup_steps=20,
+        max_steps=1200, log_every=50, save_every=1000, lr=5e-4,
+        monitor_every=0,  # the audio monitor reads the demo corpus, not this one
     )
     report = run_training(task, cfg)
     print(report["table"])

@@ -27,14 +27,15 @@ def two_views(seed=0):
 
 
 BUILDERS = {
-    "simclr": (lambda: SimCLR(TinyEncoder(), 32, 16), two_views),
-    "simclr_audio": (lambda: SimCLR(TinyEncoder(), 32, 16),
+    "simclr": (lambda: SimCLR(TinyEncoder(), proj_hidden=32, proj_dim=16), two_views),
+    "simclr_audio": (lambda: SimCLR(TinyEncoder(), proj_hidden=32, proj_dim=16),
                      lambda: {"views": [torch.randn(B, 64), torch.randn(B, 64)]}),  # waveforms (B, L)
-    "moco": (lambda: MoCo(TinyEncoder(), 32, 16, queue_size=20), two_views),
-    "moco_symmetric": (lambda: MoCo(TinyEncoder(), 32, 16, queue_size=20, symmetric=True), two_views),
-    "byol": (lambda: BYOL(TinyEncoder(), 32, 16, 24), two_views),
-    "simsiam": (lambda: SimSiam(TinyEncoder(), 16, 8), two_views),
-    "swav": (lambda: SwAV(TinyEncoder(), 32, 16, num_prototypes=10),
+    "moco": (lambda: MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=20, shuffle_bn=0), two_views),
+    "moco_symmetric": (lambda: MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=20, symmetric=True,
+                                    shuffle_bn=0), two_views),
+    "byol": (lambda: BYOL(TinyEncoder(), proj_hidden=32, proj_dim=16, pred_hidden=24), two_views),
+    "simsiam": (lambda: SimSiam(TinyEncoder(), proj_dim=16, pred_hidden=8), two_views),
+    "swav": (lambda: SwAV(TinyEncoder(), proj_hidden=32, proj_dim=16, num_prototypes=10),
              lambda: {"views": [images(), images(seed=1), images(size=4, seed=2), images(size=4, seed=3)]}),
     "rotnet": (lambda: RotNet(TinyEncoder()), lambda: {"input": images(), "label": torch.zeros(B)}),
 }
@@ -74,7 +75,7 @@ def params(module):
 
 def test_moco_enqueues_every_micro_batch_and_updates_once():
     torch.manual_seed(0)
-    moco = MoCo(TinyEncoder(), 32, 16, queue_size=20, momentum=0.9)
+    moco = MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=20, momentum=0.9, shuffle_bn=0)
     opt = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.5)
     queue, target = moco.queue.clone(), params(moco.momentum_encoder) + params(moco.momentum_projector)
     batches = [two_views(seed=0), two_views(seed=1)]
@@ -100,9 +101,10 @@ def test_moco_enqueues_every_micro_batch_and_updates_once():
 
 def test_moco_momentum_schedule():
     torch.manual_seed(0)
-    constant = MoCo(TinyEncoder(), 32, 16, queue_size=20, momentum=0.9)
+    constant = MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=20, momentum=0.9, shuffle_bn=0)
     assert constant.momentum_at(0, 100) == constant.momentum_at(70, 100) == 0.9
-    moco = MoCo(TinyEncoder(), 32, 16, queue_size=20, momentum=0.99, final_momentum=0.999)
+    moco = MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=20, momentum=0.99, final_momentum=0.999,
+                shuffle_bn=0)
     assert moco.momentum_at(0, 100) == pytest.approx(0.99)
     assert moco.momentum_at(50, 100) == pytest.approx(0.9945)
     assert moco.momentum_at(100, 100) == pytest.approx(0.999)
@@ -114,7 +116,7 @@ def test_moco_momentum_schedule():
     for new, old, o in zip(params(moco.momentum_encoder), before, params(moco.encoder)):
         torch.testing.assert_close(new, 0.9945 * old + 0.0055 * o)
     with pytest.raises(ValueError, match="MoCo needs"):
-        MoCo(TinyEncoder(), 32, 16, final_momentum=1.5)
+        MoCo(TinyEncoder(), final_momentum=1.5)
 
 
 
@@ -122,7 +124,7 @@ def test_moco_shuffle_bn_encodes_shuffled_groups():
     """Keys come from the momentum encoder run on two groups of the permuted batch, queries from
     two groups in batch order; the permutation is undone, so key i still belongs to image i."""
     torch.manual_seed(0)
-    moco = MoCo(BNEncoder(), 32, 16, queue_size=20, shuffle_bn=B // 2)
+    moco = MoCo(BNEncoder(), proj_hidden=32, proj_dim=16, queue_size=20, shuffle_bn=B // 2)
     x = images()
     torch.manual_seed(5)
     keys = moco._keys([x])[0]
@@ -142,7 +144,7 @@ def test_moco_shuffle_bn_encodes_shuffled_groups():
         whole = F.normalize(moco.momentum_projector(moco.momentum_encoder.pool(moco.momentum_encoder.forward_features(x))), dim=1)
         assert (keys - whole).abs().max() > 1e-3
     with pytest.raises(ValueError, match="shuffle_bn"):
-        MoCo(BNEncoder(), 32, 16, shuffle_bn=-1)
+        MoCo(BNEncoder(), shuffle_bn=-1)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -151,7 +153,8 @@ def test_moco_shuffle_bn_is_exact_without_batchnorm(symmetric):
     results = []
     for shuffle_bn in (0, 2):
         torch.manual_seed(0)
-        moco = MoCo(TinyEncoder(), 32, 16, queue_size=20, symmetric=symmetric, shuffle_bn=shuffle_bn)
+        moco = MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=20, symmetric=symmetric,
+                    shuffle_bn=shuffle_bn)
         out = moco(two_views())
         out["loss"].backward()
         results.append((out["loss"].detach(), [p.grad for p in moco.parameters() if p.requires_grad], moco._pending))
@@ -164,7 +167,7 @@ def test_moco_shuffle_bn_is_exact_without_batchnorm(symmetric):
 
 
 def test_moco_queue_wraps_around():
-    moco = MoCo(TinyEncoder(), 32, 4, queue_size=10)
+    moco = MoCo(TinyEncoder(), proj_hidden=32, proj_dim=4, queue_size=10, shuffle_bn=0)
     keys = torch.arange(12.0)[:, None].expand(12, 4)
     moco.queue_ptr.fill_(8)
     moco._enqueue(keys[:4])  # positions 8, 9, 0, 1
@@ -177,7 +180,7 @@ def test_moco_queue_wraps_around():
 
 def test_byol_momentum_schedule_and_single_ema_update():
     torch.manual_seed(0)
-    byol = BYOL(TinyEncoder(), 32, 16, 24, base_momentum=0.9)
+    byol = BYOL(TinyEncoder(), proj_hidden=32, proj_dim=16, pred_hidden=24, base_momentum=0.9)
     assert byol.momentum_at(0, 100) == pytest.approx(0.9)
     assert byol.momentum_at(50, 100) == pytest.approx(0.95)
     assert byol.momentum_at(100, 100) == pytest.approx(1.0)
@@ -197,7 +200,7 @@ def test_byol_momentum_schedule_and_single_ema_update():
 def test_swav_prototypes_unit_norm_after_step_and_freeze():
     torch.manual_seed(0)
     _, batch = BUILDERS["swav"]
-    swav = SwAV(TinyEncoder(), 32, 16, num_prototypes=10, freeze_prototypes_steps=1)
+    swav = SwAV(TinyEncoder(), proj_hidden=32, proj_dim=16, num_prototypes=10, freeze_prototypes_steps=1)
     torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(10))
     opt = torch.optim.SGD(swav.parameters(), lr=5.0)
     with host_reads() as reads:  # the freeze is decided on the device
@@ -221,7 +224,7 @@ def test_swav_queue_fills_once_per_step_and_then_joins_sinkhorn():
 
     _, batch = BUILDERS["swav"]
     torch.manual_seed(0)
-    swav = SwAV(TinyEncoder(), 32, 16, num_prototypes=10, queue_size=2 * B, queue_start_steps=2)
+    swav = SwAV(TinyEncoder(), proj_hidden=32, proj_dim=16, num_prototypes=10, queue_size=2 * B, queue_start_steps=2)
     opt = torch.optim.SGD(swav.parameters(), lr=0.1)
     b0, b1 = batch(), {"views": [v.flip(0) for v in batch()["views"]]}
 
@@ -256,14 +259,14 @@ def test_swav_queue_fills_once_per_step_and_then_joins_sinkhorn():
         plain = [sinkhorn(scores[i], swav.eps, swav.sinkhorn_iters) for i in range(2)]
         assert not torch.allclose(out["loss"], swav_loss(scores, plain, swav.temperature, 2))
     # a fresh objective loading the state continues with the queue in use
-    fresh = SwAV(TinyEncoder(), 32, 16, num_prototypes=10, queue_size=2 * B, queue_start_steps=2)
+    fresh = SwAV(TinyEncoder(), proj_hidden=32, proj_dim=16, num_prototypes=10, queue_size=2 * B, queue_start_steps=2)
     assert not fresh._queue_in_use()
     fresh.load_state_dict(swav.state_dict())
     assert fresh._queue_in_use() and torch.equal(fresh.queue, swav.queue)
 
 
 def test_swav_queue_shifts_newest_first():
-    swav = SwAV(TinyEncoder(), 32, 4, num_prototypes=10, queue_size=5)
+    swav = SwAV(TinyEncoder(), proj_hidden=32, proj_dim=4, num_prototypes=10, queue_size=5)
     a, b = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
     swav._enqueue(a)
     swav._enqueue(b)
@@ -271,7 +274,7 @@ def test_swav_queue_shifts_newest_first():
     swav._enqueue(torch.randn(2, 7, 4))  # more than fits: the first 5 of them
     assert swav.queue.shape == (2, 5, 4)
     with pytest.raises(ValueError, match="queue_size"):
-        SwAV(TinyEncoder(), 32, 4, queue_size=-1)
+        SwAV(TinyEncoder(), proj_hidden=32, proj_dim=4, queue_size=-1)
 
 
 def test_rotnet_rotation_layout_and_labels():
@@ -293,11 +296,11 @@ def test_rotnet_rotation_layout_and_labels():
 
 def test_bad_arguments_are_value_errors():
     with pytest.raises(ValueError, match="views"):
-        SimCLR(TinyEncoder(), 32, 16)({"input": images()})
+        SimCLR(TinyEncoder(), proj_hidden=32, proj_dim=16)({"input": images()})
     with pytest.raises(ValueError, match="2 views"):
-        BYOL(TinyEncoder(), 32, 16, 24)({"views": [images()] * 3})
+        BYOL(TinyEncoder(), proj_hidden=32, proj_dim=16, pred_hidden=24)({"views": [images()] * 3})
     with pytest.raises(ValueError, match="batch size"):
-        SimSiam(TinyEncoder(), 16, 8)({"views": [images(), images(n=4)]})
+        SimSiam(TinyEncoder(), proj_dim=16, pred_hidden=8)({"views": [images(), images(n=4)]})
     with pytest.raises(ValueError):
         SimCLR(TinyEncoder(), temperature=0)
     with pytest.raises(ValueError):

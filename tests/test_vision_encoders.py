@@ -181,7 +181,8 @@ def test_random_masking_keeps_round_n_and_restores(n, ratio):
 
 def test_tube_mask_is_constant_over_time():
     vit = ENCODERS.build("vit", input_size=[6, 8, 8], patch=[2, 4, 4], **TINY_VIT)  # grid (3, 2, 2)
-    mae = OBJECTIVES.build("mae", encoder=vit, mask_ratio=0.6, masking="tube", decoder_dim=16, decoder_heads=2)
+    mae = OBJECTIVES.build("mae", encoder=vit, mask_ratio=0.6, masking="tube", decoder_dim=16, decoder_depth=2,
+                           decoder_heads=2)
     for _ in range(5):
         visible, mask, _ = mae.mask(torch.randn(3, 12, 32))
         per_time = mask.reshape(3, 3, 4)  # (B, t, h * w)

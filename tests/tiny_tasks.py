@@ -72,10 +72,11 @@ class _Poison:
 
 def tiny_config(out_dir, **overrides):
     task = TASKS.get("tiny_cpc")()
+    base = task.default_config()
     cfg = dataclasses.replace(
-        task.default_config(), output_dir=str(out_dir), batch_size=4, num_workers=0, channels=16, context_dim=16,
-        crop_samples=3200, prediction_steps=3, num_negatives=8, warmup_steps=2, log_every=1, max_steps=6,
-        save_every=2, lr=3e-3, monitor_every=0,
+        base, output_dir=str(out_dir), batch_size=4, num_workers=0, channels=16, context_dim=16,
+        crop_samples=3200, objective=dataclasses.replace(base.objective, steps=3, num_negatives=8), warmup_steps=2,
+        log_every=1, max_steps=6, save_every=2, lr=3e-3, monitor_every=0,
     )
     return task, dataclasses.replace(cfg, **overrides)
 

@@ -147,7 +147,7 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         simclr = learning_config("simclr_image", size, dataset, tmp / "unused")[1]  # the peer's objective settings
         spec = task.build_objective(cfg).export_encoder().spec
         torch.manual_seed(cfg.seed)
-        floor = PlainSimCLR(spec, simclr.proj_hidden, simclr.proj_dim, simclr.temperature)
+        floor = PlainSimCLR(spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature)
         with torch.no_grad():
             random_knn = task.monitor(cfg, floor.encoder.eval()).get("knn_top1")  # also opens and checks the data
         if random_knn is None:
@@ -169,13 +169,13 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         dev = train_device()
         images = images.to(dev)
         torch.manual_seed(cfg.seed)
-        model = PlainSimCLR(spec, simclr.proj_hidden, simclr.proj_dim, simclr.temperature).to(dev)
+        model = PlainSimCLR(spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
         plain = train_plain(model, images, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=simclr.min_scale,
+                            warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=simclr.views[0].min_scale,
                             at_seconds=[p["seconds"] for p in ours["points"]],
                             measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed)
         log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
-        ref = reference_rate(model, images.cpu(), cfg, PerItemSimCLRViews(cfg.image_size, simclr.min_scale),
+        ref = reference_rate(model, images.cpu(), cfg, PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
                              min(30.0, max(2.0, seconds / 8)))
 
     curve = [{"seconds": a["seconds"], "mmssl": a["knn_top1"], "plain": b["knn_top1"], "plain_at_s": b["at_s"],

@@ -31,34 +31,34 @@ VIT_S = {"vit_size": "small", "vit_dim": 384, "vit_depth": 12, "vit_heads": 6}
 MODEL_SIZES: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
     "mae_image": {
         "tiny": (8, {"backbone": "vit", "image_size": 32, "patch_size": 8, "vit_dim": 64, "vit_depth": 2,
-                     "vit_heads": 2, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
+                     "vit_heads": 2, "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}),
         # ViT-S at batch 64 on 64 px images with 8 px patches: 64 tokens, 16 of them visible; at 224 px
         # with 16 px patches (196 tokens) one step takes about a minute on 2 CPU cores
         "small": (64, {"backbone": "vit", "image_size": 64, "patch_size": 8, **VIT_S,
-                       "decoder_dim": 256, "decoder_depth": 4, "decoder_heads": 8}),
+                       "objective": {"decoder_dim": 256, "decoder_depth": 4, "decoder_heads": 8}}),
         # ViT-S/16 at 224 px, batch 64, with MAE's 512-d 8-block decoder
         "full": (64, {"backbone": "vit", "image_size": 224, "patch_size": 16, **VIT_S,
-                      "decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16}),
+                      "objective": {"decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16}}),
     },
     "mae_video": {
         "tiny": (4, {"clip_len": 4, "frame_size": 32, "tubelet": "2,8,8", "vit_dim": 64, "vit_depth": 2,
-                     "vit_heads": 2, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
+                     "vit_heads": 2, "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}),
         # VideoMAE's ViT-S with its 192-d 4-block decoder, on 8 x 64 x 64 clips
         "small": (32, {"clip_len": 8, "frame_size": 64, "tubelet": "2,8,8", **VIT_S,
-                      "decoder_dim": 192, "decoder_depth": 4, "decoder_heads": 3}),
+                      "objective": {"decoder_dim": 192, "decoder_depth": 4, "decoder_heads": 3}}),
         # VideoMAE's 16 x 224 x 224 clips in 2 x 16 x 16 tubelets
         "full": (16, {"clip_len": 16, "frame_size": 224, "tubelet": "2,16,16", **VIT_S,
-                      "decoder_dim": 192, "decoder_depth": 4, "decoder_heads": 3}),
+                      "objective": {"decoder_dim": 192, "decoder_depth": 4, "decoder_heads": 3}}),
     },
     "simclr_image": {
         "tiny": (8, {"backbone": "convnet", "convnet_widths": "8,16,16,32", "image_size": 32,
-                     "proj_hidden": 64, "proj_dim": 32}),
+                     "objective": {"proj_hidden": 64, "proj_dim": 32}}),
         # ResNet-18 with the CIFAR stem at 32 px, batch 64 (128 views)
         "small": (64, {"backbone": "resnet18", "small_stem": True, "image_size": 32,
-                       "proj_hidden": 512, "proj_dim": 128}),
+                       "objective": {"proj_hidden": 512, "proj_dim": 128}}),
         # solo-learn's CIFAR setting: batch 256, a 2048-d projector
         "full": (256, {"backbone": "resnet18", "small_stem": True, "image_size": 32,
-                       "proj_hidden": 2048, "proj_dim": 128}),
+                       "objective": {"proj_hidden": 2048, "proj_dim": 128}}),
     },
 }
 
@@ -91,12 +91,12 @@ def describe(task_name: str, objective: nn.Module, cfg: Any) -> str:
     batch = cfg.batch_size
     if task_name == "simclr_image":
         stem = " small stem" if cfg.backbone.startswith("resnet") and cfg.small_stem else ""
-        return (f"{cfg.backbone}{stem} at {cfg.image_size} px, proj {cfg.proj_hidden}-{cfg.proj_dim}, "
+        return (f"{cfg.backbone}{stem} at {cfg.image_size} px, proj {cfg.objective.proj_hidden}-{cfg.objective.proj_dim}, "
                 f"b{batch} x 2 views")
     v = vit_sizes(objective.encoder.spec)
     return (f"ViT {v['dim']}x{v['depth']} h{v['heads']}, patch {'x'.join(map(str, v['patch']))} on "
-            f"{'x'.join(map(str, v['input_size']))}, mask {cfg.mask_ratio:g}, "
-            f"dec {cfg.decoder_dim}x{cfg.decoder_depth}, b{batch}")
+            f"{'x'.join(map(str, v['input_size']))}, mask {cfg.objective.mask_ratio:g}, "
+            f"dec {cfg.objective.decoder_dim}x{cfg.objective.decoder_depth}, b{batch}")
 
 
 @dataclasses.dataclass

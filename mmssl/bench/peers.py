@@ -44,9 +44,9 @@ def _vit_shapes(spec: dict, cfg: Any) -> dict:
     return {"hidden_size": v["dim"], "num_hidden_layers": v["depth"], "num_attention_heads": v["heads"],
             "intermediate_size": v["mlp"], "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
             "attention_probs_dropout_prob": 0.0, "layer_norm_eps": 1e-6, "qkv_bias": True,
-            "num_channels": v["channels"], "decoder_hidden_size": cfg.decoder_dim,
-            "decoder_num_hidden_layers": cfg.decoder_depth, "decoder_num_attention_heads": cfg.decoder_heads,
-            "decoder_intermediate_size": 4 * cfg.decoder_dim, "norm_pix_loss": cfg.norm_pix_loss,
+            "num_channels": v["channels"], "decoder_hidden_size": cfg.objective.decoder_dim,
+            "decoder_num_hidden_layers": cfg.objective.decoder_depth, "decoder_num_attention_heads": cfg.objective.decoder_heads,
+            "decoder_intermediate_size": 4 * cfg.objective.decoder_dim, "norm_pix_loss": cfg.objective.norm_pix_loss,
             "attn_implementation": "sdpa"}
 
 
@@ -65,7 +65,7 @@ def _vitmae_peer(objective: nn.Module, cfg: Any, data: dict, device: torch.devic
 
     spec = objective.encoder.spec
     v = vit_sizes(spec)
-    config = ViTMAEConfig(image_size=v["input_size"][0], patch_size=v["patch"][0], mask_ratio=cfg.mask_ratio,
+    config = ViTMAEConfig(image_size=v["input_size"][0], patch_size=v["patch"][0], mask_ratio=cfg.objective.mask_ratio,
                           **_vit_shapes(spec, cfg))
     x = data["input"]
     return Side("transformers ViTMAEForPreTraining", ViTMAEForPreTraining(config).to(device),
@@ -83,7 +83,7 @@ def _videomae_peer(objective: nn.Module, cfg: Any, data: dict, device: torch.dev
     config = VideoMAEConfig(image_size=H, patch_size=p, num_frames=T, tubelet_size=pt, use_mean_pooling=False,
                             **_vit_shapes(spec, cfg))
     x = data["input"].transpose(1, 2).contiguous()  # (B, T, C, H, W), VideoMAE's layout, made once
-    keep = round(h * w * (1 - cfg.mask_ratio))  # as our tube masking rounds it
+    keep = round(h * w * (1 - cfg.objective.mask_ratio))  # as our tube masking rounds it
     return Side("transformers VideoMAEForPreTraining", VideoMAEForPreTraining(config).to(device),
                 lambda m: m(pixel_values=x, bool_masked_pos=tube_mask(x.shape[0], (t, h, w), keep, x.device)).loss)
 
@@ -107,7 +107,7 @@ class _LightlySimCLR(nn.Module):
 
 def _lightly_peer(objective: nn.Module, cfg: Any, data: dict, device: torch.device) -> Side:
     views = data["views"]
-    return Side("lightly NTXentLoss", _LightlySimCLR(objective, cfg.temperature).to(device), lambda m: m(views))
+    return Side("lightly NTXentLoss", _LightlySimCLR(objective, cfg.objective.temperature).to(device), lambda m: m(views))
 
 
 PEERS = {"mae_image": ("transformers", _vitmae_peer), "mae_video": ("transformers", _videomae_peer),

@@ -9,6 +9,12 @@ prototypes) and turns a batch into a loss. It keeps three promises:
   here, once per real optimizer step, never inside ``forward`` -- so gradient accumulation and
   several processes see the same updates;
 - ``export_encoder()``: the module saved as the run's encoder (``self.encoder`` unless overridden).
+
+Its hyperparameters are one frozen dataclass in its module (``SimCLRSettings``, ...), named by the
+class attribute ``Settings``, with the paper's defaults; the constructor takes the encoder and then
+exactly the settings' fields as keyword arguments (plus anything that is not a setting, such as a
+fitted colour quantizer), so ``OBJECTIVES.build(name, encoder=e, **dataclasses.asdict(settings))``
+builds it. A task config nests the settings as its ``objective`` field.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ class Objective(nn.Module):
     """Base of every objective; subclasses set ``self.encoder`` and implement ``forward``."""
 
     encoder: nn.Module
+    Settings: ClassVar[type]  # the settings dataclass whose fields the constructor takes
     # Names an objective logs beyond METRICS (a METRICS name with a suffix, such as acc_step1, needs none).
     extra_metrics: ClassVar[tuple[str, ...]] = ()
 

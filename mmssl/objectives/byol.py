@@ -8,6 +8,8 @@ with BYOL's cosine momentum schedule. No negatives are needed.
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,10 +21,24 @@ from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
 
 
+@dataclasses.dataclass(frozen=True)
+class BYOLSettings:
+    """BYOL's settings, defaults from the paper (arXiv:2006.07733): a 4096-256 projector, a 4096-wide
+    predictor and tau_base = 0.996 (``base_momentum``), set for its 300k-step ImageNet runs."""
+
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    pred_hidden: int = 4096
+    base_momentum: float = 0.996
+
+
 @OBJECTIVES.register("byol")
 class BYOL(Objective):
-    def __init__(self, encoder: nn.Module, proj_hidden: int = 4096, proj_dim: int = 256, pred_hidden: int = 4096,
-                 base_momentum: float = 0.99):
+    Settings: ClassVar[type] = BYOLSettings
+
+    def __init__(self, encoder: nn.Module, *, proj_hidden: int = BYOLSettings.proj_hidden,
+                 proj_dim: int = BYOLSettings.proj_dim, pred_hidden: int = BYOLSettings.pred_hidden,
+                 base_momentum: float = BYOLSettings.base_momentum):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.

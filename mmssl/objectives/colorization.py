@@ -13,6 +13,9 @@ Colours live in CIE Lab: L is the input and k-means clusters of (a, b) are the c
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -115,16 +118,29 @@ class ColorQuantizer(nn.Module):
         return self.centers[ids].movedim(-1, -3)
 
 
+@dataclasses.dataclass(frozen=True)
+class ColorizationSettings:
+    """The colorization objective's settings, defaults from the paper (arXiv:1806.09594): 3 reference
+    frames per target and a plain softmax over the affinities (temperature 1). The number of colour
+    classes (the paper's 16) belongs to the fitted ``ColorQuantizer`` the task passes in."""
+
+    num_refs: int = 3
+    temperature: float = 1.0
+    eps: float = 1e-8
+
+
 @OBJECTIVES.register("colorization")
 class Colorization(Objective):
-    def __init__(self, encoder: nn.Module, quantizer: ColorQuantizer, num_refs: int = 3, temperature: float = 1.0,
-                 eps: float = 1e-8):
+    Settings: ClassVar[type] = ColorizationSettings
+
+    def __init__(self, encoder: nn.Module, quantizer: ColorQuantizer, *, num_refs: int = ColorizationSettings.num_refs,
+                 temperature: float = ColorizationSettings.temperature, eps: float = ColorizationSettings.eps):
         """
         Args:
             encoder: exposes ``feature_map`` (B, 1, H, W) -> (B, D, h, w): it reads the L channel
                 of Lab scaled to [-1, 1].
             quantizer: fitted colour classes; its centres are a buffer of this module, so they
-                travel in checkpoints.
+                travel in checkpoints. Not a setting: the task fits it on its training frames.
             num_refs: reference frames R per target (the paper's 3).
             temperature: affinities are dot products divided by it; the paper's softmax has none (1).
             eps: added to the copied probabilities before the log, so a colour absent from every

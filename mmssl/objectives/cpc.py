@@ -7,6 +7,9 @@ drawn from all frames of all sequences on all processes (InfoNCE).
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,10 +20,25 @@ from mmssl.objectives.base import Objective
 from mmssl.registry import OBJECTIVES
 
 
+@dataclasses.dataclass(frozen=True)
+class CPCSettings:
+    """CPC's settings, defaults from the paper (arXiv:1807.03748): K = 12 future steps predicted with one
+    linear map each, scored against the positive and 128 negatives per position drawn from the frames
+    of the whole batch, by the plain dot product (``temperature`` None)."""
+
+    steps: int = 12
+    num_negatives: int = 128
+    negatives_from: str = "batch"
+    temperature: float | None = None
+
+
 @OBJECTIVES.register("cpc")
 class CPC(Objective):
-    def __init__(self, encoder: nn.Module, steps: int = 12, num_negatives: int = 128, negatives_from: str = "batch",
-                 temperature: float | None = None):
+    Settings: ClassVar[type] = CPCSettings
+
+    def __init__(self, encoder: nn.Module, *, steps: int = CPCSettings.steps,
+                 num_negatives: int = CPCSettings.num_negatives, negatives_from: str = CPCSettings.negatives_from,
+                 temperature: float | None = CPCSettings.temperature):
         """
         Args:
             encoder: a sequence encoder (``forward_frames`` -> z, ``forward_context`` -> c).

@@ -14,6 +14,7 @@ The encoder must expose the hooks of ``mmssl.encoders.vit.ViT``: ``patchify``,
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,17 +61,34 @@ def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | Non
     return gather_tokens(tokens, ids_keep), mask, ids_restore
 
 
+@dataclasses.dataclass(frozen=True)
+class MAESettings:
+    """MAE's settings, defaults from the paper (arXiv:2111.06377): 75% of the patches masked, a
+    512-d decoder of 8 blocks with 16 heads, targets normalised per patch (norm_pix_loss)."""
+
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True
+
+
 @OBJECTIVES.register("mae")
 class MAE(Objective):
-    def __init__(self, encoder: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128, decoder_depth: int = 2,
-                 decoder_heads: int = 4, norm_pix_loss: bool = True, masking: str = "random"):
+    Settings: ClassVar[type] = MAESettings
+
+    def __init__(self, encoder: nn.Module, *, mask_ratio: float = MAESettings.mask_ratio,
+                 decoder_dim: int = MAESettings.decoder_dim, decoder_depth: int = MAESettings.decoder_depth,
+                 decoder_heads: int = MAESettings.decoder_heads, norm_pix_loss: bool = MAESettings.norm_pix_loss,
+                 masking: str = "random"):
         """
         Args:
             encoder: a ViT-like encoder with the hooks in ``HOOKS``.
             mask_ratio: fraction of patches masked, in (0, 1).
             decoder_dim, decoder_depth, decoder_heads: width, blocks and heads of the decoder.
             norm_pix_loss: targets are each patch's values normalised by its own mean and std.
-            masking: "random" (per token) or "tube" (per spatial position, over a (t, h, w) grid).
+            masking: "random" (per token) or "tube" (per spatial position, over a (t, h, w) grid);
+                not a setting: it follows from the task's input (tube for video, arXiv:2203.12602).
         """
         super().__init__()
         if not 0 < mask_ratio < 1:
@@ -184,19 +202,3 @@ class MAE(Objective):
         unpatch, grid = self.encoder.patchify.from_patches, self.encoder.grid
         return {"original": x, "masked": unpatch(patches.masked_fill(masked, 0), grid),
                 "reconstruction": unpatch(torch.where(masked, pred, patches), grid)}
-
-
-
-@dataclasses.dataclass(frozen=True)
-class MAESettings:
-    """The MAE objective's config fields, shared by the mae_* task configs (a mixin of their dataclasses)."""
-
-    mask_ratio: float = 0.75
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    norm_pix_loss: bool = True
-
-    def build_mae(self, encoder: nn.Module, masking: str = "random") -> MAE:
-        return MAE(encoder, self.mask_ratio, self.decoder_dim, self.decoder_depth, self.decoder_heads,
-                   self.norm_pix_loss, masking=masking)

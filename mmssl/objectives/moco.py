@@ -19,6 +19,8 @@ BatchNorm (ViT, GroupNorm convs) are unaffected by it.
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +40,31 @@ def _grouped(encoder: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.cat([encoder.pool(encoder.forward_features(part)) for part in x.tensor_split(groups)])
 
 
+@dataclasses.dataclass(frozen=True)
+class MoCoSettings:
+    """MoCo v2's settings, defaults from the paper (arXiv:2003.04297, on MoCo arXiv:1911.05722): a
+    2048-128 MLP projector, a queue of K = 65536 keys, m = 0.999, tau = 0.2, one query per pair,
+    constant momentum, and shuffle-BN over the per-GPU batch of 32 (256 on 8 GPUs)."""
+
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    queue_size: int = 65536
+    momentum: float = 0.999
+    temperature: float = 0.2
+    symmetric: bool = False
+    final_momentum: float | None = None
+    shuffle_bn: int = 32
+
+
 @OBJECTIVES.register("moco")
 class MoCo(Objective):
-    def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, queue_size: int = 4096,
-                 momentum: float = 0.99, temperature: float = 0.2, symmetric: bool = False,
-                 final_momentum: float | None = None, shuffle_bn: int = 0):
+    Settings: ClassVar[type] = MoCoSettings
+
+    def __init__(self, encoder: nn.Module, *, proj_hidden: int = MoCoSettings.proj_hidden,
+                 proj_dim: int = MoCoSettings.proj_dim, queue_size: int = MoCoSettings.queue_size,
+                 momentum: float = MoCoSettings.momentum, temperature: float = MoCoSettings.temperature,
+                 symmetric: bool = MoCoSettings.symmetric, final_momentum: float | None = MoCoSettings.final_momentum,
+                 shuffle_bn: int = MoCoSettings.shuffle_bn):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.

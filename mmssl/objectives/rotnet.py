@@ -6,6 +6,9 @@ Images only: rotations by multiples of 90 degrees need square images.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,9 +18,18 @@ from mmssl.objectives.heads import embedding_std
 from mmssl.registry import OBJECTIVES
 
 
+@dataclasses.dataclass(frozen=True)
+class RotNetSettings:
+    """RotNet's settings, defaults from the paper (arXiv:1803.07728): four rotations, multiples of 90 degrees."""
+
+    num_classes: int = 4
+
+
 @OBJECTIVES.register("rotnet")
 class RotNet(Objective):
-    def __init__(self, encoder: nn.Module, num_classes: int = 4):
+    Settings: ClassVar[type] = RotNetSettings
+
+    def __init__(self, encoder: nn.Module, *, num_classes: int = RotNetSettings.num_classes):
         """
         Args:
             encoder: an image encoder exposing ``forward_features``, ``pool`` and ``embed_dim``.

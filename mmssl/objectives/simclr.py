@@ -6,6 +6,9 @@ embeddings of the global batch, gathered from every process with gradients.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -15,10 +18,24 @@ from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
+@dataclasses.dataclass(frozen=True)
+class SimCLRSettings:
+    """SimCLR's settings, defaults from the paper (arXiv:2002.05709): its ImageNet setting, a 2048-2048-128
+    projector and tau 0.1 (its CIFAR-10 runs, Appendix B.9, prefer 0.5)."""
+
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    temperature: float = 0.1
+    projector_bn: bool = True
+
+
 @OBJECTIVES.register("simclr")
 class SimCLR(Objective):
-    def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, temperature: float = 0.1,
-                 projector_bn: bool = True):
+    Settings: ClassVar[type] = SimCLRSettings
+
+    def __init__(self, encoder: nn.Module, *, proj_hidden: int = SimCLRSettings.proj_hidden,
+                 proj_dim: int = SimCLRSettings.proj_dim, temperature: float = SimCLRSettings.temperature,
+                 projector_bn: bool = SimCLRSettings.projector_bn):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.

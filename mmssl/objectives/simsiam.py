@@ -7,6 +7,9 @@ prevents collapse, which the "std" metric watches.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -16,9 +19,21 @@ from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
+@dataclasses.dataclass(frozen=True)
+class SimSiamSettings:
+    """SimSiam's settings, defaults from the paper (arXiv:2011.10566): a 3-layer 2048-d projector and a
+    predictor with a 512-d bottleneck (a quarter of the projector's width)."""
+
+    proj_dim: int = 2048
+    pred_hidden: int = 512
+
+
 @OBJECTIVES.register("simsiam")
 class SimSiam(Objective):
-    def __init__(self, encoder: nn.Module, proj_dim: int = 2048, pred_hidden: int = 512):
+    Settings: ClassVar[type] = SimSiamSettings
+
+    def __init__(self, encoder: nn.Module, *, proj_dim: int = SimSiamSettings.proj_dim,
+                 pred_hidden: int = SimSiamSettings.pred_hidden):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.

@@ -9,6 +9,9 @@ crops of one resolution share an encoder forward.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,11 +22,37 @@ from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
 from mmssl.registry import OBJECTIVES
 
 
+@dataclasses.dataclass(frozen=True)
+class SwAVSettings:
+    """SwAV's settings, defaults from the paper (arXiv:2006.09882): a 2048-128 projector, K = 3000
+    prototypes, tau = 0.1, Sinkhorn-Knopp with eps = 0.05 for 3 iterations, two global crops and, as in
+    its batch-4096 runs, no queue. The paper freezes the prototypes for the first epoch; an epoch's
+    length in steps depends on the data, so a recipe sets ``freeze_prototypes_steps`` (0: never frozen)."""
+
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    num_prototypes: int = 3000
+    temperature: float = 0.1
+    eps: float = 0.05
+    sinkhorn_iters: int = 3
+    freeze_prototypes_steps: int = 0
+    projector_bn: bool = True
+    queue_size: int = 0
+    queue_start_steps: int = 0
+
+
+_S = SwAVSettings  # the constructor's defaults are the settings' own
+
+
 @OBJECTIVES.register("swav")
 class SwAV(Objective):
-    def __init__(self, encoder: nn.Module, proj_hidden: int = 2048, proj_dim: int = 128, num_prototypes: int = 3000,
-                 temperature: float = 0.1, eps: float = 0.05, sinkhorn_iters: int = 3, freeze_prototypes_steps: int = 0,
-                 projector_bn: bool = True, global_crops: int = 2, queue_size: int = 0, queue_start_steps: int = 0):
+    Settings: ClassVar[type] = SwAVSettings
+
+    def __init__(self, encoder: nn.Module, *, proj_hidden: int = _S.proj_hidden, proj_dim: int = _S.proj_dim,
+                 num_prototypes: int = _S.num_prototypes, temperature: float = _S.temperature, eps: float = _S.eps,
+                 sinkhorn_iters: int = _S.sinkhorn_iters, freeze_prototypes_steps: int = _S.freeze_prototypes_steps,
+                 projector_bn: bool = _S.projector_bn, global_crops: int = 2,
+                 queue_size: int = _S.queue_size, queue_start_steps: int = _S.queue_start_steps):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.

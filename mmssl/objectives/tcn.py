@@ -10,6 +10,9 @@ mined within each process's batch, as the TCN code mines within each replica's.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -43,12 +46,28 @@ def tcn_negatives(times: torch.Tensor, neg_margin_frames: int) -> torch.Tensor:
     return (video[:, None] != video[None]) | ((t[:, None] - t[None]).abs() >= neg_margin_frames)
 
 
+@dataclasses.dataclass(frozen=True)
+class TCNSettings:
+    """TCN's settings, defaults from the paper (arXiv:1704.06888): 32-d L2-normalised embeddings and
+    the triplet loss with margin 0.2. The smallest gap of a same-video negative (8 frames) and the
+    head's hidden width are ours."""
+
+    embed_dim: int = 32
+    hidden: int = 256
+    margin: float = 0.2
+    loss: str = "triplet"
+    neg_margin_frames: int = 8
+    l2_reg: float = 0.0
+
+
 @OBJECTIVES.register("tcn")
 class TCN(Objective):
+    Settings: ClassVar[type] = TCNSettings
     extra_metrics = ("pos_dist", "neg_dist")  # mean squared distances of positive and negative pairs
 
-    def __init__(self, encoder: nn.Module, embed_dim: int = 32, hidden: int = 256, margin: float = 0.2,
-                 loss: str = "triplet", neg_margin_frames: int = 8, l2_reg: float = 0.0):
+    def __init__(self, encoder: nn.Module, *, embed_dim: int = TCNSettings.embed_dim, hidden: int = TCNSettings.hidden,
+                 margin: float = TCNSettings.margin, loss: str = TCNSettings.loss,
+                 neg_margin_frames: int = TCNSettings.neg_margin_frames, l2_reg: float = TCNSettings.l2_reg):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.
