@@ -26,7 +26,7 @@ def run(tmp_path, *args: str, module: bool = False, env: dict | None = None) -> 
                           check=False)
 
 TINY_IMAGE = ["--max-steps", "2", "batch_size=2", "num_workers=0", "vit_dim=16", "vit_depth=1", "vit_heads=2",
-              "image_size=16", "proj_hidden=8", "proj_dim=8", "probe_max_train=50", "probe_max_test=50"]
+              "image_size=16", "objective.proj_hidden=8", "objective.proj_dim=8", "probe_max_train=50", "probe_max_test=50"]
 TINY_VIDEO = ["--max-steps", "2", "batch_size=2", "num_workers=0", "evaluate=false", "frame_size=32",
               "dense_widths=8,8,8", "quantizer_frames=16", "clusters=4"]
 
@@ -45,7 +45,7 @@ def test_audio_trains_on_a_hub_snapshot_and_probes_its_speaker_column(tmp_path):
     out = ok(run(tmp_path, "--task", "cpc_audio", "--dataset", snap, "--output-dir", str(tmp_path / "run"),
                  *[a for a in TINY if a != "evaluate=false"], "--max-steps", "2"))
     assert "labels: column 'speaker_id'" in out
-    assert "speaker (utterance)" in out  # the probe table
+    assert "speaker (utterance, mean+std pooled)" in out  # the probe table
 
 
 @pytest.mark.parametrize("kind", ["parquet", "csv", "hub_cache"])

@@ -263,7 +263,7 @@ def test_image_run_draws_its_learning_curve_with_random_and_pixel_baselines(tmp_
             for i in range(count):
                 Image.new("RGB", (16, 16), (30 + 180 * k, 20 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
     tiny = ["backbone=vit", "vit_dim=16", "vit_depth=1", "vit_heads=2", "image_size=16", "patch_size=8",
-            "decoder_dim=16", "decoder_depth=1", "decoder_heads=2"]
+            "objective.decoder_dim=16", "objective.decoder_depth=1", "objective.decoder_heads=2"]
     run = tmp_path / "run"
     assert main(["train", "--task", "mae_image", "--dataset", str(tmp_path / "images"), "--label-column", "label",
                  "--output-dir", str(run), "--max-steps", "2", "batch_size=4", "num_workers=0", "monitor_every=1",
