@@ -1,4 +1,4 @@
-"""Write two labelled image folders that the image demos were never tuned on, for checking that
+"""Write labelled image folders that the image demos were never tuned on, for checking that
 demo defaults transfer beyond the embedded shapes.
 
   digits: scikit-learn's handwritten digits (1,797 8x8 grey images, 10 classes, shipped with the
@@ -6,11 +6,18 @@ demo defaults transfer beyond the embedded shapes.
   glyphs: 10 letters drawn with Pillow's bundled font at random size, rotation, position and colour
           over a textured background (smooth noise, gradients, stripes) with line distractors;
           400 train and 100 test images per class.
+  clutter: the same handwritten digits, each shrunk or grown to 12-26 px, placed at a random spot and
+          angle in colour over the textured backgrounds, with a second digit's fragment cut at the
+          border as a distractor; test images come from held-out writers' digits (the 80/20 split
+          above), train and test rendered 3 times each with fresh placements.
+          Raw pixels sit near the ceiling on ``digits`` (centred, upright, white on black), so kNN
+          there cannot show what a method learned; ``clutter`` keeps the handwriting and removes
+          the alignment that pixels exploit.
 
-Both are imagefolders (``OUT/<set>/{train,test}/<class>/<n>.png``), so any task reads them with
+Each set is an imagefolder (``OUT/<set>/{train,test}/<class>/<n>.png``), so any task reads them with
 ``--dataset OUT/<set> --label-column label``.
 
-    python benchmarks/image_sets.py OUT [--sets digits glyphs] [--seed 0]
+    python benchmarks/image_sets.py OUT [--sets glyphs clutter digits] [--seed 0]
 """
 from __future__ import annotations
 
@@ -34,19 +41,24 @@ def write(images: list[tuple[np.ndarray, int, str]], root: Path, names: list[str
 
 
 def digits(seed: int) -> list[tuple[np.ndarray, int, str]]:
+    out = []
+    for grey, label, split in _split_digits(seed):
+        big = np.asarray(Image.fromarray(grey).resize((SIZE, SIZE), Image.BICUBIC))
+        out.append((np.repeat(big[..., None], 3, axis=2), label, split))
+    return out
+
+
+def _split_digits(seed: int):
+    """scikit-learn's digits as (grey 0-255 array, label, split) with a stratified 80/20 split."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     rng = np.random.default_rng(seed)
-    out = []
     for label in range(10):
         rows = rng.permutation(np.flatnonzero(data.target == label))
         cut = round(len(rows) * 0.8)
         for k, i in enumerate(rows):
-            grey = (data.images[i] * (255 / 16)).astype(np.uint8)
-            big = np.asarray(Image.fromarray(grey).resize((SIZE, SIZE), Image.BICUBIC))
-            out.append((np.repeat(big[..., None], 3, axis=2), label, "train" if k < cut else "test"))
-    return out
+            yield (data.images[i] * (255 / 16)).astype(np.uint8), label, "train" if k < cut else "test"
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -86,6 +98,41 @@ def glyph(label: int, rng: np.random.Generator) -> np.ndarray:
     return ((back * (1 - alpha) + fore * alpha) * 255).round().clip(0, 255).astype(np.uint8)
 
 
+def _place(grey: np.ndarray, rng: np.random.Generator, side: int, centre: tuple[float, float]) -> np.ndarray:
+    """(SIZE, SIZE) float alpha: an 8x8 grey digit grown to ``side`` px, rotated, centred at ``centre``."""
+    digit = Image.fromarray(grey).resize((side, side), Image.BICUBIC).rotate(
+        rng.uniform(-20, 20), resample=Image.BILINEAR, expand=True)
+    canvas = Image.new("L", (3 * SIZE, 3 * SIZE), 0)
+    x, y = (int(round(SIZE + c - d / 2)) for c, d in zip(centre, digit.size))
+    canvas.paste(digit, (x, y))
+    return np.asarray(canvas.crop((SIZE, SIZE, 2 * SIZE, 2 * SIZE)), dtype=np.float32) / 255
+
+
+def cluttered(grey: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    back = _background(rng)
+    side = int(rng.integers(12, 27))
+    margin = side / 2 - 2
+    centre = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
+    alpha = _place(grey, rng, side, centre)
+    # A fragment of another digit, centred beyond one border so that only part of it shows.
+    edge, along = rng.integers(4), rng.uniform(0, SIZE)
+    spot = [(along, -4.0), (along, SIZE + 4.0), (-4.0, along), (SIZE + 4.0, along)][edge]
+    alpha = np.maximum(alpha, _place(other, rng, int(rng.integers(14, 27)), spot))[..., None]
+    fore = rng.uniform(0, 1, 3) * 0.4 + (0.6 if back.mean() < 0.5 else 0.0)
+    return ((back * (1 - alpha) + fore * alpha) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def clutter(seed: int, renders: int = 3) -> list[tuple[np.ndarray, int, str]]:
+    items = list(_split_digits(seed))
+    out = []
+    for r in range(renders):
+        for n, (grey, label, split) in enumerate(items):
+            rng = np.random.default_rng([seed, r, n])
+            other = items[int(rng.integers(len(items)))][0]
+            out.append((cluttered(grey, other, rng), label, split))
+    return out
+
+
 def glyphs(seed: int, train_per_class: int = 400, test_per_class: int = 100) -> list[tuple[np.ndarray, int, str]]:
     out = []
     for label in range(10):
@@ -95,15 +142,18 @@ def glyphs(seed: int, train_per_class: int = 400, test_per_class: int = 100) -> 
     return out
 
 
+SETS = {"glyphs": glyphs, "clutter": clutter, "digits": digits}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--sets", nargs="+", default=["digits", "glyphs"], choices=["digits", "glyphs"])
+    p.add_argument("--sets", nargs="+", default=["glyphs", "clutter"], choices=list(SETS))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     for name in args.sets:
-        images = digits(args.seed) if name == "digits" else glyphs(args.seed)
-        names = [str(d) for d in range(10)] if name == "digits" else list(LETTERS)
+        images = SETS[name](args.seed)
+        names = list(LETTERS) if name == "glyphs" else [str(d) for d in range(10)]
         write(images, args.out / name, names)
         print(f"{args.out / name}: {sum(s == 'train' for *_, s in images)} train, "
               f"{sum(s == 'test' for *_, s in images)} test images")
