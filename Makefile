@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo_cpc_audio
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 install: $(STAMP)
 
@@ -23,7 +23,11 @@ demo: $(STAMP)
 		train.py --task cpc_audio --output-dir $(DEMO_DIR)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests --durations=15
+
+# tests/unit and tests/integration without the tests marked slow: a few minutes, for edit-test loops.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

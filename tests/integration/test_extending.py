@@ -9,7 +9,7 @@ import torch
 
 from mmssl.registry import OBJECTIVES, TASKS
 
-DOC = Path(__file__).parents[1] / "docs" / "extending.md"
+DOC = Path(__file__).parents[2] / "docs" / "extending.md"
 
 
 @pytest.fixture

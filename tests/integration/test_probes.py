@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchaudio
 from PIL import Image
-from test_evaluation_vision import ColourImages, TinyEncoder, png_size, to_float
+from tiny_images import ColourImages, TinyEncoder, png_size, to_float
 
 from mmssl.config import ConfigError
 from mmssl.evaluation.audio import MFCC, audio_probes, pool_utterance, speaker_monitor, speaker_monitor_set
@@ -224,6 +224,7 @@ def test_learning_curve_png_and_when_a_run_gets_one(tmp_path):
     assert len(calls) == 1  # baselines are measured only for a curve that is drawn
 
 
+@pytest.mark.slow
 def test_audio_run_logs_the_speaker_monitor_and_draws_its_learning_curve(tmp_path):
     from conftest import tiny_cpc
 

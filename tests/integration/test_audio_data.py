@@ -19,7 +19,7 @@ import soundfile as sf
 from mmssl.errors import DataError
 from mmssl.modalities.audio.data import SAMPLE_RATE, AudioReadError, StreamingAudio, decode, open_audio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEAKERS = {"spk_low": 140.0, "spk_mid": 320.0, "spk_high": 700.0}  # one pitch per speaker
 
 
@@ -306,6 +306,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_train_and_probe_on_an_audiofolder(tmp_path):
     data = tmp_path / "speakers"
     write_class_folders(data, {"train": 4, "test": 2}, seconds=0.5)

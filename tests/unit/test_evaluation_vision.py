@@ -5,80 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
+from tiny_images import ColourImages, DiagonalImages, TinyEncoder, png_size, to_float
 
 from mmssl.evaluation.knn import extract_features, knn_classify, knn_predict, pixels
 from mmssl.evaluation.plots import embed_2d, embedding_plot, loss_curve, reconstruction_grid
 from mmssl.evaluation.vision import finetune, image_probes, lr_at
-
-
-class TinyEncoder(nn.Module):
-    """Mean colour of each image quadrant through a linear map: tokens (B, 4, D). The dropout
-    makes train mode visible: features only repeat in eval mode."""
-
-    def __init__(self, dim: int = 8, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.proj, self.drop, self.embed_dim, self.calls = nn.Linear(3, dim), nn.Dropout(0.5), dim, 0
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        quadrants = F.adaptive_avg_pool2d(x, 2).flatten(2).transpose(1, 2)  # (B, 4, 3)
-        return self.drop(self.proj(quadrants))  # (B, 4, D)
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.mean(1)
-
-
-class ColourImages:
-    """n noisy 8x8 images; class c brightens channel c. Items listed in ``unlabelled`` carry -1."""
-
-    def __init__(self, n: int, name: str, seed: int = 0, unlabelled: tuple = ()):
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.arange(n) % 3
-        images = torch.randint(0, 100, (n, 3, 8, 8), generator=g)
-        images[torch.arange(n), self.labels] += 150
-        self.images, self.name, self.vocab = images.to(torch.uint8), name, ["red", "green", "blue"]
-        self.unlabelled = set(unlabelled)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        label = -1 if i in self.unlabelled else int(self.labels[i])
-        return {"image": self.images[i], "label": label, "name": f"{self.name}/{i}"}
-
-
-class DiagonalImages:
-    """n noisy 8x8 grey images: class 0 lights the top-left and bottom-right quadrants, class 1 the
-    other two. Both classes have the same mean colour, so only where the light falls tells them apart."""
-
-    def __init__(self, n: int, name: str, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.arange(n) % 2
-        lit = torch.tensor([[1, 0], [0, 1]]).repeat_interleave(4, 0).repeat_interleave(4, 1)  # (8, 8)
-        masks = torch.stack([lit, 1 - lit])[self.labels]  # (n, 8, 8)
-        images = 40 + 150 * masks[:, None].expand(n, 3, 8, 8) + torch.randint(0, 60, (n, 3, 8, 8), generator=g)
-        self.images, self.name = images.to(torch.uint8), name
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i])}
-
-
-def to_float(img: torch.Tensor) -> torch.Tensor:
-    return img.float() / 255
-
-
-def png_size(path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        return im.size
-
 
 # ---------------------------------------------------------------- kNN
 

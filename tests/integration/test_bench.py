@@ -97,6 +97,7 @@ def _image_folder(root, size=(20, 18), train=24, test=12):
     return root
 
 
+@pytest.mark.slow
 def test_learning_row_reports_both_curves_at_matched_seconds(tmp_path, capsys):
     data = _image_folder(tmp_path / "images")
     out = tmp_path / "r.json"

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, tiny_cpc
+
+pytestmark = pytest.mark.slow  # each test trains or launches processes for tens of seconds
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 

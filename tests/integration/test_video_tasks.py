@@ -67,6 +67,7 @@ def test_pixel_baseline_tracks_a_rendered_scene(davis, tmp_path):
     assert json.loads(report.read_text())["summary"]["J&F-Mean"] > still["J&F-Mean"] + 0.05
 
 
+@pytest.mark.slow
 def test_track_bad_inputs_are_one_line(davis, tmp_path):
     missing = run(tmp_path, "track", "--checkpoint", "random", "--davis", str(tmp_path / "nope"), module=True)
     assert_one_error(missing, "nope")
@@ -92,6 +93,7 @@ def test_a_folder_of_frames_is_not_mistaken_for_videos(tmp_path):
     assert_one_error(result, "video")
 
 
+@pytest.mark.slow
 def test_colorization_learns_to_track_better_than_its_random_encoder(tmp_path):
     """A short colorize_video run on the embedded videos: its features propagate the first-frame
     masks (J&F) clearly better than the same encoder randomly initialised."""

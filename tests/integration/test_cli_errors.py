@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Flags that make a run tiny, for the cases that would otherwise start training.
 TINY = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "channels=8", "context_dim=8",
@@ -211,6 +211,7 @@ def test_missing_audio_column_names_the_columns(cli):
     assert_one_error(cli["no_audio_column"].result(), "'wav'", "columns: audio, label")
 
 
+@pytest.mark.slow
 def test_missing_label_column_names_the_columns(cli):
     assert_one_error(cli["no_label_column"].result(), "'speaker_id'", "--label-column", "columns: audio, label")
 

@@ -19,7 +19,7 @@ from mmssl import ENCODERS, OBJECTIVES, load_encoder, save_encoder
 from mmssl.encoders.convert import CheckpointError, init_objective, load_pretrained
 from mmssl.encoders.vit import sincos_pos_embed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"input_size": [16, 16], "patch": [4, 4], "dim": 32, "depth": 2, "heads": 4}
 ATOL = 1e-5
 
@@ -305,6 +305,7 @@ def tiny_vit_mae(tmp_path, **sizes):
     return src
 
 
+@pytest.mark.slow
 def test_train_py_init_starts_from_the_checkpoint(tmp_path):
     """mae_image's ViT (128 wide, 4 blocks, 8 px patches on 32 px images, here with a class token) from a
     transformers ViTMAE folder; with lr=0 the saved encoder is the checkpoint, so its features are the source's."""

@@ -62,6 +62,7 @@ def run_two(tmp_path, negatives_from):
     return torch.load(path)
 
 
+@pytest.mark.slow
 def test_cpc_two_processes_match_one(tmp_path):
     for negatives_from in ("batch", "sequence", "others"):
         one_loss, one_grads = loss_and_grads(make_objective(negatives_from), make_batch())

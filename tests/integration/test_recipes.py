@@ -12,7 +12,9 @@ from mmssl.config import load_recipe
 from mmssl.run import resolve_config
 from mmssl.trainer import train
 
-RECIPES = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+pytestmark = pytest.mark.slow  # each test trains or launches processes for tens of seconds
+
+RECIPES = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 try:
     from mmssl.modalities.audio import synthetic as syn
 except ImportError:  # repo checkout without an installed package: load the file directly
-    _path = Path(__file__).resolve().parents[1] / "modalities" / "audio" / "synthetic.py"
+    _path = Path(__file__).resolve().parents[2] / "modalities" / "audio" / "synthetic.py"
     _spec = importlib.util.spec_from_file_location("mmssl_audio_synthetic", _path)
     syn = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(syn)

@@ -1,6 +1,7 @@
 """CPC really learns: on a tiny synthetic speech corpus, a short run beats the random encoder."""
 import dataclasses
 
+import pytest
 import torch
 from tiny_tasks import TinyCPC
 
@@ -10,6 +11,8 @@ from mmssl.modalities.audio.data import CorpusSplit
 from mmssl.modalities.audio.synthetic import generate_corpus
 from mmssl.registry import TASKS
 from mmssl.run import run_training
+
+pytestmark = pytest.mark.slow  # each test trains or launches processes for tens of seconds
 
 CORPUS = {}
 
