@@ -309,7 +309,7 @@ def write_davis_sequence(root: Path, name: str, frames: torch.Tensor, masks: tor
     Annotations/480p/<name>/%05d.png palette PNGs. ("480p" is DAVIS's folder name at any size.)"""
     from PIL import Image
 
-    from mmssl.modalities.video.data import davis_palette
+    from mmssl.evaluation.overlay import davis_palette
 
     jpegs, pngs = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
     jpegs.mkdir(parents=True, exist_ok=True)
