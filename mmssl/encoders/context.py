@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
+from mmssl.encoders.transformer import Block
 from mmssl.registry import ENCODERS
 
 
@@ -27,33 +26,16 @@ class GRUContext(nn.Module):
         return c
 
 
-class _CausalBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(self.norm1(x)), "b t (three h d) -> three b h t d", three=3, h=self.heads)
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, T, d)
-        x = x + self.proj(rearrange(attn, "b h t d -> b t (h d)"))
-        return x + self.mlp(self.norm2(x))
-
-
 @ENCODERS.register("causal_transformer")
 class CausalTransformerContext(nn.Module):
     """Pre-norm transformer with causal attention and sinusoidal positions."""
 
     def __init__(self, in_dim: int, dim: int = 256, layers: int = 2, heads: int = 4):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.inp = nn.Linear(in_dim, dim)
-        self.blocks = nn.ModuleList(_CausalBlock(dim, heads) for _ in range(layers))
+        # PyTorch's default LayerNorm epsilon and initialisation: what saved contexts were trained with
+        self.blocks = nn.ModuleList(Block(dim, heads, causal=True, norm_eps=1e-5, mae_init=False)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.embed_dim = dim
 

@@ -24,30 +24,14 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from mmssl.encoders.patchify import Patchify
+from mmssl.encoders.transformer import Block, init_weights
 from mmssl.registry import ENCODERS
 
 # size -> (dim, depth, heads), as DeiT / MAE name them
 PRESETS = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
-
-
-def init_weights(module: nn.Module) -> None:
-    """MAE's initialisation: xavier-uniform linears with zero bias, LayerNorm weight 1 and bias 0.
-
-    Xavier rather than PyTorch's default (kaiming-uniform with a = sqrt(5)) keeps the
-    residual stream's scale about constant across depth at the start of training.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 POS_LAYOUTS = ("mae", "grid")
@@ -104,59 +88,6 @@ def resample_positions(table: torch.Tensor, grid: Sequence[int], new_grid: Seque
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Tokens x (B, N, D), or (1, N, D) shared by the batch, at indices ids (B, K) -> (B, K, D)."""
     return torch.gather(x.expand(ids.shape[0], -1, -1), 1, ids[..., None].expand(-1, -1, x.shape[2]))
-
-
-class _SplitHeads(torch.autograd.Function):
-    """qkv (B, N, 3 * h * d) -> q, k, v (B, h, N, d), views of the input.
-
-    The same as a rearrange "b n (three h d) -> three b h n d", but the backward writes the three
-    head gradients into one (B, N, 3, h, d) buffer in a single copy, where autograd's generic
-    path stacks them and then copies the permuted stack again to undo the view.
-    """
-
-    @staticmethod
-    def forward(ctx, qkv: torch.Tensor, heads: int):
-        B, N, _ = qkv.shape
-        q, k, v = qkv.view(B, N, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v
-
-    @staticmethod
-    def backward(ctx, gq: torch.Tensor, gk: torch.Tensor, gv: torch.Tensor):
-        grad = torch.stack([g.transpose(1, 2) for g in (gq, gk, gv)], dim=2)  # (B, N, 3, h, d)
-        return grad.flatten(2), None
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). (B, N, D) -> (B, N, D).
-
-    Args:
-        dim: token width D, divisible by ``heads``.
-        heads: attention heads.
-        mlp_ratio: MLP hidden width / D.
-    """
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        init_weights(self)
-
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Multi-head self-attention (no mask) of already normalised tokens (B, N, D) -> (B, N, D)."""
-        q, k, v = _SplitHeads.apply(self.qkv(x), self.heads)  # (B, h, N, d) each
-        # The fused kernel never materialises the (N, N) attention matrix per head.
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
 
 
 @ENCODERS.register("vit")

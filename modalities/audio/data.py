@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,15 @@ import numpy as np
 import torch
 
 from mmssl.errors import DataError
-from mmssl.sources import audio_feature, check_columns, local_root, map_labels, open_split, resolve_paths
+from mmssl.media_table import MediaTable
+from mmssl.sources import audio_feature, cache_dir, check_columns, open_split
+from mmssl.unreadable import Unreadable, replaced
 
 SAMPLE_RATE = 16000
 
 
 class AudioReadError(DataError):
     pass
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MMSSL_CACHE", Path.home() / ".cache" / "mmssl"))
 
 
 def decode(value: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -93,77 +90,43 @@ def demo_audio(split: str) -> CorpusSplit:
     """The embedded synthetic speech corpus, generated once and cached."""
     from mmssl.modalities.audio.synthetic import load_demo_corpus
 
-    corpus = load_demo_corpus(_cache_dir() / "audio_demo")
+    corpus = load_demo_corpus(cache_dir() / "audio_demo")
     if split not in corpus:
         raise DataError(f"the audio demo has splits {', '.join(corpus)}, not '{split}'")
     return CorpusSplit(corpus[split], f"demo/{split}")
 
 
-class HFAudio:
+class HFAudio(MediaTable):
     """A map-style ``datasets`` split read as audio, labels mapped to 0..C-1.
 
-    Unreadable or empty files found by a header scan are skipped (and counted
-    in one warning); a file that fails later is replaced by the next readable one
-    with a warning that names it, so training never dies inside a worker.
+    Unreadable or empty WAV / FLAC / OGG files found by a header check are skipped (and counted
+    in one warning); a file that fails later is replaced by the next readable one with a warning
+    that names it, so training never dies inside a worker.
     """
 
-    def __init__(self, ds: Any, spec: str, audio_column: str, label_column: str | None, vocab: list | None = None):
+    option, kind, noun, read_error = "--audio-column", "audio", "audio files", AudioReadError
+
+    def _cast(self, ds: Any, column: str) -> Any:
         import datasets
 
-        check_columns(ds, spec, **{"--audio-column": audio_column, "--label-column": label_column})
-        ds = resolve_paths(ds, audio_column, local_root(spec))  # a table of paths relative to its folder
-        try:  # embedded bytes and paths alike become {"bytes", "path"}; mmssl decodes them itself
-            if getattr(ds.features[audio_column], "dtype", None) == "large_string":  # csv / json paths
-                ds = ds.cast_column(audio_column, datasets.Value("string"))
-            ds = ds.cast_column(audio_column, audio_feature(decode=False))
-        except Exception as e:  # noqa: BLE001  datasets raises many types; one line
-            raise DataError(f"{spec}: column '{audio_column}' does not hold audio ({str(e).splitlines()[0][:120]})") from None
-        self.ds, self.audio_column, self.label_column, self.name = ds, audio_column, label_column, spec
-        self.labels, self.vocab, self.num_classes = None, None, None
-        if label_column is not None:
-            self.labels, self.vocab = map_labels(ds, label_column, vocab)
-            self.num_classes = len(self.vocab)
-        self.rows = self._scan()
+        # embedded bytes and paths alike become {"bytes", "path"}; mmssl decodes them itself
+        if getattr(ds.features[column], "dtype", None) == "large_string":  # csv / json paths
+            ds = ds.cast_column(column, datasets.Value("string"))
+        return ds.cast_column(column, audio_feature(decode=False))
 
-    def _scan(self) -> list[int]:
+    def _check(self, path: str) -> str | None:
         import soundfile as sf
 
-        rows, self.skipped = [], []
-        for i, value in enumerate(self.ds[self.audio_column]):
-            path, data = (value or {}).get("path"), (value or {}).get("bytes")
-            if data is None and path and Path(path).suffix.lower() in (".wav", ".flac", ".ogg"):
-                try:  # a cheap header check catches truncated and empty files up front
-                    if sf.info(path).frames == 0:
-                        raise RuntimeError("empty audio")
-                except Exception as e:  # noqa: BLE001  any failure to read the header skips the file
-                    reason = str(e).splitlines()[0].replace(f"Error opening {path!r}: ", "")  # the name says which
-                    self.skipped.append(f"{Path(path).name} ({reason[:80]})")
-                    continue
-            rows.append(i)
-        listing = "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
-        if not rows:
-            raise DataError(f"{self.name}: none of its {len(self.ds)} audio files can be read: {listing}")
-        if self.skipped:
-            warnings.warn(
-                f"{self.name}: skipped {len(self.skipped)} of {len(self.ds)} audio files that cannot be read: {listing}",
-                stacklevel=2,
-            )
-        return rows
+        if Path(path).suffix.lower() not in (".wav", ".flac", ".ogg"):
+            return None  # no cheap header check for compressed formats: they are checked when read
+        try:
+            return "empty audio" if sf.info(path).frames == 0 else None
+        except Exception as e:  # noqa: BLE001  any failure to read the header skips the file
+            return str(e).replace(f"Error opening {path!r}: ", "")  # the listing names the file
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        for attempt in range(len(self.rows)):
-            row = self.rows[(i + attempt) % len(self.rows)]
-            try:
-                audio = decode(self.ds[row][self.audio_column])
-            except AudioReadError as e:
-                warnings.warn(f"skipping unreadable audio: {e}", stacklevel=2)
-                continue
-            label = int(self.labels[row]) if self.labels is not None else -1
-            return {"audio": audio, "label": label, "frames": None, "name": f"{self.name}[{row}]"}
-        raise DataError(f"{self.name}: no readable audio left")
+    def _read(self, row: int) -> dict:
+        audio = decode(self.ds[row][self.column])
+        return {"audio": audio, "label": self.label(row), "frames": None, "name": f"{self.name}[{row}]"}
 
 
 def open_audio(spec: str, split: str, config: str | None = None, audio_column: str = "audio",
@@ -214,7 +177,8 @@ class StreamingAudio(torch.utils.data.IterableDataset):
         count, epoch = 0, 0
         while True:
             ds.set_epoch(epoch)
-            empty, decoded, failed = True, 0, []
+            empty, decoded = True, 0
+            failed = Unreadable(f"{self.spec} (streamed split '{self.split}')", "audio files")
             for example in ds:
                 empty = False
                 count += 1
@@ -223,15 +187,15 @@ class StreamingAudio(torch.utils.data.IterableDataset):
                 try:
                     wav = decode(example[self.audio_column])
                 except AudioReadError as e:
-                    warnings.warn(f"skipping unreadable audio: {e}", stacklevel=2)
-                    failed.append(str(e))
+                    replaced(e, "the next streamed file")
+                    name = (example[self.audio_column] or {}).get("path") or "<embedded audio>"
+                    failed.add(Path(name).name, str(e).removeprefix(f"{name}: "))
                     continue
                 decoded += 1
                 gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7_919 + count)
                 yield self.make_item(wav, gen)
             if empty:
                 raise DataError(f"{self.spec}: the streamed split '{self.split}' is empty")
-            if failed and not decoded:  # a whole pass without one readable file: stop, do not spin forever
-                raise DataError(f"{self.spec}: none of the {len(failed)} streamed audio files of split "
-                                f"'{self.split}' can be read: " + "; ".join(failed[:3]) + (" ..." if len(failed) > 3 else ""))
+            if epoch == 0 or not decoded:  # the count once; a pass without one readable file stops, not spins
+                failed.report(len(failed.names) + decoded)
             epoch += 1

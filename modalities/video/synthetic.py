@@ -104,14 +104,21 @@ def _draw_scene(seed: int) -> dict:
             "colour": _hsv(h, r.uniform(0.85, 1.0), r.uniform(0.85, 1.0)),
             "colour2": _hsv((h + r.uniform(-0.06, 0.06)) % 1.0, r.uniform(0.7, 1.0), r.uniform(0.3, 0.55)),
         })
+    cameras, colour = _draw_cameras(r, pan=0.1)
+    return {"background": background, "objects": objects, "cameras": cameras, "cam1_colour": colour}
+
+
+def _draw_cameras(r: np.random.Generator, pan: float) -> tuple[list[dict], dict]:
+    """The two cameras (cam0 wide and upright, panning up to ``pan`` per axis over the clip; cam1
+    another crop with its own zoom and roll) and cam1's colour response."""
     cameras = [
-        {"centre": r.uniform(-0.1, 0.1, 2), "pan": r.uniform(-0.1, 0.1, 2), "half": r.uniform(0.65, 0.75), "roll": 0.0},
+        {"centre": r.uniform(-0.1, 0.1, 2), "pan": r.uniform(-pan, pan, 2), "half": r.uniform(0.65, 0.75), "roll": 0.0},
         {"centre": r.uniform(-0.25, 0.25, 2), "pan": r.uniform(-0.15, 0.15, 2), "half": r.uniform(0.45, 0.8),
          "roll": r.uniform(-0.2, 0.2)},
     ]
     colour = {"gain": r.uniform(0.85, 1.15, 3), "hue": r.choice([-1, 1]) * r.uniform(0.03, 0.08),
               "contrast": r.uniform(0.8, 1.2), "offset": r.uniform(-0.05, 0.05)}
-    return {"background": background, "objects": objects, "cameras": cameras, "cam1_colour": colour}
+    return cameras, colour
 
 
 def _sdf(shape: str, u: torch.Tensor, v: torch.Tensor, o: dict) -> torch.Tensor:
@@ -181,6 +188,26 @@ def _per_frame(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(a, dtype=np.float32))[:, None, None]
 
 
+def _object_coords(o: dict, X: torch.Tensor, Y: torch.Tensor,
+                   tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """World coordinates X, Y (T, H, W) -> the object's own u, v (T, H, W), moved, turned and
+    stretched along its path at times tau (T,), with its scale (T, 1, 1) and stretch."""
+    cx, cy, scale, angle = (_per_frame(a) for a in _object_pose(o, tau.numpy()))
+    dx, dy = X - cx, Y - cy
+    c, s = torch.cos(angle), torch.sin(angle)
+    stretch = math.sqrt(o["aspect"])
+    return (c * dx + s * dy) / (scale * stretch), (c * dy - s * dx) * stretch / scale, scale, stretch
+
+
+def _coverage(o: dict, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, stretch: float,
+              px: float) -> torch.Tensor:
+    """How much of each pixel the object covers, (T, H, W, 1) in [0, 1]: an antialiased edge one
+    pixel wide."""
+    # signed distance in pixels (scaled by the narrower axis: a slight overestimate of the blur)
+    dist = _sdf(o["shape"], u, v, o) * scale * min(stretch, 1 / stretch) / px
+    return (0.5 - dist).clamp(0, 1)[..., None]
+
+
 def _render_view(p: dict, cam: dict, frames: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One camera: RGB float (T, H, W, 3) in [0, 1] and object ids uint8 (T, H, W)."""
     tau = torch.arange(frames, dtype=torch.float64) / frames
@@ -193,15 +220,8 @@ def _render_view(p: dict, cam: dict, frames: int, size: int) -> tuple[torch.Tens
     img = _hsv_map(hue, sat, val)
     ids = torch.zeros(X.shape, dtype=torch.uint8)
     for k, o in enumerate(p["objects"]):  # back to front: a later object covers an earlier one
-        cx, cy, scale, angle = (_per_frame(a) for a in _object_pose(o, tau.numpy()))
-        dx, dy = X - cx, Y - cy
-        c, s = torch.cos(angle), torch.sin(angle)
-        stretch = math.sqrt(o["aspect"])
-        u = (c * dx + s * dy) / (scale * stretch)
-        v = (c * dy - s * dx) * stretch / scale
-        # signed distance in pixels (scaled by the narrower axis: a slight overestimate of the blur)
-        dist = _sdf(o["shape"], u, v, o) * scale * min(stretch, 1 / stretch) / px
-        alpha = (0.5 - dist).clamp(0, 1)[..., None]  # pixel coverage, antialiased edge one pixel wide
+        u, v, scale, stretch = _object_coords(o, X, Y, tau)
+        alpha = _coverage(o, u, v, scale, stretch, px)
         w = _texture(o, u, v)[..., None]
         colour = (1 - w) * torch.from_numpy(o["colour"]).float() + w * torch.from_numpy(o["colour2"]).float()
         img = (1 - alpha) * img + alpha * colour
@@ -298,10 +318,16 @@ def _write_demo(root: Path) -> None:
                 write_video(folder / f"{cam}.mp4", scene[cam], fps=FPS)
             if split == "test":
                 write_davis_sequence(root / "davis", scene_name(i), scene["cam0"], scene["masks"])
-    sets = root / "davis" / "ImageSets" / "2017"
+    write_davis_sets(root / "davis", [scene_name(i) for i in splits["test"]])
+
+
+def write_davis_sets(root: Path, names: list[str]) -> None:
+    """ImageSets/2017/val.txt listing ``names``, and an empty train.txt: DAVIS tools expect the
+    file, and the demo sets' training data are videos."""
+    sets = root / "ImageSets" / "2017"
     sets.mkdir(parents=True, exist_ok=True)
-    (sets / "val.txt").write_text("".join(f"{scene_name(i)}\n" for i in splits["test"]))
-    (sets / "train.txt").write_text("")  # DAVIS tools expect the file; the demo's training data are the videos
+    (sets / "val.txt").write_text("".join(f"{n}\n" for n in names))
+    (sets / "train.txt").write_text("")
 
 
 def write_davis_sequence(root: Path, name: str, frames: torch.Tensor, masks: torch.Tensor) -> None:
@@ -309,14 +335,10 @@ def write_davis_sequence(root: Path, name: str, frames: torch.Tensor, masks: tor
     Annotations/480p/<name>/%05d.png palette PNGs. ("480p" is DAVIS's folder name at any size.)"""
     from PIL import Image
 
-    from mmssl.modalities.video.data import davis_palette
+    from mmssl.evaluation.overlay import save_palette_png
 
     jpegs, pngs = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
     jpegs.mkdir(parents=True, exist_ok=True)
-    pngs.mkdir(parents=True, exist_ok=True)
-    palette = davis_palette()
     for t in range(frames.shape[0]):
         Image.fromarray(frames[t].permute(1, 2, 0).numpy()).save(jpegs / f"{t:05d}.jpg", quality=JPEG_QUALITY)
-        png = Image.frombytes("P", (masks.shape[2], masks.shape[1]), masks[t].contiguous().numpy().tobytes())
-        png.putpalette(palette)
-        png.save(pngs / f"{t:05d}.png")
+        save_palette_png(masks[t], pngs / f"{t:05d}.png")

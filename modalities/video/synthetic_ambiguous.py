@@ -114,13 +114,7 @@ def _draw_scene(seed: int, stream: str) -> dict:
              "balance": r.uniform(-0.12, 0.12, 3), "spot": r.choice([-1, 1]) * r.uniform(0.25, 0.45),
              "spot_from": r.uniform(-0.9, 0.9, 2), "spot_to": r.uniform(-0.9, 0.9, 2), "spot_size": r.uniform(0.3, 0.55),
              "noise": r.uniform(0.01, 0.025)}
-    cameras = [
-        {"centre": r.uniform(-0.1, 0.1, 2), "pan": r.uniform(-0.15, 0.15, 2), "half": r.uniform(0.65, 0.75), "roll": 0.0},
-        {"centre": r.uniform(-0.25, 0.25, 2), "pan": r.uniform(-0.15, 0.15, 2), "half": r.uniform(0.45, 0.8),
-         "roll": r.uniform(-0.2, 0.2)},
-    ]
-    colour = {"gain": r.uniform(0.85, 1.15, 3), "hue": r.choice([-1, 1]) * r.uniform(0.03, 0.08),
-              "contrast": r.uniform(0.8, 1.2), "offset": r.uniform(-0.05, 0.05)}
+    cameras, colour = base._draw_cameras(r, pan=0.15)
     return {"photo": _photo(r), "layers": [layers[i] for i in order], "light": light, "cameras": cameras,
             "cam1_colour": colour, "noise_seed": int(r.integers(2**31))}
 
@@ -158,13 +152,9 @@ def _render_view(p: dict, cam: dict, frames: int, size: int, noise: torch.Genera
     ids = torch.zeros(X.shape, dtype=torch.uint8)
     label = 0
     for o in p["layers"]:
-        cx, cy, scale, angle = (base._per_frame(a) for a in base._object_pose(o, tau.numpy()))
-        dx, dy = X - cx, Y - cy
-        c, s = torch.cos(angle), torch.sin(angle)
-        stretch = math.sqrt(o["aspect"])
-        u, v = _warp(o, (c * dx + s * dy) / (scale * stretch), (c * dy - s * dx) * stretch / scale, tau.float()[:, None, None])
-        dist = base._sdf(o["shape"], u, v, o) * scale * min(stretch, 1 / stretch) / px
-        alpha = (0.5 - dist).clamp(0, 1)[..., None]
+        u, v, scale, stretch = base._object_coords(o, X, Y, tau)
+        u, v = _warp(o, u, v, tau.float()[:, None, None])
+        alpha = base._coverage(o, u, v, scale, stretch, px)
         # the object's own patch of the photo, carried by its (warped) coordinates
         ca, sa = math.cos(o["tex_angle"]), math.sin(o["tex_angle"])
         k = o["radius"] * TEX_SCALE
@@ -229,7 +219,4 @@ def _write_davis(root: Path) -> None:
     for i, name in enumerate(names):
         scene = render_ambiguous_scene(i, base.FRAMES, base.SIZE, stream="eval", cameras=1)
         base.write_davis_sequence(root, name, scene["cam0"], scene["masks"])
-    sets = root / "ImageSets" / "2017"
-    sets.mkdir(parents=True, exist_ok=True)
-    (sets / "val.txt").write_text("".join(f"{n}\n" for n in names))
-    (sets / "train.txt").write_text("")
+    base.write_davis_sets(root, names)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 
 from mmssl.errors import DataError
-from mmssl.sources import cache_dir, check_columns, local_root, map_labels, open_split, resolve_paths
+from mmssl.media_table import MediaTable
+from mmssl.sources import cache_dir, open_split
 
 SCAN_LIMIT = 200_000  # larger datasets skip the up-front header scan (one open() per file is too slow)
 
@@ -92,74 +92,32 @@ def demo_images(split: str) -> DemoImages:
     return DemoImages(data[split], f"demo/{split}", list(CLASSES))
 
 
-class HFImages:
+class HFImages(MediaTable):
     """A map-style ``datasets`` split read as images, labels mapped to 0..C-1.
 
-    Files that fail a header scan are skipped (and counted in one warning); an image
-    that fails later is replaced by the next readable one with a warning that names it,
-    so training never dies inside a worker.
+    Files that fail a header check are skipped (and counted in one warning); an image that fails
+    later is replaced by the next readable one with a warning that names it, so training never
+    dies inside a worker.
     """
 
-    def __init__(self, ds: Any, spec: str, image_column: str, label_column: str | None, vocab: list | None = None):
+    option, kind, noun, read_error, scan_limit = "--image-column", "images", "images", ImageReadError, SCAN_LIMIT
+
+    def _cast(self, ds: Any, column: str) -> Any:
         import datasets
 
-        check_columns(ds, spec, **{"--image-column": image_column, "--label-column": label_column})
-        ds = resolve_paths(ds, image_column, local_root(spec))  # a table of paths relative to its folder
-        try:  # also turns a column of paths or raw bytes into {"bytes", "path"} values
-            ds = ds.cast_column(image_column, datasets.Image(decode=False))
-        except Exception as e:  # noqa: BLE001  datasets raises many types; one line
-            raise DataError(f"{spec}: column '{image_column}' does not hold images ({str(e).splitlines()[0][:120]})") from None
-        self.ds, self.image_column, self.label_column, self.name = ds, image_column, label_column, spec
-        self.labels, self.vocab, self.num_classes = None, None, None
-        if label_column is not None:
-            self.labels, self.vocab = map_labels(ds, label_column, vocab)
-            self.num_classes = len(self.vocab)
-        self.rows = self._scan()
+        return ds.cast_column(column, datasets.Image(decode=False))  # paths or raw bytes -> {"bytes", "path"}
 
-    def _scan(self) -> list[int]:
-        import pyarrow.compute as pc
+    def _check(self, path: str) -> str | None:
         from PIL import Image
 
-        n = len(self.ds)
-        if n > SCAN_LIMIT:
-            return list(range(n))
-        # Arrow, not Python objects: only the paths are materialised, never the embedded bytes.
-        column = self.ds.with_format("arrow")[self.image_column]
-        paths = pc.struct_field(column, "path").to_pylist()
-        has_bytes = pc.is_valid(pc.struct_field(column, "bytes")).to_pylist()
-        rows, self.skipped = [], []
-        for i, (path, embedded) in enumerate(zip(paths, has_bytes)):
-            if not embedded and path:
-                try:  # a cheap header check catches non-images, empty and missing files up front
-                    with Image.open(path):
-                        pass
-                except Exception as e:  # noqa: BLE001  any failure to open skips the file
-                    self.skipped.append(f"{Path(path).name} ({type(e).__name__})")
-                    continue
-            rows.append(i)
-        listing = "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
-        if not rows:
-            raise DataError(f"{self.name}: none of its {n} images can be read: {listing}")
-        if self.skipped:
-            warnings.warn(f"{self.name}: skipped {len(self.skipped)} of {n} images that cannot be read: {listing}",
-                          stacklevel=3)
-        return rows
+        try:  # a cheap header check catches non-images, empty and missing files up front
+            with Image.open(path):
+                return None
+        except Exception as e:  # noqa: BLE001  any failure to open skips the file
+            return type(e).__name__
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        for attempt in range(len(self.rows)):
-            row = self.rows[(i + attempt) % len(self.rows)]
-            try:
-                image = decode(self.ds[row][self.image_column])
-            except ImageReadError as e:
-                warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
-                continue
-            label = int(self.labels[row]) if self.labels is not None else -1
-            return {"image": image, "label": label, "name": f"{self.name}[{row}]"}
-        raise DataError(f"{self.name}: none of its {len(self.rows)} images can be read")
-
+    def _read(self, row: int) -> dict:
+        return {"image": decode(self.ds[row][self.column]), "label": self.label(row), "name": f"{self.name}[{row}]"}
 
 
 def open_images(spec: str, split: str, config: str | None = None, image_column: str = "image",

@@ -81,7 +81,7 @@ def add_bad_files(folder: Path) -> list[str]:
 
 def row_path(source, i: int) -> Path:
     """The file behind item ``i`` of an HFAudio source."""
-    return Path(source.ds[source.rows[i]][source.audio_column]["path"])
+    return Path(source.ds[source.rows[i]][source.column]["path"])
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -259,6 +259,9 @@ def test_streaming_yields_crops_of_the_right_length(tmp_path):
             assert all((x[6400:] == 0).all() for x in crops)
         skipped = " ".join(str(w.message) for w in record)
         assert "garbage.wav" in skipped and "empty.wav" in skipped
+        counts = [str(w.message) for w in record if "audio files that cannot be read" in str(w.message)]
+        # the count comes once, not once per pass
+        assert len(counts) == 1 and f"skipped 2 of {2 * len(SPEAKERS) + 2} audio files" in counts[0]
 
 
 def test_streamed_audio_feature_needs_no_torchcodec_and_pickles():
@@ -291,7 +294,8 @@ def test_streaming_only_unreadable_files_stops_with_an_error(tmp_path):
     stream = StreamingAudio(str(tmp_path / "bad"), "train", None, "audio", 3200, 2, 1, 0, 0, 0)
     with _Deadline(60), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(DataError, match=r"none of the 2 streamed audio files.*(garbage|empty)\.wav"):
+        with pytest.raises(DataError, match=r"streamed split 'train'.*none of its 2 audio files can be read"
+                                            r".*(garbage|empty)\.wav"):
             next(iter(stream))
 
 

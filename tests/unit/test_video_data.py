@@ -16,6 +16,7 @@ from PIL import Image
 
 from mmssl.data import train_loader
 from mmssl.errors import DataError
+from mmssl.evaluation.overlay import davis_palette
 from mmssl.modalities.video import (
     DavisRoot,
     SafeClips,
@@ -24,7 +25,6 @@ from mmssl.modalities.video import (
     VideoReadError,
     available_backends,
     clip_indices,
-    davis_palette,
     demo_root,
     is_davis_root,
     open_videos,
@@ -347,11 +347,11 @@ def test_broken_videos_are_skipped_with_one_warning(broken_folder):
         source = open_videos(str(broken_folder), "train")
     assert len(source) == 3 and sorted(source.skipped) == ["garbage.mp4", "truncated.mp4"]
     messages = [str(w.message) for w in caught if "skipped" in str(w.message)]
-    assert len(messages) == 1 and "skipped 2 of 5 videos that could not be decoded" in messages[0]
+    assert len(messages) == 1 and "skipped 2 of 5 videos that cannot be read" in messages[0]
     assert "garbage.mp4" in messages[0] and "truncated.mp4" in messages[0]
     for k in range(3):
         (broken_folder / f"good{k}.mp4").write_bytes(b"gone bad")
-    with pytest.raises(DataError, match="none of its 5 videos"):
+    with pytest.raises(DataError, match="none of its 5 videos can be read"):
         open_videos(str(broken_folder), "train")
 
 

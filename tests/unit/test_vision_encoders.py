@@ -90,6 +90,43 @@ def test_sdpa_block_equals_plain_attention():
     torch.testing.assert_close(block(x), h + block.mlp(block.norm2(h)), atol=1e-5, rtol=1e-5)
 
 
+class _CausalReference(torch.nn.Module):
+    """The causal context's block as it was written before it shared ``Block``: the same parameter
+    names, PyTorch's default LayerNorm, and the attention masked by hand."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D // self.heads)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        x = x + self.proj((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, D))
+        return x + self.mlp(self.norm2(x))
+
+
+def test_causal_block_loads_the_old_keys_and_matches_the_plain_reference():
+    from mmssl.encoders.context import CausalTransformerContext
+
+    torch.manual_seed(0)
+    ref = _CausalReference(24, 3)
+    context = CausalTransformerContext(in_dim=5, dim=24, layers=1, heads=3)
+    block = context.blocks[0]
+    assert set(block.state_dict()) == set(ref.state_dict())  # saved contexts keep loading
+    block.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 9, 24)
+    torch.testing.assert_close(block(x), ref(x), atol=1e-5, rtol=1e-5)
+    # causal: changing the last token leaves every earlier output as it was
+    x2 = x.clone()
+    x2[:, -1] += 1
+    assert torch.equal(block(x2)[:, :-1], block(x)[:, :-1])
+
+
 @pytest.mark.parametrize("name, kwargs, shape", [
     ("vit", {"input_size": [4, 16, 16], "patch": [2, 8, 8], **TINY_VIT}, (2, 3, 4, 16, 16)),
     ("resnet", {"small_stem": True, "channels": 1}, (2, 1, 16, 16)),
