@@ -103,7 +103,7 @@ def _place(grey: np.ndarray, rng: np.random.Generator, side: int, centre: tuple[
     digit = Image.fromarray(grey).resize((side, side), Image.BICUBIC).rotate(
         rng.uniform(-20, 20), resample=Image.BILINEAR, expand=True)
     canvas = Image.new("L", (3 * SIZE, 3 * SIZE), 0)
-    x, y = (int(round(SIZE + c - d / 2)) for c, d in zip(centre, digit.size))
+    x, y = (round(SIZE + c - d / 2) for c, d in zip(centre, digit.size))
     canvas.paste(digit, (x, y))
     return np.asarray(canvas.crop((SIZE, SIZE, 2 * SIZE, 2 * SIZE)), dtype=np.float32) / 255
 
