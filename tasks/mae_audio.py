@@ -14,9 +14,10 @@ import torch
 
 from mmssl.encoders.spectrogram import LogMel
 from mmssl.errors import DataError
+from mmssl.evaluation.audio_report import probe_splits
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
-from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits
+from mmssl.tasks.audio_base import AudioConfig, AudioTask
 
 
 @functools.cache
@@ -78,7 +79,7 @@ class MAEAudio(AudioTask):
         make = self.make_item(cfg)
         gen = torch.Generator().manual_seed(cfg.seed)
         device = next(objective.parameters()).device
-        crops = torch.stack([make(test[i]["audio"], gen)["input"] for i in range(min(6, len(test)))])
+        crops = torch.stack([make(test[i], gen)["input"] for i in range(min(6, len(test)))])
         with torch.no_grad():
             x = self.on_device(cfg, {"input": crops.to(device)})["input"]
         with torch.random.fork_rng(devices=[]):

@@ -11,7 +11,7 @@ from mmssl.errors import DataError
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
-from mmssl.tasks.image_common import ImageConfig, ImageTask
+from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 
 @dataclasses.dataclass(frozen=True)

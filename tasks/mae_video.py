@@ -13,7 +13,7 @@ from mmssl.errors import DataError
 from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
-from mmssl.tasks.video_common import VideoConfig, VideoTask
+from mmssl.tasks.video_base import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,18 +65,6 @@ class MAEVideo(VideoTask):
 
     def clip_frames(self, cfg) -> int:
         return cfg.clip_len
-
-    def make_item(self, cfg: MAEVideoConfig):
-        from mmssl.modalities.video import read_clip
-
-        def item(entry: dict, gen: torch.Generator) -> dict:
-            views = entry["views"]
-            view = views[int(torch.randint(len(views), (), generator=gen))]
-            clip = read_clip(view, cfg.clip_len, cfg.frame_stride, gen, cfg.backend)["frames"]  # (T, 3, H, W)
-            frames, crop = self.decode_view(cfg, clip, gen)
-            return {"frames": frames, "view": crop}
-
-        return item
 
     def on_device(self, cfg: MAEVideoConfig, batch: dict) -> dict:
         """uint8 "frames" (B, T, 3, S, S) + "view" (B, 5) -> normalised "input" (B, 3, T, frame_size,
