@@ -16,7 +16,6 @@ from torch import nn
 
 from mmssl.config import ConfigError, TrainConfig
 from mmssl.data import train_and_test, train_loader
-from mmssl.encoders.io import build_encoder
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
 from mmssl.evaluation.linear import check_protocol
@@ -101,7 +100,7 @@ class ImageTask(Task):
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:
         check_readout(cfg.readout)  # a bad readout fails before training, not at the first monitor step
         check_protocol(cfg.linear_protocol)
-        return build_encoder(self.encoder_spec(cfg))
+        return super().build_encoder(cfg)
 
     def view_settings(self, cfg: ImageConfig) -> tuple[ViewSettings, ...]:
         """cfg.views with every crop size set (``size`` None is the encoder's ``image_size``)."""

@@ -70,7 +70,7 @@ class MAEAudio(AudioTask):
 
     def after_training(self, cfg: MAEAudioConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: log-mel spectrograms, masked and reconstructed."""
-        from mmssl.evaluation.plots import reconstruction_grid
+        from mmssl.evaluation.plots import plot_reconstructions
 
         try:
             _, test = probe_splits(cfg)
@@ -82,8 +82,5 @@ class MAEAudio(AudioTask):
         crops = torch.stack([make(test[i], gen)["input"] for i in range(min(6, len(test)))])
         with torch.no_grad():
             x = self.on_device(cfg, {"input": crops.to(device)})["input"]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            shown = objective.eval().reconstruct(x.to(device))
-        reconstruction_grid(shown["original"].cpu(), shown["masked"].cpu(), shown["reconstruction"].cpu(),
-                            out_dir / "plots" / "reconstruction.png", title=f"mae_audio, mask ratio {cfg.objective.mask_ratio}")
+        plot_reconstructions(objective, x, cfg.seed, out_dir / "plots" / "reconstruction.png",
+                             title=f"mae_audio, mask ratio {cfg.objective.mask_ratio}")
