@@ -120,3 +120,18 @@ class HeldOut:
         if name == "source":
             raise AttributeError(name)
         return getattr(self.source, name)
+
+
+def train_and_test(open_split: Callable[[str, list | None], Any], split: str, eval_split: str | None) -> tuple[Any, Any]:
+    """Labelled (train, test) sources for the probes: ``open_split(name, vocab)`` of ``split`` and
+    of ``eval_split`` (default "test", read with train's label vocabulary, so a label keeps its
+    index); a dataset without that split gives the 80 / 20 ``HeldOut`` halves of train instead,
+    unless ``eval_split`` was named."""
+    train = open_split(split, None)
+    try:
+        test = open_split(eval_split or "test", getattr(train, "vocab", None))
+    except DataError:
+        if eval_split:
+            raise
+        return HeldOut(train, keep_test=False), HeldOut(train, keep_test=True)
+    return train, test

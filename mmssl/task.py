@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from mmssl.config import ConfigError, TrainConfig
@@ -50,6 +51,12 @@ class Task:
                 raise
             raise ConfigError(f"objective ({self.objective}): {e}") from None
 
+    def make_item(self, cfg: Any) -> Callable[[dict, torch.Generator], dict]:
+        """``(source item, the item's generator) -> training item``, run in the DataLoader workers:
+        decode, crop to a size that stacks, and draw the views' random parameters (``on_device``
+        makes the views). Every modality's ``train_loader`` maps its source through this."""
+        raise NotImplementedError
+
     def train_loader(self, cfg: Any, start_batch: int, world: int, rank: int) -> Iterable[dict]:
         """An endless stream of this process's batches, starting at global batch ``start_batch``."""
         raise NotImplementedError
@@ -75,6 +82,13 @@ class Task:
     def after_training(self, cfg: Any, objective: nn.Module, out_dir: Path) -> None:
         """Anything that needs the whole objective rather than the saved encoder
         (e.g. MAE reconstructions); runs on the main process after training."""
+
+    def random_encoder(self, cfg: Any, encoder: nn.Module) -> nn.Module:
+        """The evaluation's baseline: ``encoder``'s architecture (its saved spec), initialised from
+        seed ``cfg.seed + 1`` without moving the global random stream."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            return build_encoder(encoder.spec).eval()
 
     def evaluate(self, cfg: Any, encoder: nn.Module, out_dir: Path) -> dict:
         """The task's evaluation of a trained encoder: a JSON-able report with a ``table`` string."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.colorization import Colorization, ColorizationSettings, ColorQuantizer, rgb_to_lab
 from mmssl.registry import TASKS
-from mmssl.tasks.video_common import VideoConfig, VideoTask
+from mmssl.tasks.video_base import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,18 +36,6 @@ class ColorizeVideo(VideoTask):
 
     def clip_frames(self, cfg) -> int:
         return cfg.objective.num_refs + 1
-
-    def make_item(self, cfg: ColorizeVideoConfig):
-        from mmssl.modalities.video import read_clip
-
-        def item(entry: dict, gen: torch.Generator) -> dict:
-            views = entry["views"]
-            view = views[int(torch.randint(len(views), (), generator=gen))]
-            clip = read_clip(view, cfg.objective.num_refs + 1, cfg.frame_stride, gen, cfg.backend)["frames"]
-            frames, crop = self.decode_view(cfg, clip, gen)
-            return {"frames": frames, "view": crop}
-
-        return item
 
     def on_device(self, cfg: ColorizeVideoConfig, batch: dict) -> dict:
         """uint8 "frames" (B, R + 1, 3, S, S) + "view" (B, 5) -> float [0, 1] RGB "frames"

@@ -9,7 +9,7 @@ import dataclasses
 
 from mmssl.objectives.cpc import CPCSettings
 from mmssl.registry import TASKS
-from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits  # noqa: F401  (probe_splits: API)
+from mmssl.tasks.audio_base import AudioConfig, AudioTask
 
 
 @dataclasses.dataclass(frozen=True)

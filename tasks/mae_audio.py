@@ -14,9 +14,10 @@ import torch
 
 from mmssl.encoders.spectrogram import LogMel
 from mmssl.errors import DataError
+from mmssl.evaluation.audio_report import probe_splits
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
-from mmssl.tasks.audio_common import AudioConfig, AudioTask, probe_splits
+from mmssl.tasks.audio_base import AudioConfig, AudioTask
 
 
 @functools.cache
@@ -69,7 +70,7 @@ class MAEAudio(AudioTask):
 
     def after_training(self, cfg: MAEAudioConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: log-mel spectrograms, masked and reconstructed."""
-        from mmssl.evaluation.plots import reconstruction_grid
+        from mmssl.evaluation.plots import plot_reconstructions
 
         try:
             _, test = probe_splits(cfg)
@@ -78,11 +79,8 @@ class MAEAudio(AudioTask):
         make = self.make_item(cfg)
         gen = torch.Generator().manual_seed(cfg.seed)
         device = next(objective.parameters()).device
-        crops = torch.stack([make(test[i]["audio"], gen)["input"] for i in range(min(6, len(test)))])
+        crops = torch.stack([make(test[i], gen)["input"] for i in range(min(6, len(test)))])
         with torch.no_grad():
             x = self.on_device(cfg, {"input": crops.to(device)})["input"]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            shown = objective.eval().reconstruct(x.to(device))
-        reconstruction_grid(shown["original"].cpu(), shown["masked"].cpu(), shown["reconstruction"].cpu(),
-                            out_dir / "plots" / "reconstruction.png", title=f"mae_audio, mask ratio {cfg.objective.mask_ratio}")
+        plot_reconstructions(objective, x, cfg.seed, out_dir / "plots" / "reconstruction.png",
+                             title=f"mae_audio, mask ratio {cfg.objective.mask_ratio}")

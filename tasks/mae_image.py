@@ -11,7 +11,7 @@ from mmssl.errors import DataError
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
-from mmssl.tasks.image_common import ImageConfig, ImageTask
+from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class MAEImage(ImageTask):
 
     def after_training(self, cfg: MAEImageConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: original / masked / reconstruction of test images."""
-        from mmssl.evaluation.plots import reconstruction_grid
+        from mmssl.evaluation.plots import plot_reconstructions
         from mmssl.modalities.vision import denormalize
 
         splits = self.labelled_splits(cfg) if cfg.dataset == "demo" or cfg.label_column else None
@@ -55,10 +55,5 @@ class MAEImage(ImageTask):
         # evenly spaced items: datasets often list their images class by class
         picks = torch.linspace(0, len(source) - 1, min(8, len(source))).long().tolist()
         x = torch.stack([view(source[i]["image"]) for i in picks])
-        device = next(objective.parameters()).device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            shown = objective.eval().reconstruct(x.to(device))
-        reconstruction_grid(shown["original"].cpu(), shown["masked"].cpu(), shown["reconstruction"].cpu(),
-                            out_dir / "plots" / "reconstruction.png", denormalize=denormalize,
-                            title=f"mae_image, mask ratio {cfg.objective.mask_ratio}")
+        plot_reconstructions(objective, x, cfg.seed, out_dir / "plots" / "reconstruction.png", denormalize=denormalize,
+                             title=f"mae_image, mask ratio {cfg.objective.mask_ratio}")

@@ -13,7 +13,7 @@ from mmssl.errors import DataError
 from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
-from mmssl.tasks.video_common import VideoConfig, VideoTask
+from mmssl.tasks.video_base import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,18 +66,6 @@ class MAEVideo(VideoTask):
     def clip_frames(self, cfg) -> int:
         return cfg.clip_len
 
-    def make_item(self, cfg: MAEVideoConfig):
-        from mmssl.modalities.video import read_clip
-
-        def item(entry: dict, gen: torch.Generator) -> dict:
-            views = entry["views"]
-            view = views[int(torch.randint(len(views), (), generator=gen))]
-            clip = read_clip(view, cfg.clip_len, cfg.frame_stride, gen, cfg.backend)["frames"]  # (T, 3, H, W)
-            frames, crop = self.decode_view(cfg, clip, gen)
-            return {"frames": frames, "view": crop}
-
-        return item
-
     def on_device(self, cfg: MAEVideoConfig, batch: dict) -> dict:
         """uint8 "frames" (B, T, 3, S, S) + "view" (B, 5) -> normalised "input" (B, 3, T, frame_size,
         frame_size): one crop and flip per clip, channels first, then time (the tubelets' layout)."""
@@ -91,7 +79,7 @@ class MAEVideo(VideoTask):
 
     def after_training(self, cfg: MAEVideoConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: the frames of test clips, masked, and reconstructed."""
-        from mmssl.evaluation.plots import reconstruction_grid
+        from mmssl.evaluation.plots import plot_reconstructions
         from mmssl.modalities.vision import denormalize
 
         try:
@@ -102,14 +90,10 @@ class MAEVideo(VideoTask):
         make = self.make_item(whole)
         picks = torch.linspace(0, len(source) - 1, min(4, len(source))).long().tolist()
         x = self.views_of(whole, [make(source[i], torch.Generator().manual_seed(i)) for i in picks])["input"]
-        device = next(objective.parameters()).device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            shown = objective.eval().reconstruct(x.to(device))
 
         def frames(v: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B * 2, 3, H, W): first and last frame
-            return torch.stack([v[:, :, 0], v[:, :, -1]], dim=1).flatten(0, 1).cpu()
+            return torch.stack([v[:, :, 0], v[:, :, -1]], dim=1).flatten(0, 1)
 
-        reconstruction_grid(frames(shown["original"]), frames(shown["masked"]), frames(shown["reconstruction"]),
-                            out_dir / "plots" / "reconstruction.png", denormalize=denormalize,
-                            title=f"mae_video, tube mask ratio {cfg.objective.mask_ratio} (first and last frame of each clip)")
+        plot_reconstructions(objective, x, cfg.seed, out_dir / "plots" / "reconstruction.png", denormalize=denormalize,
+                             panels=frames, title=f"mae_video, tube mask ratio {cfg.objective.mask_ratio} "
+                                                  "(first and last frame of each clip)")

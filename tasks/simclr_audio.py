@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from einops import rearrange
-
-from mmssl.modalities.audio.augment import augment_batch, two_crops
+from mmssl.modalities.audio.augment import augment_pairs, two_crops
 from mmssl.objectives.simclr import SimCLRSettings
 from mmssl.registry import TASKS
-from mmssl.tasks.audio_common import AudioConfig, AudioTask
+from mmssl.tasks.audio_base import AudioConfig, AudioTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +37,8 @@ class SimCLRAudio(AudioTask):
     def make_item(self, cfg: SimCLRAudioConfig):
         crop, kw = cfg.crop_samples, {"gain_db": cfg.gain_db, "snr_db": (cfg.min_snr_db, cfg.min_snr_db + 30.0),
                                       "time_masks": cfg.time_masks}
-        return lambda audio, gen: two_crops(audio, crop, gen, **kw)
+        return lambda item, gen: two_crops(item["audio"], crop, gen, **kw)
 
     def on_device(self, cfg: SimCLRAudioConfig, batch: dict) -> dict:
         """{"crops": (B, 2, L), parameters (B, 2, ...)} -> {"views": [x0, x1]}, each (B, L)."""
-        params = {k: rearrange(v, "b v ... -> (b v) ...") for k, v in batch.items() if k != "crops"}
-        views = augment_batch(rearrange(batch["crops"], "b v l -> (b v) l"), params)
-        return {"views": list(rearrange(views, "(b v) l -> v b l", v=2))}
-
+        return {"views": augment_pairs(batch)}

@@ -7,7 +7,7 @@ import dataclasses
 from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.swav import SwAV, SwAVSettings
 from mmssl.registry import TASKS
-from mmssl.tasks.image_common import ImageConfig, ImageTask
+from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from mmssl.errors import DataError
 from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.tcn import TCNSettings
 from mmssl.registry import TASKS
-from mmssl.tasks.video_common import VideoConfig, VideoTask
+from mmssl.tasks.video_base import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)

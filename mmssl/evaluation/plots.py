@@ -180,6 +180,27 @@ def reconstruction_grid(
     return _save(fig, path)
 
 
+def plot_reconstructions(
+    objective: Any,
+    x: torch.Tensor,
+    seed: int,
+    path: str | Path,
+    title: str = "",
+    denormalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    panels: Callable[[torch.Tensor], torch.Tensor] = lambda v: v,
+) -> Path:
+    """``reconstruction_grid`` of a masked autoencoder's ``objective.reconstruct(x)`` (in eval mode,
+    on the objective's device), its masks drawn from ``seed`` without moving the global random
+    stream. ``panels`` maps each of original / masked / reconstruction to what is drawn, e.g.
+    chosen frames of a video (B, C, T, H, W) -> (B * k, C, H, W)."""
+    device = next(objective.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        shown = objective.eval().reconstruct(x.to(device))
+    return reconstruction_grid(*(panels(shown[k]).cpu() for k in ("original", "masked", "reconstruction")), path,
+                               denormalize=denormalize, title=title)
+
+
 def read_metrics(metrics_jsonl_path: str | Path) -> list[dict]:
     """The JSON objects of a metrics.jsonl file, one per non-empty line.
 

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from mmssl.modalities.audio.data import random_crop
 
@@ -111,3 +112,11 @@ def two_crops(audio: np.ndarray, length: int, gen: torch.Generator, **param_kwar
         crops.append(random_crop(audio, length, gen))
         params.append(draw_params(gen, length, **param_kwargs))
     return {"crops": torch.stack(crops), **{k: torch.stack([p[k] for p in params]) for k in params[0]}}
+
+
+def augment_pairs(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """A collated batch of ``two_crops`` items, {"crops": (B, 2, L) and parameters (B, 2, ...)} ->
+    its two views [x0, x1], each (B, L), augmented on whatever device the batch is on."""
+    params = {k: rearrange(v, "b v ... -> (b v) ...") for k, v in batch.items() if k != "crops"}
+    views = augment_batch(rearrange(batch["crops"], "b v l -> (b v) l"), params)
+    return list(rearrange(views, "(b v) l -> v b l", v=2))

@@ -2,7 +2,8 @@
 
 A DataLoader worker decodes a clip, resizes its frames to a square working size so clips of any
 size stack into one batch (``to_working_size``), and draws the clip's view with the item's own
-generator (``draw_view``): a random resized crop box, as fractions of the frame, and a flip.
+generator (``draw_view``): a random resized crop box, as fractions of the frame, and a flip
+(``decode_view`` does both for one clip).
 ``crop_views`` then cuts, resizes and flips every clip of a batch at once on the device, the
 same box for all frames of a clip, so positions correspond across its frames.
 
@@ -15,6 +16,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from mmssl.errors import DataError
 
 
 def to_working_size(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -47,6 +50,20 @@ def draw_view(H: int, W: int, min_scale: float, gen: torch.Generator) -> torch.T
     top, left, h, w = random_resized_box(H, W, min_scale, gen)
     flip = float(torch.rand((), generator=gen) < 0.5)
     return torch.tensor([top / H, left / W, (top + h) / H, (left + w) / W, flip], dtype=torch.float64).float()
+
+
+def check_decode_size(size: int) -> None:
+    if size < 1:
+        raise DataError(f"decode_size must be a positive number of pixels, not {size}")
+
+
+def decode_view(frames: torch.Tensor, size: int, min_scale: float,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A worker's part for one decoded clip uint8 (..., 3, H, W): (its frames at the working size,
+    uint8 (..., 3, size, size); one view for all of them from ``draw_view``, float (5,))."""
+    check_decode_size(size)
+    view = draw_view(frames.shape[-2], frames.shape[-1], min_scale, gen)
+    return to_working_size(frames, size), view
 
 
 def crop_views(frames: torch.Tensor, views: torch.Tensor, size: int) -> torch.Tensor:

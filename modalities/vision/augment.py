@@ -151,6 +151,12 @@ def working_size(views: tuple[ViewSettings, ...], size: int | None) -> int:
     return size or max(v.size for v in views)
 
 
+def sized_views(views: tuple[ViewSettings, ...], size: int) -> tuple[ViewSettings, ...]:
+    """``views`` with every crop size set: a group whose ``size`` is None gets ``size`` (the
+    encoder's input side)."""
+    return tuple(dataclasses.replace(v, size=v.size or size) for v in views)
+
+
 class DecodeAndDraw:
     """The worker's whole job: uint8 (3, H, W) -> {"image": uint8 (3, S, S), "view_params": (V, NUM_PARAMS)}."""
 

@@ -1,10 +1,8 @@
-"""What every image task shares: the config, the backbone, the data stream and its views, the
-online kNN monitor and the evaluation (kNN + linear probe beside a random
-encoder and raw pixels, a t-SNE picture of the test embeddings, and the monitor's
-learning curve).
+"""The image tasks' base: the config, the backbone (``encoder_spec``), the data (a labelled or
+unlabelled image source, ``make_item`` in the workers, views made by ``on_device`` on whole
+batches), the online kNN monitor's data, and which evaluation (mmssl.evaluation.image_report).
 
-A task file only adds its objective's settings, its default views and its objective. Workers decode
-each image and draw its views' parameters; ``on_device`` makes the views on whole batches.
+A task file only adds its objective's settings, its default views and its objective.
 """
 from __future__ import annotations
 
@@ -17,12 +15,11 @@ import torch
 from torch import nn
 
 from mmssl.config import ConfigError, TrainConfig
-from mmssl.data import HeldOut, train_loader
-from mmssl.encoders.io import build_encoder
+from mmssl.data import train_and_test, train_loader
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
 from mmssl.evaluation.linear import check_protocol
-from mmssl.modalities.vision.augment import ViewSettings, check_views, working_size
+from mmssl.modalities.vision.augment import DecodeAndDraw, ViewSettings, check_views, sized_views, working_size
 from mmssl.task import Task
 
 
@@ -103,11 +100,11 @@ class ImageTask(Task):
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:
         check_readout(cfg.readout)  # a bad readout fails before training, not at the first monitor step
         check_protocol(cfg.linear_protocol)
-        return build_encoder(self.encoder_spec(cfg))
+        return super().build_encoder(cfg)
 
     def view_settings(self, cfg: ImageConfig) -> tuple[ViewSettings, ...]:
         """cfg.views with every crop size set (``size`` None is the encoder's ``image_size``)."""
-        return tuple(dataclasses.replace(v, size=v.size or cfg.image_size) for v in cfg.views)
+        return sized_views(cfg.views, cfg.image_size)
 
     def check_config(self, cfg: ImageConfig) -> None:
         check_views(cfg.views)
@@ -118,6 +115,13 @@ class ImageTask(Task):
             raise ConfigError(f"{self.name} reads one crop per image; its views give {crops}")
         if not self.single_view and crops < 2:
             raise ConfigError(f"{self.name} compares views of an image: its views give {crops} crop(s), need 2 or more")
+
+    def make_item(self, cfg: ImageConfig) -> Callable[[dict, torch.Generator], dict]:
+        """{"image": uint8 (3, H, W), ...} + generator -> {"image": uint8 (3, S, S) at the working
+        size, "view_params": (V, NUM_PARAMS)}."""
+        views = self.view_settings(cfg)
+        make = DecodeAndDraw(views, working_size(views, cfg.working_size))
+        return lambda item, gen: make(item["image"], gen)
 
     def on_device(self, cfg: ImageConfig, batch: dict) -> dict:
         """{"image": uint8 (B, 3, S, S), "view_params": (B, V, NUM_PARAMS)} -> the objective's batch:
@@ -137,29 +141,15 @@ class ImageTask(Task):
     def train_loader(self, cfg: ImageConfig, start_batch: int, world: int, rank: int) -> Any:
         if cfg.streaming:
             raise DataError("image tasks read map-style datasets; drop --streaming")
-        from mmssl.modalities.vision import DecodeAndDraw
-
-        source = self.source(cfg, cfg.split)
-        views = self.view_settings(cfg)
-        make = DecodeAndDraw(views, working_size(views, cfg.working_size))
-
-        def transform(item: dict, gen: torch.Generator) -> dict:
-            return make(item["image"], gen)
-
-        return train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers)
+        return train_loader(self.source(cfg, cfg.split), self.make_item(cfg), cfg.batch_size, world, rank, cfg.seed,
+                            start_batch, cfg.num_workers)
 
     def labelled_splits(self, cfg: ImageConfig) -> tuple[Any, Any] | None:
         """(train, test) with labels, or None when the dataset has none to probe."""
         if cfg.dataset != "demo" and cfg.label_column is None:
             return None
-        train = self.source(cfg, cfg.split, labels=True)
-        try:
-            test = self.source(cfg, cfg.eval_split or "test", labels=True, vocab=getattr(train, "vocab", None))
-        except DataError:
-            if cfg.eval_split:
-                raise
-            return HeldOut(train, keep_test=False), HeldOut(train, keep_test=True)
-        return train, test
+        return train_and_test(lambda split, vocab: self.source(cfg, split, labels=True, vocab=vocab),
+                              cfg.split, cfg.eval_split)
 
     def eval_view(self, cfg: ImageConfig) -> Callable[[torch.Tensor], torch.Tensor]:
         from mmssl.modalities.vision import EvalView
@@ -179,100 +169,16 @@ class ImageTask(Task):
         return self._monitor_data
 
     def monitor(self, cfg: ImageConfig, encoder: nn.Module) -> dict[str, float]:
+        from mmssl.evaluation.image_report import monitor_knn
         from mmssl.evaluation.knn import extract_features
 
-        if self.monitor_data(cfg) is None:
+        data = self.monitor_data(cfg)
+        if data is None:
             return {}
-        return {"knn_top1": self._monitor_knn(cfg, lambda src, view: extract_features(encoder, src, view,
-                                                                                        readout=cfg.readout))}
-
-    def _monitor_knn(self, cfg: ImageConfig, featurize: Callable) -> float:
-        """kNN top-1 (k = 20) of ``featurize(source, view) -> (features, labels)`` on the monitor's data."""
-        from mmssl.evaluation.knn import knn_classify
-
-        (train, test), view = self.monitor_data(cfg)
-        tr_x, tr_y = featurize(train, view)
-        te_x, te_y = featurize(test, view)
-        tr_x, tr_y, te_x, te_y = tr_x[tr_y >= 0], tr_y[tr_y >= 0], te_x[te_y >= 0], te_y[te_y >= 0]
-        return knn_classify(tr_x, tr_y, te_x, te_y, ks=(20,))[20]
-
-    def random_encoder(self, cfg: ImageConfig, encoder: nn.Module) -> nn.Module:
-        """The baseline: ``encoder``'s architecture, initialised from seed ``cfg.seed + 1``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 1)
-            return build_encoder(encoder.spec).eval()
+        return {"knn_top1": monitor_knn(data, lambda src, view: extract_features(encoder, src, view,
+                                                                                  readout=cfg.readout))}
 
     def evaluate(self, cfg: ImageConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
-        from mmssl.evaluation.vision import image_probes
+        from mmssl.evaluation.image_report import image_report
 
-        splits = self.labelled_splits(cfg)
-        random = self.random_encoder(cfg, encoder)
-        if splits is None:  # unlabelled: the collapse monitor only
-            return self.unlabelled_report(cfg, {self.name: encoder.eval(), "random": random})
-        train, test = splits
-        view = self.eval_view(cfg)
-        encoders = {self.name: encoder.eval(), "random": random}
-        readout = check_readout(cfg.readout)
-        if readout != "pooled":  # the pooled features stay in the table, beside the chosen readout
-            encoders.update({f"{self.name} pooled": encoder, "random pooled": random})
-        report = image_probes(encoders, train, test, view, max_train=cfg.probe_max_train, max_test=cfg.probe_max_test,
-                              readouts={self.name: readout, "random": readout}, linear_protocol=cfg.linear_protocol,
-                              seed=cfg.seed, random_init_seed=cfg.seed + 1)
-        if cfg.finetune_steps > 0:
-            report["finetune"] = self.finetune(cfg, encoder, train, test)
-            report["table"] += f"\nfine-tuned end to end ({cfg.finetune_steps} steps): {100 * report['finetune']['accuracy']:.1f}%"
-        if out_dir is not None:
-            report["plots"] = self.plot_embeddings(cfg, encoder, test, view, Path(out_dir))
-            curve = self.learning_curve(cfg, random, Path(out_dir))
-            if curve is not None:
-                report["learning_curve"] = curve
-                report["plots"].append(curve["path"])
-        return report
-
-    def learning_curve(self, cfg: ImageConfig, random: nn.Module, out_dir: Path) -> dict | None:
-        """plots/learning_curve.png: the monitor's kNN accuracy over the run, beside the random
-        encoder and raw pixels measured once with the same monitor protocol."""
-        from mmssl.evaluation.knn import extract_features, pixels
-        from mmssl.evaluation.plots import run_learning_curve
-        from mmssl.evaluation.vision import PIXEL_SIZE
-
-        def baselines() -> dict[str, float]:
-            if self.monitor_data(cfg) is None:
-                return {}
-            return {"random encoder": self._monitor_knn(cfg, lambda src, view: extract_features(
-                        random, src, view, readout=cfg.readout)),
-                    "pixels": self._monitor_knn(cfg, lambda src, view: pixels(src, view, size=PIXEL_SIZE))}
-
-        return run_learning_curve(cfg, out_dir, "monitor/knn_top1", baselines,
-                                  title=f"{self.name}: online kNN (k=20, {cfg.monitor_items} images per split)",
-                                  ylabel="kNN top-1 accuracy (%)", label=f"{self.name} encoder")
-
-    def unlabelled_report(self, cfg: ImageConfig, encoders: dict[str, nn.Module]) -> dict[str, Any]:
-        from mmssl.evaluation.collapse import collapse_report
-        from mmssl.evaluation.knn import extract_features
-        from mmssl.evaluation.vision import RandomSubset
-        from mmssl.sources import probe_hint
-
-        source = self.source(cfg, cfg.split)
-        subset, view = RandomSubset(source, cfg.probe_max_test), self.eval_view(cfg)
-        pooled = {name: extract_features(enc, subset, view, readout=cfg.readout)[0] for name, enc in encoders.items()}
-        return collapse_report(pooled, "training images", probe_hint(self, cfg, getattr(source, "ds", None)))
-
-    def finetune(self, cfg: ImageConfig, encoder: nn.Module, train: Any, test: Any) -> dict:
-        from mmssl.evaluation.vision import finetune
-        from mmssl.modalities.vision import MAEView
-
-        classes = getattr(train, "num_classes", None) or int(max(train[i]["label"] for i in range(len(train)))) + 1
-        return finetune(encoder, train, test, MAEView(cfg.image_size), self.eval_view(cfg), classes,
-                        steps=cfg.finetune_steps)
-
-    def plot_embeddings(self, cfg: ImageConfig, encoder: nn.Module, test: Any, view: Callable, out_dir: Path) -> list[str]:
-        from mmssl.evaluation.knn import extract_features
-        from mmssl.evaluation.plots import embedding_plot
-        from mmssl.evaluation.vision import RandomSubset
-
-        feats, labels = extract_features(encoder, RandomSubset(test, 2000), view, readout=cfg.readout)
-        names = getattr(test, "vocab", None)
-        path = embedding_plot(feats, labels, out_dir / "plots" / "embedding.png", class_names=names,
-                              title=f"{self.name}: t-SNE of test embeddings ({cfg.readout} features)")
-        return [str(path)]
+        return image_report(self, cfg, encoder, out_dir)
