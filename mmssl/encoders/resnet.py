@@ -14,7 +14,6 @@ between stride-8 maps).
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from mmssl.encoders.maps import FeatureMapEncoder
@@ -65,6 +64,10 @@ class ResNet(FeatureMapEncoder):
             raise ValueError(f"unknown ResNet arch {arch!r}; known: {', '.join(ARCHS)}")
         if out_stride not in OUT_STRIDES:
             raise ValueError(f"out_stride must be one of {', '.join(map(str, OUT_STRIDES))}, not {out_stride}")
+        # Imported here: torchvision's package import costs a second of start-up that audio and video
+        # runs, and every command that never builds a ResNet, would otherwise pay.
+        import torchvision
+
         net = getattr(torchvision.models, arch)(weights=None)
         if small_stem or channels != 3:
             k, stride = (3, 1) if small_stem else (7, 2)
