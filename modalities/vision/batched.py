@@ -69,9 +69,8 @@ def apply_indexed(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) 
 
 
 def _apply(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-    # On a CPU reading the indices costs nothing and skips the unchosen samples' work (the colour
-    # ops would otherwise run 4 times per sample, once per jitter slot); on an accelerator a host
-    # read would stall the queue, so every sample is computed there.
+    # On a CPU reading the indices costs nothing and skips the unchosen samples' work; on an
+    # accelerator a host read would stall the queue, so every sample is computed there.
     return (apply_indexed if x.device.type == "cpu" else apply_where)(mask, fn, x, *args)
 
 
