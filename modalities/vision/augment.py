@@ -91,8 +91,10 @@ def blur_kernel(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
-def _uniform(lo: float, hi: float, gen: torch.Generator) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=gen, dtype=torch.float64))
+def _rand(n: int, gen: torch.Generator) -> list[float]:
+    """n uniform draws in [0, 1) as Python floats: one call, the same numbers as n calls of one
+    draw each (the CPU generator fills float64 tensors one value after another)."""
+    return torch.rand(n, generator=gen, dtype=torch.float64).tolist()
 
 
 def crop_box(height: int, width: int, scale: tuple[float, float], gen: torch.Generator) -> tuple[int, int, int, int]:
@@ -104,8 +106,9 @@ def crop_box(height: int, width: int, scale: tuple[float, float], gen: torch.Gen
     """
     area = height * width
     for _ in range(10):
-        target = area * _uniform(*scale, gen)
-        aspect = math.exp(_uniform(*_LOG_RATIO, gen))
+        u_area, u_aspect = _rand(2, gen)
+        target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+        aspect = math.exp(_LOG_RATIO[0] + (_LOG_RATIO[1] - _LOG_RATIO[0]) * u_aspect)
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             top = int(torch.randint(height - h + 1, (), generator=gen))
@@ -122,24 +125,27 @@ def crop_box(height: int, width: int, scale: tuple[float, float], gen: torch.Gen
 
 
 def draw_params(views: tuple[ViewSettings, ...], height: int, width: int, gen: torch.Generator) -> torch.Tensor:
-    """Every random choice of one image's crops -> float32 (total crops, NUM_PARAMS)."""
+    """Every random choice of one image's crops -> float32 (total crops, NUM_PARAMS).
+
+    Per crop, in this order: the box, then uniform draws for flip, jitter and the four colour
+    factors, the colour ops' order, then grayscale, blur, sigma and solarize. The values are kept
+    as Python floats and made into one tensor at the end: a worker draws for every item, and
+    per-entry tensor writes cost more than the draws.
+    """
     rows = []
     for v in views:
         for _ in range(v.crops):
             top, left, h, w = crop_box(height, width, (v.min_scale, v.max_scale), gen)
-            p = torch.zeros(NUM_PARAMS, dtype=torch.float64)
-            p[BOX] = torch.tensor([top / height, left / width, (top + h) / height, (left + w) / width])
-            p[FLIP] = _uniform(0, 1, gen) < v.flip_prob
-            p[JITTER] = _uniform(0, 1, gen) < v.jitter_prob
-            p[FACTORS] = torch.tensor([_uniform(max(0.0, 1 - s), 1 + s, gen)
-                                       for s in (v.brightness, v.contrast, v.saturation)] + [_uniform(-v.hue, v.hue, gen)])
-            p[ORDER] = torch.randperm(4, generator=gen).double()
-            p[GRAY] = _uniform(0, 1, gen) < v.gray_prob
-            p[BLUR] = _uniform(0, 1, gen) < v.blur_prob
-            p[SIGMA] = _uniform(v.blur_sigma_min, v.blur_sigma_max, gen)
-            p[SOLARIZE] = _uniform(0, 1, gen) < v.solarize_prob
-            rows.append(p)
-    return torch.stack(rows).float()
+            flip, jitter, *u = _rand(6, gen)
+            ranges = [(max(0.0, 1 - s), 1 + s) for s in (v.brightness, v.contrast, v.saturation)] + [(-v.hue, v.hue)]
+            factors = [lo + (hi - lo) * x for (lo, hi), x in zip(ranges, u)]
+            order = torch.randperm(4, generator=gen).tolist()
+            gray, blur, sigma, solarize = _rand(4, gen)
+            rows.append([top / height, left / width, (top + h) / height, (left + w) / width,
+                         flip < v.flip_prob, jitter < v.jitter_prob, *factors, *order, gray < v.gray_prob,
+                         blur < v.blur_prob, v.blur_sigma_min + (v.blur_sigma_max - v.blur_sigma_min) * sigma,
+                         solarize < v.solarize_prob])
+    return torch.tensor(rows, dtype=torch.float64).float()
 
 
 def working_size(views: tuple[ViewSettings, ...], size: int | None) -> int:

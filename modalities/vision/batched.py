@@ -69,9 +69,8 @@ def apply_indexed(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) 
 
 
 def _apply(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-    # On a CPU reading the indices costs nothing and skips the unchosen samples' work (the colour
-    # ops would otherwise run 4 times per sample, once per jitter slot); on an accelerator a host
-    # read would stall the queue, so every sample is computed there.
+    # On a CPU reading the indices costs nothing and skips the unchosen samples' work; on an
+    # accelerator a host read would stall the queue, so every sample is computed there.
     return (apply_indexed if x.device.type == "cpu" else apply_where)(mask, fn, x, *args)
 
 
@@ -144,11 +143,41 @@ def colour_jitter(x: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, orde
                   active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
     """ColorJitter with per-sample factors (N, 4) and op order (N, 4), where ``on`` (N,) is set;
     ops whose setting is 0 (``active`` False) are identities and skipped."""
+    if x.device.type == "cpu":
+        return colour_jitter_grouped(x, on, factors, order, active)
+    return colour_jitter_masked(x, on, factors, order, active)
+
+
+def colour_jitter_masked(x: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
+                         active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    """colour_jitter with every op computed for every sample and selected: no host reads."""
     for slot in range(4):
         for op, (fn, used) in enumerate(zip(COLOUR_OPS, active)):
             if used:
-                x = _apply(on.bool() & (order[:, slot] == op), fn, x, factors[:, op])
+                x = apply_where(on.bool() & (order[:, slot] == op), fn, x, factors[:, op])
     return x
+
+
+def colour_jitter_grouped(x: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
+                          active: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+    """colour_jitter with each op computed only for the samples that take it. In each of the four
+    slots the rows are reordered by their op (a stable sort, the counts read on the host), so every
+    op works on one contiguous slice and writes it in place, rather than gathering its samples and
+    scattering them back into a copy of the batch."""
+    used = torch.tensor([*active, False], device=x.device)  # index -1: no op in this slot
+    pos = torch.arange(len(x), device=x.device)  # pos[i]: the sample now in row i
+    for slot in range(4):
+        op = torch.where(on.bool(), order[:, slot], -1)
+        op = torch.where(used[op], op, -1)[pos]
+        perm = torch.argsort(op, stable=True)
+        x, pos, op = x.index_select(0, perm), pos[perm], op[perm]
+        start = 0
+        for k, n in enumerate(torch.bincount(op + 1, minlength=5).tolist()):
+            if k and n:
+                rows = x[start:start + n]
+                rows.copy_(COLOUR_OPS[k - 1](rows, factors[pos[start:start + n], k - 1]))
+            start += n
+    return x.index_select(0, torch.argsort(pos))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -25,6 +26,8 @@ from mmssl.modalities.vision.batched import (
     apply_indexed,
     apply_where,
     brightness,
+    colour_jitter_grouped,
+    colour_jitter_masked,
     contrast,
     gaussian_blur,
     grayscale,
@@ -102,9 +105,9 @@ def test_batch_views_equal_views_made_one_image_at_a_time():
         assert 0 < params[:, :, column].sum() < params[:, :, column].numel()
 
 
-def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_host():
-    """On a GPU every sample is computed and selected with torch.where (no device sync); on a CPU
-    only the chosen samples are computed. Both give the same views."""
+@contextlib.contextmanager
+def no_host_reads():
+    """Fails if the block reads a tensor's values on the host (a device sync on an accelerator)."""
     reads = []
     names = ("item", "__bool__", "__int__", "__float__", "tolist", "nonzero")
     originals = {name: getattr(torch.Tensor, name) for name in names}
@@ -115,6 +118,19 @@ def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_
             return originals[name](self, *args, **kwargs)
         return read
 
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, counted(name))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    assert reads == []
+
+
+def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_host():
+    """On a GPU every sample is computed and selected with torch.where (no device sync); on a CPU
+    only the chosen samples are computed. Both give the same views."""
     x = torch.stack([smooth_image(s) for s in range(6)])
     mask = torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool)
     factor = torch.linspace(0.2, 1.8, 6)
@@ -122,16 +138,37 @@ def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_
     ops.append((lambda z, sigma: gaussian_blur(z, sigma, 5), factor))
     for fn, arg in ops:
         indexed = apply_indexed(mask, fn, x, arg)
-        try:
-            for name in names:
-                setattr(torch.Tensor, name, counted(name))
+        with no_host_reads():
             selected = apply_where(mask, fn, x, arg)
-        finally:
-            for name, original in originals.items():
-                setattr(torch.Tensor, name, original)
         torch.testing.assert_close(selected, indexed, rtol=0, atol=1e-6)
         assert torch.equal(indexed[~mask], x[~mask]) and not torch.equal(indexed[mask], x[mask])
-    assert reads == []
+
+
+def test_colour_jitter_is_torchvisions_ops_in_each_samples_order():
+    """Per sample, torchvision's adjust_* functions in that sample's order with its factors, or
+    nothing where jitter is off; ops with a 0 setting skipped. The CPU path (grouped by op, host
+    reads) and the accelerator path (masked, no host reads) both give it."""
+    n, g = 48, torch.Generator().manual_seed(1)
+    x = torch.stack([smooth_image(s) for s in range(n)])
+    factors = torch.cat([0.4 + 1.2 * torch.rand(n, 3, generator=g), 0.4 * torch.rand(n, 1, generator=g) - 0.2], 1)
+    order = torch.stack([torch.randperm(4, generator=g) for _ in range(n)])
+    on = torch.rand(n, generator=g) < 0.8
+    F = v2.functional
+    theirs_ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    for active in ((True,) * 4, (True, False, True, False), (False, True, False, True), (False,) * 3 + (True,)):
+        expected = []
+        for i in range(n):
+            y = x[i]
+            for op in order[i].tolist() if on[i] else []:
+                y = theirs_ops[op](y, float(factors[i, op])) if active[op] else y
+            expected.append(y)
+        expected = torch.stack(expected)
+        grouped = colour_jitter_grouped(x, on, factors, order, active)
+        with no_host_reads():
+            masked = colour_jitter_masked(x, on, factors, order, active)
+        for got in (grouped, masked):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert torch.equal(grouped[~on], x[~on]) and torch.equal(masked[~on], x[~on])
 
 
 # ---- views depend on (seed, global sample index) only ----------------------------------------
@@ -235,6 +272,25 @@ def test_crop_boxes_are_distributed_as_random_resized_crop():
     p = draw_params((ViewSettings(),), H, W, torch.Generator().manual_seed(0))[0, BOX]
     t, lft, h, w = crop_box(H, W, scale, torch.Generator().manual_seed(0))
     torch.testing.assert_close(p, torch.tensor([t / H, lft / W, (t + h) / H, (lft + w) / W]))
+
+
+def test_draw_params_keeps_its_random_stream():
+    """The parameters are the draws of the documented order, one value per call of the item's
+    generator (a plain reference): a faster draw must not change which views a seed gives."""
+    def reference(v: ViewSettings, H: int, W: int, g: torch.Generator) -> list[float]:
+        def u(lo=0.0, hi=1.0):
+            return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
+        top, left, h, w = crop_box(H, W, (v.min_scale, v.max_scale), g)
+        row = [top / H, left / W, (top + h) / H, (left + w) / W, u() < v.flip_prob, u() < v.jitter_prob]
+        row += [u(max(0.0, 1 - s), 1 + s) for s in (v.brightness, v.contrast, v.saturation)] + [u(-v.hue, v.hue)]
+        row += torch.randperm(4, generator=g).tolist()
+        return row + [u() < v.gray_prob, u() < v.blur_prob, u(v.blur_sigma_min, v.blur_sigma_max), u() < v.solarize_prob]
+
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        expected = [reference(v, 40, 30, g) for v in ALL_ON for _ in range(v.crops)]
+        got = draw_params(ALL_ON, 40, 30, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, torch.tensor(expected, dtype=torch.float64).float())
 
 
 def test_no_fitting_box_falls_back_to_the_central_crop():
