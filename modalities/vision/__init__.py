@@ -6,8 +6,6 @@ from mmssl.modalities.vision.augment import (  # noqa: F401
     STD,
     DecodeAndDraw,
     EvalView,
-    ItemViews,
-    MAEView,
     ViewSettings,
     check_views,
     denormalize,
@@ -16,6 +14,6 @@ from mmssl.modalities.vision.augment import (  # noqa: F401
     normalize,
     working_size,
 )
-from mmssl.modalities.vision.batched import make_views  # noqa: F401
+from mmssl.modalities.vision.batched import ItemViews, MAEView, make_views  # noqa: F401
 from mmssl.modalities.vision.data import ImageReadError, decode, open_images  # noqa: F401
 from mmssl.modalities.vision.synthetic import CLASSES, generate_shapes, load_demo_images  # noqa: F401

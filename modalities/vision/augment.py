@@ -21,7 +21,6 @@ import dataclasses
 import math
 
 import torch
-from torchvision.transforms import v2
 
 from mmssl.config import ConfigError
 
@@ -170,38 +169,19 @@ class DecodeAndDraw:
         self.views, self.size = views, size
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> dict:
-        _check(img)
+        check_image(img)
         params = draw_params(self.views, img.shape[-2], img.shape[-1], gen)
         if img.shape[-2:] != (self.size, self.size):
-            img = v2.functional.resize(img, [self.size, self.size], antialias=True)
+            from torchvision.transforms.v2.functional import resize  # here: see _transforms()
+
+            img = resize(img, [self.size, self.size], antialias=True)
         return {"image": img, "view_params": params}
-
-
-class ItemViews:
-    """The batched views of one item (for per-item users such as fine-tuning): ``(img, gen)`` ->
-    a list of float32 (3, size, size), or the one view when the settings give a single crop."""
-
-    def __init__(self, views: tuple[ViewSettings, ...]):
-        self.views = views
-
-    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
-        from mmssl.modalities.vision.batched import make_views
-
-        _check(img)
-        params = draw_params(self.views, img.shape[-2], img.shape[-1], gen)
-        out = [v[0] for v in make_views(img[None], params[None], self.views)]
-        return out[0] if len(out) == 1 else out
 
 
 def mae_views(size: int | None, min_scale: float = 0.2) -> tuple[ViewSettings]:
     """MAE's only augmentation (arXiv:2111.06377): a random resized crop and a flip (bilinear, where
     the paper resamples bicubically), no colour changes."""
     return (ViewSettings(size=size, min_scale=min_scale, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0),)
-
-
-def MAEView(size: int, min_scale: float = 0.2) -> ItemViews:
-    """Per-item MAE view: ``(img, gen)`` -> float32 (3, size, size)."""
-    return ItemViews(mae_views(size, min_scale))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +197,16 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * std[:, None, None] + mean[:, None, None]).clamp(0, 1)
 
 
-def _check(img: torch.Tensor) -> None:
+def _transforms():
+    """torchvision's transforms, imported on first use: the package import costs a second of start-up
+    that audio and video runs, and commands that never touch an image, would otherwise pay."""
+    from torchvision.transforms import v2
+
+    return v2
+
+
+def check_image(img: torch.Tensor) -> None:
+    """Views are made from uint8 (3, H, W) images, as the workers decode them."""
     if img.dtype != torch.uint8 or img.ndim != 3 or img.shape[0] != 3:
         raise ValueError(f"expected a uint8 image (3, H, W), got {img.dtype} {tuple(img.shape)}")
 
@@ -227,9 +216,10 @@ class EvalView:
     images) and centre-crop. Returns float32 (3, size, size); ``gen`` is accepted and unused."""
 
     def __init__(self, size: int):
+        v2 = _transforms()
         self.transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size),
                                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        _check(img)
+        check_image(img)
         return self.transform(img)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 from mmssl.modalities.vision.augment import (
     BLUR,
@@ -43,6 +42,9 @@ from mmssl.modalities.vision.augment import (
     SOLARIZE,
     ViewSettings,
     blur_kernel,
+    check_image,
+    draw_params,
+    mae_views,
     normalize,
 )
 
@@ -79,6 +81,8 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, siz
     image, owner (N,) the image each box is cut from -> (N, 3, size, size)."""
     H, W = x.shape[-2:]
     rois = torch.stack([owner.to(x.dtype), boxes[:, 1] * W, boxes[:, 0] * H, boxes[:, 3] * W, boxes[:, 2] * H], 1)
+    from torchvision.ops import roi_align  # here: importing torchvision costs every non-image run a second
+
     return roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
@@ -230,3 +234,22 @@ def make_views(images: torch.Tensor, params: torch.Tensor, views: tuple[ViewSett
         out += list(normalize(view_group(x, p, owner, v)).chunk(v.crops))
         first += v.crops
     return out
+
+
+class ItemViews:
+    """The batched views of one item (for per-item users such as fine-tuning): ``(img, gen)`` ->
+    a list of float32 (3, size, size), or the one view when the settings give a single crop."""
+
+    def __init__(self, views: tuple[ViewSettings, ...]):
+        self.views = views
+
+    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
+        check_image(img)
+        params = draw_params(self.views, img.shape[-2], img.shape[-1], gen)
+        out = [v[0] for v in make_views(img[None], params[None], self.views)]
+        return out[0] if len(out) == 1 else out
+
+
+def MAEView(size: int, min_scale: float = 0.2) -> ItemViews:
+    """Per-item MAE view: ``(img, gen)`` -> float32 (3, size, size)."""
+    return ItemViews(mae_views(size, min_scale))
