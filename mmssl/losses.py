@@ -1,5 +1,5 @@
 """Pure loss functions. Each is tested against a loop-based reference written
-from its paper's pseudocode (tests/test_losses.py, tests/test_losses_contrastive.py)."""
+from its paper's pseudocode (tests/unit/test_losses.py, tests/unit/test_losses_contrastive.py)."""
 from __future__ import annotations
 
 import math

@@ -17,7 +17,7 @@ class CPCAudioConfig(AudioConfig):
     max_steps: int = 250  # about 2.5 minutes on 2 CPU cores
     # The paper's Adam rate. At 1e-3, Adam moves every conv weight by about its initial size within
     # the first 25 steps: ReLUs die, the utterance-level features collapse to a few directions and
-    # both probes end lower (README).
+    # both probes end lower (docs/results/audio.md).
     lr: float = 2e-4
     objective: CPCSettings = CPCSettings(
         # Cosine similarity / 0.1 instead of the paper's dot product: it escapes the initial

@@ -22,8 +22,8 @@ import torch
 
 from mmssl.errors import DataError
 
-# In order of preference for backend="auto": torchcodec read random clips 1.3x faster than decord
-# here (`mmssl bench`), but needs system FFmpeg; decord and PyAV carry their own.
+# In order of preference for backend="auto": torchcodec seeks to random clips faster than decord
+# (`mmssl bench` measures it), but needs system FFmpeg; decord and PyAV carry their own.
 BACKENDS = ("torchcodec", "decord", "pyav")
 IMAGE_SEQUENCE_FPS = 24.0  # a folder of frames has no frame rate; DAVIS sequences were sampled at 24 fps
 # decord grows its memory on repeated random access to one open reader (dmlc/decord#197, #208);
