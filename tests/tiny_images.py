@@ -69,3 +69,18 @@ def png_size(path) -> tuple[int, int]:
     with Image.open(path) as im:
         assert im.format == "PNG"
         return im.size
+
+
+# A ViT MAE small enough for a 16 px image folder to train in seconds.
+TINY_MAE = ["backbone=vit", "vit_dim=16", "vit_depth=1", "vit_heads=2", "image_size=16", "patch_size=8",
+            "objective.decoder_dim=16", "objective.decoder_depth=1", "objective.decoder_heads=2"]
+
+
+def dark_and_light_folder(root, train: int, test: int):
+    """An imagefolder ``root/{train,test}/{dark,light}/i.png`` of 16 px images told apart by brightness."""
+    for split, count in (("train", train), ("test", test)):
+        for k, cls in enumerate(("dark", "light")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (16, 16), (30 + 180 * k, 20 * i, 90)).save(root / split / cls / f"{i}.png")
+    return root

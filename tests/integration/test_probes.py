@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
-from PIL import Image
-from tiny_images import ColourImages, TinyEncoder, png_size, to_float
+from tiny_images import TINY_MAE, ColourImages, TinyEncoder, dark_and_light_folder, png_size, to_float
 
 from mmssl.config import ConfigError
 from mmssl.evaluation.audio import MFCC, audio_probes, pool_utterance, speaker_monitor, speaker_monitor_set
@@ -258,13 +257,8 @@ def test_audio_run_logs_the_speaker_monitor_and_draws_its_learning_curve(tmp_pat
 def test_image_run_draws_its_learning_curve_with_random_and_pixel_baselines(tmp_path):
     from mmssl.cli import main
 
-    for split, count in (("train", 8), ("test", 4)):
-        for k, cls in enumerate(("dark", "light")):
-            (tmp_path / "images" / split / cls).mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (16, 16), (30 + 180 * k, 20 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
-    tiny = ["backbone=vit", "vit_dim=16", "vit_depth=1", "vit_heads=2", "image_size=16", "patch_size=8",
-            "objective.decoder_dim=16", "objective.decoder_depth=1", "objective.decoder_heads=2"]
+    dark_and_light_folder(tmp_path / "images", train=8, test=4)
+    tiny = TINY_MAE
     run = tmp_path / "run"
     assert main(["train", "--task", "mae_image", "--dataset", str(tmp_path / "images"), "--label-column", "label",
                  "--output-dir", str(run), "--max-steps", "2", "batch_size=4", "num_workers=0", "monitor_every=1",

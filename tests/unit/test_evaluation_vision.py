@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from tiny_images import ColourImages, DiagonalImages, TinyEncoder, png_size, to_float
+from tiny_images import TINY_MAE, ColourImages, DiagonalImages, TinyEncoder, dark_and_light_folder, png_size, to_float
 
 from mmssl.evaluation.knn import extract_features, knn_classify, knn_predict, pixels
 from mmssl.evaluation.plots import embed_2d, embedding_plot, loss_curve, reconstruction_grid
@@ -117,13 +116,8 @@ def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
     from mmssl.config import ConfigError
     from mmssl.run import resolve_config
 
-    for split, count in (("train", 6), ("test", 4)):
-        for k, cls in enumerate(("dark", "light")):
-            (tmp_path / "images" / split / cls).mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (16, 16), (30 + 180 * k, 20 * i, 90)).save(tmp_path / "images" / split / cls / f"{i}.png")
-    tiny = ["backbone=vit", "vit_dim=16", "vit_depth=1", "vit_heads=2", "image_size=16", "patch_size=8",
-            "objective.decoder_dim=16", "objective.decoder_depth=1", "objective.decoder_heads=2"]
+    dark_and_light_folder(tmp_path / "images", train=6, test=4)
+    tiny = TINY_MAE
     flags = {"dataset": str(tmp_path / "images"), "label_column": "label", "output_dir": str(tmp_path / "run")}
     task, cfg = resolve_config("mae_image", None, flags, [*tiny, "readout=tokens"])
     encoder = task.build_objective(cfg).encoder
