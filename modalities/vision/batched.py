@@ -93,12 +93,12 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = factor[:, None, None, None]
-    return (f * x + (1 - f) * other).clamp(0, 1)
+    """factor x + (1 - factor) other, clamped to [0, 1] (torchvision's _blend), in one lerp pass."""
+    return torch.lerp(other.expand_as(x), x, factor[:, None, None, None]).clamp_(0, 1)
 
 
 def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(x, torch.zeros_like(x), factor)
+    return (x * factor[:, None, None, None]).clamp_(0, 1)  # the blend with black
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) RGB in [0, 1] -> HSV, hue in turns [0, 1)."""
     v, c, h6 = _hexcone(x)
-    s = c / torch.where(v > 0, v, torch.ones_like(v))
+    s = c / torch.where(v > 0, v, 1.0)
     return torch.stack([h6 / 6, s, v], 1)
 
 
@@ -122,7 +122,7 @@ def _hexcone(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     r, g, b = x.unbind(1)
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
-    safe = torch.where(c > 0, c, torch.ones_like(c))
+    safe = torch.where(c > 0, c, 1.0)
     h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
     return v, c, torch.remainder(h6, 6)
 
