@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from mmssl.errors import DataError
 
@@ -75,6 +75,17 @@ class SeededItems(Dataset):
         return self.transform(self.source[index], torch.Generator().manual_seed(seed))
 
 
+class ThenApply:
+    """A collate function followed by ``fn`` on the collated batch, without gradients."""
+
+    def __init__(self, collate: Callable[[list], Any], fn: Callable[[Any], Any]):
+        self.collate, self.fn = collate, fn
+
+    def __call__(self, items: list) -> Any:
+        with torch.no_grad():
+            return self.fn(self.collate(items))
+
+
 def train_loader(
     source: Any,
     transform: Callable[[Any, torch.Generator], dict],
@@ -85,9 +96,13 @@ def train_loader(
     start_batch: int = 0,
     num_workers: int = 0,
     collate_fn: Callable | None = None,
+    batch_fn: Callable[[dict], dict] | None = None,
 ) -> DataLoader:
-    """An endless loader of this process's share of every global batch, from ``start_batch`` on."""
+    """An endless loader of this process's share of every global batch, from ``start_batch`` on.
+    ``batch_fn``, when given, maps each collated batch in the worker that collated it."""
     sampler = StepBatchSampler(len(source), batch_size, world, rank, seed, start_batch)
+    if batch_fn is not None:
+        collate_fn = ThenApply(collate_fn or default_collate, batch_fn)
     return DataLoader(
         SeededItems(source, transform),
         batch_sampler=sampler,

@@ -57,16 +57,22 @@ class Task:
         makes the views). Every modality's ``train_loader`` maps its source through this."""
         raise NotImplementedError
 
-    def train_loader(self, cfg: Any, start_batch: int, world: int, rank: int) -> Iterable[dict]:
-        """An endless stream of this process's batches, starting at global batch ``start_batch``."""
+    def train_loader(self, cfg: Any, start_batch: int, world: int, rank: int,
+                     batch_fn: Callable[[dict], dict] | None = None) -> Iterable[dict]:
+        """An endless stream of this process's batches, starting at global batch ``start_batch``.
+        ``batch_fn`` must reach ``mmssl.data.train_loader``, which maps each collated batch with it
+        in the worker: the trainer passes ``on_device`` there when the views are made in the workers."""
         raise NotImplementedError
 
     def on_device(self, cfg: Any, batch: dict) -> dict:
-        """The batch the objective reads, made from a collated batch already on the device.
+        """The batch the objective reads, made from a collated batch.
 
         Workers only decode; views are made here on whole batches (under ``torch.no_grad``), from
         the per-sample random parameters that the workers drew with each item's own generator, so
-        they depend on the seed and the global sample index alone. The default passes it through.
+        they depend on the seed and the global sample index alone. It runs on the training device,
+        or in the DataLoader worker that collated the batch (``view_placement``: on a CPU the
+        worker's core would otherwise wait while the main process trains). The default passes it
+        through.
         """
         return batch
 

@@ -8,6 +8,7 @@ resumed from ``DIR/checkpoints/step_N`` ends exactly where an uninterrupted run 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -55,6 +56,17 @@ def _resumed_wall(out_dir: Path, step: int) -> float:
     walls = [row["wall_s"] for row in map(json.loads, log.read_text().splitlines())
              if "wall_s" in row and row.get("step", 0) <= step]
     return walls[-1] if walls else 0.0
+
+
+def views_in_workers(cfg: Any, device: torch.device) -> bool:
+    """Whether ``task.on_device`` runs in the DataLoader workers (``cfg.view_placement``)."""
+    if cfg.view_placement not in ("auto", "device", "workers"):
+        raise ConfigError(f"view_placement must be auto, device or workers, not '{cfg.view_placement}'")
+    if cfg.view_placement == "auto":
+        # On an accelerator the views are fast there and the workers ship uint8; on a CPU the main
+        # process's step leaves a worker's core time that the views can fill.
+        return device.type == "cpu" and cfg.num_workers > 0
+    return cfg.view_placement == "workers"
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -183,6 +195,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     out_dir = Path(cfg.output_dir)
     check_optimizer_name(cfg.optimizer)  # before anything is written
     accelerator = accelerator or Accelerator(log_with=cfg.log_with, project_dir=str(out_dir))
+    in_workers = views_in_workers(cfg, accelerator.device)  # a bad value fails before anything is written
     _prepare_output(accelerator, cfg, out_dir)
     set_seed(cfg.seed)
     objective = task.build_objective(cfg)
@@ -219,7 +232,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         accelerator.init_trackers(task.name, config={k: v for k, v in config_lib.flat(cfg).items() if v is not None})
 
     world = accelerator.num_processes
-    batches = iter(task.train_loader(cfg, step * cfg.grad_accum, world, accelerator.process_index))
+    batches = iter(task.train_loader(cfg, step * cfg.grad_accum, world, accelerator.process_index,
+                                     batch_fn=functools.partial(task.on_device, cfg) if in_workers else None))
     samples_per_step = cfg.batch_size * world * cfg.grad_accum
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_main_process, desc=task.name, dynamic_ncols=True)
     sums: dict[str, torch.Tensor] = {}
@@ -236,7 +250,9 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         metrics: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
             with torch.no_grad():
-                batch = task.on_device(cfg, _to_device(next(batches), accelerator.device))
+                batch = _to_device(next(batches), accelerator.device)
+                if not in_workers:
+                    batch = task.on_device(cfg, batch)
             # Only the last micro-batch all-reduces gradients across processes.
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync:

@@ -68,7 +68,8 @@ class AudioTask(Task):
         crop = cfg.crop_samples
         return lambda item, gen: {"input": random_crop(item["audio"], crop, gen)}
 
-    def train_loader(self, cfg: AudioConfig, start_batch: int, world: int, rank: int) -> DataLoader:
+    def train_loader(self, cfg: AudioConfig, start_batch: int, world: int, rank: int,
+                     batch_fn: Callable[[dict], dict] | None = None) -> DataLoader:
         if cfg.crop_samples % 160:
             raise DataError(f"crop_samples must be a multiple of 160 (one 10 ms frame), got {cfg.crop_samples}")
         make = self.make_item(cfg)
@@ -78,7 +79,8 @@ class AudioTask(Task):
                                     make_item=lambda wav, gen: make({"audio": wav}, gen))
             return DataLoader(stream, batch_size=cfg.batch_size)
         source = open_audio(cfg.dataset, cfg.split, cfg.dataset_config, cfg.audio_column)
-        return train_loader(source, make, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers)
+        return train_loader(source, make, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers,
+                            batch_fn=batch_fn)
 
     def encoder_meta(self, cfg: AudioConfig) -> dict:
         return {"task": self.name, "modality": self.modality, "sample_rate": SAMPLE_RATE, "frame_hop": 160}

@@ -138,11 +138,12 @@ class ImageTask(Task):
         label = cfg.label_column if labels else None
         return open_images(cfg.dataset, split, cfg.dataset_config, cfg.image_column, label, vocab=vocab)
 
-    def train_loader(self, cfg: ImageConfig, start_batch: int, world: int, rank: int) -> Any:
+    def train_loader(self, cfg: ImageConfig, start_batch: int, world: int, rank: int,
+                     batch_fn: Callable[[dict], dict] | None = None) -> Any:
         if cfg.streaming:
             raise DataError("image tasks read map-style datasets; drop --streaming")
         return train_loader(self.source(cfg, cfg.split), self.make_item(cfg), cfg.batch_size, world, rank, cfg.seed,
-                            start_batch, cfg.num_workers)
+                            start_batch, cfg.num_workers, batch_fn=batch_fn)
 
     def labelled_splits(self, cfg: ImageConfig) -> tuple[Any, Any] | None:
         """(train, test) with labels, or None when the dataset has none to probe."""

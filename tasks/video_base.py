@@ -118,7 +118,8 @@ class VideoTask(Task):
         with torch.no_grad():
             return self.on_device(cfg, default_collate(items))
 
-    def train_loader(self, cfg: VideoConfig, start_batch: int, world: int, rank: int) -> Any:
+    def train_loader(self, cfg: VideoConfig, start_batch: int, world: int, rank: int,
+                     batch_fn: Callable[[dict], dict] | None = None) -> Any:
         from mmssl.modalities.video import SafeClips, VideoClips
 
         if cfg.streaming:
@@ -128,7 +129,8 @@ class VideoTask(Task):
                             self.clip_frames(cfg) * cfg.frame_stride)
         # a video that fails to decode inside a worker is replaced (and named in a warning), not fatal
         transform = SafeClips(source, self.make_item(cfg))
-        return train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers)
+        return train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, cfg.num_workers,
+                            batch_fn=batch_fn)
 
     # evaluation ----------------------------------------------------------------------------------
     def davis(self, cfg: VideoConfig) -> Any | None:

@@ -43,14 +43,15 @@ class TinyCPC(CPCAudio):
     crash_after = None
     nan_batch = None
 
-    def train_loader(self, cfg, start_batch, world, rank):
+    def train_loader(self, cfg, start_batch, world, rank, batch_fn=None):
         source = [{"audio": w} for w in waves()]
         nan_batch = self.nan_batch
 
         def transform(item, gen):
             return {"input": random_crop(item["audio"], cfg.crop_samples, gen)}
 
-        loader = train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, 0)
+        loader = train_loader(source, transform, cfg.batch_size, world, rank, cfg.seed, start_batch, 0,
+                              batch_fn=batch_fn)
         if nan_batch is not None:
             loader = _Poison(loader, start_batch, nan_batch)
         return _Crashing(loader, self.crash_after)

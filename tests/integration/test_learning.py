@@ -27,12 +27,12 @@ def corpus():
 class TinySpeechCPC(TinyCPC):
     name = "tiny_speech_cpc"
 
-    def train_loader(self, cfg, start_batch, world, rank):
+    def train_loader(self, cfg, start_batch, world, rank, batch_fn=None):
         def transform(item, gen):
             return {"input": random_crop(item["audio"], cfg.crop_samples, gen)}
 
         return train_loader(CorpusSplit(corpus()["train"], "train"), transform, cfg.batch_size, world, rank, cfg.seed,
-                            start_batch, 0)
+                            start_batch, 0, batch_fn=batch_fn)
 
     def evaluate(self, cfg, encoder, out_dir=None):
         from mmssl.encoders.io import build_encoder

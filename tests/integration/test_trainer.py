@@ -187,3 +187,30 @@ def test_compile_gives_the_eager_losses(tmp_path):
         losses[mode] = [r["loss"] for r in rows]
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+
+
+def test_views_in_the_workers_train_as_views_on_the_device(tmp_path):
+    """view_placement only moves where on_device runs: the same losses step by step, the same weights."""
+    from mmssl.run import resolve_config
+
+    runs = {}
+    for placement in ("device", "workers"):
+        task, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path / placement), "max_steps": 4},
+                                   ["num_workers=2", "batch_size=8", "convnet_widths=8,8,8,8", "log_every=1",
+                                    "save_every=4", "monitor_every=0", "evaluate=false", f"view_placement={placement}"])
+        run_training(task, cfg)
+        rows = [json.loads(line) for line in (tmp_path / placement / "metrics.jsonl").read_text().splitlines()]
+        runs[placement] = ([r["loss"] for r in rows if "loss" in r], weights(tmp_path / placement))
+    assert len(runs["device"][0]) == 4
+    torch.testing.assert_close(runs["workers"][0], runs["device"][0], rtol=1e-4, atol=1e-5)
+    for k, v in runs["device"][1].items():
+        torch.testing.assert_close(runs["workers"][1][k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_an_unknown_view_placement_is_one_config_error_before_anything_is_written(tmp_path):
+    from mmssl.config import ConfigError
+
+    task, cfg = tiny_config(tmp_path / "run", view_placement="gpu")
+    with pytest.raises(ConfigError, match="view_placement must be auto, device or workers, not 'gpu'"):
+        run_training(task, cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -251,3 +251,39 @@ def test_a_bad_decode_size_is_one_clear_error(tmp_path):
     task, cfg = setup("mae_video", tmp_path, decode_size=0)
     with pytest.raises(DataError, match="decode_size must be a positive number of pixels, not 0"):
         task.train_loader(cfg, 0, 1, 0)
+
+
+def _close(a, b) -> None:
+    """Equal batches: the same keys and shapes, values equal up to the summation order of reductions
+    (a worker runs one thread, the main process several)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _close(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _close(x, y)
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("key, extra", [
+    ("simclr_audio", {}), ("colorize_video", {}), ("mae_video", {}),
+    ("simclr_image", {"batch_size": 4, "convnet_widths": "8,8,8,8"}),
+    ("swav_image", {"batch_size": 4, "convnet_widths": "8,8,8,8", "views.1.crops": 2, "views.1.size": 16}),
+])
+def test_views_made_in_the_loader_workers_equal_views_made_after_collation(key, extra, tmp_path):
+    """view_placement=workers: a worker applies on_device to the batch it collated; the result is the
+    batch that on_device makes from the same collated batch in the main process, batch after batch."""
+    import functools
+
+    small = SMALL.get(key, {})
+    task, cfg = resolve_config(key, None, {"output_dir": str(tmp_path / "run")},
+                               [f"{k}={v}" for k, v in {**small, **extra, "num_workers": 2}.items()])
+    plain = iter(task.train_loader(cfg, 3, 1, 0))
+    in_workers = iter(task.train_loader(cfg, 3, 1, 0, batch_fn=functools.partial(task.on_device, cfg)))
+    for _ in range(3):
+        _close(next(in_workers), views(task, cfg, next(plain)))
