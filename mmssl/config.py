@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -61,6 +61,10 @@ class TrainConfig:
     compile: bool = False  # run the objective under torch.compile (same maths; slow first step)
     init: str | None = None  # start the encoder from these weights (MAE / timm / transformers ViT, torchvision ResNet)
 
+    # Keys that moved, old name -> where the setting is now: an old key in a recipe or override, or in
+    # the saved config of a run to resume, is refused with the new name rather than as unknown.
+    renamed: ClassVar[dict[str, str]] = {}
+
 
 # Fields that may change when a run is resumed; everything else must match the saved config.
 RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_checkpoints", "log_with",
@@ -68,7 +72,8 @@ RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 _NONE = ("none", "null", "~")
@@ -94,6 +99,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         item = next((a for a in typing.get_args(hint) if a is not Ellipsis), str)
         if isinstance(value, str):
             value = [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # a YAML scalar reads as one item, as the same text on the command line does
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         items = [_coerce(key, v, item) for v in value]
@@ -138,6 +145,9 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> An
     for key, value in overrides.items():
         name, _, rest = key.partition(".")
         if name not in hints:
+            moved = getattr(type(cfg), "renamed", {}).get(name)
+            if moved:
+                raise ConfigError(f"config key '{prefix}{name}' is now {moved}")
             close = [k for k in hints if name in k or k in name]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
             raise ConfigError(f"unknown config key '{prefix}{key}' for {type(cfg).__name__}{hint}")

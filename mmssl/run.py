@@ -36,6 +36,7 @@ def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], ov
         if getattr(cfg, name) < 1:
             raise config_lib.ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     task.check_config(cfg)
+    task.encoder_spec(cfg)  # an encoder setting the encoder refuses fails here, before any data is read
     return task, cfg
 
 
@@ -75,9 +76,9 @@ def run_training(task: Any, cfg: Any) -> dict | None:
 
 
 def describe_changes(task: Any, cfg: Any) -> str:
-    """The values that differ from the task's defaults, a few per line (the full config goes to
-    DIR/config.yaml)."""
-    default, now = config_lib.to_dict(task.default_config()), config_lib.to_dict(cfg)
+    """The values that differ from the task's defaults, a few per line, by their dotted key inside
+    sections (``encoder.vit.dim=16``); the full config goes to DIR/config.yaml."""
+    default, now = config_lib.flat(task.default_config()), config_lib.flat(cfg)
     changed = [f"{k}={v}" for k, v in now.items() if default.get(k) != v and k != "task"]
     if not changed:
         return f"config: the task's defaults (all of it in {Path(cfg.output_dir) / 'config.yaml'})"
@@ -114,7 +115,12 @@ def check_resume(cfg: Any) -> None:
     out = Path(cfg.output_dir).expanduser()
     saved = out / "config.yaml"
     if saved.is_file() and latest_checkpoint(out) is not None:
-        diff = config_lib.differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+        before = yaml.safe_load(saved.read_text()) or {}
+        moved = [f"{k} -> {new.split(' (')[0]}" for k, new in type(cfg).renamed.items() if k in before]
+        if moved:
+            raise config_lib.ConfigError(f"{saved} names settings by keys that have since moved ({', '.join(moved[:3])}, "
+                                         "...): resume it with the mmssl version that started it, or use a new --output-dir")
+        diff = config_lib.differences(before, cfg)
         if diff:
             raise config_lib.ConfigError(f"{out} holds a run with another config ({'; '.join(diff[:3])}); "
                                          "use a new --output-dir to start a new run")

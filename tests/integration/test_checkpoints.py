@@ -315,7 +315,7 @@ def test_train_py_init_starts_from_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ["--task", "mae_image", "--init", str(tmp_path / "hf"), "--output-dir", str(out), "max_steps=1",
             "evaluate=false", "batch_size=4", "num_workers=0", "monitor_every=0", "lr=0", "warmup_steps=0",
-            "vit_cls_token=true"]
+            "encoder.vit.cls_token=true"]
     result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -328,4 +328,4 @@ def test_train_py_init_starts_from_the_checkpoint(tmp_path):
                          capture_output=True, text=True, timeout=300, check=False)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode != 0 and len(lines) == 1, bad.stderr
-    assert lines[0].startswith("error: cls_token: the checkpoint has a class token") and "vit_cls_token" in lines[0]
+    assert lines[0].startswith("error: cls_token: the checkpoint has a class token") and "encoder.vit.cls_token" in lines[0]

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # Flags that make a run tiny, for the cases that would otherwise start training.
-TINY = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "channels=8", "context_dim=8",
+TINY = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "encoder.cpc.channels=8", "encoder.cpc.context_dim=8",
         "crop_samples=3200", "objective.steps=2", "objective.num_negatives=4"]
 
 
@@ -84,11 +84,13 @@ def audiofolder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A run directory holding a tiny, untrained cpc_audio encoder."""
+    from mmssl.encoders.context import CPCSettings
     from mmssl.encoders.io import build_encoder, save_encoder
     from mmssl.tasks.cpc_audio import CPCAudio
+    from mmssl.tasks.sections import AudioEncoders
 
     task = CPCAudio()
-    cfg = dataclasses.replace(task.default_config(), channels=8, context_dim=8)
+    cfg = dataclasses.replace(task.default_config(), encoder=AudioEncoders(cpc=CPCSettings(channels=8, context_dim=8)))
     run_dir = tmp_path_factory.mktemp("run")
     save_encoder(build_encoder(task.encoder_spec(cfg)), run_dir / "encoder", task="cpc_audio", modality="audio")
     return run_dir
@@ -115,8 +117,8 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
         for i in range(2):
             Image.new("RGB", (20, 20), (40 * k, 200, 90)).save(images / "train" / cls / f"{i}.png")
             (bad_images / "train" / cls / f"broken{i}.png").write_bytes(np.random.default_rng(i).bytes(300))
-    tiny_image = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "vit_dim=16", "vit_depth=1",
-                  "vit_heads=2", "image_size=16", "objective.proj_hidden=8", "objective.proj_dim=8"]
+    tiny_image = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "encoder.vit.dim=16",
+                  "encoder.vit.depth=1", "encoder.vit.heads=2", "image_size=16", "objective.proj_hidden=8", "objective.proj_dim=8"]
 
     def out(name: str) -> list[str]:
         return ["--output-dir", str(work / name)]
