@@ -256,7 +256,13 @@ def save(cfg: Any, path: str | Path) -> None:
 
 def differences(saved: dict[str, Any], cfg: Any) -> list[str]:
     """Fields (other than runtime ones) whose value differs from a saved config; fields inside
-    nested sections are named by their dotted key."""
+    nested sections are named by their dotted key. A saved config that uses keys since renamed
+    (``cfg.renamed``) is refused: its values cannot be compared."""
+    moved = [f"{k} -> {new.split(' (')[0]}" for k, new in type(cfg).renamed.items() if k in saved]
+    if moved:
+        raise ConfigError(f"the run's config.yaml names settings by keys that have since moved ({', '.join(moved[:3])}"
+                          f"{', ...' if len(moved) > 3 else ''}): resume it with the mmssl version that started it, "
+                          "or use a new --output-dir")
     before, now = _flat(saved), _flat(to_dict(cfg))
     return [
         f"{k}: {before.get(k)!r} -> {now[k]!r}"

@@ -115,12 +115,7 @@ def check_resume(cfg: Any) -> None:
     out = Path(cfg.output_dir).expanduser()
     saved = out / "config.yaml"
     if saved.is_file() and latest_checkpoint(out) is not None:
-        before = yaml.safe_load(saved.read_text()) or {}
-        moved = [f"{k} -> {new.split(' (')[0]}" for k, new in type(cfg).renamed.items() if k in before]
-        if moved:
-            raise config_lib.ConfigError(f"{saved} names settings by keys that have since moved ({', '.join(moved[:3])}, "
-                                         "...): resume it with the mmssl version that started it, or use a new --output-dir")
-        diff = config_lib.differences(before, cfg)
+        diff = config_lib.differences(yaml.safe_load(saved.read_text()) or {}, cfg)
         if diff:
             raise config_lib.ConfigError(f"{out} holds a run with another config ({'; '.join(diff[:3])}); "
                                          "use a new --output-dir to start a new run")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from mmssl.config import TrainConfig
 from mmssl.data import train_loader
-from mmssl.encoders.context import CPCSettings
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.errors import DataError
 from mmssl.evaluation.audio import check_pooling, encoder_features, speaker_monitor, speaker_monitor_set
 from mmssl.evaluation.audio_report import audio_report, probe_splits
@@ -29,7 +29,7 @@ from mmssl.tasks.sections import AudioEncoders
 class AudioConfig(TrainConfig):
     audio_column: str = "audio"
     crop_samples: int = 20480  # 1.28 s, 128 frames of 10 ms
-    encoder: AudioEncoders = AudioEncoders(cpc=CPCSettings(channels=128))  # a quarter of the paper's width, for CPUs
+    encoder: AudioEncoders = AudioEncoders(cpc=CPCEncoderSettings(channels=128))  # a quarter of the paper's width, for CPUs
     probe_max_utterances: int = 4000
     probe_max_seconds: float = 10.0
     utterance_pooling: str = "meanstd"  # meanstd (x-vector statistics pooling) | mean (the CPC paper's)

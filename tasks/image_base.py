@@ -39,7 +39,7 @@ class ImageConfig(TrainConfig):
     image_size: int = 32  # crop size fed to the encoder
     # encoder.name: convnet (small, for CPU demos) | vit | resnet; each one's settings in its sub-section
     encoder: ImageEncoders = ImageEncoders(
-        vit=dataclasses.replace(DEMO_VIT, patch=(4,)),  # 4 px patches: a 32 px image is 64 tokens
+        vit=DEMO_VIT,  # 4 px patches: a 32 px image is 64 tokens
         resnet=ResNetSettings(small_stem=True),  # CIFAR-sized images keep a 4x4 final map
     )
     monitor_every: int = 100  # online kNN accuracy on the labelled evaluation split

@@ -33,7 +33,6 @@ def _logmel(n_mels: int, device: torch.device) -> LogMel:
 class MAEAudioConfig(AudioConfig):
     max_steps: int = 600
     batch_size: int = 32
-    lr: float = 1e-3
     weight_decay: float = 0.05
     n_mels: int = 64
     # 8 mels x 8 frames (80 ms) patches: 64 mels x 128 frames give 128 tokens

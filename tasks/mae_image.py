@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +29,8 @@ class MAEImageConfig(ImageConfig):
         decoder_depth=4,  # half the paper's 8 blocks, for the same reason
         decoder_heads=4,  # 16 heads would leave 4 dims each at width 64
     )
+
+    renamed: ClassVar[dict[str, str]] = {k: v for k, v in ImageConfig.renamed.items() if v.startswith(("encoder.vit", "encoder.name"))}
 
 
 @TASKS.register("mae_image")

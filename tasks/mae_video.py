@@ -33,7 +33,7 @@ class MAEVideoConfig(VideoConfig):
         decoder_heads=4,  # 32 dims per head, as the demo encoder's
     )
 
-    renamed: ClassVar[dict[str, str]] = {**VideoConfig.renamed, **VIT_KEYS, "tubelet": "encoder.vit.patch (pt,ph,pw)"}
+    renamed: ClassVar[dict[str, str]] = {"backbone": "encoder.name", **VIT_KEYS, "tubelet": "encoder.vit.patch (pt,ph,pw)"}
 
 
 @TASKS.register("mae_video")

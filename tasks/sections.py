@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from mmssl.config import ConfigError
-from mmssl.encoders.context import CPCSettings
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.encoders.convnet import ConvNetSettings
 from mmssl.encoders.dense import DenseConvNetSettings
 from mmssl.encoders.resnet import ResNetSettings
@@ -54,7 +54,7 @@ class VideoEncoders(EncoderSection):
 @dataclasses.dataclass(frozen=True)
 class AudioEncoders(EncoderSection):
     name: str = "cpc"
-    cpc: CPCSettings = CPCSettings()
+    cpc: CPCEncoderSettings = CPCEncoderSettings()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mmssl.data import train_loader
-from mmssl.encoders.context import CPCSettings
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.modalities.audio import random_crop
 from mmssl.registry import TASKS
 from mmssl.tasks.cpc_audio import CPCAudio, CPCAudioConfig
@@ -77,7 +77,7 @@ def tiny_config(out_dir, **overrides):
     base = task.default_config()
     cfg = dataclasses.replace(
         base, output_dir=str(out_dir), batch_size=4, num_workers=0,
-        encoder=AudioEncoders(cpc=CPCSettings(channels=16, context_dim=16)),
+        encoder=AudioEncoders(cpc=CPCEncoderSettings(channels=16, context_dim=16)),
         crop_samples=3200, objective=dataclasses.replace(base.objective, steps=3, num_negatives=8), warmup_steps=2,
         log_every=1, max_steps=6, save_every=2, lr=3e-3, monitor_every=0,
     )

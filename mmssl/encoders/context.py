@@ -3,7 +3,7 @@
 Both map (B, T, D_in) -> (B, T, D) and expose ``embed_dim``. ``sequence`` wraps
 a frame encoder and a context network into one encoder whose tokens are c_t; with
 the strided waveform encoder (``cpc_conv``) it is CPC's encoder (arXiv:1807.03748),
-whose settings a task config holds in ``encoder.cpc`` (``CPCSettings``).
+whose settings a task config holds in ``encoder.cpc`` (``CPCEncoderSettings``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CONTEXTS = ("gru", "causal_transformer")
 
 
 @dataclasses.dataclass(frozen=True)
-class CPCSettings:
+class CPCEncoderSettings:
     """CPC's encoder: the strided waveform conv net (``cpc_conv``) and an autoregressive context."""
 
     channels: int = 512  # the waveform encoder's width, the paper's

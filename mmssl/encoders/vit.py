@@ -52,7 +52,7 @@ class ViTSettings:
     dim: int | None = None
     depth: int | None = None
     heads: int | None = None
-    patch: tuple[int, ...] = (16,)
+    patch: tuple[int, ...] = (4,)
     # Layout options a checkpoint given to --init may need (timm / transformers ViTs have a class
     # token and learned positions): pos_embed sincos | learned; pool mean | cls (with cls_token).
     cls_token: bool = False

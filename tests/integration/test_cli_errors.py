@@ -84,13 +84,13 @@ def audiofolder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A run directory holding a tiny, untrained cpc_audio encoder."""
-    from mmssl.encoders.context import CPCSettings
+    from mmssl.encoders.context import CPCEncoderSettings
     from mmssl.encoders.io import build_encoder, save_encoder
     from mmssl.tasks.cpc_audio import CPCAudio
     from mmssl.tasks.sections import AudioEncoders
 
     task = CPCAudio()
-    cfg = dataclasses.replace(task.default_config(), encoder=AudioEncoders(cpc=CPCSettings(channels=8, context_dim=8)))
+    cfg = dataclasses.replace(task.default_config(), encoder=AudioEncoders(cpc=CPCEncoderSettings(channels=8, context_dim=8)))
     run_dir = tmp_path_factory.mktemp("run")
     save_encoder(build_encoder(task.encoder_spec(cfg)), run_dir / "encoder", task="cpc_audio", modality="audio")
     return run_dir

@@ -6,7 +6,7 @@ import torch
 from tiny_tasks import TinyCPC
 
 from mmssl.data import train_loader
-from mmssl.encoders.context import CPCSettings
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.modalities.audio import random_crop
 from mmssl.modalities.audio.data import CorpusSplit
 from mmssl.modalities.audio.synthetic import generate_corpus
@@ -62,7 +62,7 @@ def _cpc_learns(tmp_path):
     base = task.default_config()
     cfg = dataclasses.replace(
         base, output_dir=str(tmp_path / "run"), batch_size=8, num_workers=0,
-        encoder=AudioEncoders(cpc=CPCSettings(channels=64, context_dim=64)),
+        encoder=AudioEncoders(cpc=CPCEncoderSettings(channels=64, context_dim=64)),
         crop_samples=8000, objective=dataclasses.replace(base.objective, steps=6, num_negatives=32), warmup_steps=20,
         max_steps=1200, log_every=50, save_every=1000, lr=5e-4,
         monitor_every=0,  # the audio monitor reads the demo corpus, not this one

@@ -15,8 +15,9 @@ from mmssl.registry import Registry, RegistryError
 from mmssl.tasks.cpc_audio import CPCAudioConfig
 
 # Tiny settings per task for the smoke test; a task registered without an entry fails it.
-_IMG = {"batch_size": 4, "num_workers": 0, "image_size": 16, "encoder.convnet.widths": "8,8,8,8"}
-_VIT = {**_IMG, "encoder.name": "vit", "encoder.vit.dim": 16, "encoder.vit.depth": 1, "encoder.vit.heads": 2,
+_IMG_RUN = {"batch_size": 4, "num_workers": 0, "image_size": 16}
+_IMG = {**_IMG_RUN, "encoder.convnet.widths": "8,8,8,8"}
+_VIT = {**_IMG_RUN, "encoder.name": "vit", "encoder.vit.dim": 16, "encoder.vit.depth": 1, "encoder.vit.heads": 2,
         "encoder.vit.patch": 4}
 _HEAD = {"objective.proj_hidden": 16, "objective.proj_dim": 8}
 _VID = {"batch_size": 2, "num_workers": 0, "frame_size": 32, "encoder.dense_convnet.widths": "8,8,8"}
