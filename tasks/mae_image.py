@@ -12,7 +12,7 @@ from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
-from mmssl.tasks.sections import ViTEncoder
+from mmssl.tasks.sections import DEMO_VIT, ViTEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,7 @@ class MAEImageConfig(ImageConfig):
     # Demo defaults (about 8 minutes on 2 CPU cores): 8 x 8 patches, so a 32 px image is 16 tokens
     # and the encoder sees 4.
     lr: float = 1.5e-3
-    encoder: ViTEncoder = ViTEncoder(vit=dataclasses.replace(ImageConfig.encoder.vit, patch=(8,)))
+    encoder: ViTEncoder = ViTEncoder(vit=dataclasses.replace(DEMO_VIT, patch=(8,)))
     # MAE's only augmentation: a random resized crop (20-100%) and a flip (bilinear; the paper: bicubic).
     views: tuple[ViewSettings, ...] = mae_views(None, min_scale=0.2)
     max_steps: int = 6400

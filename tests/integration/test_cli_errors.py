@@ -102,6 +102,7 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
 
     (work / "bad.yaml").write_text("lr: 0.001\nnosuchkey: 3\n")
     (work / "other.yaml").write_text("task: some_other_task\nlr: 0.001\n")
+    (work / "flat_encoder.yaml").write_text("task: simclr_image\nbackbone: resnet18\nsmall_stem: true\n")
     unreadable = work / "unreadable_audio"
     (unreadable / "train" / "a").mkdir(parents=True)
     (unreadable / "train" / "b").mkdir(parents=True)
@@ -132,6 +133,9 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
         "max_steps_float": (["--task", "cpc_audio", "max_steps=1.5"], False),
         "recipe_unknown_key": (["--task", "cpc_audio", "--config", str(work / "bad.yaml"), *out("r1"), *TINY], False),
         "recipe_other_task": (["--task", "cpc_audio", "--config", str(work / "other.yaml"), *out("r2"), *TINY], False),
+        "flat_encoder_key": (["--task", "cpc_audio", "context_dim=8"], False),
+        "recipe_flat_encoder_key": (["--task", "simclr_image", "--config", str(work / "flat_encoder.yaml")], False),
+        "unknown_encoder": (["--task", "simclr_image", "encoder.name=resnet18"], False),
         "missing_path": (["--task", "cpc_audio", "--dataset", "./does/not/exist", *out("r4"), *TINY], False),
         "hub_offline": (["--task", "cpc_audio", "--dataset", "someone/some-dataset", *out("r5"), *TINY], False),
         "no_audio_column": (["--task", "cpc_audio", "--dataset", str(audiofolder), *out("r6"), *TINY,
@@ -191,6 +195,15 @@ def test_override_of_the_wrong_type(cli, case, needles):
 
 def test_recipe_with_an_unknown_key(cli):
     assert_one_error(cli["recipe_unknown_key"].result(), "nosuchkey")
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("flat_encoder_key", ("config key 'context_dim' is now encoder.cpc.context_dim",)),
+    ("recipe_flat_encoder_key", ("config key 'backbone' is now encoder.name", "encoder.resnet.arch")),
+    ("unknown_encoder", ("encoder.name must be convnet, vit or resnet for simclr_image, not 'resnet18'",)),
+])
+def test_encoder_keys_that_moved_or_do_not_exist(cli, case, needles):
+    assert_one_error(cli[case].result(), *needles)
 
 
 def test_recipe_for_another_task(cli):
