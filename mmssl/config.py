@@ -272,8 +272,9 @@ def differences(saved: dict[str, Any], cfg: Any) -> list[str]:
 
 
 def flat(cfg: Any) -> dict[str, Any]:
-    """The config as one level of dotted keys (``views.0.min_scale``), as trackers' hparams need."""
-    return _flat(to_dict(cfg), counts=False)
+    """The config as one level of dotted keys (``views.0.min_scale``) and scalar values, as trackers'
+    hparams need: a list of numbers as the command line writes it (``encoder.convnet.widths: 32,64``)."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in _flat(to_dict(cfg), counts=False).items()}
 
 
 def describe(cfg: Any) -> str:

@@ -79,9 +79,7 @@ def describe_changes(task: Any, cfg: Any) -> str:
     """The values that differ from the task's defaults, a few per line, by their dotted key inside
     sections (``encoder.vit.dim=16``); the full config goes to DIR/config.yaml."""
     default, now = config_lib.flat(task.default_config()), config_lib.flat(cfg)
-    # lists as the command line writes them (encoder.vit.patch=2,16,16), so a line can be pasted back
-    changed = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in now.items()
-               if default.get(k) != v and k != "task"]
+    changed = [f"{k}={v}" for k, v in now.items() if default.get(k) != v and k != "task"]
     if not changed:
         return f"config: the task's defaults (all of it in {Path(cfg.output_dir) / 'config.yaml'})"
     lines, line = [], "config:"
