@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -65,6 +65,10 @@ class TrainConfig:
     view_placement: str = "auto"
     init: str | None = None  # start the encoder from these weights (MAE / timm / transformers ViT, torchvision ResNet)
 
+    # Keys that moved, old name -> where the setting is now: an old key in a recipe or override, or in
+    # the saved config of a run to resume, is refused with the new name rather than as unknown.
+    renamed: ClassVar[dict[str, str]] = {}
+
 
 # Fields that may change when a run is resumed; everything else must match the saved config.
 RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_checkpoints", "log_with",
@@ -72,7 +76,8 @@ RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 _NONE = ("none", "null", "~")
@@ -98,6 +103,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         item = next((a for a in typing.get_args(hint) if a is not Ellipsis), str)
         if isinstance(value, str):
             value = [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # a YAML scalar reads as one item, as the same text on the command line does
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         items = [_coerce(key, v, item) for v in value]
@@ -142,6 +149,9 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> An
     for key, value in overrides.items():
         name, _, rest = key.partition(".")
         if name not in hints:
+            moved = getattr(type(cfg), "renamed", {}).get(name)
+            if moved:
+                raise ConfigError(f"config key '{prefix}{name}' is now {moved}")
             close = [k for k in hints if name in k or k in name]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
             raise ConfigError(f"unknown config key '{prefix}{key}' for {type(cfg).__name__}{hint}")
@@ -250,7 +260,13 @@ def save(cfg: Any, path: str | Path) -> None:
 
 def differences(saved: dict[str, Any], cfg: Any) -> list[str]:
     """Fields (other than runtime ones) whose value differs from a saved config; fields inside
-    nested sections are named by their dotted key."""
+    nested sections are named by their dotted key. A saved config that uses keys since renamed
+    (``cfg.renamed``) is refused: its values cannot be compared."""
+    moved = [f"{k} -> {new.split(' (')[0]}" for k, new in type(cfg).renamed.items() if k in saved]
+    if moved:
+        raise ConfigError(f"the run's config.yaml names settings by keys that have since moved ({', '.join(moved[:3])}"
+                          f"{', ...' if len(moved) > 3 else ''}): resume it with the mmssl version that started it, "
+                          "or use a new --output-dir")
     before, now = _flat(saved), _flat(to_dict(cfg))
     return [
         f"{k}: {before.get(k)!r} -> {now[k]!r}"
@@ -260,8 +276,9 @@ def differences(saved: dict[str, Any], cfg: Any) -> list[str]:
 
 
 def flat(cfg: Any) -> dict[str, Any]:
-    """The config as one level of dotted keys (``views.0.min_scale``), as trackers' hparams need."""
-    return _flat(to_dict(cfg), counts=False)
+    """The config as one level of dotted keys (``views.0.min_scale``) and scalar values, as trackers'
+    hparams need: a list of numbers as the command line writes it (``encoder.convnet.widths: 32,64``)."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in _flat(to_dict(cfg), counts=False).items()}
 
 
 def describe(cfg: Any) -> str:

@@ -36,6 +36,7 @@ def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], ov
         if getattr(cfg, name) < 1:
             raise config_lib.ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     task.check_config(cfg)
+    task.encoder_spec(cfg)  # an encoder setting the encoder refuses fails here, before any data is read
     return task, cfg
 
 
@@ -75,9 +76,9 @@ def run_training(task: Any, cfg: Any) -> dict | None:
 
 
 def describe_changes(task: Any, cfg: Any) -> str:
-    """The values that differ from the task's defaults, a few per line (the full config goes to
-    DIR/config.yaml)."""
-    default, now = config_lib.to_dict(task.default_config()), config_lib.to_dict(cfg)
+    """The values that differ from the task's defaults, a few per line, by their dotted key inside
+    sections (``encoder.vit.dim=16``); the full config goes to DIR/config.yaml."""
+    default, now = config_lib.flat(task.default_config()), config_lib.flat(cfg)
     changed = [f"{k}={v}" for k, v in now.items() if default.get(k) != v and k != "task"]
     if not changed:
         return f"config: the task's defaults (all of it in {Path(cfg.output_dir) / 'config.yaml'})"

@@ -1,4 +1,4 @@
-"""The audio tasks' base: the config of the waveform data and of the CPC encoder, the backbone
+"""The audio tasks' base: the config of the waveform data and of the CPC encoder, the encoder
 (``encoder_spec``), the data stream (map-style or streamed, crops cut by ``make_item`` in the
 workers), the online speaker monitor's data, and which evaluation (mmssl.evaluation.audio_report:
 the CPC paper's speaker and phone probes beside MFCCs and a random encoder)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -15,22 +15,21 @@ from torch.utils.data import DataLoader
 
 from mmssl.config import TrainConfig
 from mmssl.data import train_loader
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.errors import DataError
 from mmssl.evaluation.audio import check_pooling, encoder_features, speaker_monitor, speaker_monitor_set
 from mmssl.evaluation.audio_report import audio_report, probe_splits
 from mmssl.modalities.audio import SAMPLE_RATE, open_audio, random_crop
 from mmssl.modalities.audio.data import StreamingAudio
 from mmssl.task import Task
+from mmssl.tasks.sections import AudioEncoders
 
 
 @dataclasses.dataclass(frozen=True)
 class AudioConfig(TrainConfig):
     audio_column: str = "audio"
     crop_samples: int = 20480  # 1.28 s, 128 frames of 10 ms
-    channels: int = 128  # CPC conv encoder width (the paper: 512)
-    context: str = "gru"  # gru | causal_transformer
-    context_dim: int = 256
-    context_layers: int = 1
+    encoder: AudioEncoders = AudioEncoders(cpc=CPCEncoderSettings(channels=128))  # a quarter of the paper's width, for CPUs
     probe_max_utterances: int = 4000
     probe_max_seconds: float = 10.0
     utterance_pooling: str = "meanstd"  # meanstd (x-vector statistics pooling) | mean (the CPC paper's)
@@ -39,6 +38,10 @@ class AudioConfig(TrainConfig):
     monitor_utterances: int = 2  # per speaker, from each of the train and the evaluation split
     monitor_speakers: int = 32
     monitor_seconds: float = 1.0
+
+    renamed: ClassVar[dict[str, str]] = {"channels": "encoder.cpc.channels", "context": "encoder.cpc.context",
+                                         "context_dim": "encoder.cpc.context_dim",
+                                         "context_layers": "encoder.cpc.context_layers"}
 
 
 class AudioTask(Task):
@@ -52,14 +55,7 @@ class AudioTask(Task):
 
     def encoder_spec(self, cfg: AudioConfig) -> dict:
         check_pooling(cfg.utterance_pooling)  # a bad pooling fails before training, not at its end
-        if cfg.context not in ("gru", "causal_transformer"):
-            raise DataError(f"context must be gru or causal_transformer, not '{cfg.context}'")
-        ctx = {"dim": cfg.context_dim, "layers": cfg.context_layers}
-        return {
-            "name": "sequence",
-            "kwargs": {"frames": {"name": "cpc_conv", "kwargs": {"channels": cfg.channels}},
-                       "context": {"name": cfg.context, "kwargs": ctx}},
-        }
+        return cfg.encoder.chosen(self.name).spec()
 
     def make_item(self, cfg: AudioConfig) -> Callable[[dict, torch.Generator], dict]:
         """{"audio": waveform (numpy), ...} + generator -> the batch entry: fixed-length crop(s), cut

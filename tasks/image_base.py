@@ -1,4 +1,4 @@
-"""The image tasks' base: the config, the backbone (``encoder_spec``), the data (a labelled or
+"""The image tasks' base: the config, the encoder (``encoder_spec``), the data (a labelled or
 unlabelled image source, ``make_item`` in the workers, views made by ``on_device`` on whole
 batches), the online kNN monitor's data, and which evaluation (mmssl.evaluation.image_report).
 
@@ -9,18 +9,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from mmssl.config import ConfigError, TrainConfig
 from mmssl.data import train_and_test, train_loader
+from mmssl.encoders.resnet import ResNetSettings
+from mmssl.encoders.vit import ViTSettings
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
 from mmssl.evaluation.linear import check_protocol
 from mmssl.modalities.vision.augment import DecodeAndDraw, ViewSettings, check_views, sized_views, working_size
 from mmssl.task import Task
+from mmssl.tasks.sections import BACKBONE, DEMO_VIT, VIT_KEYS, ImageEncoders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,20 +37,11 @@ class ImageConfig(TrainConfig):
     warmup_steps: int = 20
     image_column: str = "image"
     image_size: int = 32  # crop size fed to the encoder
-    backbone: str = "convnet"  # convnet (small, for CPU demos) | vit | resnet18 | resnet50
-    convnet_widths: str = "32,64,128,256"
-    vit_size: str = "tiny"  # tiny | small | base presets; vit_dim / depth / heads override them
-    vit_dim: int | None = 128
-    vit_depth: int | None = 4
-    vit_heads: int | None = 4
-    patch_size: int = 4
-    # ViT layout options a checkpoint given to --init may need (timm / transformers ViTs: a class token
-    # and learned positions): vit_pos_embed sincos | learned; vit_pool mean | cls (with vit_cls_token)
-    vit_cls_token: bool = False
-    vit_pos_embed: str = "sincos"
-    vit_pool: str = "mean"
-    small_stem: bool = True  # ResNet: 3x3 stride-1 stem without max-pool (CIFAR-sized images)
-    channels_last: bool | None = None  # ResNet memory format; None: channels-last where CUDA is available
+    # encoder.name: convnet (small, for CPU demos) | vit | resnet; each one's settings in its sub-section
+    encoder: ImageEncoders = ImageEncoders(
+        vit=DEMO_VIT,  # 4 px patches: a 32 px image is 64 tokens
+        resnet=ResNetSettings(small_stem=True),  # CIFAR-sized images keep a 4x4 final map
+    )
     monitor_every: int = 100  # online kNN accuracy on the labelled evaluation split
     monitor_items: int = 1000  # images per split used by the online monitor
     probe_max_train: int = 10000
@@ -65,6 +59,11 @@ class ImageConfig(TrainConfig):
     # (MAE's protocol: BatchNorm without affine, then SGD on a linear layer).
     linear_protocol: str = "lbfgs"
 
+    renamed: ClassVar[dict[str, str]] = {
+        "backbone": BACKBONE, "convnet_widths": "encoder.convnet.widths", **VIT_KEYS, "patch_size": "encoder.vit.patch",
+        "vit_cls_token": "encoder.vit.cls_token", "vit_pos_embed": "encoder.vit.pos_embed", "vit_pool": "encoder.vit.pool",
+        "small_stem": "encoder.resnet.small_stem", "channels_last": "encoder.resnet.channels_last"}
+
 
 class ImageTask(Task):
     """Base of the image tasks; subclasses set their Config's ``views`` and ``build_objective``."""
@@ -75,27 +74,10 @@ class ImageTask(Task):
     single_view = False  # True: the objective reads batch["input"] (one crop), else batch["views"]
 
     def encoder_spec(self, cfg: ImageConfig) -> dict:
-        if cfg.backbone == "vit":
-            if cfg.vit_pos_embed not in ("sincos", "learned") or cfg.vit_pool not in ("mean", "cls") or (
-                    cfg.vit_pool == "cls" and not cfg.vit_cls_token):
-                raise DataError(f"vit_pos_embed must be sincos or learned, vit_pool mean or cls (with vit_cls_token="
-                                f"true), not '{cfg.vit_pos_embed}', '{cfg.vit_pool}'")
-            kwargs = {"size": cfg.vit_size, "input_size": [cfg.image_size, cfg.image_size],
-                      "patch": [cfg.patch_size, cfg.patch_size], "channels": 3,
-                      "dim": cfg.vit_dim, "depth": cfg.vit_depth, "heads": cfg.vit_heads,
-                      "cls_token": cfg.vit_cls_token, "pos_embed": cfg.vit_pos_embed, "pool": cfg.vit_pool}
-            return {"name": "vit", "kwargs": kwargs}
-        if cfg.backbone == "convnet":
-            try:
-                widths = [int(w) for w in cfg.convnet_widths.split(",")]
-            except ValueError:
-                raise DataError(f"convnet_widths must be comma-separated integers, not '{cfg.convnet_widths}'") from None
-            return {"name": "convnet", "kwargs": {"widths": widths}}
-        if cfg.backbone in ("resnet18", "resnet50"):
-            channels_last = torch.cuda.is_available() if cfg.channels_last is None else cfg.channels_last
-            return {"name": "resnet", "kwargs": {"arch": cfg.backbone, "small_stem": cfg.small_stem,
-                                                 "channels_last": channels_last}}
-        raise DataError(f"backbone must be convnet, vit, resnet18 or resnet50, not '{cfg.backbone}'")
+        settings = cfg.encoder.chosen(self.name)
+        if isinstance(settings, ViTSettings):
+            return settings.spec([cfg.image_size, cfg.image_size], channels=3)
+        return settings.spec()
 
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:
         check_readout(cfg.readout)  # a bad readout fails before training, not at the first monitor step

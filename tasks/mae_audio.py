@@ -9,15 +9,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from mmssl.config import ConfigError
 from mmssl.encoders.spectrogram import LogMel
 from mmssl.errors import DataError
 from mmssl.evaluation.audio_report import probe_splits
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
 from mmssl.tasks.audio_base import AudioConfig, AudioTask
+from mmssl.tasks.sections import DEMO_VIT, VIT_KEYS, ViTEncoder
 
 
 @functools.cache
@@ -30,21 +33,19 @@ def _logmel(n_mels: int, device: torch.device) -> LogMel:
 class MAEAudioConfig(AudioConfig):
     max_steps: int = 600
     batch_size: int = 32
-    lr: float = 1e-3
     weight_decay: float = 0.05
     n_mels: int = 64
-    patch_mels: int = 8
-    patch_frames: int = 8
-    vit_size: str = "tiny"
-    vit_dim: int | None = 128
-    vit_depth: int | None = 4
-    vit_heads: int | None = 4
+    # 8 mels x 8 frames (80 ms) patches: 64 mels x 128 frames give 128 tokens
+    encoder: ViTEncoder = ViTEncoder(vit=dataclasses.replace(DEMO_VIT, patch=(8, 8)))
     objective: MAESettings = MAESettings(
         mask_ratio=0.8,  # AudioMAE's ratio: neighbouring spectrogram patches are more alike than pixels
         decoder_dim=128,  # as wide as the demo encoder (128), not 512: a few CPU minutes per run
         decoder_depth=2,  # half the demo encoder's 4 blocks: MAE's decoder is the lighter half
         decoder_heads=4,  # 32 dims per head, as the demo encoder's
     )
+
+    renamed: ClassVar[dict[str, str]] = {**VIT_KEYS, "patch_mels": "encoder.vit.patch (mels,frames)",
+                                         "patch_frames": "encoder.vit.patch (mels,frames)"}
 
 
 @TASKS.register("mae_audio")
@@ -55,13 +56,16 @@ class MAEAudio(AudioTask):
     Config = MAEAudioConfig
 
     def encoder_spec(self, cfg: MAEAudioConfig) -> dict:
-        frames = cfg.crop_samples // 160
-        if cfg.n_mels % cfg.patch_mels or frames % cfg.patch_frames:
+        vit = cfg.encoder.chosen(self.name)
+        if (vit.cls_token, vit.pos_embed, vit.pool) != (False, "sincos", "mean"):
+            raise ConfigError("the spectrogram ViT has fixed sin-cos positions and mean pooling: drop "
+                              "encoder.vit.cls_token, encoder.vit.pos_embed and encoder.vit.pool")
+        frames, patch = cfg.crop_samples // 160, vit.patch_for(2)
+        if cfg.n_mels % patch[0] or frames % patch[1]:
             raise DataError(f"n_mels ({cfg.n_mels}) and crop frames ({frames}) must be multiples of the patch "
-                            f"({cfg.patch_mels} x {cfg.patch_frames})")
-        return {"name": "spectrogram_vit", "kwargs": {
-            "n_mels": cfg.n_mels, "frames": frames, "patch": [cfg.patch_mels, cfg.patch_frames], "size": cfg.vit_size,
-            "dim": cfg.vit_dim, "depth": cfg.vit_depth, "heads": cfg.vit_heads}}
+                            f"({patch[0]} x {patch[1]})")
+        return {"name": "spectrogram_vit", "kwargs": {"n_mels": cfg.n_mels, "frames": frames, "patch": patch,
+                                                      **vit.sizes()}}
 
     def on_device(self, cfg: MAEAudioConfig, batch: dict) -> dict:
         """Waveform crops {"input": (B, L)} -> per-example standardised log-mel {"input": (B, 1, F, T)},

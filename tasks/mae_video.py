@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from einops import rearrange
@@ -13,27 +14,26 @@ from mmssl.errors import DataError
 from mmssl.modalities.video.views import crop_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
+from mmssl.tasks.sections import DEMO_VIT, VIT_KEYS, ViTEncoder
 from mmssl.tasks.video_base import VideoConfig, VideoTask
 
 
 @dataclasses.dataclass(frozen=True)
 class MAEVideoConfig(VideoConfig):
-    backbone: str = "vit"
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     clip_len: int = 8
     frame_stride: int = 2
-    tubelet: str = "2,8,8"  # (pt, ph, pw); the paper: 2x16x16 at 224 px
-    vit_size: str = "tiny"
-    vit_dim: int | None = 128
-    vit_depth: int | None = 4
-    vit_heads: int | None = 4
+    # (pt, ph, pw) = (2, 8, 8) tubelets (the paper: 2x16x16 at 224 px)
+    encoder: ViTEncoder = ViTEncoder(vit=dataclasses.replace(DEMO_VIT, patch=(2, 8, 8)))
     objective: MAESettings = MAESettings(
         mask_ratio=0.9,  # VideoMAE's ratio: a masked tube cannot be copied from its neighbour in time
         decoder_dim=128,  # as wide as the demo encoder (128), not 512: a few CPU minutes per run
         decoder_depth=2,  # half the demo encoder's 4 blocks: MAE's decoder is the lighter half
         decoder_heads=4,  # 32 dims per head, as the demo encoder's
     )
+
+    renamed: ClassVar[dict[str, str]] = {"backbone": "encoder.name", **VIT_KEYS, "tubelet": "encoder.vit.patch (pt,ph,pw)"}
 
 
 @TASKS.register("mae_video")
@@ -44,24 +44,12 @@ class MAEVideo(VideoTask):
     objective_note = "tube masking"
     Config = MAEVideoConfig
 
-    def tubelet(self, cfg: MAEVideoConfig) -> list[int]:
-        try:
-            patch = [int(p) for p in cfg.tubelet.split(",")]
-        except ValueError:
-            patch = []
-        if len(patch) != 3:
-            raise DataError(f"tubelet must be three comma-separated sizes pt,ph,pw, not '{cfg.tubelet}'")
+    def encoder_spec(self, cfg: MAEVideoConfig) -> dict:
+        spec = cfg.encoder.chosen(self.name).spec([cfg.clip_len, cfg.frame_size, cfg.frame_size], channels=3)
+        patch = spec["kwargs"]["patch"]
         if cfg.clip_len % patch[0] or cfg.frame_size % patch[1] or cfg.frame_size % patch[2]:
             raise DataError(f"clip_len {cfg.clip_len} and frame_size {cfg.frame_size} must be multiples of the tubelet {patch}")
-        return patch
-
-    def encoder_spec(self, cfg: MAEVideoConfig) -> dict:
-        if cfg.backbone != "vit":
-            raise DataError(f"mae_video needs backbone=vit (masking drops tokens), not '{cfg.backbone}'")
-        kwargs = {"size": cfg.vit_size, "input_size": [cfg.clip_len, cfg.frame_size, cfg.frame_size],
-                  "patch": self.tubelet(cfg), "channels": 3, "dim": cfg.vit_dim, "depth": cfg.vit_depth,
-                  "heads": cfg.vit_heads}
-        return {"name": "vit", "kwargs": kwargs}
+        return spec
 
     def clip_frames(self, cfg) -> int:
         return cfg.clip_len

@@ -11,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from mmssl.config import TrainConfig
 from mmssl.data import train_loader
+from mmssl.encoders.resnet import ResNetSettings
 from mmssl.errors import DataError
 from mmssl.modalities.video.views import check_decode_size, decode_view
 from mmssl.task import Task
+from mmssl.tasks.sections import BACKBONE, VideoEncoders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +41,8 @@ class VideoConfig(TrainConfig):
     min_scale: float = 0.3  # random resized crop: smallest fraction of the frame's area
     frame_stride: int = 2  # frames between consecutive sampled frames
     clips_per_video: int = 0  # items per video per pass; 0: as many as its frames hold (frames // clip span)
-    backbone: str = "dense_convnet"  # dense_convnet | resnet18 | resnet50 (stride 8) | vit (mae_video)
-    dense_widths: str = "32,64,128"
+    # encoder.name: dense_convnet | resnet (at stride 8); mae_video's is a ViT
+    encoder: VideoEncoders = VideoEncoders()
     # evaluation: DAVIS label propagation (CRW protocol, arXiv:2006.14613) and view alignment
     davis_root: str | None = None  # demo | demo_ambiguous | PATH; default: demo when --dataset demo
     davis_split: str = "val"
@@ -52,6 +54,8 @@ class VideoConfig(TrainConfig):
     track_max_sequences: int | None = None
     overlay: bool = True  # DIR/tracking/<seq>.mp4 with the learned encoder's masks drawn over the frames
     align_max_scenes: int = 8
+
+    renamed: ClassVar[dict[str, str]] = {"backbone": BACKBONE, "dense_widths": "encoder.dense_convnet.widths"}
 
 
 class VideoTask(Task):
@@ -69,15 +73,10 @@ class VideoTask(Task):
         return 1 if self.input_kind == "lab_l" else 3
 
     def encoder_spec(self, cfg: VideoConfig) -> dict:
-        if cfg.backbone == "dense_convnet":
-            try:
-                widths = [int(w) for w in cfg.dense_widths.split(",")]
-            except ValueError:
-                raise DataError(f"dense_widths must be comma-separated integers, not '{cfg.dense_widths}'") from None
-            return {"name": "dense_convnet", "kwargs": {"widths": widths, "channels": self.channels()}}
-        if cfg.backbone in ("resnet18", "resnet50"):
-            return {"name": "resnet", "kwargs": {"arch": cfg.backbone, "channels": self.channels(), "out_stride": 8}}
-        raise DataError(f"backbone must be dense_convnet, resnet18 or resnet50 for {self.name}, not '{cfg.backbone}'")
+        settings = cfg.encoder.chosen(self.name)
+        if isinstance(settings, ResNetSettings):
+            return settings.spec(channels=self.channels(), out_stride=8)
+        return settings.spec(channels=self.channels())
 
     def encoder_meta(self, cfg: VideoConfig) -> dict:
         return {"task": self.name, "modality": self.modality, "input": self.input_kind}

@@ -26,6 +26,6 @@ def _fresh_accelerate_state():
 def tiny_cpc(**extra):
     """Overrides that make cpc_audio run in a second on the CPU."""
     return {
-        "batch_size": 4, "num_workers": 0, "channels": 16, "context_dim": 16, "crop_samples": 3200,
+        "batch_size": 4, "num_workers": 0, "encoder.cpc.channels": 16, "encoder.cpc.context_dim": 16, "crop_samples": 3200,
         "objective.steps": 3, "objective.num_negatives": 8, "warmup_steps": 2, "log_every": 1, "monitor_every": 0, **extra,
     }

@@ -72,7 +72,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 # A ViT MAE small enough for a 16 px image folder to train in seconds.
-TINY_MAE = ["backbone=vit", "vit_dim=16", "vit_depth=1", "vit_heads=2", "image_size=16", "patch_size=8",
+TINY_MAE = ["encoder.vit.dim=16", "encoder.vit.depth=1", "encoder.vit.heads=2", "image_size=16", "encoder.vit.patch=8",
             "objective.decoder_dim=16", "objective.decoder_depth=1", "objective.decoder_heads=2"]
 
 

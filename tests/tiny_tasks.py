@@ -5,9 +5,11 @@ import numpy as np
 import torch
 
 from mmssl.data import train_loader
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.modalities.audio import random_crop
 from mmssl.registry import TASKS
 from mmssl.tasks.cpc_audio import CPCAudio, CPCAudioConfig
+from mmssl.tasks.sections import AudioEncoders
 
 
 def waves(n=16, seconds=0.5, seed=0):
@@ -75,7 +77,8 @@ def tiny_config(out_dir, **overrides):
     task = TASKS.get("tiny_cpc")()
     base = task.default_config()
     cfg = dataclasses.replace(
-        base, output_dir=str(out_dir), batch_size=4, num_workers=0, channels=16, context_dim=16,
+        base, output_dir=str(out_dir), batch_size=4, num_workers=0,
+        encoder=AudioEncoders(cpc=CPCEncoderSettings(channels=16, context_dim=16)),
         crop_samples=3200, objective=dataclasses.replace(base.objective, steps=3, num_negatives=8), warmup_steps=2,
         log_every=1, max_steps=6, save_every=2, lr=3e-3, monitor_every=0,
     )

@@ -39,10 +39,10 @@ from mmssl.errors import MmsslError
 LEARNING_TASKS = ("simclr_image", "byol_image", "moco_image", "simsiam_image", "swav_image", "rotnet_image",
                   "mae_image")
 # --size tiny (tests): a small network and batch on any dataset; other sizes keep the task's defaults
-TINY = {"batch_size": 16, "monitor_items": 200, "backbone": "convnet", "convnet_widths": "8,16,16,32",
-        "warmup_steps": 2, "num_workers": 0}
-TINY_MAE = {**TINY, "backbone": "vit", "vit_dim": 32, "vit_depth": 1, "vit_heads": 2, "decoder_dim": 16,
-            "decoder_depth": 1, "decoder_heads": 2}
+_TINY_RUN = {"batch_size": 16, "monitor_items": 200, "warmup_steps": 2, "num_workers": 0}
+TINY = {**_TINY_RUN, "encoder.name": "convnet", "encoder.convnet.widths": "8,16,16,32"}
+TINY_MAE = {**_TINY_RUN, "encoder.vit.dim": 32, "encoder.vit.depth": 1, "encoder.vit.heads": 2,
+            "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2}
 RATE_STEPS = {"tiny": 8, "small": 20, "full": 20}  # steps of the warm-up run that estimates the library's images/s
 
 

@@ -27,37 +27,38 @@ MODEL_TASKS = ("mae_image", "mae_video", "simclr_image")
 # (batch size, task config overrides) per bench size. "small" (the default) keeps one training
 # step at about 1-3 s on a 2-core CPU; "full" is the papers' setting, meant for a GPU; "tiny" is
 # for tests. The peers read their sizes off the objective built from these, never from here.
-VIT_S = {"vit_size": "small", "vit_dim": 384, "vit_depth": 12, "vit_heads": 6}
+VIT_S = {"size": "small", "dim": 384, "depth": 12, "heads": 6}
 MODEL_SIZES: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
     "mae_image": {
-        "tiny": (8, {"backbone": "vit", "image_size": 32, "patch_size": 8, "vit_dim": 64, "vit_depth": 2,
-                     "vit_heads": 2, "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}),
+        "tiny": (8, {"image_size": 32, "encoder": {"vit": {"patch": [8], "dim": 64, "depth": 2, "heads": 2}},
+                     "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}),
         # ViT-S at batch 64 on 64 px images with 8 px patches: 64 tokens, 16 of them visible; at 224 px
         # with 16 px patches (196 tokens) one step takes about a minute on 2 CPU cores
-        "small": (64, {"backbone": "vit", "image_size": 64, "patch_size": 8, **VIT_S,
+        "small": (64, {"image_size": 64, "encoder": {"vit": {**VIT_S, "patch": [8]}},
                        "objective": {"decoder_dim": 256, "decoder_depth": 4, "decoder_heads": 8}}),
         # ViT-S/16 at 224 px, batch 64, with MAE's 512-d 8-block decoder
-        "full": (64, {"backbone": "vit", "image_size": 224, "patch_size": 16, **VIT_S,
+        "full": (64, {"image_size": 224, "encoder": {"vit": {**VIT_S, "patch": [16]}},
                       "objective": {"decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16}}),
     },
     "mae_video": {
-        "tiny": (4, {"clip_len": 4, "frame_size": 32, "tubelet": "2,8,8", "vit_dim": 64, "vit_depth": 2,
-                     "vit_heads": 2, "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}),
+        "tiny": (4, {"clip_len": 4, "frame_size": 32, "encoder": {"vit": {"patch": [2, 8, 8], "dim": 64, "depth": 2,
+                                                                          "heads": 2}},
+                     "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}}),
         # VideoMAE's ViT-S with its 192-d 4-block decoder, on 8 x 64 x 64 clips
-        "small": (32, {"clip_len": 8, "frame_size": 64, "tubelet": "2,8,8", **VIT_S,
+        "small": (32, {"clip_len": 8, "frame_size": 64, "encoder": {"vit": {**VIT_S, "patch": [2, 8, 8]}},
                       "objective": {"decoder_dim": 192, "decoder_depth": 4, "decoder_heads": 3}}),
         # VideoMAE's 16 x 224 x 224 clips in 2 x 16 x 16 tubelets
-        "full": (16, {"clip_len": 16, "frame_size": 224, "tubelet": "2,16,16", **VIT_S,
+        "full": (16, {"clip_len": 16, "frame_size": 224, "encoder": {"vit": {**VIT_S, "patch": [2, 16, 16]}},
                       "objective": {"decoder_dim": 192, "decoder_depth": 4, "decoder_heads": 3}}),
     },
     "simclr_image": {
-        "tiny": (8, {"backbone": "convnet", "convnet_widths": "8,16,16,32", "image_size": 32,
+        "tiny": (8, {"encoder": {"name": "convnet", "convnet": {"widths": [8, 16, 16, 32]}}, "image_size": 32,
                      "objective": {"proj_hidden": 64, "proj_dim": 32}}),
         # ResNet-18 with the CIFAR stem at 32 px, batch 64 (128 views)
-        "small": (64, {"backbone": "resnet18", "small_stem": True, "image_size": 32,
+        "small": (64, {"encoder": {"name": "resnet", "resnet": {"arch": "resnet18", "small_stem": True}}, "image_size": 32,
                        "objective": {"proj_hidden": 512, "proj_dim": 128}}),
         # solo-learn's CIFAR setting: batch 256, a 2048-d projector
-        "full": (256, {"backbone": "resnet18", "small_stem": True, "image_size": 32,
+        "full": (256, {"encoder": {"name": "resnet", "resnet": {"arch": "resnet18", "small_stem": True}}, "image_size": 32,
                        "objective": {"proj_hidden": 2048, "proj_dim": 128}}),
     },
 }
@@ -90,8 +91,9 @@ def describe(task_name: str, objective: nn.Module, cfg: Any) -> str:
     """The model size in a few words, from the encoder's spec and the task config."""
     batch = cfg.batch_size
     if task_name == "simclr_image":
-        stem = " small stem" if cfg.backbone.startswith("resnet") and cfg.small_stem else ""
-        return (f"{cfg.backbone}{stem} at {cfg.image_size} px, proj {cfg.objective.proj_hidden}-{cfg.objective.proj_dim}, "
+        name = cfg.encoder.resnet.arch if cfg.encoder.name == "resnet" else cfg.encoder.name
+        stem = " small stem" if cfg.encoder.name == "resnet" and cfg.encoder.resnet.small_stem else ""
+        return (f"{name}{stem} at {cfg.image_size} px, proj {cfg.objective.proj_hidden}-{cfg.objective.proj_dim}, "
                 f"b{batch} x 2 views")
     v = vit_sizes(objective.encoder.spec)
     return (f"ViT {v['dim']}x{v['depth']} h{v['heads']}, patch {'x'.join(map(str, v['patch']))} on "

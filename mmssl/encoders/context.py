@@ -1,17 +1,40 @@
 """Autoregressive context networks: z_1..z_t -> c_t, never looking ahead.
 
 Both map (B, T, D_in) -> (B, T, D) and expose ``embed_dim``. ``sequence`` wraps
-a frame encoder and a context network into one encoder whose tokens are c_t.
+a frame encoder and a context network into one encoder whose tokens are c_t; with
+the strided waveform encoder (``cpc_conv``) it is CPC's encoder (arXiv:1807.03748),
+whose settings a task config holds in ``encoder.cpc`` (``CPCEncoderSettings``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 
+from mmssl.config import ConfigError
 from mmssl.encoders.transformer import Block
 from mmssl.registry import ENCODERS
+
+CONTEXTS = ("gru", "causal_transformer")
+
+
+@dataclasses.dataclass(frozen=True)
+class CPCEncoderSettings:
+    """CPC's encoder: the strided waveform conv net (``cpc_conv``) and an autoregressive context."""
+
+    channels: int = 512  # the waveform encoder's width, the paper's
+    context: str = "gru"  # gru (the paper's) | causal_transformer
+    context_dim: int = 256
+    context_layers: int = 1
+
+    def spec(self) -> dict:
+        if self.context not in CONTEXTS:
+            raise ConfigError(f"encoder.cpc.context must be {' or '.join(CONTEXTS)}, not '{self.context}'")
+        return {"name": "sequence", "kwargs": {
+            "frames": {"name": "cpc_conv", "kwargs": {"channels": self.channels}},
+            "context": {"name": self.context, "kwargs": {"dim": self.context_dim, "layers": self.context_layers}}}}
 
 
 @ENCODERS.register("gru")

@@ -165,7 +165,7 @@ def _positions(state: dict[str, torch.Tensor], vit: nn.Module, out: dict, source
     cls, pos = state.get("cls_token"), state.get("pos_embed")
     if cls is not None and vit.cls_token is None:
         raise CheckpointError("cls_token: the checkpoint has a class token and the encoder has none; build the "
-                              "ViT with cls_token=true (image tasks: vit_cls_token=true)")
+                              "ViT with cls_token=true (task configs: encoder.vit.cls_token=true)")
     if pos is not None:
         pos = pos.reshape(1, -1, pos.shape[-1])
         if pos.shape[-1] != vit.embed_dim:
@@ -182,7 +182,7 @@ def _positions(state: dict[str, torch.Tensor], vit: nn.Module, out: dict, source
             if own is None or own.shape != pos.shape or not torch.allclose(pos.float(), own, atol=1e-5):
                 raise CheckpointError(f"pos_embed: the checkpoint's position table {list(pos.shape)} is not this "
                                       f"encoder's fixed sin-cos table (pos_layout={vit.pos_layout}); for a learned "
-                                      "table build the ViT with pos_embed=learned (image tasks: vit_pos_embed=learned)")
+                                      "table build the ViT with pos_embed=learned (task configs: encoder.vit.pos_embed=learned)")
     if cls is not None:
         out["cls_token"], source["cls_token"] = cls, "cls_token"
 

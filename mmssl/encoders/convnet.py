@@ -7,11 +7,23 @@ The full-size recipes use ResNet or ViT (configs/).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from mmssl.encoders.maps import FeatureMapEncoder
 from mmssl.registry import ENCODERS
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNetSettings:
+    """The ``convnet`` a task config names in ``encoder.convnet`` (``encoder.convnet.widths=32,64``)."""
+
+    widths: tuple[int, ...] = (32, 64, 128, 256)  # channels of each conv-pool stage; the last is D
+
+    def spec(self) -> dict:
+        return {"name": "convnet", "kwargs": {"widths": list(self.widths)}}
 
 
 @ENCODERS.register("convnet")

@@ -15,6 +15,8 @@ recipes use ``resnet`` with ``out_stride=8``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -46,6 +48,17 @@ class DilatedBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(x + self.branch(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseConvNetSettings:
+    """The ``dense_convnet`` a task config names in ``encoder.dense_convnet``."""
+
+    widths: tuple[int, ...] = (32, 64, 128)  # channels of the three stride-2 stages; the last is D
+
+    def spec(self, channels: int) -> dict:
+        """The registry spec for frames of ``channels`` channels."""
+        return {"name": "dense_convnet", "kwargs": {"widths": list(self.widths), "channels": channels}}
 
 
 @ENCODERS.register("dense_convnet")

@@ -13,9 +13,13 @@ between stride-8 maps).
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
+from mmssl.config import ConfigError
 from mmssl.encoders.maps import FeatureMapEncoder
 from mmssl.registry import ENCODERS
 
@@ -37,6 +41,23 @@ def dilate_layer(layer: nn.Sequential, dilation: int) -> None:
                 conv.stride = (1, 1)
                 if conv.kernel_size == (3, 3) and i > 0:
                     conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSettings:
+    """The ``resnet`` a task config names in ``encoder.resnet`` (``encoder.resnet.arch=resnet50``)."""
+
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+    small_stem: bool = False  # 3x3 stride-1 stem without max-pool (CIFAR-sized images)
+    channels_last: bool | None = None  # memory format; None: channels-last where CUDA is available
+
+    def spec(self, **shape: Any) -> dict:
+        """The registry spec; ``shape``: what the task fixes (``channels``, ``out_stride``)."""
+        if self.arch not in ARCHS:
+            raise ConfigError(f"encoder.resnet.arch must be one of {', '.join(ARCHS)}, not '{self.arch}'")
+        channels_last = torch.cuda.is_available() if self.channels_last is None else self.channels_last
+        return {"name": "resnet", "kwargs": {"arch": self.arch, "small_stem": self.small_stem,
+                                             "channels_last": channels_last, **shape}}
 
 
 @ENCODERS.register("resnet")

@@ -18,6 +18,7 @@ encoder on a subset of tokens: ``patchify``, ``grid``, ``num_patches``,
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.config import ConfigError
 from mmssl.encoders.patchify import Patchify
 from mmssl.encoders.transformer import Block, init_weights
 from mmssl.registry import ENCODERS
@@ -35,6 +37,51 @@ PRESETS = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
 
 
 POS_LAYOUTS = ("mae", "grid")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSettings:
+    """The ViT a task config names in ``encoder.vit`` (``encoder.vit.dim=192``); the task gives the
+    input size and channels. Images, spectrograms and video tubelets share it.
+
+    ``patch``: one size per patched axis ((pt, ph, pw) for video, (mels, frames) for
+    spectrograms), or a single size for every axis (``encoder.vit.patch=16``).
+    """
+
+    size: str = "tiny"  # tiny | small | base (see PRESETS); dim / depth / heads override it
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    patch: tuple[int, ...] = (4,)
+    # Layout options a checkpoint given to --init may need (timm / transformers ViTs have a class
+    # token and learned positions): pos_embed sincos | learned; pool mean | cls (with cls_token).
+    cls_token: bool = False
+    pos_embed: str = "sincos"
+    pool: str = "mean"
+
+    def patch_for(self, axes: int) -> list[int]:
+        """The patch size per axis of an input with ``axes`` patched axes."""
+        if len(self.patch) not in (1, axes) or min(self.patch, default=0) < 1:
+            raise ConfigError(f"encoder.vit.patch must be one positive size or {axes} (one per axis), "
+                              f"not {','.join(map(str, self.patch))}")
+        return list(self.patch) * axes if len(self.patch) == 1 else list(self.patch)
+
+    def sizes(self) -> dict:
+        """Preset and overrides, the constructor arguments every ViT-based encoder takes."""
+        if self.size not in PRESETS:
+            raise ConfigError(f"encoder.vit.size must be one of {', '.join(PRESETS)}, not '{self.size}'")
+        return {"size": self.size, "dim": self.dim, "depth": self.depth, "heads": self.heads}
+
+    def spec(self, input_size: Sequence[int], channels: int) -> dict:
+        """The ``vit`` registry spec for inputs (B, channels, *input_size)."""
+        if self.pos_embed not in ("sincos", "learned") or self.pool not in ("mean", "cls") or (
+                self.pool == "cls" and not self.cls_token):
+            raise ConfigError(f"encoder.vit.pos_embed must be sincos or learned and encoder.vit.pool mean or cls "
+                              f"(with encoder.vit.cls_token=true), not '{self.pos_embed}', '{self.pool}'")
+        return {"name": "vit", "kwargs": {
+            "size": self.size, "input_size": list(input_size), "patch": self.patch_for(len(input_size)),
+            "channels": channels, **self.sizes(), "cls_token": self.cls_token, "pos_embed": self.pos_embed,
+            "pool": self.pool}}
 
 
 def sincos_pos_embed(grid: Sequence[int], dim: int, layout: str = "mae") -> torch.Tensor:

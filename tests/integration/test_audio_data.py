@@ -318,7 +318,7 @@ def test_train_and_probe_on_an_audiofolder(tmp_path):
     run_dir = tmp_path / "run"
     train = subprocess.run(
         [sys.executable, "train.py", "--task", "cpc_audio", "--dataset", str(data), "--output-dir", str(run_dir),
-         "--max-steps", "2", "batch_size=2", "num_workers=0", "channels=8", "context_dim=8", "crop_samples=3200",
+         "--max-steps", "2", "batch_size=2", "num_workers=0", "encoder.cpc.channels=8", "encoder.cpc.context_dim=8", "crop_samples=3200",
          "objective.steps=2", "objective.num_negatives=4", "--label-column", "label"],
         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
     )

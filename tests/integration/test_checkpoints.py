@@ -1,6 +1,7 @@
 """Official layouts into mmssl's encoders: timm / MAE / transformers ViTs and torchvision ResNets,
 built here with random weights and saved to tmp, give the same features after ``load_pretrained``
-(the path ``--init`` takes); the sin-cos table's channel order; encoders saved before it changed."""
+(the path ``--init`` takes); the sin-cos table's channel order; encoders saved before it changed, and
+before the encoder settings moved into the config's ``encoder`` section."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 import mmssl.encoders.spectrogram  # noqa: F401  (registers spectrogram_vit)
 from mmssl import ENCODERS, OBJECTIVES, load_encoder, save_encoder
 from mmssl.encoders.convert import CheckpointError, init_objective, load_pretrained
+from mmssl.encoders.io import build_encoder
 from mmssl.encoders.vit import sincos_pos_embed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +90,62 @@ def test_encoder_saved_before_pos_layout_keeps_its_features(tmp_path, name, kwar
     # a new encoder's file records its layout, so a later change of default cannot alter it
     save_encoder(new, tmp_path / "new")
     assert json.loads((tmp_path / "new" / "config.json").read_text())["encoder"]["kwargs"]["pos_layout"] == "mae"
+
+
+# ---------------------------------------------------------------- encoders saved before the encoder section
+
+_DEMO_VIT = {"size": "tiny", "dim": 128, "depth": 4, "heads": 4}
+# (task, today's overrides, the spec that task wrote to DIR/encoder/config.json when the encoder settings were
+# flat keys (backbone=, vit_dim=, channels= ...), at its defaults or with backbone=resnet18, input shape)
+OLD_SPECS = [
+    ("simclr_image", [], {"name": "convnet", "kwargs": {"widths": [32, 64, 128, 256]}}, (2, 3, 32, 32)),
+    ("simclr_image", ["encoder.name=vit"], {"name": "vit", "kwargs": {
+        "size": "tiny", "input_size": [32, 32], "patch": [4, 4], "channels": 3, "dim": 128, "depth": 4, "heads": 4,
+        "cls_token": False, "pos_embed": "sincos", "pool": "mean"}}, (2, 3, 32, 32)),
+    ("simclr_image", ["encoder.name=resnet", "encoder.resnet.channels_last=false"], {"name": "resnet", "kwargs": {
+        "arch": "resnet18", "small_stem": True, "channels_last": False}}, (2, 3, 32, 32)),
+    ("mae_image", [], {"name": "vit", "kwargs": {
+        "size": "tiny", "input_size": [32, 32], "patch": [8, 8], "channels": 3, "dim": 128, "depth": 4, "heads": 4,
+        "cls_token": False, "pos_embed": "sincos", "pool": "mean"}}, (2, 3, 32, 32)),
+    ("tcn_video", [], {"name": "dense_convnet", "kwargs": {"widths": [32, 64, 128], "channels": 3}}, (2, 3, 32, 32)),
+    ("colorize_video", ["encoder.name=resnet"], {"name": "resnet", "kwargs": {
+        "arch": "resnet18", "channels": 1, "out_stride": 8}}, (2, 1, 32, 32)),
+    ("mae_video", [], {"name": "vit", "kwargs": {
+        "size": "tiny", "input_size": [8, 64, 64], "patch": [2, 8, 8], "channels": 3, "dim": 128, "depth": 4,
+        "heads": 4}}, (1, 3, 8, 64, 64)),
+    ("cpc_audio", [], {"name": "sequence", "kwargs": {
+        "frames": {"name": "cpc_conv", "kwargs": {"channels": 128}},
+        "context": {"name": "gru", "kwargs": {"dim": 256, "layers": 1}}}}, (2, 3200)),
+    ("mae_audio", [], {"name": "spectrogram_vit", "kwargs": {
+        "n_mels": 64, "frames": 128, "patch": [8, 8], **_DEMO_VIT}}, (1, 20480)),
+]
+
+
+@pytest.mark.parametrize("task_name, overrides, old_spec, shape", OLD_SPECS,
+                         ids=[f"{t}{''.join(o[:1])}" for t, o, _, _ in OLD_SPECS])
+def test_encoder_saved_before_the_encoder_section_loads_and_is_what_the_task_builds(
+        tmp_path, task_name, overrides, old_spec, shape):
+    from mmssl.run import resolve_config
+
+    torch.manual_seed(0)
+    old = ENCODERS.build(old_spec["name"], **old_spec["kwargs"]).eval()
+    save_encoder(old, tmp_path / "encoder", task=task_name)  # DIR/encoder as training wrote it then
+    written = json.loads((tmp_path / "encoder" / "config.json").read_text())["encoder"]
+    assert written["name"] == old_spec["name"] and written["kwargs"].items() >= old_spec["kwargs"].items()
+    loaded = load_encoder(tmp_path)
+    # today's task config, through its encoder section, gives the same spec (plus constructor defaults
+    # spelled out), so a saved encoder and a new run's are the same network
+    task, cfg = resolve_config(task_name, None, {}, overrides)
+    spec = task.encoder_spec(cfg)
+    assert spec["name"] == old_spec["name"]
+    assert {k: spec["kwargs"][k] for k in old_spec["kwargs"]} == old_spec["kwargs"]
+    new = build_encoder(spec).eval()
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        want = old.forward_features(x)
+        torch.testing.assert_close(loaded.forward_features(x), want)
+        torch.testing.assert_close(new.forward_features(x), want)
 
 
 # ---------------------------------------------------------------- class token, pooling
@@ -315,7 +373,7 @@ def test_train_py_init_starts_from_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ["--task", "mae_image", "--init", str(tmp_path / "hf"), "--output-dir", str(out), "max_steps=1",
             "evaluate=false", "batch_size=4", "num_workers=0", "monitor_every=0", "lr=0", "warmup_steps=0",
-            "vit_cls_token=true"]
+            "encoder.vit.cls_token=true"]
     result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -328,4 +386,4 @@ def test_train_py_init_starts_from_the_checkpoint(tmp_path):
                          capture_output=True, text=True, timeout=300, check=False)
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode != 0 and len(lines) == 1, bad.stderr
-    assert lines[0].startswith("error: cls_token: the checkpoint has a class token") and "vit_cls_token" in lines[0]
+    assert lines[0].startswith("error: cls_token: the checkpoint has a class token") and "encoder.vit.cls_token" in lines[0]

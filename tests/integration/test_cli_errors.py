@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # Flags that make a run tiny, for the cases that would otherwise start training.
-TINY = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "channels=8", "context_dim=8",
+TINY = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "encoder.cpc.channels=8", "encoder.cpc.context_dim=8",
         "crop_samples=3200", "objective.steps=2", "objective.num_negatives=4"]
 
 
@@ -84,11 +84,13 @@ def audiofolder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A run directory holding a tiny, untrained cpc_audio encoder."""
+    from mmssl.encoders.context import CPCEncoderSettings
     from mmssl.encoders.io import build_encoder, save_encoder
     from mmssl.tasks.cpc_audio import CPCAudio
+    from mmssl.tasks.sections import AudioEncoders
 
     task = CPCAudio()
-    cfg = dataclasses.replace(task.default_config(), channels=8, context_dim=8)
+    cfg = dataclasses.replace(task.default_config(), encoder=AudioEncoders(cpc=CPCEncoderSettings(channels=8, context_dim=8)))
     run_dir = tmp_path_factory.mktemp("run")
     save_encoder(build_encoder(task.encoder_spec(cfg)), run_dir / "encoder", task="cpc_audio", modality="audio")
     return run_dir
@@ -100,6 +102,7 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
 
     (work / "bad.yaml").write_text("lr: 0.001\nnosuchkey: 3\n")
     (work / "other.yaml").write_text("task: some_other_task\nlr: 0.001\n")
+    (work / "flat_encoder.yaml").write_text("task: simclr_image\nbackbone: resnet18\nsmall_stem: true\n")
     unreadable = work / "unreadable_audio"
     (unreadable / "train" / "a").mkdir(parents=True)
     (unreadable / "train" / "b").mkdir(parents=True)
@@ -115,8 +118,8 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
         for i in range(2):
             Image.new("RGB", (20, 20), (40 * k, 200, 90)).save(images / "train" / cls / f"{i}.png")
             (bad_images / "train" / cls / f"broken{i}.png").write_bytes(np.random.default_rng(i).bytes(300))
-    tiny_image = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "vit_dim=16", "vit_depth=1",
-                  "vit_heads=2", "image_size=16", "objective.proj_hidden=8", "objective.proj_dim=8"]
+    tiny_image = ["--max-steps", "1", "batch_size=2", "num_workers=0", "evaluate=false", "encoder.vit.dim=16",
+                  "encoder.vit.depth=1", "encoder.vit.heads=2", "image_size=16", "objective.proj_hidden=8", "objective.proj_dim=8"]
 
     def out(name: str) -> list[str]:
         return ["--output-dir", str(work / name)]
@@ -130,6 +133,9 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
         "max_steps_float": (["--task", "cpc_audio", "max_steps=1.5"], False),
         "recipe_unknown_key": (["--task", "cpc_audio", "--config", str(work / "bad.yaml"), *out("r1"), *TINY], False),
         "recipe_other_task": (["--task", "cpc_audio", "--config", str(work / "other.yaml"), *out("r2"), *TINY], False),
+        "flat_encoder_key": (["--task", "cpc_audio", "context_dim=8"], False),
+        "recipe_flat_encoder_key": (["--task", "simclr_image", "--config", str(work / "flat_encoder.yaml")], False),
+        "unknown_encoder": (["--task", "simclr_image", "encoder.name=resnet18"], False),
         "missing_path": (["--task", "cpc_audio", "--dataset", "./does/not/exist", *out("r4"), *TINY], False),
         "hub_offline": (["--task", "cpc_audio", "--dataset", "someone/some-dataset", *out("r5"), *TINY], False),
         "no_audio_column": (["--task", "cpc_audio", "--dataset", str(audiofolder), *out("r6"), *TINY,
@@ -189,6 +195,15 @@ def test_override_of_the_wrong_type(cli, case, needles):
 
 def test_recipe_with_an_unknown_key(cli):
     assert_one_error(cli["recipe_unknown_key"].result(), "nosuchkey")
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("flat_encoder_key", ("config key 'context_dim' is now encoder.cpc.context_dim",)),
+    ("recipe_flat_encoder_key", ("config key 'backbone' is now encoder.name", "encoder.resnet.arch")),
+    ("unknown_encoder", ("encoder.name must be convnet, vit or resnet for simclr_image, not 'resnet18'",)),
+])
+def test_encoder_keys_that_moved_or_do_not_exist(cli, case, needles):
+    assert_one_error(cli[case].result(), *needles)
 
 
 def test_recipe_for_another_task(cli):

@@ -8,16 +8,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmssl import dist as mdist
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.encoders.io import build_encoder
 from mmssl.objectives.cpc import CPC
 from mmssl.tasks.cpc_audio import CPCAudio, CPCAudioConfig
+from mmssl.tasks.sections import AudioEncoders
 
 GLOBAL_BATCH = 4
 
 
 def make_objective(negatives_from="batch"):
     torch.manual_seed(0)
-    cfg = CPCAudioConfig(channels=16, context_dim=16)
+    cfg = CPCAudioConfig(encoder=AudioEncoders(cpc=CPCEncoderSettings(channels=16, context_dim=16)))
     return CPC(build_encoder(CPCAudio().encoder_spec(cfg)), steps=3, num_negatives=8, negatives_from=negatives_from)
 
 

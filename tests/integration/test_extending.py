@@ -36,7 +36,7 @@ def test_the_worked_example_trains_through_the_real_entry_points(example, tmp_pa
     assert torch.isfinite(loss) and objective.projector[0].in_features == h
     task, cfg = resolve_config("example_barlow_image", None, {"output_dir": str(tmp_path / "run")},
                                ["max_steps=3", "batch_size=8", "num_workers=0", "log_every=1", "evaluate=false",
-                                "objective.proj_hidden=32", "objective.proj_dim=32", "convnet_widths=8,16"])
+                                "objective.proj_hidden=32", "objective.proj_dim=32", "encoder.convnet.widths=8,16"])
     run_training(task, cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]

@@ -25,10 +25,10 @@ def run(tmp_path, *args: str, module: bool = False, env: dict | None = None) -> 
     return subprocess.run(cmd, cwd=ROOT, env=env or _env(tmp_path), capture_output=True, text=True, timeout=300,
                           check=False)
 
-TINY_IMAGE = ["--max-steps", "2", "batch_size=2", "num_workers=0", "vit_dim=16", "vit_depth=1", "vit_heads=2",
+TINY_IMAGE = ["--max-steps", "2", "batch_size=2", "num_workers=0", "encoder.vit.dim=16", "encoder.vit.depth=1", "encoder.vit.heads=2",
               "image_size=16", "objective.proj_hidden=8", "objective.proj_dim=8", "probe_max_train=50", "probe_max_test=50"]
 TINY_VIDEO = ["--max-steps", "2", "batch_size=2", "num_workers=0", "evaluate=false", "frame_size=32",
-              "dense_widths=8,8,8", "quantizer_frames=16", "clusters=4"]
+              "encoder.dense_convnet.widths=8,8,8", "quantizer_frames=16", "clusters=4"]
 
 
 def ok(result) -> str:
@@ -98,7 +98,9 @@ def test_unlabelled_audio_trains_evaluates_what_it_can_and_exits_0(tmp_path):
 def test_probe_finds_an_imagefolders_label_column(tmp_path):
     from PIL import Image
 
+    from mmssl.encoders.convnet import ConvNetSettings
     from mmssl.encoders.io import build_encoder, save_encoder
+    from mmssl.tasks.sections import ImageEncoders
     from mmssl.tasks.simclr_image import SimCLRImage
 
     folder = tmp_path / "cifar_like"
@@ -108,7 +110,7 @@ def test_probe_finds_an_imagefolders_label_column(tmp_path):
             for k in range(n):
                 Image.new("RGB", (16, 16), tuple(v + 5 * k for v in colour)).save(folder / split / f"class{c}" / f"{k}.png")
     task = SimCLRImage()
-    cfg = dataclasses.replace(task.default_config(), convnet_widths="8,8")
+    cfg = dataclasses.replace(task.default_config(), encoder=ImageEncoders(convnet=ConvNetSettings(widths=(8, 8))))
     save_encoder(build_encoder(task.encoder_spec(cfg)), tmp_path / "run" / "encoder", task="simclr_image",
                  modality="image")
     out = ok(run(tmp_path, "probe", "--checkpoint", str(tmp_path / "run"), "--dataset", str(folder), module=True))
@@ -121,7 +123,7 @@ def test_probe_finds_an_imagefolders_label_column(tmp_path):
 def test_eight_long_videos_fill_a_batch_of_16(tmp_path):
     write_videos(tmp_path / "videos", 8, 0, frames=48)  # colorize_video: 4 frames 3 apart -> 4 clips each
     ok(run(tmp_path, "--task", "colorize_video", "--dataset", str(tmp_path / "videos"), "--output-dir",
-           str(tmp_path / "run"), *TINY_VIDEO[:2], "num_workers=0", "evaluate=false", "dense_widths=8,8,8",
+           str(tmp_path / "run"), *TINY_VIDEO[:2], "num_workers=0", "evaluate=false", "encoder.dense_convnet.widths=8,8,8",
            "quantizer_frames=16", "clusters=4", "frame_size=32"))
     assert (tmp_path / "run" / "encoder").is_dir()
 
@@ -141,7 +143,7 @@ def test_a_good_run_prints_only_what_differs_from_the_defaults(tmp_path):
     out = ok(run(tmp_path, "--task", "simclr_image", "--dataset", snap, "--output-dir", str(tmp_path / "run"),
                  *TINY_IMAGE, "evaluate=false"))
     head = out.split("(all of it in")[0]
-    assert "batch_size=2" in head and "vit_dim=16" in head
+    assert "batch_size=2" in head and "encoder.vit.dim=16" in head
     assert "adam_beta2" not in head and "weight_decay" not in head  # defaults stay in config.yaml
     assert "adam_beta2" in (tmp_path / "run" / "config.yaml").read_text()
 

@@ -6,11 +6,13 @@ import torch
 from tiny_tasks import TinyCPC
 
 from mmssl.data import train_loader
+from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.modalities.audio import random_crop
 from mmssl.modalities.audio.data import CorpusSplit
 from mmssl.modalities.audio.synthetic import generate_corpus
 from mmssl.registry import TASKS
 from mmssl.run import run_training
+from mmssl.tasks.sections import AudioEncoders
 
 pytestmark = pytest.mark.slow  # each test trains or launches processes for tens of seconds
 
@@ -59,7 +61,8 @@ def _cpc_learns(tmp_path):
     task = TASKS.get("tiny_speech_cpc")()
     base = task.default_config()
     cfg = dataclasses.replace(
-        base, output_dir=str(tmp_path / "run"), batch_size=8, num_workers=0, channels=64, context_dim=64,
+        base, output_dir=str(tmp_path / "run"), batch_size=8, num_workers=0,
+        encoder=AudioEncoders(cpc=CPCEncoderSettings(channels=64, context_dim=64)),
         crop_samples=8000, objective=dataclasses.replace(base.objective, steps=6, num_negatives=32), warmup_steps=20,
         max_steps=1200, log_every=50, save_every=1000, lr=5e-4,
         monitor_every=0,  # the audio monitor reads the demo corpus, not this one

@@ -167,7 +167,7 @@ def test_queue_and_ema_updates_happen_once_per_optimizer_step_under_accumulation
     monkeypatch.setattr(MoCo, "after_step", lambda self, step, total: (calls.append(step), original(self, step, total)))
     task, cfg = resolve_config("moco_image", None, {"output_dir": str(tmp_path / "moco"), "max_steps": 2},
                                ["batch_size=2", "grad_accum=3", "num_workers=0", "evaluate=false", "image_size=16",
-                                "vit_dim=16", "vit_depth=1", "vit_heads=2", "objective.proj_hidden=8",
+                                "encoder.vit.dim=16", "encoder.vit.depth=1", "encoder.vit.heads=2", "objective.proj_hidden=8",
                                 "objective.proj_dim=8", "objective.queue_size=64", "monitor_every=0",
                                 "objective.symmetric=true"])
     objective, _ = train(task, cfg)

@@ -40,7 +40,7 @@ from mmssl.modalities.vision.batched import (
 from mmssl.run import resolve_config, run_training
 from mmssl.tasks.simclr_image import SimCLRImage
 
-TINY = ["batch_size=4", "num_workers=0", "image_size=16", "convnet_widths=8,8,8,8", "objective.proj_hidden=16", "objective.proj_dim=8",
+TINY = ["batch_size=4", "num_workers=0", "image_size=16", "encoder.convnet.widths=8,8,8,8", "objective.proj_hidden=16", "objective.proj_dim=8",
         "evaluate=false"]
 # Everything on: two groups of different sizes (upsampled and downsampled crops), every colour op.
 ALL_ON = (ViewSettings(crops=2, size=32, blur_prob=0.5, solarize_prob=0.5, gray_prob=0.5),

@@ -15,15 +15,19 @@ from mmssl.registry import Registry, RegistryError
 from mmssl.tasks.cpc_audio import CPCAudioConfig
 
 # Tiny settings per task for the smoke test; a task registered without an entry fails it.
-_IMG = {"batch_size": 4, "num_workers": 0, "image_size": 16, "convnet_widths": "8,8,8,8"}
-_VIT = {**_IMG, "backbone": "vit", "vit_dim": 16, "vit_depth": 1, "vit_heads": 2, "patch_size": 4}
+_IMG_RUN = {"batch_size": 4, "num_workers": 0, "image_size": 16}
+_IMG = {**_IMG_RUN, "encoder.convnet.widths": "8,8,8,8"}
+_VIT = {**_IMG_RUN, "encoder.name": "vit", "encoder.vit.dim": 16, "encoder.vit.depth": 1, "encoder.vit.heads": 2,
+        "encoder.vit.patch": 4}
 _HEAD = {"objective.proj_hidden": 16, "objective.proj_dim": 8}
-_VID = {"batch_size": 2, "num_workers": 0, "frame_size": 32, "dense_widths": "8,8,8"}
-_AUDIO = {"batch_size": 4, "num_workers": 0, "channels": 16, "context_dim": 16, "crop_samples": 3200}
+_VID = {"batch_size": 2, "num_workers": 0, "frame_size": 32, "encoder.dense_convnet.widths": "8,8,8"}
+_AUDIO = {"batch_size": 4, "num_workers": 0, "encoder.cpc.channels": 16, "encoder.cpc.context_dim": 16,
+          "crop_samples": 3200}
 SMOKE = {
     "cpc_audio": tiny_cpc(dataset="demo"),
     "simclr_audio": {**_AUDIO, **_HEAD},
-    "mae_audio": {**_AUDIO, "crop_samples": 5120, "n_mels": 16, "vit_dim": 16, "vit_depth": 1, "vit_heads": 2,
+    "mae_audio": {"batch_size": 4, "num_workers": 0, "crop_samples": 5120, "n_mels": 16, "encoder.vit.dim": 16,
+                  "encoder.vit.depth": 1, "encoder.vit.heads": 2,
                   "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2},
     "simclr_image": {**_IMG, **_HEAD},
     "moco_image": {**_IMG, **_HEAD, "objective.queue_size": 16},
@@ -34,16 +38,17 @@ SMOKE = {
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
     "mae_image": {**_VIT, "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2},
     # the other backbones, through a two-view and a multi-crop method (local crops of another size)
-    "simclr_image/resnet18": {**_IMG, **_HEAD, "backbone": "resnet18"},
+    "simclr_image/resnet18": {**_IMG, **_HEAD, "encoder.name": "resnet"},
     "swav_image/vit": {**_VIT, **_HEAD, "objective.num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image/vit": {**_VIT},
     "colorize_video": {**_VID, "quantizer_frames": 8},
     "tcn_video": {**_VID, "anchors": 4, "objective.embed_dim": 8},
     "tcn_video/single": {**_VID, "anchors": 4, "objective.embed_dim": 8, "views": "single",
                          "objective.loss": "npairs"},
-    "mae_video": {**_VID, "clip_len": 4, "vit_dim": 16, "vit_depth": 1, "vit_heads": 2, "objective.decoder_dim": 16,
+    "mae_video": {"batch_size": 2, "num_workers": 0, "frame_size": 32, "clip_len": 4, "encoder.vit.dim": 16,
+                  "encoder.vit.depth": 1, "encoder.vit.heads": 2, "objective.decoder_dim": 16,
                   "objective.decoder_depth": 1, "objective.decoder_heads": 2},
-    "colorize_video/resnet18": {**_VID, "quantizer_frames": 8, "backbone": "resnet18"},
+    "colorize_video/resnet18": {**_VID, "quantizer_frames": 8, "encoder.name": "resnet"},
 }
 
 

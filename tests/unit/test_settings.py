@@ -122,3 +122,113 @@ def test_resuming_with_another_objective_setting_is_refused(tmp_path):
     other = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, num_negatives=4))
     with pytest.raises(ConfigError, match=r"another config \(objective\.num_negatives: 8 -> 4\)"):
         train(task, other)
+
+
+# --- encoder settings: the nested ``encoder`` section -----------------------------------------------
+
+def _encoder_settings():
+    from mmssl.encoders.context import CPCEncoderSettings, GRUContext
+    from mmssl.encoders.convnet import ConvNet, ConvNetSettings
+    from mmssl.encoders.dense import DenseConvNet, DenseConvNetSettings
+    from mmssl.encoders.resnet import ResNet, ResNetSettings
+    from mmssl.encoders.vit import ViT, ViTSettings
+    from mmssl.encoders.waveform import WaveformConvEncoder
+
+    def defaults(cls, rename=None):
+        rename = rename or {}
+        return {rename.get(k, k): p.default for k, p in inspect.signature(cls).parameters.items()}
+
+    # (settings class, the constructor defaults its fields mirror, as the settings name them)
+    return [(ConvNetSettings, defaults(ConvNet)), (DenseConvNetSettings, defaults(DenseConvNet)),
+            (ResNetSettings, defaults(ResNet)), (ViTSettings, defaults(ViT)),
+            (CPCEncoderSettings, {**defaults(WaveformConvEncoder),
+                                  **defaults(GRUContext, {"dim": "context_dim", "layers": "context_layers"})})]
+
+
+@pytest.mark.parametrize("settings, defaults", _encoder_settings(), ids=lambda v: getattr(v, "__name__", ""))
+def test_encoder_settings_default_to_their_encoders_defaults(settings, defaults):
+    assert type(settings()).__dataclass_params__.frozen
+    # ResNet's channels_last: None in the settings is "where CUDA is available", resolved by spec()
+    shared = [f for f in dataclasses.fields(settings) if f.name in defaults and f.name != "channels_last"]
+    assert shared, settings
+    for f in shared:
+        want = defaults[f.name]
+        if f.name == "patch":  # the settings give one size for every axis
+            want = sorted(set(want))
+        assert (list(f.default) if isinstance(f.default, tuple) else f.default) == (
+            list(want) if isinstance(want, tuple) else want), (settings.__name__, f.name)
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_every_task_offers_its_encoders_in_one_section_and_each_builds_a_spec(name):
+    from mmssl.tasks.sections import EncoderSection
+
+    task = TASKS.get(name)()
+    cfg = task.default_config()
+    assert isinstance(cfg.encoder, EncoderSection), name
+    offered = [f.name for f in dataclasses.fields(cfg.encoder) if f.name != "name"]
+    assert cfg.encoder.name in offered
+    for choice in offered:  # every sub-section is reachable by its dotted key and builds a spec
+        spec = task.encoder_spec(apply_overrides(cfg, {"encoder.name": choice}))
+        assert set(spec) == {"name", "kwargs"}, (name, choice)
+    with pytest.raises(ConfigError, match=f"encoder.name must be .* for {name}, not 'nosuch'"):
+        task.encoder_spec(apply_overrides(cfg, {"encoder.name": "nosuch"}))
+
+
+def test_encoder_settings_nest_in_overrides_and_yaml(tmp_path):
+    _, cfg = resolve_config("simclr_image", None, {}, ["encoder.name=vit", "encoder.vit.dim=32", "encoder.vit.patch=8",
+                                                       "encoder.convnet.widths=8,16"])
+    assert (cfg.encoder.name, cfg.encoder.vit.dim, cfg.encoder.vit.patch, cfg.encoder.convnet.widths) == (
+        "vit", 32, (8,), (8, 16))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: simclr_image\nencoder:\n  name: vit\n  vit: {dim: 32, patch: 8}\n"
+                      "  convnet: {widths: [8, 16]}\n")
+    assert resolve_config("simclr_image", str(recipe), {}, [])[1] == cfg
+    task, video = resolve_config("mae_video", None, {}, ["encoder.vit.patch=2,4,4", "encoder.vit.size=small",
+                                                         "encoder.vit.dim=none"])
+    kwargs = task.encoder_spec(video)["kwargs"]
+    assert (kwargs["patch"], kwargs["size"], kwargs["dim"], kwargs["depth"]) == ([2, 4, 4], "small", None, 4)
+    for bad, match in [("encoder.vit.patch=4,4", "encoder.vit.patch must be one positive size or 3"),
+                       ("encoder.vit.size=huge", "encoder.vit.size must be one of tiny, small, base")]:
+        with pytest.raises(ConfigError, match=match):
+            resolve_config("mae_video", None, {}, [bad])
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_every_renamed_key_fails_with_one_line_naming_its_new_key(name, tmp_path):
+    task = TASKS.get(name)()
+    cfg = task.default_config()
+    assert type(cfg).renamed, f"{name}: no table of the encoder keys that moved"
+    for old, new in type(cfg).renamed.items():
+        assert old not in {f.name for f in dataclasses.fields(cfg)}, (name, old)
+        with pytest.raises(ConfigError) as e:
+            resolve_config(name, None, {}, [f"{old}=1"])
+        assert str(e.value) == f"config key '{old}' is now {new}"
+        recipe = tmp_path / f"{old}.yaml"
+        recipe.write_text(yaml.safe_dump({"task": name, old: 1}))
+        with pytest.raises(ConfigError, match=f"config key '{old}' is now"):
+            resolve_config(name, str(recipe), {}, [])
+        # the key it names exists in this task's config
+        key, value = new.split(" (")[0], cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert apply_overrides(cfg, {key: value}) == cfg, (name, old, key)
+
+
+def test_resuming_a_run_saved_with_the_old_flat_encoder_keys_is_refused(tmp_path):
+    from tiny_tasks import tiny_config
+
+    from mmssl.trainer import train
+
+    task, cfg = tiny_config(tmp_path / "run", max_steps=2, save_every=2)
+    train(task, cfg)
+    path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    cpc = saved.pop("encoder")["cpc"]  # the config as written before the encoder section existed
+    saved.update(channels=cpc["channels"], context=cpc["context"], context_dim=cpc["context_dim"],
+                 context_layers=cpc["context_layers"])
+    path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"keys that have since moved \(channels -> encoder\.cpc\.channels, context "
+                                          r"-> encoder\.cpc\.context, context_dim -> encoder\.cpc\.context_dim, \.\.\.\): "
+                                          r"resume it with the mmssl version that started it, or use a new --output-dir"):
+        train(task, cfg)

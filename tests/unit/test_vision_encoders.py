@@ -199,10 +199,11 @@ def test_image_tasks_build_channels_last_resnets_on_request_and_on_cuda_by_defau
     from mmssl.run import resolve_config
 
     def encoder(*overrides):
-        task, cfg = resolve_config("simclr_image", None, {"output_dir": "unused"}, ["backbone=resnet18", *overrides])
+        task, cfg = resolve_config("simclr_image", None, {"output_dir": "unused"}, ["encoder.name=resnet", *overrides])
         return task.build_encoder(cfg)
 
-    assert encoder("channels_last=true").channels_last and not encoder("channels_last=false").channels_last
+    assert encoder("encoder.resnet.channels_last=true").channels_last
+    assert not encoder("encoder.resnet.channels_last=false").channels_last
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not encoder().channels_last
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
