@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.config import ConfigError
+from mmssl.encoders.convnet import ConvNetSettings
+from mmssl.encoders.resnet import ResNetSettings
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.jigsaw import Jigsaw, JigsawSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
+from mmssl.tasks.sections import EncoderSection
+
+
+@dataclasses.dataclass(frozen=True)
+class TileEncoders(EncoderSection):
+    """Conv nets only: a ViT's positions are laid out for whole images, not for tiles a third their side."""
+
+    name: str = "convnet"
+    convnet: ConvNetSettings = ConvNetSettings()
+    resnet: ResNetSettings = ResNetSettings(small_stem=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class JigsawImageConfig(ImageConfig):
+    encoder: TileEncoders = TileEncoders()
     objective: JigsawSettings = JigsawSettings(
         tile_dim=128,  # per-tile width and head sized to the demo conv net's 256 features, not AlexNet's
         hidden=512,
@@ -29,11 +41,6 @@ class JigsawImage(ImageTask):
     objective = "jigsaw"
     Config = JigsawImageConfig
     single_view = True
-
-    def check_config(self, cfg: JigsawImageConfig) -> None:
-        super().check_config(cfg)
-        if cfg.backbone == "vit":  # a ViT's positions are built for whole images, not tiles a third the size
-            raise ConfigError("jigsaw_image encodes tiles a third of the image's side; use backbone=convnet or resnet18/50")
 
     def build_objective(self, cfg: JigsawImageConfig, **extra) -> Jigsaw:
         objective = super().build_objective(cfg, **extra)

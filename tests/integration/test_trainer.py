@@ -196,7 +196,7 @@ def test_views_in_the_workers_train_as_views_on_the_device(tmp_path):
     runs = {}
     for placement in ("device", "workers"):
         task, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path / placement), "max_steps": 4},
-                                   ["num_workers=2", "batch_size=8", "convnet_widths=8,8,8,8", "log_every=1",
+                                   ["num_workers=2", "batch_size=8", "encoder.convnet.widths=8,8,8,8", "log_every=1",
                                     "save_every=4", "monitor_every=0", "evaluate=false", f"view_placement={placement}"])
         run_training(task, cfg)
         rows = [json.loads(line) for line in (tmp_path / placement / "metrics.jsonl").read_text().splitlines()]

@@ -272,8 +272,8 @@ def _close(a, b) -> None:
 
 @pytest.mark.parametrize("key, extra", [
     ("simclr_audio", {}), ("colorize_video", {}), ("mae_video", {}),
-    ("simclr_image", {"batch_size": 4, "convnet_widths": "8,8,8,8"}),
-    ("swav_image", {"batch_size": 4, "convnet_widths": "8,8,8,8", "views.1.crops": 2, "views.1.size": 16}),
+    ("simclr_image", {"batch_size": 4, "encoder.convnet.widths": "8,8,8,8"}),
+    ("swav_image", {"batch_size": 4, "encoder.convnet.widths": "8,8,8,8", "views.1.crops": 2, "views.1.size": 16}),
 ])
 def test_views_made_in_the_loader_workers_equal_views_made_after_collation(key, extra, tmp_path):
     """view_placement=workers: a worker applies on_device to the batch it collated; the result is the

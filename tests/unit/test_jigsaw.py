@@ -105,7 +105,7 @@ def test_the_permutation_set_is_a_checkpoint_buffer_and_travels_with_the_encoder
 
 @pytest.mark.parametrize("override, needle", [("objective.num_permutations=0", "between 1 and"),
                                               ("objective.grid=1", "grid >= 2"),
-                                              ("backbone=vit", "tiles")])
+                                              ("encoder.name=vit", "convnet or resnet")])
 def test_bad_jigsaw_settings_are_one_config_error(override, needle, tmp_path):
     with pytest.raises(ConfigError, match=needle):
         task, cfg = resolve_config("jigsaw_image", None, {"output_dir": str(tmp_path)}, [override])
