@@ -23,7 +23,7 @@ class SupConImageConfig(ImageConfig):
     objective: SupConSettings = SupConSettings(
         proj_hidden=256,  # the paper's hidden layer is as wide as ResNet-50's features; here the conv net's 256
     )
-    # SimCLR's views, as the paper's "SimAugment": crops of 20-100% (the paper: 8-100%), flip, jitter
+    # SimCLR's demo views: crops of 20-100%, flip, jitter
     # 0.4 / 0.4 / 0.4 / 0.1 with p 0.8, grayscale p 0.2; no blur at 32 px.
     views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
 
