@@ -64,6 +64,39 @@ def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+class _ReduceWithGrad(torch.autograd.Function):
+    """all_reduce (sum) whose backward is an all_reduce (sum) of the incoming gradient.
+
+    The sum's adjoint is itself: every process's loss L_p reads the same sum, so the gradient of
+    sum_p L_p w.r.t. this process's summand is the sum over p of the gradients they received.
+    With DDP averaging the parameter gradients afterwards, the result equals one process
+    computing the loss on the global batch (as for ``all_gather`` above).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous().clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over processes, out of place, keeping gradients (identity with one process).
+
+    For statistics of the global batch built from per-process sums (Barlow Twins' cross-correlation);
+    ``all_reduce_sum`` below is in place and drops gradients.
+    """
+    if world_size() == 1:
+        return x
+    return _ReduceWithGrad.apply(x)
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """In-place sum over processes (no-op with one process); returns ``x``."""
     if world_size() > 1:

@@ -84,3 +84,27 @@ def dark_and_light_folder(root, train: int, test: int):
             for i in range(count):
                 Image.new("RGB", (16, 16), (30 + 180 * k, 20 * i, 90)).save(root / split / cls / f"{i}.png")
     return root
+
+
+class StripeImages:
+    """n 16 px images whose class is the orientation of their stripes (0 horizontal, 1 vertical,
+    2 and 3 the two diagonals), each with a random period (4-6 px), phase and pair of colours: the
+    colours and the phase carry most of the pixels' variance, the orientation the label."""
+
+    def __init__(self, n: int, name: str, seed: int = 0, size: int = 16):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 4
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        coords = torch.stack([yy, xx, yy + xx, yy - xx]).float()  # (4, S, S): the distance along each orientation
+        period = torch.randint(4, 7, (n, 1, 1), generator=g).float()
+        phase = torch.rand(n, 1, 1, generator=g) * period
+        on = ((coords[self.labels] + phase) % period < period / 2).float()[:, None]  # (n, 1, S, S)
+        fg, bg = torch.rand(n, 3, 1, 1, generator=g), torch.rand(n, 3, 1, 1, generator=g)
+        self.images = ((on * fg + (1 - on) * bg) * 255).round().to(torch.uint8)  # (n, 3, S, S)
+        self.name, self.vocab = name, ["horizontal", "vertical", "diagonal", "anti-diagonal"]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}

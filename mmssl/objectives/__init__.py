@@ -1,4 +1,19 @@
 """Objectives: ``forward(batch) -> {"loss": ..., metrics...}``; state updates are explicit methods.
 
 Importing each module registers its objectives."""
-from mmssl.objectives import byol, colorization, cpc, jigsaw, mae, moco, rotnet, simclr, simsiam, swav, tcn  # noqa: F401
+from mmssl.objectives import (  # noqa: F401
+    barlow_twins,
+    byol,
+    colorization,
+    cpc,
+    jigsaw,
+    mae,
+    moco,
+    rotnet,
+    simclr,
+    simsiam,
+    supcon,
+    swav,
+    tcn,
+    vicreg,
+)

@@ -145,6 +145,8 @@ def _cases(work: Path, audiofolder: Path, checkpoint: Path) -> dict[str, tuple[l
                              *out("r8"), *tiny_image], False),
         "only_unreadable_images": (["--task", "simclr_image", "--dataset", str(bad_images), *out("r9"), *tiny_image],
                                    False),
+        "supcon_without_labels": (["--task", "supcon_image", "--dataset", str(images), *out("r10"), *tiny_image],
+                                  False),
         "no_label_column": (["probe", "--checkpoint", str(checkpoint), "--dataset", str(audiofolder),
                              "--label-column", "speaker_id"], True),
     }
@@ -233,6 +235,10 @@ def test_missing_label_column_names_the_columns(cli):
 
 def test_missing_image_column_names_the_columns(cli):
     assert_one_error(cli["no_image_column"].result(), "picture", "image", "label")
+
+
+def test_supcon_refuses_a_dataset_without_a_label_column(cli):
+    assert_one_error(cli["supcon_without_labels"].result(), "supcon_image", "--label-column")
 
 
 def test_only_unreadable_images_names_the_files(cli):

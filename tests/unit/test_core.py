@@ -36,6 +36,9 @@ SMOKE = {
     "swav_image": {**_IMG, **_HEAD, "objective.num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image": {**_IMG},
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
+    "barlow_twins_image": {**_IMG, **_HEAD},
+    "vicreg_image": {**_IMG, **_HEAD},
+    "supcon_image": {**_IMG, **_HEAD},
     "mae_image": {**_VIT, "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2},
     # the other backbones, through a two-view and a multi-crop method (local crops of another size)
     "simclr_image/resnet18": {**_IMG, **_HEAD, "encoder.name": "resnet"},

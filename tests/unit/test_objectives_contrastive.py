@@ -6,12 +6,15 @@ import torch.nn.functional as F
 from host_reads import host_reads
 from tiny_encoders import BNEncoder, TinyEncoder
 
+from mmssl.objectives.barlow_twins import BarlowTwins
 from mmssl.objectives.byol import BYOL
 from mmssl.objectives.moco import MoCo
 from mmssl.objectives.rotnet import RotNet
 from mmssl.objectives.simclr import SimCLR
 from mmssl.objectives.simsiam import SimSiam
+from mmssl.objectives.supcon import SupCon
 from mmssl.objectives.swav import SwAV
+from mmssl.objectives.vicreg import VICReg
 
 B = 8
 
@@ -38,6 +41,10 @@ BUILDERS = {
     "swav": (lambda: SwAV(TinyEncoder(), proj_hidden=32, proj_dim=16, num_prototypes=10),
              lambda: {"views": [images(), images(seed=1), images(size=4, seed=2), images(size=4, seed=3)]}),
     "rotnet": (lambda: RotNet(TinyEncoder()), lambda: {"input": images(), "label": torch.zeros(B)}),
+    "barlow_twins": (lambda: BarlowTwins(TinyEncoder(), proj_hidden=32, proj_dim=16), two_views),
+    "vicreg": (lambda: VICReg(TinyEncoder(), proj_hidden=32, proj_dim=16), two_views),
+    "supcon": (lambda: SupCon(TinyEncoder(), proj_hidden=32, proj_dim=16),
+               lambda: {**two_views(), "label": torch.arange(B) % 3}),
 }
 TARGETS = ("momentum_encoder", "momentum_projector", "target_encoder", "target_projector")
 
@@ -311,3 +318,9 @@ def test_bad_arguments_are_value_errors():
         SwAV(TinyEncoder(), num_prototypes=1)
     with pytest.raises(ValueError):
         RotNet(TinyEncoder(), num_classes=3)
+    with pytest.raises(ValueError, match="label"):
+        SupCon(TinyEncoder(), proj_hidden=32, proj_dim=16)({"views": [images(), images()]})
+    with pytest.raises(ValueError):
+        BarlowTwins(TinyEncoder(), lambd=-1)
+    with pytest.raises(ValueError):
+        VICReg(TinyEncoder(), gamma=0)

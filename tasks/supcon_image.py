@@ -1,0 +1,57 @@
+"""supcon_image: supervised contrastive learning (arXiv:2004.11362) on images: two augmented
+views; every view of the same class in the global batch is a positive. The one image task that
+trains on labels: the label column's values ride with each item to the objective."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mmssl.config import ConfigError
+from mmssl.data import train_loader
+from mmssl.errors import DataError
+from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.objectives.supcon import SupConSettings
+from mmssl.registry import TASKS
+from mmssl.tasks.image_base import ImageConfig, ImageTask
+
+
+@dataclasses.dataclass(frozen=True)
+class SupConImageConfig(ImageConfig):
+    objective: SupConSettings = SupConSettings(
+        proj_hidden=256,  # the paper's hidden layer is as wide as ResNet-50's features; here the conv net's 256
+    )
+    # SimCLR's demo views: crops of 20-100%, flip, jitter
+    # 0.4 / 0.4 / 0.4 / 0.1 with p 0.8, grayscale p 0.2; no blur at 32 px.
+    views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
+
+
+@TASKS.register("supcon_image")
+class SupConImage(ImageTask):
+    name = "supcon_image"
+    encoder = "convnet | vit | resnet"
+    objective = "supcon"
+    Config = SupConImageConfig
+
+    def check_config(self, cfg: SupConImageConfig) -> None:
+        super().check_config(cfg)
+        if cfg.dataset != "demo" and cfg.label_column is None:
+            raise ConfigError(f"{self.name} trains on labels: pass --label-column COLUMN (the demo data's are "
+                              f"the shapes' classes)")
+
+    def make_item(self, cfg: SupConImageConfig) -> Callable[[dict, torch.Generator], dict]:
+        """The base's item plus {"label": int, -1 for an unlabelled row}."""
+        make = super().make_item(cfg)
+        return lambda item, gen: {**make(item, gen), "label": item["label"]}
+
+    def on_device(self, cfg: SupConImageConfig, batch: dict) -> dict:
+        """The base's {"views": [...]} plus "label": (B,) int64."""
+        return {**super().on_device(cfg, batch), "label": batch["label"]}
+
+    def train_loader(self, cfg: SupConImageConfig, start_batch: int, world: int, rank: int) -> Any:
+        if cfg.streaming:
+            raise DataError("image tasks read map-style datasets; drop --streaming")
+        return train_loader(self.source(cfg, cfg.split, labels=True), self.make_item(cfg), cfg.batch_size, world,
+                            rank, cfg.seed, start_batch, cfg.num_workers)
