@@ -3,6 +3,7 @@ from mmssl.tasks import (  # noqa: F401
     byol_image,
     colorize_video,
     cpc_audio,
+    dino_image,
     mae_audio,
     mae_image,
     mae_video,
