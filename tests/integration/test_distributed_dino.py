@@ -3,6 +3,7 @@ the DDP-averaged gradients and the centre, whose batch mean is all-reduced acros
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -11,6 +12,7 @@ from tiny_encoders import TinyEncoder
 from mmssl.objectives.dino import DINO
 
 GLOBAL_BATCH, K = 8, 12
+pytestmark = pytest.mark.slow  # launches two processes
 
 
 def make():
