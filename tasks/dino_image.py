@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmssl.config import ConfigError
 from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.dino import DINO, DINOSettings
 from mmssl.registry import TASKS
@@ -24,8 +25,8 @@ class DINOImageConfig(ImageConfig):
         momentum_teacher=0.99,
     )
     # Multi-crop: 2 global crops (40-100% of the area, image_size) and 4 local ones (5-40%, 16 px), the
-    # paper's scale split; SimCLR's colour ops; no blur at 32 px, as in the CIFAR recipes. The first
-    # group's crops are the global ones, which the teacher sees.
+    # paper's scale split; SimCLR's colour ops; no blur at 32 px, as in the CIFAR recipes. The leading
+    # crops at image_size are the global ones, which the teacher sees.
     views: tuple[ViewSettings, ...] = (
         ViewSettings(crops=2, min_scale=0.4, max_scale=1.0, blur_prob=0.0),
         ViewSettings(crops=4, size=16, min_scale=0.05, max_scale=0.4, blur_prob=0.0),
@@ -39,6 +40,22 @@ class DINOImage(ImageTask):
     objective = "dino"
     Config = DINOImageConfig
 
+    def check_config(self, cfg: DINOImageConfig) -> None:
+        super().check_config(cfg)
+        if global_crops(self.view_settings(cfg), cfg.image_size) == 0:
+            raise ConfigError(f"dino_image: the first group of views must be global crops at image_size "
+                              f"({cfg.image_size} px), the teacher's inputs; views.0.size is {cfg.views[0].size}")
+
     def build_objective(self, cfg: DINOImageConfig) -> DINO:
-        # The leading group's crops are the global ones, the teacher's inputs: the views say how many.
-        return super().build_objective(cfg, global_crops=cfg.views[0].crops)
+        return super().build_objective(cfg, global_crops=global_crops(self.view_settings(cfg), cfg.image_size))
+
+
+def global_crops(views: tuple[ViewSettings, ...], image_size: int) -> int:
+    """The teacher's inputs: the crops of the leading groups at the encoder's full size (``views`` with
+    their sizes set). Two groups of one full-size crop each (an asymmetric pair) are both global."""
+    count = 0
+    for v in views:
+        if v.size != image_size:
+            break
+        count += v.crops
+    return count

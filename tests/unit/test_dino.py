@@ -2,6 +2,7 @@
 multi-crop and the centre) and against lightly's DINOLoss; the teacher and the centre change only in
 after_step and the teacher gets no gradient; the schedules and the frozen last layer."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from tiny_encoders import TinyEncoder
 from mmssl.objectives.dino import DINO, dino_loss
 
 B, K = 6, 10
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def crops(seed=0, local=2):
@@ -169,3 +171,17 @@ def test_bad_settings_are_value_errors():
             build(**kw)
     with pytest.raises(ValueError, match="global crops"):
         DINO(TinyEncoder(), out_dim=K, hidden_dim=8, bottleneck_dim=4, global_crops=3)(crops(local=0))
+
+
+def test_the_task_counts_the_leading_full_size_crops_as_global():
+    from mmssl.config import ConfigError
+    from mmssl.run import resolve_config
+    from mmssl.tasks.dino_image import global_crops
+
+    task, cfg = resolve_config("dino_image", None, {}, [])
+    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # 2 global + 4 local 16 px crops
+    task, cfg = resolve_config("dino_image", str(ROOT / "configs" / "dino_cifar10.yaml"), {}, [])
+    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # the asymmetric pair: both global
+    assert task.build_objective(cfg).global_crops == 2
+    with pytest.raises(ConfigError, match="global crops at image_size"):
+        resolve_config("dino_image", None, {}, ["views.0.size=16"])
