@@ -79,8 +79,8 @@ class DINOSettings:
     """DINO's settings, defaults from the paper's reference code (github.com/facebookresearch/dino,
     main_dino.py): a 3-layer 2048-wide head with a 256-d bottleneck and K = 65536 outputs, a
     weight-normalised last layer of unit norm (``norm_last_layer``), no BatchNorm in the head,
-    tau_s = 0.1, tau_t = 0.04 (the paper's Sec. 4 warms tau_t up from 0.04 to 0.07 over 30 epochs:
-    ``teacher_temp=0.07`` with ``warmup_teacher_temp_steps``), centre momentum m = 0.9 and a teacher
+    tau_s = 0.1, tau_t = 0.04 (the paper's implementation details warm tau_t up from 0.04 to 0.07
+    over 30 epochs: ``teacher_temp=0.07`` with ``warmup_teacher_temp_steps``), centre momentum m = 0.9 and a teacher
     momentum rising from 0.996 to 1 on a cosine. The paper counts the temperature warm-up and the
     frozen last layer (1 epoch) in epochs; an epoch's length in steps depends on the data, so here
     both are counted in optimizer steps and a recipe sets them (0: none)."""
