@@ -68,7 +68,7 @@ def _dino_learns(tmp_path):
                                ["num_workers=0", "monitor_every=0", "log_every=50", "save_every=1000", "image_size=16",
                                 "convnet_widths=16,32,64", "batch_size=32", "warmup_steps=10", "views.1.size=8",
                                 "views.1.crops=2", "objective.out_dim=256", "objective.hidden_dim=128",
-                                "objective.bottleneck_dim=64", *colour])
+                                "objective.bottleneck_dim=64", "objective.momentum_teacher=0.99", *colour])
     objective, _ = train(task, cfg, Accelerator(cpu=True))
     encoder = objective.export_encoder()
     random = task.random_encoder(cfg, encoder)
