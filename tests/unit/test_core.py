@@ -34,6 +34,8 @@ SMOKE = {
     "byol_image": {**_IMG, **_HEAD, "objective.pred_hidden": 16},
     "simsiam_image": {**_IMG, "objective.proj_dim": 16, "objective.pred_hidden": 8},
     "swav_image": {**_IMG, **_HEAD, "objective.num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8},
+    "dino_image": {**_IMG, "objective.out_dim": 16, "objective.hidden_dim": 16, "objective.bottleneck_dim": 8,
+                   "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image": {**_IMG},
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
     "barlow_twins_image": {**_IMG, **_HEAD},

@@ -1,0 +1,187 @@
+"""DINO (arXiv:2104.14294): the loss against a loop written from the paper's Algorithm 1 (with
+multi-crop and the centre) and against lightly's DINOLoss; the teacher and the centre change only in
+after_step and the teacher gets no gradient; the schedules and the frozen last layer."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from host_reads import host_reads
+from tiny_encoders import TinyEncoder
+
+from mmssl.objectives.dino import DINO, dino_loss
+
+B, K = 6, 10
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def crops(seed=0, local=2):
+    """Two global crops (8 px) and ``local`` local ones (4 px) of B images."""
+    g = torch.Generator().manual_seed(seed)
+    return {"views": [torch.randn(B, 3, 8, 8, generator=g) for _ in range(2)]
+            + [torch.randn(B, 3, 4, 4, generator=g) for _ in range(local)]}
+
+
+def build(**kw):
+    torch.manual_seed(0)
+    settings = {"out_dim": K, "hidden_dim": 16, "bottleneck_dim": 8, **kw}
+    return DINO(TinyEncoder(), **settings)
+
+
+def reference_loss(student, teacher, center, tps, tpt):
+    """Algorithm 1, one scalar at a time: H(t, s) = -sum_k P_t[k] log P_s[k], P_t = softmax((t - C) / tpt),
+    P_s = softmax(s / tps), summed over every (teacher crop i, student crop v != i) and every sample,
+    then divided by the number of pairs and the batch size (the reference code's average)."""
+    total, pairs = 0.0, 0
+    for i, t in enumerate(teacher):
+        for v, s in enumerate(student):
+            if v == i:
+                continue
+            pairs += 1
+            for b in range(len(t)):
+                zt = [math.exp((float(t[b, k]) - float(center[k])) / tpt) for k in range(t.shape[1])]
+                zs = [math.exp(float(s[b, k]) / tps) for k in range(s.shape[1])]
+                total -= sum(zt[k] / sum(zt) * math.log(zs[k] / sum(zs)) for k in range(t.shape[1]))
+    return total / (pairs * len(teacher[0]))
+
+
+def test_loss_matches_algorithm_1_with_multi_crop_and_centre():
+    g = torch.Generator().manual_seed(0)
+    student = [torch.randn(B, K, generator=g) for _ in range(5)]  # 2 global + 3 local crops
+    teacher = [torch.randn(B, K, generator=g) for _ in range(2)]
+    center = torch.randn(K, generator=g)
+    loss = dino_loss(student, teacher, center, 0.1, 0.04)
+    assert loss.item() == pytest.approx(reference_loss(student, teacher, center, 0.1, 0.04), rel=1e-5)
+    # without multi-crop the pairs are (t1, s2) and (t2, s1): Algorithm 1's H(t1, s2)/2 + H(t2, s1)/2
+    two = dino_loss(student[:2], teacher, center, 0.1, 0.04)
+    assert two.item() == pytest.approx(reference_loss(student[:2], teacher, center, 0.1, 0.04), rel=1e-5)
+    # the centre matters
+    assert not torch.isclose(loss, dino_loss(student, teacher, torch.zeros(K), 0.1, 0.04))
+
+
+def test_objective_loss_is_the_loss_of_its_student_and_teacher():
+    dino = build(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
+    dino.center.copy_(torch.randn(K))
+    dino.steps_done.fill_(4)  # tau_t = 0.04 + 0.03 * 4 / 10
+    batch = crops()
+    out = dino(batch)
+    with torch.no_grad():
+        def head(enc, h, x):
+            return h(enc.pool(enc.forward_features(x)))
+        student = [head(dino.encoder, dino.head, x) for x in batch["views"]]
+        teacher = [head(dino.teacher_encoder, dino.teacher_head, x) for x in batch["views"][:2]]
+        expected = reference_loss(student, teacher, dino.center, 0.1, 0.04 + 0.03 * 0.4)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_lightly_dino_loss_gives_the_same_value():
+    lightly_loss = pytest.importorskip("lightly.loss").DINOLoss
+    g = torch.Generator().manual_seed(1)
+    student = [torch.randn(B, K, generator=g) for _ in range(6)]
+    teacher = [torch.randn(B, K, generator=g) for _ in range(2)]
+    theirs = lightly_loss(output_dim=K, warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
+                          student_temp=0.1, center_momentum=0.9)
+    center = torch.randn(K, generator=g)
+    theirs.center.copy_(center.view_as(theirs.center))
+    expected = theirs(teacher, student, teacher_temp=0.04)
+    torch.testing.assert_close(dino_loss(student, teacher, center, 0.1, 0.04), expected)
+    # and the same centre after one update on these teacher outputs
+    ours = build(center_momentum=0.9)
+    ours.center.copy_(center)
+    ours._pending.append((torch.cat(teacher).sum(0), 2 * B))
+    ours.after_step(1, 10)
+    torch.testing.assert_close(ours.center, theirs.center.view(K))
+
+
+def params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_teacher_and_centre_change_only_in_after_step():
+    dino = build(center_momentum=0.8, momentum_teacher=0.9)
+    dino.center.copy_(torch.randn(K))
+    opt = torch.optim.SGD([p for p in dino.parameters() if p.requires_grad], lr=0.5)
+    teacher, center = params(dino.teacher_encoder) + params(dino.teacher_head), dino.center.clone()
+    batches = [crops(seed=0), crops(seed=1)]
+    with torch.no_grad():  # the teacher's logits before any update, both micro-batches
+        logits = torch.cat([dino.teacher_head(torch.cat([dino.teacher_encoder.pool(dino.teacher_encoder.forward_features(
+            torch.cat(b["views"][:2])))])) for b in batches])  # (2 * 2B, K)
+    opt.zero_grad()
+    for batch in batches:  # gradient accumulation: one optimizer step for two micro-batches
+        (dino(batch)["loss"] / 2).backward()
+    for n, p in dino.named_parameters():
+        if n.startswith("teacher_"):
+            assert not p.requires_grad and p.grad is None, n
+        elif p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+    assert not dino.head.last_g.requires_grad  # norm_last_layer: unit-norm rows, g fixed
+    opt.step()
+    for new, old in zip(params(dino.teacher_encoder) + params(dino.teacher_head), teacher):
+        torch.testing.assert_close(new, old)  # forward and the step leave the teacher alone
+    torch.testing.assert_close(dino.center, center)
+    with host_reads() as reads:  # the updates stay on the device
+        dino.after_step(3, 10)
+    assert not reads, reads
+    tau = dino.momentum_at(3, 10)
+    for new, old, s in zip(params(dino.teacher_encoder) + params(dino.teacher_head), teacher,
+                           params(dino.encoder) + params(dino.head)):
+        torch.testing.assert_close(new, tau * old + (1 - tau) * s)
+    torch.testing.assert_close(dino.center, 0.8 * center + 0.2 * logits.mean(0))
+    assert int(dino.steps_done) == 3 and not dino._pending
+    dino.after_step(4, 10)  # nothing pending: the centre stays
+    torch.testing.assert_close(dino.center, 0.8 * center + 0.2 * logits.mean(0))
+    dino.eval()
+    dino(crops())  # evaluation forwards do not move the centre
+    assert not dino._pending
+    assert {"center", "steps_done"} <= set(dino.state_dict())
+
+
+def test_schedules():
+    dino = build(momentum_teacher=0.996, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=30)
+    assert dino.momentum_at(0, 100) == pytest.approx(0.996)
+    assert dino.momentum_at(50, 100) == pytest.approx(0.998)
+    assert dino.momentum_at(100, 100) == pytest.approx(1.0)
+    for step, temp in [(0, 0.04), (15, 0.055), (30, 0.07), (90, 0.07)]:
+        dino.steps_done.fill_(step)
+        assert dino.teacher_temp_now().item() == pytest.approx(temp)
+    assert build().teacher_temp_now().item() == pytest.approx(0.04)  # the reference code's constant 0.04
+
+
+def test_last_layer_frozen_for_the_first_steps_and_unit_norm():
+    dino = build(freeze_last_layer_steps=1)
+    w = dino.head.last_g * F.normalize(dino.head.last_v, dim=1)
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(K))
+    with host_reads() as reads:
+        dino(crops())["loss"].backward()
+    assert not reads, reads
+    assert dino.head.last_v.grad.abs().sum() == 0 and dino.head.mlp[0].weight.grad.abs().sum() > 0
+    dino.zero_grad()
+    dino.after_step(1, 10)
+    dino(crops())["loss"].backward()
+    assert dino.head.last_v.grad.abs().sum() > 0
+    free = build(norm_last_layer=False)
+    free(crops())["loss"].backward()
+    assert free.head.last_g.requires_grad and free.head.last_g.grad.abs().sum() > 0
+
+
+def test_bad_settings_are_value_errors():
+    for kw in ({"student_temp": 0}, {"out_dim": 0}, {"center_momentum": 1.5}, {"freeze_last_layer_steps": -1}):
+        with pytest.raises(ValueError, match="DINO needs"):
+            build(**kw)
+    with pytest.raises(ValueError, match="global crops"):
+        DINO(TinyEncoder(), out_dim=K, hidden_dim=8, bottleneck_dim=4, global_crops=3)(crops(local=0))
+
+
+def test_the_task_counts_the_leading_full_size_crops_as_global():
+    from mmssl.config import ConfigError
+    from mmssl.run import resolve_config
+    from mmssl.tasks.dino_image import global_crops
+
+    task, cfg = resolve_config("dino_image", None, {}, [])
+    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # 2 global + 4 local 16 px crops
+    task, cfg = resolve_config("dino_image", str(ROOT / "configs" / "dino_cifar10.yaml"), {}, [])
+    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # the asymmetric pair: both global
+    assert task.build_objective(cfg).global_crops == 2
+    with pytest.raises(ConfigError, match="global crops at image_size"):
+        resolve_config("dino_image", None, {}, ["views.0.size=16"])
