@@ -3,6 +3,7 @@ set of maximally distant permutations, which a head on the shared encoder's tile
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from mmssl.encoders.convnet import ConvNetSettings
 from mmssl.encoders.resnet import ResNetSettings
@@ -25,6 +26,7 @@ class TileEncoders(EncoderSection):
 @dataclasses.dataclass(frozen=True)
 class JigsawImageConfig(ImageConfig):
     encoder: TileEncoders = TileEncoders()
+    renamed: ClassVar[dict[str, str]] = {k: v for k, v in ImageConfig.renamed.items() if ".vit." not in v}
     objective: JigsawSettings = JigsawSettings(
         tile_dim=128,  # per-tile width and head sized to the demo conv net's 256 features, not AlexNet's
         hidden=512,
