@@ -2,12 +2,15 @@
 as their background (torch only, deterministic).
 
 The embedded demo (``synthetic.py``) paints every object in hues far from the background's, so
-copying colour is enough to track it. Here nothing about a small patch says object or background:
+copying colour is enough to track it. Here colour says nothing about object or background:
 
 - One procedural "photo" per scene, a seamless texture of band-limited noise (a coarse field that
-  picks colours from a palette of a few nearby hues, a fine grain that shades them). The
-  background shows it under the camera; every object, and 1-2 distractors, show other regions of
-  the same photo, turned. Object and background share palette, contrast and grain.
+  picks colours from a palette of a few nearby hues, an oriented grain of 7-14 px that shades
+  them, like wood or brushed metal). The background shows it under the camera; every object, and
+  1-2 distractors, show other regions of the same photo, turned so that their grain crosses the
+  background's (90 +- 14 degrees, then spinning by up to 29 degrees over the clip). Object and
+  background share palette, contrast and grain; what differs is the grain's direction, which only
+  structure at the scale of a stride-8 feature cell shows, and the distractors share even that.
 - Objects bend: a smooth, time-varying displacement field warps each object's outline and its
   texture together (non-rigid motion), on top of a smooth path, scaling and turning.
 - Distractors are unlabelled objects of the same kind; objects and distractors keep one random
@@ -20,9 +23,10 @@ evaluation set (``ambiguous_root()``), ``stream="train"`` scenes of the same kin
 videos, so a model trained on those never sees an evaluation scene. Scene i of a stream depends
 only on (i, stream). Rendering reuses the demo's shapes, paths, cameras and colour responses.
 
-Raw Lab pixels track these objects badly: at stride 8 an object cell's best match in the previous
-frame is right, but its next-best matches are just as often background cells of the same colours,
-so the top-k vote hands the object's label to the background within a few frames.
+Raw Lab pixels track these objects poorly: an 8 x 8 block of grain matches a block of the same
+grain at a similar phase, which the background, the distractors and the object itself all offer,
+so the top-k vote leaks labels across the object's edge over the clip. A tracker that sees the
+grain's direction, the object's outline and its motion can follow it.
 """
 from __future__ import annotations
 
@@ -35,21 +39,34 @@ import torch
 from mmssl.modalities.video import synthetic as base
 from mmssl.sources import cache_dir
 
-CACHE_VERSION = 1  # bump whenever the renderer's output or the layout changes
+CACHE_VERSION = 2  # bump whenever the renderer's output or the layout changes
 NUM_EVAL = 8  # sequences of the DAVIS-layout evaluation set
 TEX = 256  # texture side in texels; one world unit spans TEX_SCALE texels
 TEX_SCALE = 96.0  # about one texel per pixel in cam0 (128 px over ~1.4 world units)
-MID_BAND = (3, 12)  # cycles per texture of the photo's structure: 20-85 px, larger than a stride-8 cell
-MID, GRAIN = 0.5, 0.03  # contrast of that structure and of the fine grain, as fractions of the colour
+# The photo's structure is a grain of one orientation (wood, brushed metal, fabric) with a period
+# of 7-14 px: about one period per stride-8 feature cell, so a cell holds structure, not just a
+# colour. Structure coarser than a cell (as in version 1: 20-85 px) leaves every cell a flat patch
+# of the palette, alike on object and background.
+GRAIN_BAND = (18, 36)  # cycles per texture
+GRAIN_SPREAD = 0.25  # angular spread of the grain's orientation, radians
+MID, FINE = 0.35, 0.03  # contrast of the grain and of an isotropic fine noise, as fractions of the colour
+# An object shows its patch of the photo turned so that its grain crosses the background's: 90
+# degrees +- TURN, while it spins by at most SPIN over the clip, so the two stay >= 45 degrees apart.
+TURN, SPIN = 0.25, 0.5
 STREAMS = {"eval": 7331, "train": 4099}  # disjoint seed streams: evaluation set, training videos
 
 
-def _band_noise(r: np.random.Generator, lo: float, hi: float, beta: float) -> np.ndarray:
+def _band_noise(r: np.random.Generator, lo: float, hi: float, beta: float,
+                orientation: float | None = None) -> np.ndarray:
     """A seamless (TEX, TEX) noise field with amplitude ~ f^-beta between lo and hi cycles per
-    texture, standardised to zero mean and unit variance."""
+    texture, standardised to zero mean and unit variance; with ``orientation`` (radians) only
+    waves whose direction lies within about GRAIN_SPREAD of it: a grain."""
     f = np.fft.fftfreq(TEX) * TEX
     radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
     amp = np.where((radius >= lo) & (radius <= hi), np.maximum(radius, 1) ** -beta, 0.0)
+    if orientation is not None:
+        off = (np.arctan2(f[:, None], f[None, :]) - orientation + np.pi / 2) % np.pi - np.pi / 2  # a wave and its negative alike
+        amp = amp * np.exp(-0.5 * (off / GRAIN_SPREAD) ** 2)
     spectrum = amp * np.exp(2j * np.pi * r.random((TEX, TEX)))
     field = np.fft.ifft2(spectrum).real
     return (field - field.mean()) / max(field.std(), 1e-8)
@@ -58,8 +75,8 @@ def _band_noise(r: np.random.Generator, lo: float, hi: float, beta: float) -> np
 def _photo(r: np.random.Generator) -> torch.Tensor:
     """The scene's photo: RGB float (3, TEX, TEX) in [0, 1], seamless in both directions."""
     coarse = _band_noise(r, 2, 14, 1.0)  # regions of colour, 10-100 px across
-    mid = _band_noise(r, *MID_BAND, 1.0)  # structure inside them
-    grain = _band_noise(r, 30, 100, 0.0)  # fine grain, a few pixels
+    grain = _band_noise(r, *GRAIN_BAND, 0.0, orientation=r.uniform(0, np.pi))  # structure inside them
+    fine = _band_noise(r, 30, 100, 0.0)  # a few pixels
     hue0 = r.random()
     n = int(r.integers(3, 5))
     palette = np.stack([base._hsv((hue0 + r.uniform(-0.09, 0.09)) % 1.0, r.uniform(0.25, 0.7), r.uniform(0.35, 0.9))
@@ -69,7 +86,7 @@ def _photo(r: np.random.Generator) -> torch.Tensor:
     i = np.floor(pos).astype(int)
     w = (pos - i)[..., None]
     colour = (1 - w) * palette[i] + w * palette[i + 1]
-    shade = 1 + MID * mid + GRAIN * grain
+    shade = 1 + MID * grain + FINE * fine
     return torch.from_numpy(np.clip(colour * shade[..., None], 0, 1).transpose(2, 0, 1).astype(np.float32))
 
 
@@ -96,14 +113,17 @@ def _draw_scene(seed: int, stream: str) -> dict:
     layers = []
     for k in range(K + D):
         amp, freq = r.uniform(0.06, 0.22, (2, 2)), r.uniform(0.3, 1.0, (2, 2))
+        angle = r.uniform(0, 2 * np.pi)
         layers.append({
             "label": k < K, "shape": base.SHAPES[r.integers(len(base.SHAPES))],
             "radius": r.uniform(0.17, 0.27), "aspect": r.uniform(0.75, 1.3),
             "scale_amp": r.uniform(0.1, 0.3), "scale_freq": r.uniform(0.4, 1.2), "scale_phase": r.uniform(0, 2 * np.pi),
             "centre": r.uniform(-0.4, 0.4, 2), "amp": amp, "freq": freq, "phase": r.uniform(0, 2 * np.pi, (2, 2)),
-            "angle": r.uniform(0, 2 * np.pi), "spin": r.uniform(-1.5, 1.5),
+            "angle": angle, "spin": r.uniform(-SPIN, SPIN),
             "lobes": r.uniform(0.08, 0.18, 2), "lobe_phase": r.uniform(0, 2 * np.pi, 2),
-            "tex_offset": r.uniform(0, TEX, 2), "tex_angle": r.uniform(0, 2 * np.pi),
+            # the patch appears turned by angle(t) - tex_angle: about 90 degrees (or 270) at the start
+            "tex_offset": r.uniform(0, TEX, 2),
+            "tex_angle": angle - r.choice([1, -1]) * np.pi / 2 + r.uniform(-TURN, TURN),
             # non-rigid: displacement (in object units) of 2 plane waves per axis that travel over time
             "warp": {"dir": base._waves(r, 4, 0.3, 0.7)["dir"], "freq": r.uniform(0.3, 0.7, 4),
                      "amp": r.uniform(0.03, 0.07, 4), "speed": r.uniform(1.0, 2.5, 4) * r.choice([-1, 1], 4),

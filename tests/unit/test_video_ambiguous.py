@@ -1,6 +1,7 @@
 """The ambiguous DAVIS-layout set (modalities/video/synthetic_ambiguous.py): deterministic scenes
-whose objects share their background's texture, a layout DavisRoot reads and J&F scores, and a
-set where copying colour (raw pixel propagation) tracks far worse than on the colour demo."""
+whose objects share their background's colours and differ from it only in the orientation of a
+grain fine enough to fill a stride-8 cell, a layout DavisRoot reads and J&F scores, and a set where
+copying colour (raw pixel propagation) tracks, but far worse than on the colour demo."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmssl.cli import main
 from mmssl.evaluation.davis import evaluate_sequence, summarize
@@ -15,6 +17,7 @@ from mmssl.evaluation.propagation import propagate
 from mmssl.evaluation.video import features_for, lab_pixel_features, track_davis
 from mmssl.modalities.video import DavisRoot, davis_path, render_ambiguous_scene, render_scene, synthetic
 from mmssl.modalities.video import synthetic_ambiguous as ambiguous
+from mmssl.objectives.colorization import rgb_to_lab
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,8 @@ def test_layout_loads_through_davis_root_and_scores(small_root, tmp_path, monkey
     item = davis[0]
     rendered = render_ambiguous_scene(0, frames=8, size=64, cameras=1)
     assert torch.equal(item["masks"], rendered["masks"]) and item["frames"].shape == (8, 3, 64, 64)
-    assert (item["frames"].float() - rendered["cam0"].float()).abs().mean() < 4  # JPEG quality 95
+    # JPEG quality 95 over a grain of a few pixels at 64 px: a few levels off on average
+    assert (item["frames"].float() - rendered["cam0"].float()).abs().mean() < 8
     result = track_davis(features_for("pixels"), davis)
     assert 0 <= result["summary"]["J&F-Mean"] <= 1 and result["sequences"] == 2
     # and by name on the command line
@@ -83,9 +87,40 @@ def _pixel_jf(render, seeds) -> float:
     return summarize(per)["J&F-Mean"]
 
 
-def test_pixel_propagation_tracks_the_ambiguous_set_worse():
-    """Raw Lab pixels copy colour: they follow the colour demo's objects, not objects cut from
-    their background's own texture."""
+def test_pixel_propagation_tracks_the_ambiguous_set_worse_but_above_the_floor():
+    """Raw Lab pixels copy colour: they follow the colour demo's objects far better than objects
+    cut from their background's own photo, yet the grain's orientation keeps them off the floor
+    (the first version of the set, with no structure at the cell scale, gave 0.05 here)."""
     colour = _pixel_jf(lambda i: render_scene(i, frames=12, size=64), range(3))
     ambig = _pixel_jf(lambda i: render_ambiguous_scene(i, frames=12, size=64, cameras=1), range(3))
-    assert colour > ambig + 0.3, (colour, ambig)
+    assert colour > ambig + 0.2 and ambig > 0.1, (colour, ambig)
+
+
+def _interior(mask: torch.Tensor) -> torch.Tensor:
+    """bool (H, W) -> the pixels at least 2 px inside it, away from the antialiased edge."""
+    return -F.max_pool2d(-mask.float()[None, None], 5, 1, 2)[0, 0] > 0
+
+
+def _orientation(L: torch.Tensor, region: torch.Tensor) -> float:
+    """The dominant gradient direction (radians, modulo pi) of L over a region: the structure tensor's."""
+    gy, gx = torch.gradient(L)
+    jxx, jyy, jxy = ((a * b)[region].sum() for a, b in ((gx, gx), (gy, gy), (gx, gy)))
+    return 0.5 * float(torch.atan2(2 * jxy, jxx - jyy))
+
+
+def test_objects_show_the_photo_grain_crossed_and_it_fills_a_cell():
+    """What a tracker can use: inside every object the grain runs at least 45 degrees away from the
+    background's, and the grain is fine enough that a stride-8 cell holds structure, not one flat
+    colour (most of L's variance lies inside the cells)."""
+    for seed in range(4):
+        s = render_ambiguous_scene(seed, frames=1, size=128, cameras=1)
+        L, m = rgb_to_lab(s["cam0"].float() / 255)[0, 0], s["masks"][0]
+        background = _orientation(L, _interior(m == 0))
+        for k in range(1, int(m.max()) + 1):
+            inside = _interior(m == k)
+            if inside.sum() < 30:  # mostly hidden behind a distractor
+                continue
+            turn = abs((_orientation(L, inside) - background + np.pi / 2) % np.pi - np.pi / 2)
+            assert turn > np.pi / 4, (seed, k, np.degrees(turn))
+        cells = L.unfold(0, 8, 8).unfold(1, 8, 8)  # (16, 16, 8, 8)
+        assert cells.var(dim=(-1, -2)).mean() > 0.5 * L.var(), seed
