@@ -72,6 +72,7 @@ class ImageTask(Task):
     default_data = "embedded shapes (10 classes, 32 px)"
     Config = ImageConfig
     single_view = False  # True: the objective reads batch["input"] (one crop), else batch["views"]
+    train_labels = False  # True: training items carry the label column (supervised objectives)
 
     def encoder_spec(self, cfg: ImageConfig) -> dict:
         settings = cfg.encoder.chosen(self.name)
@@ -124,7 +125,7 @@ class ImageTask(Task):
                      batch_fn: Callable[[dict], dict] | None = None) -> Any:
         if cfg.streaming:
             raise DataError("image tasks read map-style datasets; drop --streaming")
-        return train_loader(self.source(cfg, cfg.split), self.make_item(cfg), cfg.batch_size, world, rank, cfg.seed,
+        return train_loader(self.source(cfg, cfg.split, labels=self.train_labels), self.make_item(cfg), cfg.batch_size, world, rank, cfg.seed,
                             start_batch, cfg.num_workers, batch_fn=batch_fn)
 
     def labelled_splits(self, cfg: ImageConfig) -> tuple[Any, Any] | None:

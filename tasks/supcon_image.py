@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from mmssl.config import ConfigError
-from mmssl.data import train_loader
-from mmssl.errors import DataError
 from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.supcon import SupConSettings
 from mmssl.registry import TASKS
@@ -34,6 +31,7 @@ class SupConImage(ImageTask):
     encoder = "convnet | vit | resnet"
     objective = "supcon"
     Config = SupConImageConfig
+    train_labels = True
 
     def check_config(self, cfg: SupConImageConfig) -> None:
         super().check_config(cfg)
@@ -49,9 +47,3 @@ class SupConImage(ImageTask):
     def on_device(self, cfg: SupConImageConfig, batch: dict) -> dict:
         """The base's {"views": [...]} plus "label": (B,) int64."""
         return {**super().on_device(cfg, batch), "label": batch["label"]}
-
-    def train_loader(self, cfg: SupConImageConfig, start_batch: int, world: int, rank: int) -> Any:
-        if cfg.streaming:
-            raise DataError("image tasks read map-style datasets; drop --streaming")
-        return train_loader(self.source(cfg, cfg.split, labels=True), self.make_item(cfg), cfg.batch_size, world,
-                            rank, cfg.seed, start_batch, cfg.num_workers)
