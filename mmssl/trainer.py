@@ -58,15 +58,14 @@ def _resumed_wall(out_dir: Path, step: int) -> float:
     return walls[-1] if walls else 0.0
 
 
-def views_in_workers(cfg: Any, device: torch.device) -> bool:
+def views_in_workers(cfg: Any) -> bool:
     """Whether ``task.on_device`` runs in the DataLoader workers (``cfg.view_placement``)."""
     if cfg.view_placement not in ("auto", "device", "workers"):
         raise ConfigError(f"view_placement must be auto, device or workers, not '{cfg.view_placement}'")
-    if cfg.view_placement == "auto":
-        # On an accelerator the views are fast there and the workers ship uint8; on a CPU the main
-        # process's step leaves a worker's core time that the views can fill.
-        return device.type == "cpu" and cfg.num_workers > 0
-    return cfg.view_placement == "workers"
+    # auto: on the device. On an accelerator the views are fast there and the workers ship uint8; on a
+    # CPU the training step's threads already use every core, so views made in a worker compete with
+    # them and the pipeline runs slower than with views made between steps (benchmarks/pipeline_speed.py).
+    return cfg.view_placement == "workers" and cfg.num_workers > 0
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -195,7 +194,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     out_dir = Path(cfg.output_dir)
     check_optimizer_name(cfg.optimizer)  # before anything is written
     accelerator = accelerator or Accelerator(log_with=cfg.log_with, project_dir=str(out_dir))
-    in_workers = views_in_workers(cfg, accelerator.device)  # a bad value fails before anything is written
+    in_workers = views_in_workers(cfg)  # a bad value fails before anything is written
     _prepare_output(accelerator, cfg, out_dir)
     set_seed(cfg.seed)
     objective = task.build_objective(cfg)
