@@ -81,7 +81,7 @@ def cmd_tasks(_: argparse.Namespace) -> None:
     for name in TASKS.names():
         t = TASKS.get(name)
         objective = f"{t.objective} ({t.objective_note})" if t.objective_note else t.objective
-        rows.append((name, t.modality, t.encoder, objective, t.default_data))
+        rows.append((name, t.modality, t.encoder_names(), objective, t.default_data))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])

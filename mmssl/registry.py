@@ -25,11 +25,14 @@ class Registry:
         self._items: dict[str, Any] = {}
 
     def register(self, name: str) -> Callable[[Any], Any]:
-        """Decorator: ``@ENCODERS.register("vit_tiny")``. A duplicate name raises."""
+        """Decorator: ``@ENCODERS.register("vit_tiny")``. A duplicate name raises. A class whose ``name``
+        attribute is empty (a task) takes the registered name, so the name is written once."""
 
         def add(obj: Any) -> Any:
             if name in self._items:
                 raise RegistryError(f"{self.kind} '{name}' is already registered")
+            if isinstance(obj, type) and getattr(obj, "name", None) == "":
+                obj.name = name
             self._items[name] = obj
             return obj
 

@@ -18,19 +18,32 @@ from mmssl.registry import OBJECTIVES
 class Task:
     """Subclass, set the class attributes and register with ``@TASKS.register(name)``."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by the registration
     modality: ClassVar[str] = ""
-    encoder: ClassVar[str] = ""
+    encoder: ClassVar[str] = ""  # shown by ``mmssl tasks``; empty: the choices of the config's encoder section
     objective: ClassVar[str] = ""  # the OBJECTIVES key; the config's ``objective`` field holds its settings
     objective_note: ClassVar[str] = ""  # shown beside it by ``mmssl tasks``, e.g. "tube masking"
     default_data: ClassVar[str] = "demo"
     Config: ClassVar[type[TrainConfig]] = TrainConfig
 
+    @classmethod
+    def encoder_names(cls) -> str:
+        """The encoder column of ``mmssl tasks`` and the run's header line."""
+        if cls.encoder:
+            return cls.encoder
+        section = next((f.default for f in dataclasses.fields(cls.Config) if f.name == "encoder"), None)
+        return section.describe() if section is not None else ""
+
     def default_config(self) -> TrainConfig:
         return self.Config(task=self.name, output_dir=f"runs/{self.name}")
 
     def check_config(self, cfg: Any) -> None:
-        """Raise a one-line ConfigError for a bad task-specific setting, before anything loads."""
+        """Raise a one-line ConfigError for a bad task-specific setting, before anything loads. The
+        base checks every section of ``cfg`` that can check itself (a ``check()`` method)."""
+        for field in dataclasses.fields(cfg):
+            check = getattr(getattr(cfg, field.name), "check", None)
+            if callable(check):
+                check()
 
     def build_encoder(self, cfg: Any) -> nn.Module:
         return build_encoder(self.encoder_spec(cfg))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.modalities.vision.augment import ViewSettings, byol_views
 from mmssl.objectives.barlow_twins import BarlowTwinsSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
@@ -18,18 +18,10 @@ class BarlowTwinsImageConfig(ImageConfig):
         proj_hidden=1024,
         proj_dim=1024,
     )
-    # The paper's views are BYOL's asymmetric pair: crops (40-100% here, so both views usually keep
-    # the shape), flip, jitter 0.4 / 0.4 / 0.2 / 0.1 with p 0.8, grayscale p 0.2, the second view
-    # solarized with p 0.2. No blur at 32 px, as the CIFAR recipes.
-    views: tuple[ViewSettings, ...] = (
-        ViewSettings(min_scale=0.4, saturation=0.2, blur_prob=0.0),
-        ViewSettings(min_scale=0.4, saturation=0.2, blur_prob=0.0, solarize_prob=0.2),
-    )
+    views: tuple[ViewSettings, ...] = byol_views(min_scale=0.4)  # the paper's views are BYOL's
 
 
 @TASKS.register("barlow_twins_image")
 class BarlowTwinsImage(ImageTask):
-    name = "barlow_twins_image"
-    encoder = "convnet | vit | resnet"
     objective = "barlow_twins"
     Config = BarlowTwinsImageConfig

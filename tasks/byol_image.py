@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.modalities.vision.augment import ViewSettings, byol_views
 from mmssl.objectives.byol import BYOLSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
@@ -22,19 +22,10 @@ class BYOLImageConfig(ImageConfig):
         # worse here, so the target still helps (docs/results/image.md).
         base_momentum=0.9,
     )
-    # The asymmetric pair: both crop (40-100% here, large enough that both views usually keep the
-    # shape), flip, jitter 0.4 / 0.4 / 0.2 / 0.1 with p 0.8, grayscale p 0.2; the second view solarizes
-    # with p 0.2. The paper blurs view 0 always and view 1 with p 0.1; at 32 px neither blurs, as in
-    # the CIFAR recipes (views.0.blur_prob=1.0 views.1.blur_prob=0.1 gives the paper's ImageNet views).
-    views: tuple[ViewSettings, ...] = (
-        ViewSettings(min_scale=0.4, saturation=0.2, blur_prob=0.0),
-        ViewSettings(min_scale=0.4, saturation=0.2, blur_prob=0.0, solarize_prob=0.2),
-    )
+    views: tuple[ViewSettings, ...] = byol_views(min_scale=0.4)
 
 
 @TASKS.register("byol_image")
 class BYOLImage(ImageTask):
-    name = "byol_image"
-    encoder = "convnet | vit | resnet"
     objective = "byol"
     Config = BYOLImageConfig

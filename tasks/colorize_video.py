@@ -28,7 +28,6 @@ class ColorizeVideoConfig(VideoConfig):
 
 @TASKS.register("colorize_video")
 class ColorizeVideo(VideoTask):
-    name = "colorize_video"
     encoder = "dense_convnet | resnet (stride 8, L input)"
     objective = "colorization"
     Config = ColorizeVideoConfig

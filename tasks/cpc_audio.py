@@ -28,7 +28,5 @@ class CPCAudioConfig(AudioConfig):
 
 @TASKS.register("cpc_audio")
 class CPCAudio(AudioTask):
-    name = "cpc_audio"
-    encoder = "cpc_conv + gru"
     objective = "cpc"
     Config = CPCAudioConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from mmssl.config import ConfigError
-from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.modalities.vision.augment import ViewSettings, multicrop_views
 from mmssl.objectives.dino import DINO, DINOSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
@@ -26,19 +26,12 @@ class DINOImageConfig(ImageConfig):
         # of 800 steps the teacher follows the student within ~10 steps, as BYOL's demo target does.
         momentum_teacher=0.9,
     )
-    # Multi-crop: 2 global crops (40-100% of the area, image_size) and 4 local ones (5-40%, 16 px), the
-    # paper's scale split; SimCLR's colour ops; no blur at 32 px, as in the CIFAR recipes. The leading
-    # crops at image_size are the global ones, which the teacher sees.
-    views: tuple[ViewSettings, ...] = (
-        ViewSettings(crops=2, min_scale=0.4, max_scale=1.0, blur_prob=0.0),
-        ViewSettings(crops=4, size=16, min_scale=0.05, max_scale=0.4, blur_prob=0.0),
-    )
+    # The paper's split: global crops of 40-100% (the teacher's inputs), local ones of 5-40%.
+    views: tuple[ViewSettings, ...] = multicrop_views(split=0.4, global_min=0.4)
 
 
 @TASKS.register("dino_image")
 class DINOImage(ImageTask):
-    name = "dino_image"
-    encoder = "convnet | vit | resnet"
     objective = "dino"
     Config = DINOImageConfig
 

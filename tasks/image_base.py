@@ -22,6 +22,7 @@ from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
 from mmssl.evaluation.linear import check_protocol
 from mmssl.modalities.vision.augment import DecodeAndDraw, ViewSettings, check_views, sized_views, working_size
+from mmssl.registry import OBJECTIVES
 from mmssl.task import Task
 from mmssl.tasks.sections import BACKBONE, DEMO_VIT, VIT_KEYS, ImageEncoders
 
@@ -71,7 +72,6 @@ class ImageTask(Task):
     modality = "image"
     default_data = "embedded shapes (10 classes, 32 px)"
     Config = ImageConfig
-    single_view = False  # True: the objective reads batch["input"] (one crop), else batch["views"]
     train_labels = False  # True: training items carry the label column (supervised objectives)
 
     def encoder_spec(self, cfg: ImageConfig) -> dict:
@@ -89,7 +89,13 @@ class ImageTask(Task):
         """cfg.views with every crop size set (``size`` None is the encoder's ``image_size``)."""
         return sized_views(cfg.views, cfg.image_size)
 
+    @property
+    def single_view(self) -> bool:
+        """Whether the objective reads one crop (batch["input"]) rather than views (batch["views"])."""
+        return OBJECTIVES.get(self.objective).single_view
+
     def check_config(self, cfg: ImageConfig) -> None:
+        super().check_config(cfg)
         check_views(cfg.views)
         if cfg.working_size is not None and cfg.working_size < 1:
             raise ConfigError(f"working_size must be a positive number of pixels, got {cfg.working_size}")

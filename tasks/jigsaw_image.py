@@ -38,11 +38,8 @@ class JigsawImageConfig(ImageConfig):
 
 @TASKS.register("jigsaw_image")
 class JigsawImage(ImageTask):
-    name = "jigsaw_image"
-    encoder = "convnet | resnet"
     objective = "jigsaw"
     Config = JigsawImageConfig
-    single_view = True
 
     def build_objective(self, cfg: JigsawImageConfig, **extra) -> Jigsaw:
         objective = super().build_objective(cfg, **extra)

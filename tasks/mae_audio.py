@@ -50,7 +50,6 @@ class MAEAudioConfig(AudioConfig):
 
 @TASKS.register("mae_audio")
 class MAEAudio(AudioTask):
-    name = "mae_audio"
     encoder = "spectrogram_vit"
     objective = "mae"
     Config = MAEAudioConfig

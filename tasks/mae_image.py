@@ -35,11 +35,8 @@ class MAEImageConfig(ImageConfig):
 
 @TASKS.register("mae_image")
 class MAEImage(ImageTask):
-    name = "mae_image"
-    encoder = "vit"
     objective = "mae"
     Config = MAEImageConfig
-    single_view = True
 
     def after_training(self, cfg: MAEImageConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: original / masked / reconstruction of test images."""

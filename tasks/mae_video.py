@@ -38,7 +38,6 @@ class MAEVideoConfig(VideoConfig):
 
 @TASKS.register("mae_video")
 class MAEVideo(VideoTask):
-    name = "mae_video"
     encoder = "vit (tubelets)"
     objective = "mae"
     objective_note = "tube masking"

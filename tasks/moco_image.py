@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.modalities.vision.augment import ViewSettings, simclr_views
 from mmssl.objectives.moco import MoCoSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
@@ -20,14 +20,10 @@ class MoCoImageConfig(ImageConfig):
         symmetric=True,  # both views act as query once (solo-learn's CIFAR setting)
         shuffle_bn=16,  # 4 BatchNorm groups in the demo's batch of 64 (the paper: 32 per GPU)
     )
-    # MoCo v2's views are SimCLR's (arXiv:2003.04297): crops of 20-100% here, no blur at 32 px
-    # (views.0.blur_prob=0.5 gives the paper's ImageNet views).
-    views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
+    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.2)  # MoCo v2's views are SimCLR's
 
 
 @TASKS.register("moco_image")
 class MoCoImage(ImageTask):
-    name = "moco_image"
-    encoder = "convnet | vit | resnet"
     objective = "moco"
     Config = MoCoImageConfig

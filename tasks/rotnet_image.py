@@ -20,8 +20,5 @@ class RotNetImageConfig(ImageConfig):
 
 @TASKS.register("rotnet_image")
 class RotNetImage(ImageTask):
-    name = "rotnet_image"
-    encoder = "convnet | vit | resnet"
     objective = "rotnet"
     Config = RotNetImageConfig
-    single_view = True

@@ -9,7 +9,7 @@ spec from the chosen sub-section.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from mmssl.config import ConfigError
 from mmssl.encoders.context import CPCEncoderSettings
@@ -24,10 +24,19 @@ class EncoderSection:
     """``name`` picks one of the sub-sections a subclass declares."""
 
     name: str = ""
+    labels: ClassVar[dict[str, str]] = {}  # how ``mmssl tasks`` shows an encoder, where not by its key
+
+    def offered(self) -> list[str]:
+        """The encoders this section has settings for, in declaration order."""
+        return [f.name for f in dataclasses.fields(self) if f.name != "name"]
+
+    def describe(self) -> str:
+        """The encoder column of ``mmssl tasks``: the choices, as the labels show them."""
+        return " | ".join(self.labels.get(name, name) for name in self.offered())
 
     def chosen(self, task: str) -> Any:
         """The settings of the encoder ``name`` picks; a name the task does not offer is one line."""
-        offered = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        offered = self.offered()
         if self.name not in offered:
             names = " or ".join([", ".join(offered[:-1]), offered[-1]] if len(offered) > 1 else offered)
             raise ConfigError(f"encoder.name must be {names} for {task}, not '{self.name}'")
@@ -55,6 +64,7 @@ class VideoEncoders(EncoderSection):
 class AudioEncoders(EncoderSection):
     name: str = "cpc"
     cpc: CPCEncoderSettings = CPCEncoderSettings()
+    labels: ClassVar[dict[str, str]] = {"cpc": "cpc_conv + gru"}
 
 
 @dataclasses.dataclass(frozen=True)

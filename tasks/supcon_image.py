@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from mmssl.config import ConfigError
-from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.modalities.vision.augment import ViewSettings, simclr_views
 from mmssl.objectives.supcon import SupConSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
@@ -20,15 +20,11 @@ class SupConImageConfig(ImageConfig):
     objective: SupConSettings = SupConSettings(
         proj_hidden=256,  # the paper's hidden layer is as wide as ResNet-50's features; here the conv net's 256
     )
-    # SimCLR's demo views: crops of 20-100%, flip, jitter
-    # 0.4 / 0.4 / 0.4 / 0.1 with p 0.8, grayscale p 0.2; no blur at 32 px.
-    views: tuple[ViewSettings, ...] = (ViewSettings(crops=2, min_scale=0.2, blur_prob=0.0),)
+    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.2)  # the paper's views are SimCLR's
 
 
 @TASKS.register("supcon_image")
 class SupConImage(ImageTask):
-    name = "supcon_image"
-    encoder = "convnet | vit | resnet"
     objective = "supcon"
     Config = SupConImageConfig
     train_labels = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.modalities.vision.augment import ViewSettings, multicrop_views
 from mmssl.objectives.swav import SwAV, SwAVSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
@@ -20,19 +20,11 @@ class SwAVImageConfig(ImageConfig):
         # batch of 256 plus a 3840-embedding queue, so there too Sinkhorn sees more samples than prototypes.
         num_prototypes=30,
     )
-    # Multi-crop: 2 global crops (14-100% of the area, image_size) and 4 local ones (5-14%, 16 px),
-    # each with SimCLR's colour ops; no blur at 32 px, as in the CIFAR recipes (blur_prob=0.5 on
-    # both groups gives the paper's ImageNet views). The first group's crops are the global ones.
-    views: tuple[ViewSettings, ...] = (
-        ViewSettings(crops=2, min_scale=0.14, max_scale=1.0, blur_prob=0.0),
-        ViewSettings(crops=4, size=16, min_scale=0.05, max_scale=0.14, blur_prob=0.0),
-    )
+    views: tuple[ViewSettings, ...] = multicrop_views(split=0.14, global_min=0.14)  # the paper's scale split
 
 
 @TASKS.register("swav_image")
 class SwAVImage(ImageTask):
-    name = "swav_image"
-    encoder = "convnet | vit | resnet"
     objective = "swav"
     Config = SwAVImageConfig
 

@@ -35,8 +35,6 @@ class TCNVideoConfig(VideoConfig):
 
 @TASKS.register("tcn_video")
 class TCNVideo(VideoTask):
-    name = "tcn_video"
-    encoder = "dense_convnet | resnet"
     objective = "tcn"
     objective_note = "triplet / n-pairs"
     Config = TCNVideoConfig

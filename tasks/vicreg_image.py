@@ -26,7 +26,5 @@ class VICRegImageConfig(ImageConfig):
 
 @TASKS.register("vicreg_image")
 class VICRegImage(ImageTask):
-    name = "vicreg_image"
-    encoder = "convnet | vit | resnet"
     objective = "vicreg"
     Config = VICRegImageConfig

@@ -66,6 +66,23 @@ def test_registry_rejects_duplicates_and_lists_known_names():
         reg.get("b")
 
 
+def test_a_registered_task_takes_its_name_and_lists_its_encoder_section():
+    from mmssl.tasks.image_base import ImageTask
+    from mmssl.tasks.jigsaw_image import JigsawImageConfig
+
+    reg = Registry("task")
+
+    @reg.register("unnamed_image")
+    class Unnamed(ImageTask):
+        Config = JigsawImageConfig
+
+    assert Unnamed.name == "unnamed_image" and Unnamed().default_config().output_dir == "runs/unnamed_image"
+    assert Unnamed.encoder_names() == "convnet | resnet"  # the choices of the config's encoder section
+    assert TASKS.get("mae_video").encoder_names() == "vit (tubelets)"  # a described encoder keeps its text
+    for name in TASKS:
+        assert TASKS.get(name).name == name
+
+
 def test_overrides_are_typed():
     cfg = CPCAudioConfig()
     new = apply_overrides(cfg, dict(parse_override(o) for o in ["lr=3e-4", "max_steps=7", "streaming=true",
