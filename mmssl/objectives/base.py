@@ -44,6 +44,8 @@ class Objective(nn.Module):
     Settings: ClassVar[type]  # the settings dataclass whose fields the constructor takes
     # Names an objective logs beyond METRICS (a METRICS name with a suffix, such as acc_step1, needs none).
     extra_metrics: ClassVar[tuple[str, ...]] = ()
+    # True: forward reads one crop of each item as batch["input"]; False: several as batch["views"].
+    single_view: ClassVar[bool] = False
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -85,6 +85,7 @@ def cut_tiles(x: torch.Tensor, grid: int, tile: int, offsets: torch.Tensor, shif
 @OBJECTIVES.register("jigsaw")
 class Jigsaw(Objective):
     Settings: ClassVar[type] = JigsawSettings
+    single_view = True
 
     def __init__(self, encoder: nn.Module, *, num_permutations: int = 100, grid: int = 3,
                  tile_ratio: float = 64 / 75, channel_shift: int = 2, tile_dim: int = 1024, hidden: int = 4096,

@@ -76,6 +76,7 @@ class MAESettings:
 @OBJECTIVES.register("mae")
 class MAE(Objective):
     Settings: ClassVar[type] = MAESettings
+    single_view = True
 
     def __init__(self, encoder: nn.Module, *, mask_ratio: float = MAESettings.mask_ratio,
                  decoder_dim: int = MAESettings.decoder_dim, decoder_depth: int = MAESettings.decoder_depth,

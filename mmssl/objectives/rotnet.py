@@ -28,6 +28,7 @@ class RotNetSettings:
 @OBJECTIVES.register("rotnet")
 class RotNet(Objective):
     Settings: ClassVar[type] = RotNetSettings
+    single_view = True
 
     def __init__(self, encoder: nn.Module, *, num_classes: int = RotNetSettings.num_classes):
         """

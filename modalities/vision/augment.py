@@ -178,6 +178,34 @@ class DecodeAndDraw:
         return {"image": img, "view_params": params}
 
 
+def simclr_views(min_scale: float = 0.2) -> tuple[ViewSettings]:
+    """SimCLR's two crops from one recipe (arXiv:2002.05709; MoCo v2, SimSiam and SupCon use the same):
+    crops of ``min_scale``-100% of the area (the paper: 8-100%), flip, colour jitter 0.4 / 0.4 / 0.4 /
+    0.1 with p 0.8, grayscale p 0.2; no blur, which the paper drops for 32 px CIFAR images
+    (``views.0.blur_prob=0.5`` gives its ImageNet views)."""
+    return (ViewSettings(crops=2, min_scale=min_scale, blur_prob=0.0),)
+
+
+def byol_views(min_scale: float = 0.4) -> tuple[ViewSettings, ViewSettings]:
+    """BYOL's asymmetric pair (arXiv:2006.07733; Barlow Twins uses the same): crops, flip, jitter 0.4 /
+    0.4 / 0.2 / 0.1 with p 0.8, grayscale p 0.2, the second view solarized with p 0.2. The paper blurs
+    view 0 always and view 1 with p 0.1; at 32 px neither blurs, as in the CIFAR recipes
+    (``views.0.blur_prob=1.0 views.1.blur_prob=0.1`` gives the ImageNet views). The default crops of
+    40-100% (the paper: 8-100%) keep the object in both views of a small image."""
+    return (ViewSettings(min_scale=min_scale, saturation=0.2, blur_prob=0.0),
+            ViewSettings(min_scale=min_scale, saturation=0.2, blur_prob=0.0, solarize_prob=0.2))
+
+
+def multicrop_views(split: float, global_min: float, local_crops: int = 4,
+                    local_size: int = 16) -> tuple[ViewSettings, ViewSettings]:
+    """SwAV's / DINO's multi-crop: 2 global crops (``global_min``-100% of the area, image_size) and
+    ``local_crops`` small ones (5%-``split``, ``local_size`` px), each with SimCLR's colour ops; no blur
+    at 32 px, as in the CIFAR recipes (``blur_prob=0.5`` on both groups gives the ImageNet views). The
+    first group's crops are the global ones."""
+    return (ViewSettings(crops=2, min_scale=global_min, max_scale=1.0, blur_prob=0.0),
+            ViewSettings(crops=local_crops, size=local_size, min_scale=0.05, max_scale=split, blur_prob=0.0))
+
+
 def mae_views(size: int | None, min_scale: float = 0.2) -> tuple[ViewSettings]:
     """MAE's only augmentation (arXiv:2111.06377): a random resized crop and a flip (bilinear, where
     the paper resamples bicubically), no colour changes."""
