@@ -7,8 +7,9 @@ applied to the whole batch on the device (``on_device``)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
-from mmssl.modalities.audio.augment import augment_pairs, two_crops
+from mmssl.modalities.audio.augment import AudioViewSettings, augment_pairs, two_crops
 from mmssl.objectives.simclr import SimCLRSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.audio_base import AudioConfig, AudioTask
@@ -22,21 +23,18 @@ class SimCLRAudioConfig(AudioConfig):
         proj_hidden=512,  # twice the context network's 256 features, not ResNet-50's 2048
         temperature=0.2,  # as simclr_image: batches of tens, not the paper's 4096
     )
-    gain_db: float = 6.0
-    min_snr_db: float = 10.0
-    time_masks: int = 1
+    views: AudioViewSettings = AudioViewSettings()
+    renamed: ClassVar[dict[str, str]] = {**AudioConfig.renamed, "gain_db": "views.gain_db",
+                                         "min_snr_db": "views.min_snr_db", "time_masks": "views.time_masks"}
 
 
 @TASKS.register("simclr_audio")
 class SimCLRAudio(AudioTask):
-    name = "simclr_audio"
-    encoder = "cpc_conv + gru"
     objective = "simclr"
     Config = SimCLRAudioConfig
 
     def make_item(self, cfg: SimCLRAudioConfig):
-        crop, kw = cfg.crop_samples, {"gain_db": cfg.gain_db, "snr_db": (cfg.min_snr_db, cfg.min_snr_db + 30.0),
-                                      "time_masks": cfg.time_masks}
+        crop, kw = cfg.crop_samples, cfg.views.params()
         return lambda item, gen: two_crops(item["audio"], crop, gen, **kw)
 
     def on_device(self, cfg: SimCLRAudioConfig, batch: dict) -> dict:

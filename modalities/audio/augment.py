@@ -9,12 +9,14 @@ shares, the worker that made it, the device or how many processes split the glob
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 from einops import rearrange
 
+from mmssl.config import ConfigError
 from mmssl.modalities.audio.data import random_crop
 
 _MASK32 = 0xFFFFFFFF
@@ -102,6 +104,35 @@ def augment_batch(wav: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.T
     wav = apply_gain(wav.float(), params["gain_db"])
     wav = add_noise(wav, params["snr_db"], params["noise_seed"])
     return time_mask(wav, params["mask_start"], params["mask_width"])
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioViewSettings:
+    """Each crop's random changes (the ``views`` section of a two-view audio task): a gain uniform in
+    +-``gain_db``, white noise at an SNR uniform in [``min_snr_db``, ``max_snr_db``], and ``time_masks``
+    zeroed spans of up to ``max_mask`` of the crop each."""
+
+    gain_db: float = 6.0
+    min_snr_db: float = 10.0
+    max_snr_db: float = 40.0
+    time_masks: int = 1
+    max_mask: float = 0.1
+
+    def check(self) -> None:
+        """One ConfigError for the first bad setting."""
+        if self.gain_db < 0:
+            raise ConfigError(f"views.gain_db must be >= 0, got {self.gain_db}")
+        if self.min_snr_db > self.max_snr_db:
+            raise ConfigError(f"views: need min_snr_db <= max_snr_db, got {self.min_snr_db} and {self.max_snr_db}")
+        if self.time_masks < 0:
+            raise ConfigError(f"views.time_masks must be >= 0, got {self.time_masks}")
+        if not 0.0 <= self.max_mask < 1.0:
+            raise ConfigError(f"views.max_mask is a share of the crop in [0, 1), got {self.max_mask}")
+
+    def params(self) -> dict:
+        """``draw_params``' keyword arguments."""
+        return {"gain_db": self.gain_db, "snr_db": (self.min_snr_db, self.max_snr_db), "time_masks": self.time_masks,
+                "max_mask": self.max_mask}
 
 
 def two_crops(audio: np.ndarray, length: int, gen: torch.Generator, **param_kwargs) -> dict[str, torch.Tensor]:

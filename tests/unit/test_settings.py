@@ -232,3 +232,19 @@ def test_resuming_a_run_saved_with_the_old_flat_encoder_keys_is_refused(tmp_path
                                           r"-> encoder\.cpc\.context, context_dim -> encoder\.cpc\.context_dim, \.\.\.\): "
                                           r"resume it with the mmssl version that started it, or use a new --output-dir"):
         train(task, cfg)
+
+
+def test_simclr_audio_views_are_a_nested_section_that_reaches_the_crops():
+    import torch
+
+    task, cfg = resolve_config("simclr_audio", None, {}, ["views.gain_db=2", "views.min_snr_db=30",
+                                                          "views.max_snr_db=35", "views.time_masks=3"])
+    item = task.make_item(cfg)({"audio": torch.randn(16000).numpy()}, torch.Generator().manual_seed(0))
+    assert item["gain_db"].abs().max() <= 2 and ((30 <= item["snr_db"]) & (item["snr_db"] <= 35)).all()
+    assert item["mask_start"].shape == (2, 3)  # two crops, three masks each
+    for bad, match in [("views.gain_db=-1", "views.gain_db must be >= 0"),
+                       ("views.min_snr_db=50", "need min_snr_db <= max_snr_db"),
+                       ("views.max_mask=1", r"views.max_mask is a share of the crop in \[0, 1\)"),
+                       ("views.time_masks=-2", "views.time_masks must be >= 0")]:
+        with pytest.raises(ConfigError, match=match):
+            resolve_config("simclr_audio", None, {}, [bad])
