@@ -27,7 +27,7 @@ class DINOImageConfig(ImageConfig):
         momentum_teacher=0.9,
     )
     # The paper's split: global crops of 40-100% (the teacher's inputs), local ones of 5-40%.
-    views: tuple[ViewSettings, ...] = multicrop_views(split=0.4, global_min=0.4)
+    views: tuple[ViewSettings, ...] = multicrop_views(split=0.4)
 
 
 @TASKS.register("dino_image")

@@ -20,7 +20,7 @@ class SwAVImageConfig(ImageConfig):
         # batch of 256 plus a 3840-embedding queue, so there too Sinkhorn sees more samples than prototypes.
         num_prototypes=30,
     )
-    views: tuple[ViewSettings, ...] = multicrop_views(split=0.14, global_min=0.14)  # the paper's scale split
+    views: tuple[ViewSettings, ...] = multicrop_views(split=0.14)  # the paper's scale split
 
 
 @TASKS.register("swav_image")
