@@ -72,7 +72,9 @@ class ImageTask(Task):
     modality = "image"
     default_data = "embedded shapes (10 classes, 32 px)"
     Config = ImageConfig
-    train_labels = False  # True: training items carry the label column (supervised objectives)
+    # True: training reads the label column (supervised objectives): items and batches carry "label",
+    # and a dataset other than the demo needs --label-column.
+    train_labels = False
 
     def encoder_spec(self, cfg: ImageConfig) -> dict:
         settings = cfg.encoder.chosen(self.name)
@@ -96,6 +98,9 @@ class ImageTask(Task):
 
     def check_config(self, cfg: ImageConfig) -> None:
         super().check_config(cfg)
+        if self.train_labels and cfg.dataset != "demo" and cfg.label_column is None:
+            raise ConfigError(f"{self.name} trains on labels: pass --label-column COLUMN (the demo data's are "
+                              f"the shapes' classes)")
         check_views(cfg.views)
         if cfg.working_size is not None and cfg.working_size < 1:
             raise ConfigError(f"working_size must be a positive number of pixels, got {cfg.working_size}")
@@ -110,6 +115,8 @@ class ImageTask(Task):
         size, "view_params": (V, NUM_PARAMS)}."""
         views = self.view_settings(cfg)
         make = DecodeAndDraw(views, working_size(views, cfg.working_size))
+        if self.train_labels:  # plus "label": int, -1 for an unlabelled row
+            return lambda item, gen: {**make(item["image"], gen), "label": item["label"]}
         return lambda item, gen: make(item["image"], gen)
 
     def on_device(self, cfg: ImageConfig, batch: dict) -> dict:
@@ -118,7 +125,8 @@ class ImageTask(Task):
         from mmssl.modalities.vision import make_views
 
         views = make_views(batch["image"], batch["view_params"], self.view_settings(cfg))
-        return {"input": views[0]} if self.single_view else {"views": views}
+        out = {"input": views[0]} if self.single_view else {"views": views}
+        return {**out, "label": batch["label"]} if self.train_labels else out  # label: (B,) int64
 
     # data -------------------------------------------------------------------------------------
     def source(self, cfg: ImageConfig, split: str, labels: bool = False, vocab: list | None = None) -> Any:

@@ -1,14 +1,10 @@
 """supcon_image: supervised contrastive learning (arXiv:2004.11362) on images: two augmented
 views; every view of the same class in the global batch is a positive. The one image task that
-trains on labels: the label column's values ride with each item to the objective."""
+trains on labels (``train_labels``): the label column's values ride with each item to the objective."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
-import torch
-
-from mmssl.config import ConfigError
 from mmssl.modalities.vision.augment import ViewSettings, simclr_views
 from mmssl.objectives.supcon import SupConSettings
 from mmssl.registry import TASKS
@@ -28,18 +24,3 @@ class SupConImage(ImageTask):
     objective = "supcon"
     Config = SupConImageConfig
     train_labels = True
-
-    def check_config(self, cfg: SupConImageConfig) -> None:
-        super().check_config(cfg)
-        if cfg.dataset != "demo" and cfg.label_column is None:
-            raise ConfigError(f"{self.name} trains on labels: pass --label-column COLUMN (the demo data's are "
-                              f"the shapes' classes)")
-
-    def make_item(self, cfg: SupConImageConfig) -> Callable[[dict, torch.Generator], dict]:
-        """The base's item plus {"label": int, -1 for an unlabelled row}."""
-        make = super().make_item(cfg)
-        return lambda item, gen: {**make(item, gen), "label": item["label"]}
-
-    def on_device(self, cfg: SupConImageConfig, batch: dict) -> dict:
-        """The base's {"views": [...]} plus "label": (B,) int64."""
-        return {**super().on_device(cfg, batch), "label": batch["label"]}
