@@ -3,13 +3,15 @@
 A 3x3 grid of square patches is laid on an image with a gap between neighbouring patches, and each
 patch is jittered by a few pixels (the gap and the jitter keep lines and textures from running
 across patch borders, a shortcut that needs no understanding of the content). A pair is the centre
-patch and one of its 8 neighbours drawn uniformly; the label is the neighbour's place. One shared
-encoder embeds each patch, a per-patch fc layer (the paper's fc6) maps its pooled feature, and the
+patch and one of its 8 neighbours drawn uniformly; the label is the neighbour's place (``pairs`` > 1
+pairs the centre with as many distinct neighbours, reusing its features). One shared encoder embeds
+each patch, a per-patch fc layer (the paper's fc6) maps its pooled feature, and the
 two are concatenated (late fusion) and go through fc7, fc8 and an 8-way classifier.
 
 Chromatic aberration tells where in the lens a patch was, so colour alone could name positions;
 the paper removes it in one of two ways: ``color_mode="project"`` projects every pixel onto the
-plane orthogonal to the green-magenta axis, ``"drop"`` keeps one random channel per patch and
+plane orthogonal to the green-magenta axis (on the views' normalised values, whose channel scales
+differ by under 3%), ``"drop"`` keeps one random channel per patch and
 replaces the other two by Gaussian noise with a hundredth of that channel's standard deviation.
 The paper found both about equal and shows colour dropping in its figures (as its released code
 does), the default here. Each patch is then centred channel by channel and scaled to unit RMS, as
@@ -50,6 +52,9 @@ class RelativePositionSettings:
     patch_size: int = 96
     gap: int = 48  # pixels between neighbouring patches of the grid
     jitter: int = 7  # each patch moves by up to this many pixels along each axis
+    # Neighbours paired with each centre patch, drawn without replacement: 1 is the paper's text; more
+    # reuse the centre's features, as the released code pairs every two adjacent patches of a grid.
+    pairs: int = 1
     color_mode: str = "drop"  # drop | project | none: against chromatic aberration
     drop_noise: float = 0.01  # std of a dropped channel's noise, in stds of the channel kept
     patch_dim: int = 4096  # fc6, per patch
@@ -83,7 +88,7 @@ def standardize(patches: torch.Tensor) -> torch.Tensor:
 class RelativePosition(Objective):
     Settings: ClassVar[type] = RelativePositionSettings
 
-    def __init__(self, encoder: nn.Module, *, patch_size: int = 96, gap: int = 48, jitter: int = 7,
+    def __init__(self, encoder: nn.Module, *, patch_size: int = 96, gap: int = 48, jitter: int = 7, pairs: int = 1,
                  color_mode: str = "drop", drop_noise: float = 0.01, patch_dim: int = 4096, hidden: int = 4096):
         super().__init__()
         if color_mode not in COLOR_MODES:
@@ -91,7 +96,9 @@ class RelativePosition(Objective):
         if patch_size < 1 or gap < 0 or jitter < 0 or drop_noise < 0:
             raise ValueError(f"relative position needs patch_size >= 1, gap >= 0, jitter >= 0 and drop_noise >= 0, "
                              f"not {patch_size}, {gap}, {jitter}, {drop_noise}")
-        self.encoder, self.patch_size, self.gap, self.jitter = encoder, patch_size, gap, jitter
+        if not 1 <= pairs <= len(NEIGHBOURS):
+            raise ValueError(f"pairs (neighbours per centre patch) must be between 1 and {len(NEIGHBOURS)}, not {pairs}")
+        self.encoder, self.patch_size, self.gap, self.jitter, self.pairs = encoder, patch_size, gap, jitter, pairs
         self.color_mode, self.drop_noise = color_mode, drop_noise
         self.register_buffer("neighbours", torch.tensor(NEIGHBOURS), persistent=False)
         self.fc6 = nn.Sequential(nn.Linear(encoder.embed_dim, patch_dim, bias=False), nn.BatchNorm1d(patch_dim),
@@ -107,23 +114,24 @@ class RelativePosition(Objective):
         return self.span + 2 * self.jitter
 
     def positions(self, batch: int, height: int, width: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-left pixels (B, 2, 2) (pair member, row/col) of the centre patch and a neighbour, and the
-        labels (B,): the neighbour's cell is ``NEIGHBOURS[label]``. The grid's corner is uniform over the
-        places where every jittered patch stays inside the image."""
+        """Top-left pixels (B, 1 + P, 2) (row, col) of the centre patch and P = ``pairs`` neighbours, and
+        their labels (B, P): neighbour i sits in cell ``NEIGHBOURS[labels[:, i]]``, distinct neighbours per
+        image, drawn uniformly. The grid's corner is uniform over the places where every jittered patch
+        stays inside the image."""
         j = self.jitter
         if min(height, width) < self.min_image_size():
             raise ValueError(f"relative position needs images of at least {self.min_image_size()} px (3 patches of "
                              f"{self.patch_size}, 2 gaps of {self.gap}, jitter {j} on each side), got {height}x{width}")
         origin = torch.stack([torch.randint(j, size - self.span - j + 1, (batch,), device=device)
                               for size in (height, width)], -1)  # (B, 2)
-        labels = torch.randint(0, len(NEIGHBOURS), (batch,), device=device)
-        cells = torch.stack([torch.full_like(labels, 4), self.neighbours.to(device)[labels]], 1)  # (B, 2)
-        corners = grid_corners(3, self.patch_size + self.gap, device)[cells]  # (B, 2, 2)
-        shake = torch.randint(-j, j + 1, (batch, 2, 2), device=device)
+        labels = torch.rand(batch, len(NEIGHBOURS), device=device).argsort(1)[:, :self.pairs]  # (B, P)
+        cells = torch.cat([torch.full_like(labels[:, :1], 4), self.neighbours.to(device)[labels]], 1)  # (B, 1 + P)
+        corners = grid_corners(3, self.patch_size + self.gap, device)[cells]  # (B, 1 + P, 2)
+        shake = torch.randint(-j, j + 1, corners.shape, device=device)
         return origin[:, None] + corners + shake, labels
 
-    def pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, H, W) -> raw patch pairs (B, 2, C, p, p) (centre first) and labels (B,)."""
+    def cut(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) -> raw patches (B, 1 + P, C, p, p) (the centre first) and labels (B, P)."""
         starts, labels = self.positions(x.shape[0], x.shape[-2], x.shape[-1], x.device)
         return crop_patches(x, starts, self.patch_size), labels
 
@@ -143,12 +151,14 @@ class RelativePosition(Objective):
         x = batch["input"]
         if x.dim() != 4:
             raise ValueError(f"relative position expects images (B, C, H, W), got {tuple(x.shape)}")
-        patches, labels = self.pairs(x)
+        patches, labels = self.cut(x)
         patches = standardize(self.decolor(patches))
-        B = patches.shape[0]
+        B, K = patches.shape[:2]
         h = self.encoder.pool(self.encoder.forward_features(rearrange(patches, "b k c h w -> (b k) c h w")))
-        z = rearrange(self.fc6(h), "(b k) d -> b (k d)", b=B, k=2)  # late fusion: [centre, neighbour]
-        logits = self.head(z).float()
+        f = rearrange(self.fc6(h), "(b k) d -> b k d", b=B, k=K)
+        z = torch.cat([f[:, :1].expand(-1, K - 1, -1), f[:, 1:]], -1)  # (B, P, 2 * patch_dim): [centre, neighbour]
+        logits = self.head(z.flatten(0, 1)).float()  # late fusion, one row per pair
+        labels = labels.flatten()
         loss = F.cross_entropy(logits, labels)
         acc = (logits.detach().argmax(1) == labels).float().mean()
         return {"loss": loss, "acc": acc, "std": embedding_std(h)}

@@ -30,6 +30,8 @@ def test_pairs_sit_on_the_grid_with_gaps_and_jitter():
     H, W, B = 24, 26, 4000
     torch.manual_seed(0)
     starts, labels = obj.positions(B, H, W)
+    assert starts.shape == (B, 2, 2) and labels.shape == (B, 1)
+    labels = labels[:, 0]
     step = p + g
     seen_labels, seen_shake, seen_centre = set(), set(), set()
     for b in range(B):
@@ -69,17 +71,26 @@ def test_crops_are_the_image_at_their_places():
 def test_the_label_names_where_the_neighbour_was():
     """An image whose channels hold each pixel's row and column: the patches' pixels say where they
     were cut, so the direction from the centre to the neighbour must be the labelled one."""
-    obj = objective(patch_size=4, gap=2, jitter=1)
+    obj = objective(patch_size=4, gap=2, jitter=1, pairs=3)
     rows, cols = torch.meshgrid(torch.arange(22.0), torch.arange(22.0), indexing="ij")
     x = torch.stack([rows, cols, torch.zeros_like(rows)])[None].expand(64, 3, 22, 22)
     torch.manual_seed(3)
-    patches, labels = obj.pairs(x)
-    assert patches.shape == (64, 2, 3, 4, 4)
+    patches, labels = obj.cut(x)
+    assert patches.shape == (64, 4, 3, 4, 4) and labels.shape == (64, 3)
     for b in range(64):
-        centre, neighbour = patches[b, 0, :2, 0, 0], patches[b, 1, :2, 0, 0]  # (row, col) of each top-left pixel
-        dr, dc = torch.round((neighbour - centre) / 6).long().tolist()  # one grid step is 4 + 2 px
-        assert OFFSETS.index((dr, dc)) == labels[b]
+        centre = patches[b, 0, :2, 0, 0]  # (row, col) of the centre's top-left pixel
         assert torch.equal(patches[b, 0, 0], centre[0] + torch.arange(4.0)[:, None].expand(4, 4))  # whole crops
+        assert len(set(labels[b].tolist())) == 3  # distinct neighbours of one centre
+        for i in range(3):
+            neighbour = patches[b, 1 + i, :2, 0, 0]
+            dr, dc = torch.round((neighbour - centre) / 6).long().tolist()  # one grid step is 4 + 2 px
+            assert OFFSETS.index((dr, dc)) == labels[b, i]
+
+
+def test_every_neighbour_once_with_pairs_8():
+    torch.manual_seed(0)
+    _, labels = objective(pairs=8).positions(16, 24, 24)
+    assert torch.equal(labels.sort(1).values, torch.arange(8).expand(16, 8))
 
 
 def test_colour_dropping_keeps_one_channel_and_fills_the_others_with_scaled_noise():
@@ -129,16 +140,17 @@ def test_patches_are_centred_per_channel_and_scaled_to_unit_rms():
 
 
 def test_loss_matches_a_loop_over_pairs():
-    obj = objective().eval()  # no dropout draws in the encoder, BatchNorm on its running statistics
+    obj = objective(pairs=3).eval()  # no dropout draws in the encoder, BatchNorm on its running statistics
     x = torch.rand(6, 3, 24, 24)
     torch.manual_seed(5)
-    patches, labels = obj.pairs(x)
+    patches, labels = obj.cut(x)
     patches = standardize(obj.decolor(patches))
     losses = []
     for b in range(6):
-        h = [obj.fc6(obj.encoder.pool(obj.encoder.forward_features(patches[b, k][None]))) for k in range(2)]
-        logits = obj.head(torch.cat(h, 1))[0]  # centre first, then the neighbour
-        losses.append(-logits.log_softmax(0)[labels[b]])
+        h = [obj.fc6(obj.encoder.pool(obj.encoder.forward_features(patches[b, k][None]))) for k in range(4)]
+        for i in range(3):
+            logits = obj.head(torch.cat([h[0], h[1 + i]], 1))[0]  # the centre first, then the neighbour
+            losses.append(-logits.log_softmax(0)[labels[b, i]])
     torch.manual_seed(5)
     out = obj({"input": x})
     torch.testing.assert_close(out["loss"], torch.stack(losses).mean())
@@ -164,6 +176,7 @@ def test_images_too_small_for_the_grid_are_refused():
 @pytest.mark.parametrize("override, needle", [("objective.color_mode=sepia", "color_mode must be one of drop"),
                                               ("objective.gap=5", "does not fit the 32 px crop"),
                                               ("objective.patch_size=0", "patch_size >= 1"),
+                                              ("objective.pairs=9", "between 1 and 8"),
                                               ("encoder.name=vit", "convnet or resnet")])
 def test_bad_relative_position_settings_are_one_config_error(override, needle, tmp_path):
     with pytest.raises(ConfigError, match=needle):
