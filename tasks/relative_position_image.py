@@ -33,11 +33,8 @@ class RelativePositionImageConfig(ImageConfig):
 
 @TASKS.register("relative_position_image")
 class RelativePositionImage(ImageTask):
-    name = "relative_position_image"
-    encoder = "convnet | resnet"
     objective = "relative_position"
     Config = RelativePositionImageConfig
-    single_view = True
 
     def check_config(self, cfg: RelativePositionImageConfig) -> None:
         super().check_config(cfg)

@@ -87,6 +87,7 @@ def standardize(patches: torch.Tensor) -> torch.Tensor:
 @OBJECTIVES.register("relative_position")
 class RelativePosition(Objective):
     Settings: ClassVar[type] = RelativePositionSettings
+    single_view = True
 
     def __init__(self, encoder: nn.Module, *, patch_size: int = 96, gap: int = 48, jitter: int = 7, pairs: int = 1,
                  color_mode: str = "drop", drop_noise: float = 0.01, patch_dim: int = 4096, hidden: int = 4096):
