@@ -10,6 +10,7 @@ from mmssl.tasks import (  # noqa: F401
     mae_image,
     mae_video,
     moco_image,
+    relative_position_image,
     rotnet_image,
     simclr_audio,
     simclr_image,

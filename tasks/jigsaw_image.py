@@ -5,22 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from mmssl.encoders.convnet import ConvNetSettings
-from mmssl.encoders.resnet import ResNetSettings
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.jigsaw import Jigsaw, JigsawSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
-from mmssl.tasks.sections import EncoderSection
-
-
-@dataclasses.dataclass(frozen=True)
-class TileEncoders(EncoderSection):
-    """Conv nets only: a ViT's positions are laid out for whole images, not for tiles a third their side."""
-
-    name: str = "convnet"
-    convnet: ConvNetSettings = ConvNetSettings()
-    resnet: ResNetSettings = ResNetSettings(small_stem=True)
+from mmssl.tasks.sections import TileEncoders
 
 
 @dataclasses.dataclass(frozen=True)

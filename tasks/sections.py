@@ -52,6 +52,16 @@ class ImageEncoders(EncoderSection):
 
 
 @dataclasses.dataclass(frozen=True)
+class TileEncoders(EncoderSection):
+    """The patch-based pretext tasks' section (jigsaw, relative position): conv nets only, since a ViT's
+    positions are laid out for whole images, not for patches a third their side."""
+
+    name: str = "convnet"
+    convnet: ConvNetSettings = ConvNetSettings()
+    resnet: ResNetSettings = ResNetSettings(small_stem=True)
+
+
+@dataclasses.dataclass(frozen=True)
 class VideoEncoders(EncoderSection):
     """Stride-8 frame encoders for dense correspondence."""
 

@@ -108,3 +108,30 @@ class StripeImages:
 
     def __getitem__(self, i: int) -> dict:
         return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}
+
+
+class BarImages:
+    """n images whose class is the orientation of their bars (as StripeImages: 0 horizontal, 1 vertical,
+    2 and 3 the diagonals): ``bars`` bars 2-6 px wide at random, unevenly spaced offsets, in a random
+    pair of colours. Unlike stripes, a bar continues along its direction but nothing repeats across
+    it, so where one patch sits relative to another shows in the picture."""
+
+    def __init__(self, n: int, name: str, seed: int = 0, size: int = 32, bars: int = 3):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 4
+        yy, xx = torch.meshgrid(torch.arange(size) - (size - 1) / 2, torch.arange(size) - (size - 1) / 2,
+                                indexing="ij")
+        angle = torch.tensor([0.0, 90.0, 45.0, -45.0]).deg2rad()[self.labels][:, None, None]
+        across = yy * angle.cos() - xx * angle.sin()  # (n, S, S): distance across the bars' direction
+        offset = (torch.rand(n, bars, 1, 1, generator=g) - 0.5) * size
+        half_width = 1 + 2 * torch.rand(n, bars, 1, 1, generator=g)
+        on = ((across[:, None] - offset).abs() < half_width).any(1, keepdim=True).float()  # (n, 1, S, S)
+        fg, bg = torch.rand(n, 3, 1, 1, generator=g), torch.rand(n, 3, 1, 1, generator=g)
+        self.images = ((on * fg + (1 - on) * bg) * 255).round().to(torch.uint8)  # (n, 3, S, S)
+        self.name, self.vocab = name, ["horizontal", "vertical", "diagonal", "anti-diagonal"]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}

@@ -10,6 +10,7 @@ from mmssl.objectives import (  # noqa: F401
     jigsaw,
     mae,
     moco,
+    relative_position,
     rotnet,
     simclr,
     simsiam,

@@ -26,6 +26,7 @@ from torch import nn
 
 from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std
+from mmssl.objectives.tiles import crop_patches, grid_corners
 from mmssl.registry import OBJECTIVES
 
 
@@ -69,17 +70,8 @@ def cut_tiles(x: torch.Tensor, grid: int, tile: int, offsets: torch.Tensor, shif
     """Tiles of images x (B, C, H, W): cell k (row-major) of side H // grid gives a (tile x tile) tile
     at ``offsets`` (B, grid*grid, 2) pixels inside the cell, each channel c moved by ``shifts``
     (B, grid*grid, C, 2) pixels (clamped to the image) -> (B, grid*grid, C, tile, tile)."""
-    B, C, H, W = x.shape
-    cell = min(H, W) // grid
-    k = torch.arange(grid * grid, device=x.device)
-    corner = torch.stack([k // grid, k % grid], -1) * cell  # (K, 2) top-left of each cell
-    start = corner[None, :, None, :] + offsets[:, :, None, :] + shifts  # (B, K, C, 2)
-    t = torch.arange(tile, device=x.device)
-    rows = (start[..., 0, None] + t).clamp(0, H - 1)  # (B, K, C, tile)
-    cols = (start[..., 1, None] + t).clamp(0, W - 1)
-    b = torch.arange(B, device=x.device)[:, None, None, None, None]
-    c = torch.arange(C, device=x.device)[None, None, :, None, None]
-    return x[b, c, rows[..., :, None], cols[..., None, :]]  # (B, K, C, tile, tile)
+    corners = grid_corners(grid, min(x.shape[-2:]) // grid, x.device)  # (K, 2)
+    return crop_patches(x, corners[None, :, None, :] + offsets[:, :, None, :] + shifts, tile)
 
 
 @OBJECTIVES.register("jigsaw")

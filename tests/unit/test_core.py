@@ -38,6 +38,8 @@ SMOKE = {
                    "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image": {**_IMG},
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
+    "relative_position_image": {**_IMG, "objective.patch_size": 4, "objective.gap": 1, "objective.jitter": 1,
+                                "objective.patch_dim": 8, "objective.hidden": 16},
     "barlow_twins_image": {**_IMG, **_HEAD},
     "vicreg_image": {**_IMG, **_HEAD},
     "supcon_image": {**_IMG, **_HEAD},
