@@ -38,6 +38,8 @@ SMOKE = {
                    "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image": {**_IMG},
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
+    "context_encoder_image": {**_IMG},
+    "context_encoder_image/random_region": {**_IMG, "objective.mask": "random_region"},
     "barlow_twins_image": {**_IMG, **_HEAD},
     "vicreg_image": {**_IMG, **_HEAD},
     "supcon_image": {**_IMG, **_HEAD},
