@@ -49,6 +49,9 @@ class ContextEncoderSettings:
     mask_area: float = 0.25  # fraction of the image dropped; "center": a square of side sqrt(mask_area)
     overlap: int = 4  # px of context around the hole that the loss also scores
     overlap_weight: float = 10.0  # weight of the overlap border relative to the hole
+    # Not in the paper: standardise the target over the scored pixels of each image and channel (as
+    # MAE's normalised pixels), so the painting is scored on its pattern rather than its colours.
+    norm_target: bool = False
 
 
 def center_mask(size: int, area: float, device=None) -> torch.Tensor:
@@ -85,6 +88,15 @@ def loss_weights(mask: torch.Tensor, overlap: int, overlap_weight: float) -> tor
         return hole
     near = F.max_pool2d(hole[:, None], 2 * overlap + 1, stride=1, padding=overlap)[:, 0]
     return hole + overlap_weight * (near - hole)
+
+
+def target_stats(target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (B, C, 1, 1) of target (B, C, H, W) over each image's scored pixels (weights > 0)."""
+    scored = (weights > 0).to(target.dtype)[:, None]  # (B, 1, H, W)
+    n = scored.sum((2, 3), keepdim=True).clamp_min(1)
+    mean = (target * scored).sum((2, 3), keepdim=True) / n
+    var = ((target - mean).pow(2) * scored).sum((2, 3), keepdim=True) / n
+    return mean, (var + 1e-6).sqrt()
 
 
 def inpainting_l2(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -139,7 +151,7 @@ class ContextEncoder(Objective):
     Settings: ClassVar[type] = ContextEncoderSettings
 
     def __init__(self, encoder: nn.Module, *, image_size: int, mask: str = "center", mask_area: float = 0.25,
-                 overlap: int = 4, overlap_weight: float = 10.0):
+                 overlap: int = 4, overlap_weight: float = 10.0, norm_target: bool = False):
         """
         Args:
             encoder: a convolutional image encoder with ``forward_features``, ``embed_dim`` and ``stride``
@@ -158,6 +170,7 @@ class ContextEncoder(Objective):
                              f"divides image_size ({image_size})")
         self.encoder, self.image_size, self.mask = encoder, image_size, mask
         self.mask_area, self.overlap, self.overlap_weight = mask_area, overlap, overlap_weight
+        self.norm_target = norm_target
         cells = image_size // stride
         self.decoder = InpaintingDecoder(encoder.embed_dim, (cells, cells), stride.bit_length() - 1, channels=3)
 
@@ -187,12 +200,19 @@ class ContextEncoder(Objective):
         """batch["input"] = (B, C, S, S) normalised images. Returns loss (the weighted L2) and std."""
         x = batch["input"]
         masks, tokens, pred = self.inpaint(x)
-        loss = inpainting_l2(pred, x, loss_weights(masks, self.overlap, self.overlap_weight))
+        weights = loss_weights(masks, self.overlap, self.overlap_weight)
+        if self.norm_target:
+            mean, std = target_stats(x, weights)
+            x = (x - mean) / std
+        loss = inpainting_l2(pred, x, weights)
         return {"loss": loss, "std": embedding_std(self.encoder.pool(tokens).detach())}
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> dict:
         """For plots: x, x with the hole at the mean, and x with the hole painted; all shaped like x."""
         masks, _, pred = self.inpaint(x)
+        if self.norm_target:  # back to pixel units with each image's own statistics
+            mean, std = target_stats(x, loss_weights(masks, self.overlap, self.overlap_weight))
+            pred = pred * std + mean
         hole = masks[:, None]
         return {"original": x, "masked": x.masked_fill(hole, 0.0), "reconstruction": torch.where(hole, pred.to(x.dtype), x)}

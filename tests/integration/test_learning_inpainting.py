@@ -1,6 +1,11 @@
 """Context encoders really learn: to paint the dropped centre of a stripe image the encoder has to read
 the stripes' orientation (the label) from the context, so after a short run the kNN on its features
-names the orientation better than the same net untrained and than raw pixels."""
+names the orientation better than the same net untrained and than raw pixels.
+
+The run scores the painting against targets standardised per image and channel (``norm_target``).
+With the paper's raw-pixel target the features hold the orientation too (a linear probe after 1200
+steps: 0.85, the random net 0.77, pixels 0.46), but painting the right colours is most of that loss,
+so colour is most of the features and the kNN follows it (0.54, below the random net's 0.59)."""
 import pytest
 from tiny_images import StripeImages
 
@@ -19,9 +24,10 @@ class OnStripes(ContextEncoderImage):
 
 def test_short_run_beats_random_encoder_and_pixels_on_knn(tmp_path):
     name = "context_encoder_image"
-    _, cfg = resolve_config(name, None, {"output_dir": str(tmp_path / "run"), "max_steps": 60},
+    _, cfg = resolve_config(name, None, {"output_dir": str(tmp_path / "run"), "max_steps": 500},
                             ["num_workers=0", "monitor_every=0", "log_every=20", "save_every=1000", "evaluate=false",
-                             "image_size=16", "encoder.convnet.widths=16,32,64", "batch_size=64", "eval_split=test"])
+                             "image_size=16", "encoder.convnet.widths=16,32,64", "batch_size=64", "eval_split=test",
+                             "objective.norm_target=true"])
     task = OnStripes()
     run_training(task, cfg)
     encoder = load_encoder(tmp_path / "run").eval()

@@ -91,14 +91,20 @@ def test_channelwise_fc_is_one_linear_layer_per_channel():
         torch.testing.assert_close(out[:, :, d], expected)
 
 
-def test_loss_matches_a_loop_over_the_batch():
+@pytest.mark.parametrize("norm_target", [False, True])
+def test_loss_matches_a_loop_over_the_batch(norm_target):
     """Centre hole of a 16 px image: rows and columns 4..11 dropped, 1 px frame weighted 10x."""
-    obj = tiny_objective(overlap=1).eval()  # BatchNorm with running statistics: the same net in both passes
+    obj = tiny_objective(overlap=1, norm_target=norm_target).eval()  # BatchNorm with running statistics: the same net in both passes
     x = torch.randn(3, 3, 16, 16)
     out = obj({"input": x})
     masked = x.clone()
     masked[:, :, 4:12, 4:12] = 0  # the dataset mean, after normalisation
     pred = obj.decoder(obj.encoder.forward_features(masked))
+    target = x.clone()
+    if norm_target:  # each image and channel standardised over the hole and its frame (rows, columns 3..12)
+        for b, c in itertools.product(range(3), range(3)):
+            scored = x[b, c, 3:13, 3:13]
+            target[b, c] = (x[b, c] - scored.mean()) / (scored.var(unbiased=False) + 1e-6).sqrt()
     total, count = 0.0, 0
     for b in range(3):
         for i, j in itertools.product(range(16), range(16)):
@@ -108,7 +114,7 @@ def test_loss_matches_a_loop_over_the_batch():
                 w = 10.0
             else:
                 continue
-            total += w * ((pred[b, :, i, j] - x[b, :, i, j]) ** 2).sum()
+            total += w * ((pred[b, :, i, j] - target[b, :, i, j]) ** 2).sum()
             count += 3
     torch.testing.assert_close(out["loss"], total / count)
     obj.train()
@@ -116,8 +122,9 @@ def test_loss_matches_a_loop_over_the_batch():
     assert all(p.grad is not None for p in obj.parameters())
 
 
-def test_reconstruction_keeps_the_context_and_paints_the_hole():
-    obj = tiny_objective(mask="random_blocks").eval()
+@pytest.mark.parametrize("norm_target", [False, True])
+def test_reconstruction_keeps_the_context_and_paints_the_hole(norm_target):
+    obj = tiny_objective(mask="random_blocks", norm_target=norm_target).eval()
     x = torch.randn(2, 3, 16, 16)
     torch.manual_seed(3)
     shown = obj.reconstruct(x)
