@@ -12,9 +12,12 @@ The decoder paints the whole frame and the loss reads only the hole and its bord
 serves every mask shape (the paper's centre decoder paints just the patch, one up-convolution
 fewer). It is part of the objective, not of the encoder that the run saves.
 
-The adversarial term (the paper's weight 0.001 with a DCGAN discriminator) is not implemented, so
-there is no setting for it: it sharpens the paintings (the paper's Fig. 1), while the L2 term alone
-already asks the encoder for the context's structure, which is what the features are for.
+The optional adversarial term (``adv_weight``, the paper's lambda_adv = 0.001 beside lambda_rec =
+0.999) adds a small conv discriminator that tells real images from images with the painted hole
+pasted in. The trainer has one optimiser, so the discriminator's loss is added to the objective's
+loss with the painting detached (its gradient reaches only the discriminator), and the painter's
+adversarial loss reads the discriminator through detached weights (its gradient reaches only the
+encoder and decoder): one backward pass trains both players, each on its own loss.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.func import functional_call
 
 from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std
@@ -52,6 +56,9 @@ class ContextEncoderSettings:
     # Not in the paper: standardise the target over the scored pixels of each image and channel (as
     # MAE's normalised pixels), so the painting is scored on its pattern rather than its colours.
     norm_target: bool = False
+    # lambda_adv; 0 turns the adversarial term and its discriminator off. Off by default: it sharpens the
+    # paintings (the paper's Fig. 1) rather than the features, and costs a discriminator pass each step.
+    adv_weight: float = 0.0
 
 
 def center_mask(size: int, area: float, device=None) -> torch.Tensor:
@@ -146,12 +153,32 @@ class InpaintingDecoder(nn.Module):
         return self.up(self.mix(z))
 
 
+class Discriminator(nn.Module):
+    """DCGAN-style: 4x4 stride-2 convolutions with LeakyReLU(0.2), doubling the width from 32, down to a
+    4x4 map (or 1 px), then one logit per image. No BatchNorm (the paper's has it): the painter's pass
+    reads this net through detached weights and must leave no running statistics behind."""
+
+    def __init__(self, size: int, channels: int = 3, width: int = 32):
+        super().__init__()
+        layers, c = [], channels
+        while size > 4:
+            layers += [nn.Conv2d(c, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            c, width, size = width, width * 2, size // 2
+        self.features = nn.Sequential(*layers)
+        self.logit = nn.Linear(c * size * size, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> (B,) logits of "real"."""
+        return self.logit(self.features(x).flatten(1))[:, 0]
+
+
 @OBJECTIVES.register("context_encoder")
 class ContextEncoder(Objective):
     Settings: ClassVar[type] = ContextEncoderSettings
+    extra_metrics: ClassVar[tuple[str, ...]] = ("l2", "adv_g", "adv_d")
 
     def __init__(self, encoder: nn.Module, *, image_size: int, mask: str = "center", mask_area: float = 0.25,
-                 overlap: int = 4, overlap_weight: float = 10.0, norm_target: bool = False):
+                 overlap: int = 4, overlap_weight: float = 10.0, norm_target: bool = False, adv_weight: float = 0.0):
         """
         Args:
             encoder: a convolutional image encoder with ``forward_features``, ``embed_dim`` and ``stride``
@@ -161,16 +188,17 @@ class ContextEncoder(Objective):
         super().__init__()
         if mask not in MASKS:
             raise ValueError(f"mask must be one of {', '.join(MASKS)}, not '{mask}'")
-        if not 0 < mask_area < 1 or overlap < 0 or overlap_weight < 0:
-            raise ValueError(f"context_encoder needs 0 < mask_area < 1, overlap >= 0 and overlap_weight >= 0, "
-                             f"not {mask_area}, {overlap}, {overlap_weight}")
+        if not 0 < mask_area < 1 or overlap < 0 or overlap_weight < 0 or not 0 <= adv_weight < 1:
+            raise ValueError(f"context_encoder needs 0 < mask_area < 1, overlap >= 0, overlap_weight >= 0 and "
+                             f"0 <= adv_weight < 1, not {mask_area}, {overlap}, {overlap_weight}, {adv_weight}")
         stride = getattr(encoder, "stride", None)
         if not isinstance(stride, int) or stride & (stride - 1) or image_size % stride:
             raise ValueError(f"the decoder needs a conv encoder whose stride (a power of two, here {stride}) "
                              f"divides image_size ({image_size})")
         self.encoder, self.image_size, self.mask = encoder, image_size, mask
         self.mask_area, self.overlap, self.overlap_weight = mask_area, overlap, overlap_weight
-        self.norm_target = norm_target
+        self.norm_target, self.adv_weight = norm_target, adv_weight
+        self.discriminator = Discriminator(image_size) if adv_weight > 0 else None
         cells = image_size // stride
         self.decoder = InpaintingDecoder(encoder.embed_dim, (cells, cells), stride.bit_length() - 1, channels=3)
 
@@ -204,15 +232,37 @@ class ContextEncoder(Objective):
         if self.norm_target:
             mean, std = target_stats(x, weights)
             x = (x - mean) / std
-        loss = inpainting_l2(pred, x, weights)
-        return {"loss": loss, "std": embedding_std(self.encoder.pool(tokens).detach())}
+        l2 = inpainting_l2(pred, x, weights)
+        std = embedding_std(self.encoder.pool(tokens).detach())
+        if self.discriminator is None:
+            return {"loss": l2, "std": std}
+        adv_g, adv_d = self.adversarial(batch["input"], self.unnormalise(pred, batch["input"], weights), masks)
+        loss = (1 - self.adv_weight) * l2 + self.adv_weight * adv_g + adv_d
+        return {"loss": loss, "l2": l2.detach(), "adv_g": adv_g.detach(), "adv_d": adv_d.detach(), "std": std}
+
+    def unnormalise(self, pred: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The painting in x's units (undoes ``norm_target``'s per-image standardisation)."""
+        if not self.norm_target:
+            return pred
+        mean, std = target_stats(x, weights)
+        return pred * std + mean
+
+    def adversarial(self, x: torch.Tensor, pred: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The painter's loss -log D(fake) (gradient to the painter only) and the discriminator's
+        -log D(real) - log(1 - D(fake)) (gradient to the discriminator only); fake is x with the hole painted."""
+        fake = torch.where(masks[:, None], pred.to(x.dtype), x)
+        real_logits, fake_logits = self.discriminator(torch.cat([x, fake.detach()])).float().chunk(2)
+        adv_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+        frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+        g_logits = functional_call(self.discriminator, frozen, (fake,)).float()
+        adv_g = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+        return adv_g, adv_d
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> dict:
         """For plots: x, x with the hole at the mean, and x with the hole painted; all shaped like x."""
         masks, _, pred = self.inpaint(x)
-        if self.norm_target:  # back to pixel units with each image's own statistics
-            mean, std = target_stats(x, loss_weights(masks, self.overlap, self.overlap_weight))
-            pred = pred * std + mean
+        pred = self.unnormalise(pred, x, loss_weights(masks, self.overlap, self.overlap_weight))
         hole = masks[:, None]
         return {"original": x, "masked": x.masked_fill(hole, 0.0), "reconstruction": torch.where(hole, pred.to(x.dtype), x)}

@@ -1,6 +1,6 @@
 """Context encoders (arXiv:1604.07379): the masks and the overlap weights against plain loops, the
-channel-wise fully connected layer, the loss against a loop over the batch, what a run saves, and bad
-settings."""
+channel-wise fully connected layer, the loss against a loop over the batch, the adversarial term's two
+players, what a run saves, and bad settings."""
 import itertools
 import math
 
@@ -150,6 +150,7 @@ def test_the_saved_encoder_has_no_decoder(tmp_path):
 @pytest.mark.parametrize("override, needle", [("objective.mask=oval", "mask must be one of center"),
                                               ("objective.mask_area=1", "0 < mask_area < 1"),
                                               ("objective.overlap=-1", "overlap >= 0"),
+                                              ("objective.adv_weight=1", "0 <= adv_weight < 1"),
                                               ("image_size=20", "divides image_size"),
                                               ("encoder.name=vit", "convnet or resnet")])
 def test_bad_context_encoder_settings_are_one_config_error(override, needle, tmp_path):
@@ -162,3 +163,45 @@ def test_the_demo_scales_the_papers_overlap_to_its_image_size():
     _, cfg = resolve_config("context_encoder_image", None, {}, [])
     assert cfg.objective.mask == "center" and cfg.objective.overlap_weight == 10.0
     assert cfg.objective.overlap == round(4 * cfg.image_size / 128) and math.isclose(cfg.objective.mask_area, 0.25)
+
+
+def test_each_adversarial_loss_reaches_only_its_own_player():
+    obj = tiny_objective(adv_weight=0.001)
+    x, masks = torch.randn(4, 3, 16, 16), center_mask(16, 0.25).expand(4, 16, 16)
+    pred = torch.randn(4, 3, 16, 16, requires_grad=True)
+    adv_g, adv_d = obj.adversarial(x, pred, masks)
+    adv_g.backward(retain_graph=True)
+    assert pred.grad.abs().sum() > 0 and pred.grad[~masks[:, None].expand_as(pred)].abs().sum() == 0  # only the hole
+    assert all(p.grad is None for p in obj.discriminator.parameters())
+    pred.grad = None
+    adv_d.backward()
+    assert pred.grad is None and all(p.grad.abs().sum() > 0 for p in obj.discriminator.parameters())
+
+
+def test_the_discriminator_learns_to_spot_paintings_and_the_painter_to_fool_it():
+    torch.manual_seed(0)
+    obj = tiny_objective(adv_weight=0.5)
+    x = torch.randn(16, 3, 16, 16)
+    discriminator = list(obj.discriminator.parameters())
+    painter = [p for n, p in obj.named_parameters() if not n.startswith("discriminator.")]
+
+    def losses():
+        torch.manual_seed(1)
+        out = obj({"input": x})
+        return out["adv_g"], out["adv_d"], out["loss"]
+
+    adv_g0, adv_d0, _ = losses()
+    opt = torch.optim.Adam(discriminator, lr=1e-3)
+    for _ in range(20):  # the whole loss, but only the discriminator steps: its loss must fall
+        opt.zero_grad()
+        losses()[2].backward()
+        opt.step()
+    adv_g1, adv_d1, _ = losses()
+    assert adv_d1 < adv_d0 - 0.3 and adv_g1 > adv_g0, (adv_d0, adv_d1, adv_g0, adv_g1)
+    opt = torch.optim.Adam(painter, lr=1e-3)
+    for _ in range(20):  # now only the painter steps: it fools the fixed discriminator more
+        opt.zero_grad()
+        losses()[2].backward()
+        opt.step()
+    adv_g2, adv_d2, _ = losses()
+    assert adv_g2 < adv_g1 and adv_d2 > adv_d1, (adv_g1, adv_g2, adv_d1, adv_d2)

@@ -39,7 +39,7 @@ SMOKE = {
     "rotnet_image": {**_IMG},
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
     "context_encoder_image": {**_IMG},
-    "context_encoder_image/random_region": {**_IMG, "objective.mask": "random_region"},
+    "context_encoder_image/random_region": {**_IMG, "objective.mask": "random_region", "objective.adv_weight": 0.001},
     "barlow_twins_image": {**_IMG, **_HEAD},
     "vicreg_image": {**_IMG, **_HEAD},
     "supcon_image": {**_IMG, **_HEAD},
