@@ -225,13 +225,14 @@ class ContextEncoder(Objective):
         return masks, tokens, self.decoder(tokens)
 
     def forward(self, batch: dict) -> dict:
-        """batch["input"] = (B, C, S, S) normalised images. Returns loss (the weighted L2) and std."""
+        """batch["input"] = (B, C, S, S) normalised images. Returns loss (the weighted L2) and std; with
+        adv_weight > 0 the loss is (1 - adv_weight) l2 + adv_weight adv_g + adv_d, each term logged."""
         x = batch["input"]
         masks, tokens, pred = self.inpaint(x)
         weights = loss_weights(masks, self.overlap, self.overlap_weight)
         if self.norm_target:
-            mean, std = target_stats(x, weights)
-            x = (x - mean) / std
+            mu, sigma = target_stats(x, weights)
+            x = (x - mu) / sigma
         l2 = inpainting_l2(pred, x, weights)
         std = embedding_std(self.encoder.pool(tokens).detach())
         if self.discriminator is None:
