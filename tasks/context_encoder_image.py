@@ -32,6 +32,9 @@ class ContextEncoderImageConfig(ImageConfig):
     renamed: ClassVar[dict[str, str]] = {k: v for k, v in ImageConfig.renamed.items() if ".vit." not in v}
     objective: ContextEncoderSettings = ContextEncoderSettings(
         overlap=1,  # the paper's 4 px of overlap at 128 px is 1 px at the demo's 32 px
+        # Not the paper's raw pixels: the demo's shapes and backgrounds take random colours, and painting
+        # those is most of a raw-pixel loss, so colour fills the features and the kNN follows it.
+        norm_target=True,
     )
     # A random resized crop (50-100%) and a flip; the dropped region is the objective's.
     views: tuple[ViewSettings, ...] = mae_views(None, min_scale=0.5)

@@ -161,7 +161,7 @@ def test_bad_context_encoder_settings_are_one_config_error(override, needle, tmp
 
 def test_the_demo_scales_the_papers_overlap_to_its_image_size():
     _, cfg = resolve_config("context_encoder_image", None, {}, [])
-    assert cfg.objective.mask == "center" and cfg.objective.overlap_weight == 10.0
+    assert cfg.objective.mask == "center" and cfg.objective.overlap_weight == 10.0 and cfg.objective.norm_target
     assert cfg.objective.overlap == round(4 * cfg.image_size / 128) and math.isclose(cfg.objective.mask_area, 0.25)
 
 
