@@ -3,6 +3,7 @@ from mmssl.tasks import (  # noqa: F401
     barlow_twins_image,
     byol_image,
     colorize_video,
+    context_encoder_image,
     cpc_audio,
     dino_image,
     jigsaw_image,

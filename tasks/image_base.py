@@ -180,3 +180,18 @@ class ImageTask(Task):
         from mmssl.evaluation.image_report import image_report
 
         return image_report(self, cfg, encoder, out_dir)
+
+    def plot_test_reconstructions(self, cfg: ImageConfig, objective: Any, out_dir: Path, title: str) -> None:
+        """DIR/plots/reconstruction.png: original / masked / painted images of the test split (or the
+        training split of an unlabelled dataset), as the objective's ``reconstruct`` draws them."""
+        from mmssl.evaluation.plots import plot_reconstructions
+        from mmssl.modalities.vision import denormalize
+
+        splits = self.labelled_splits(cfg) if cfg.dataset == "demo" or cfg.label_column else None
+        source = splits[1] if splits else self.source(cfg, cfg.split)
+        view = self.eval_view(cfg)
+        # evenly spaced items: datasets often list their images class by class
+        picks = torch.linspace(0, len(source) - 1, min(8, len(source))).long().tolist()
+        x = torch.stack([view(source[i]["image"]) for i in picks])
+        plot_reconstructions(objective, x, cfg.seed, out_dir / "plots" / "reconstruction.png",
+                             denormalize=denormalize, title=title)

@@ -6,8 +6,6 @@ import dataclasses
 from pathlib import Path
 from typing import ClassVar
 
-import torch
-
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.mae import MAE, MAESettings
 from mmssl.registry import TASKS
@@ -40,14 +38,4 @@ class MAEImage(ImageTask):
 
     def after_training(self, cfg: MAEImageConfig, objective: MAE, out_dir: Path) -> None:
         """DIR/plots/reconstruction.png: original / masked / reconstruction of test images."""
-        from mmssl.evaluation.plots import plot_reconstructions
-        from mmssl.modalities.vision import denormalize
-
-        splits = self.labelled_splits(cfg) if cfg.dataset == "demo" or cfg.label_column else None
-        source = splits[1] if splits else self.source(cfg, cfg.split)
-        view = self.eval_view(cfg)
-        # evenly spaced items: datasets often list their images class by class
-        picks = torch.linspace(0, len(source) - 1, min(8, len(source))).long().tolist()
-        x = torch.stack([view(source[i]["image"]) for i in picks])
-        plot_reconstructions(objective, x, cfg.seed, out_dir / "plots" / "reconstruction.png", denormalize=denormalize,
-                             title=f"mae_image, mask ratio {cfg.objective.mask_ratio}")
+        self.plot_test_reconstructions(cfg, objective, out_dir, f"mae_image, mask ratio {cfg.objective.mask_ratio}")

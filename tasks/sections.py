@@ -53,8 +53,9 @@ class ImageEncoders(EncoderSection):
 
 @dataclasses.dataclass(frozen=True)
 class TileEncoders(EncoderSection):
-    """The patch-based pretext tasks' section (jigsaw, relative position): conv nets only, since a ViT's
-    positions are laid out for whole images, not for patches a third their side."""
+    """Conv nets only: the patch-based pretext tasks (jigsaw, relative position), since a ViT's positions
+    are laid out for whole images, not for patches a third their side; and the context encoder, whose
+    decoder up-convolves the encoder's feature map."""
 
     name: str = "convnet"
     convnet: ConvNetSettings = ConvNetSettings()

@@ -5,6 +5,7 @@ from mmssl.objectives import (  # noqa: F401
     barlow_twins,
     byol,
     colorization,
+    context_encoder,
     cpc,
     dino,
     jigsaw,

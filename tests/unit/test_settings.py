@@ -15,7 +15,8 @@ from mmssl.registry import OBJECTIVES, TASKS
 from mmssl.run import resolve_config
 
 # Constructor arguments that are not settings: the encoder, and what a task supplies itself.
-NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops"}  # global_crops: from the views
+# global_crops: from the views; image_size: the task's crop size
+NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops", "image_size"}
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
@@ -50,6 +51,8 @@ def test_the_paper_defaults():
     assert (mae.mask_ratio, mae.decoder_dim, mae.decoder_depth, mae.decoder_heads, mae.norm_pix_loss) == \
         (0.75, 512, 8, 16, True)
     assert CPCSettings().steps == 12
+    ce = OBJECTIVES.get("context_encoder").Settings()
+    assert (ce.mask, ce.mask_area, ce.overlap, ce.overlap_weight) == ("center", 0.25, 4, 10.0)
 
 
 def test_dotted_override_changes_one_nested_field():
