@@ -5,6 +5,7 @@ from mmssl.tasks import (  # noqa: F401
     colorize_video,
     cpc_audio,
     dino_image,
+    exemplar_image,
     jigsaw_image,
     mae_audio,
     mae_image,

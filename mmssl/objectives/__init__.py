@@ -7,6 +7,7 @@ from mmssl.objectives import (  # noqa: F401
     colorization,
     cpc,
     dino,
+    exemplar,
     jigsaw,
     mae,
     moco,
