@@ -13,6 +13,11 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class ExemplarImageConfig(ImageConfig):
+    # Each image's bank entry is written once per epoch (62 steps of the demo's 4000 images), so a
+    # positive is always the oldest entry in its softmax: an encoder that moves slowly keeps it current.
+    # At the image tasks' lr 1e-3 the features drifted faster than the bank and lost the shapes.
+    max_steps: int = 1600
+    lr: float = 1e-4
     objective: ExemplarSettings = ExemplarSettings()
     # SimCLR's crops, flips and colour changes, one crop per image (the paper's heavy augmentation of each seed patch).
     views: tuple[ViewSettings, ...] = (dataclasses.replace(simclr_views(min_scale=0.2)[0], crops=1),)

@@ -1,12 +1,14 @@
 """Exemplar CNN / instance discrimination: both losses against plain references, the memory bank's
 update against a loop, bad settings, the bank in the state dict, and the indices the task hands over."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from tiny_encoders import TinyEncoder
 
 from mmssl.config import ConfigError
-from mmssl.objectives.exemplar import Exemplar
+from mmssl.objectives.exemplar import Exemplar, ExemplarSettings
 from mmssl.run import resolve_config
 
 
@@ -31,6 +33,11 @@ def reference_bank_loss(objective, batch, negatives):
         logits = torch.stack(logits) / objective.temperature
         losses.append(-torch.log_softmax(logits, dim=0)[0])
     return torch.stack(losses).mean()
+
+
+def test_the_paper_defaults():
+    assert dataclasses.asdict(ExemplarSettings()) == {"memory": "bank", "dim": 128, "num_negatives": 4096,
+                                                      "temperature": 0.07, "bank_momentum": 0.5}
 
 
 def test_bank_loss_matches_a_per_sample_loop():
