@@ -9,7 +9,8 @@ from tiny_encoders import TinyEncoder
 
 from mmssl.config import ConfigError
 from mmssl.objectives.exemplar import Exemplar, ExemplarSettings
-from mmssl.run import resolve_config
+from mmssl.run import resolve_config, run_training
+from mmssl.tasks.exemplar_image import ExemplarImage
 
 
 def bank_objective(num_images=10, **kw):
@@ -143,3 +144,39 @@ def test_the_task_sizes_the_bank_to_its_training_set_and_hands_over_each_crops_i
     assert first["input"].shape == (8, 3, 16, 16) and first["index"].dtype == torch.int64
     # the indices are the ones the sampler drew for the first global batch
     assert first["index"].tolist() == [i for i, _ in loader.batch_sampler.batch(0)]
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingExemplar(ExemplarImage):
+    """Dies while making the views of its third batch (after the checkpoint of step 2)."""
+
+    def on_device(self, cfg, batch):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            raise _Crash
+        return super().on_device(cfg, batch)
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_bank(tmp_path):
+    from safetensors.torch import load_file
+
+    def run(name, task=None):
+        t, cfg = resolve_config("exemplar_image", None, {"output_dir": str(tmp_path / name), "max_steps": 4},
+                                ["batch_size=4", "num_workers=0", "image_size=16", "encoder.convnet.widths=8,8",
+                                 "objective.dim=8", "objective.num_negatives=16", "save_every=2", "log_every=1",
+                                 "monitor_every=0", "evaluate=false"])
+        run_training(task or t, cfg)
+        last = sorted((tmp_path / name / "checkpoints").glob("*4/model.safetensors"))
+        assert len(last) == 1, list((tmp_path / name / "checkpoints").iterdir())
+        return load_file(str(last[0]))
+
+    straight = run("straight")
+    with pytest.raises(_Crash):
+        run("resumed", _CrashingExemplar())
+    resumed = run("resumed")
+    assert "bank" in straight and not torch.equal(straight["bank"][:8], torch.zeros(8, 8))
+    for k, v in straight.items():
+        torch.testing.assert_close(resumed[k], v, rtol=0, atol=1e-6, msg=k)
