@@ -62,7 +62,10 @@ class StepBatchSampler(Sampler):
 
 
 class SeededItems(Dataset):
-    """``dataset[(i, seed)]`` -> ``transform(source[i], torch.Generator seeded with seed)``."""
+    """``dataset[(i, seed)]`` -> ``transform(source[i], torch.Generator seeded with seed)`` plus
+    ``"index": i``, the item's global index in the source, so every collated batch carries its
+    samples' indices (B,) (instance discrimination keeps one memory entry per image). A transform
+    that sets its own ``"index"`` (a replacement for an unreadable video) keeps it."""
 
     def __init__(self, source: Any, transform: Callable[[Any, torch.Generator], dict]):
         self.source, self.transform = source, transform
@@ -72,7 +75,7 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
-        return self.transform(self.source[index], torch.Generator().manual_seed(seed))
+        return {"index": index, **self.transform(self.source[index], torch.Generator().manual_seed(seed))}
 
 
 class ThenApply:

@@ -1,7 +1,8 @@
 """Two processes (gloo) give what one process gives on the same global batch:
 the loss and (DDP-averaged) gradients of SimCLR, SwAV, Barlow Twins (cross-correlation and
 standardisation all-reduced), VICReg (variance and covariance over the gathered batch) and
-SupCon (positives by label across processes), and MoCo's queue.
+SupCon (positives by label across processes), MoCo's queue, and instance discrimination's memory
+bank (negatives drawn on process 0, every process's features written at their indices).
 
 BatchNorm statistics are per process on CPU (SyncBatchNorm has no CPU kernel),
 so the projectors here are built without BatchNorm; the encoder has none. The
@@ -16,6 +17,7 @@ import torch.multiprocessing as mp
 from tiny_encoders import BNEncoder, TinyEncoder
 
 from mmssl.objectives.barlow_twins import BarlowTwins
+from mmssl.objectives.exemplar import Exemplar
 from mmssl.objectives.heads import mlp
 from mmssl.objectives.moco import MoCo
 from mmssl.objectives.simclr import SimCLR
@@ -28,8 +30,9 @@ GLOBAL_BATCH = 8
 
 
 
-NAMES = ("simclr", "swav", "moco", "moco_shuffle_bn", "barlow_twins", "vicreg", "supcon")
+NAMES = ("simclr", "swav", "moco", "moco_shuffle_bn", "barlow_twins", "vicreg", "supcon", "exemplar")
 LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 3, 0])  # positives on the same and on the other process
+INDEX = torch.tensor([7, 2, 11, 0, 5, 9, 3, 14])  # the images' indices in a bank of 16
 
 
 def make(name):
@@ -42,6 +45,8 @@ def make(name):
         objective = (BarlowTwins if name == "barlow_twins" else VICReg)(TinyEncoder(), proj_hidden=32, proj_dim=16)
         objective.projector = mlp(objective.encoder.embed_dim, 32, 16, layers=3, batch_norm=False)
         return objective
+    if name == "exemplar":
+        return Exemplar(TinyEncoder(), num_images=16, dim=16, num_negatives=10)
     if name == "supcon":
         return SupCon(TinyEncoder(), proj_hidden=32, proj_dim=16, temperature=0.5)
     if name == "moco_shuffle_bn":  # groups of 4: one per process on two, two on one process
@@ -63,13 +68,19 @@ def run(name, rank=0, world=1):
     # Processes' random streams differ; shuffle-BN's permutation is process 0's, broadcast.
     torch.manual_seed(100 + rank)
     local = [v.chunk(world)[rank] for v in views(name)]
-    out = objective({"views": local, "label": LABELS.chunk(world)[rank]})
+    if name == "exemplar":
+        out = objective({"input": local[0], "index": INDEX.chunk(world)[rank]})
+    else:
+        out = objective({"views": local, "label": LABELS.chunk(world)[rank]})
     out["loss"].backward()
     grads = {n: p.grad.clone() for n, p in objective.named_parameters() if p.requires_grad}
     queue = None
     if name.startswith("moco"):
         objective.after_step(1, 10)
         queue = (objective.queue.clone(), int(objective.queue_ptr))
+    if name == "exemplar":
+        objective.after_step(1, 10)
+        queue = objective.bank.clone()
     return out["loss"].detach(), grads, queue
 
 
@@ -116,3 +127,7 @@ def test_two_processes_match_one(tmp_path):
             for two_queue in (r[name][2] for r in ranks):
                 assert two_queue[1] == one_queue[1] == size
                 torch.testing.assert_close(two_queue[0], one_queue[0], rtol=1e-5, atol=1e-6)
+        if name == "exemplar":  # every process's bank holds both processes' features
+            for two_bank in (r[name][2] for r in ranks):
+                torch.testing.assert_close(two_bank, one_queue, rtol=1e-5, atol=1e-6)
+            assert not torch.equal(one_queue, make(name).bank)

@@ -37,6 +37,7 @@ SMOKE = {
     "dino_image": {**_IMG, "objective.out_dim": 16, "objective.hidden_dim": 16, "objective.bottleneck_dim": 8,
                    "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image": {**_IMG},
+    "exemplar_image": {**_IMG, "objective.dim": 8, "objective.num_negatives": 16},
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
     "relative_position_image": {**_IMG, "objective.patch_size": 4, "objective.gap": 1, "objective.jitter": 1,
                                 "objective.patch_dim": 8, "objective.hidden": 16},

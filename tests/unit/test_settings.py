@@ -15,8 +15,8 @@ from mmssl.registry import OBJECTIVES, TASKS
 from mmssl.run import resolve_config
 
 # Constructor arguments that are not settings: the encoder, and what a task supplies itself.
-# global_crops: from the views; image_size: the task's crop size
-NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops", "image_size"}
+# global_crops: from the views; image_size: the task's crop size; num_images: the training set's size
+NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops", "image_size", "num_images"}
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
