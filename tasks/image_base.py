@@ -120,12 +120,15 @@ class ImageTask(Task):
         return lambda item, gen: make(item["image"], gen)
 
     def on_device(self, cfg: ImageConfig, batch: dict) -> dict:
-        """{"image": uint8 (B, 3, S, S), "view_params": (B, V, NUM_PARAMS)} -> the objective's batch:
-        {"views": [V x float32 (B, 3, size, size)]} or {"input": (B, 3, size, size)}."""
+        """{"image": uint8 (B, 3, S, S), "view_params": (B, V, NUM_PARAMS), "index": (B,)} -> the
+        objective's batch: {"views": [V x float32 (B, 3, size, size)]} or {"input": (B, 3, size, size)},
+        with the items' global "index" (B,) kept."""
         from mmssl.modalities.vision import make_views
 
         views = make_views(batch["image"], batch["view_params"], self.view_settings(cfg))
         out = {"input": views[0]} if self.single_view else {"views": views}
+        if "index" in batch:
+            out["index"] = batch["index"]
         return {**out, "label": batch["label"]} if self.train_labels else out  # label: (B,) int64
 
     # data -------------------------------------------------------------------------------------
