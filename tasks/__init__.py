@@ -4,6 +4,7 @@ from mmssl.tasks import (  # noqa: F401
     byol_image,
     colorize_video,
     cpc_audio,
+    deepcluster_image,
     dino_image,
     jigsaw_image,
     mae_audio,

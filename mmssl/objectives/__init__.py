@@ -6,6 +6,7 @@ from mmssl.objectives import (  # noqa: F401
     byol,
     colorization,
     cpc,
+    deepcluster,
     dino,
     jigsaw,
     mae,

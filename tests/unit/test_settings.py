@@ -15,7 +15,8 @@ from mmssl.registry import OBJECTIVES, TASKS
 from mmssl.run import resolve_config
 
 # Constructor arguments that are not settings: the encoder, and what a task supplies itself.
-NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops"}  # global_crops: from the views
+# global_crops: from the views; num_samples, steps_per_epoch, seed: DeepCluster's, from the data and the run
+NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops", "num_samples", "steps_per_epoch", "seed"}
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
