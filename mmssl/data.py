@@ -63,8 +63,9 @@ class StepBatchSampler(Sampler):
 
 class SeededItems(Dataset):
     """``dataset[(i, seed)]`` -> ``transform(source[i], torch.Generator seeded with seed)`` plus
-    ``"index": i``, the item's global index in the source (batches carry it as a (B,) tensor, for
-    objectives that keep per-sample state such as DeepCluster's pseudo-labels)."""
+    ``"index": i``, the item's global index in the source unless the transform gives its own (batches
+    carry it as a (B,) tensor, for objectives that keep per-sample state such as DeepCluster's
+    pseudo-labels)."""
 
     def __init__(self, source: Any, transform: Callable[[Any, torch.Generator], dict]):
         self.source, self.transform = source, transform
@@ -74,7 +75,9 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
-        return {**self.transform(self.source[index], torch.Generator().manual_seed(seed)), "index": index}
+        # A transform's own "index" wins: a video that fails to decode is replaced by another item,
+        # whose index it reports.
+        return {"index": index, **self.transform(self.source[index], torch.Generator().manual_seed(seed))}
 
 
 class ThenApply:
