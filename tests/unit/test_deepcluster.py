@@ -11,14 +11,17 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from tiny_encoders import TinyEncoder
 from tiny_images import StripeImages
+from tiny_tasks import Interrupted, _Crashing
 
 import mmssl.tasks  # noqa: F401
 from mmssl.config import ConfigError
 from mmssl.data import StepBatchSampler
 from mmssl.objectives.deepcluster import HEAD_STD, DeepCluster, nmi, pca_whiten
 from mmssl.objectives.kmeans import kmeans, split_empty
+from mmssl.encoders.io import load_encoder
 from mmssl.registry import TASKS
-from mmssl.run import resolve_config
+from mmssl.run import resolve_config, run_training
+from mmssl.trainer import latest_checkpoint
 
 
 def correlated(n=400, d=10, seed=0):
@@ -228,3 +231,33 @@ def test_two_processes_cluster_the_gathered_features_as_one_process_does(tmp_pat
     for rank in range(2):  # 37 images: shards of 19 and 18 (+1 padding)
         ids, head = torch.load(tmp_path / f"two.{rank}")
         assert torch.equal(ids, one[0]) and torch.equal(head, one[1])
+
+
+class CrashingStripes(OnStripes):
+    crash_after = None
+
+    def train_loader(self, cfg, start_batch, world, rank, batch_fn=None):
+        return _Crashing(super().train_loader(cfg, start_batch, world, rank, batch_fn), self.crash_after)
+
+
+def test_a_killed_run_resumes_with_the_same_clusters_to_the_same_weights(tmp_path):
+    """Clusterings at steps 0, 5 and 10; killed after the checkpoint of step 4, the resumed run
+    loads step 0's pseudo-labels and classifier and re-clusters at 5 and 10 as the straight run did."""
+    def run(out, crash_after=None):
+        _, cfg = resolve_config("deepcluster_image", None, {"output_dir": str(out), "max_steps": 12},
+                                ["batch_size=4", "num_workers=0", "image_size=16", "encoder.convnet.widths=8,8",
+                                 "objective.num_clusters=5", "objective.cluster_every=5", "save_every=4",
+                                 "monitor_every=0", "evaluate=false", "log_every=1"])
+        task = CrashingStripes()
+        task.crash_after = crash_after
+        run_training(task, cfg)
+
+    run(tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        run(tmp_path / "resumed", crash_after=6)
+    assert latest_checkpoint(tmp_path / "resumed").name == "step_0000004"
+    run(tmp_path / "resumed")
+    straight = load_encoder(tmp_path / "straight").state_dict()
+    resumed = load_encoder(tmp_path / "resumed").state_dict()
+    for k, v in straight.items():
+        torch.testing.assert_close(resumed[k], v, rtol=0, atol=1e-6, msg=k)
