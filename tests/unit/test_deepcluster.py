@@ -16,9 +16,9 @@ from tiny_tasks import Interrupted, _Crashing
 import mmssl.tasks  # noqa: F401
 from mmssl.config import ConfigError
 from mmssl.data import StepBatchSampler
+from mmssl.encoders.io import load_encoder
 from mmssl.objectives.deepcluster import HEAD_STD, DeepCluster, nmi, pca_whiten
 from mmssl.objectives.kmeans import kmeans, split_empty
-from mmssl.encoders.io import load_encoder
 from mmssl.registry import TASKS
 from mmssl.run import resolve_config, run_training
 from mmssl.trainer import latest_checkpoint
