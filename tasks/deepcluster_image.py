@@ -17,10 +17,14 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class DeepClusterImageConfig(ImageConfig):
+    lr: float = 3e-3  # at 1e-3 the re-initialised classifier barely fits its clusters before the next clustering
     objective: DeepClusterSettings = DeepClusterSettings(
         # About 10x the classes, as the paper's 10,000 clusters are for ImageNet's 1,000: the demo's
         # 4,000 images in 10 classes get 100 clusters of about 40 images.
         num_clusters=100,
+        # About three epochs of the demo's 62 steps: the paper's epochs are thousands of steps, and a
+        # classifier re-initialised every 62 steps had not left chance (loss log K) by the next clustering.
+        cluster_every=200,
     )
     # The paper's crops: a random resized crop and a flip. The paper also removes colour, with a
     # fixed Sobel filter in front of the network, or k-means groups images by colour; the encoder
