@@ -89,6 +89,13 @@ class Task:
         """
         return batch
 
+    def before_step(self, cfg: Any, objective: nn.Module, step: int) -> None:
+        """Work between optimizer steps that needs the task's data, on every process, before step
+        ``step`` (0-based) is taken; the objective is unwrapped and in train mode. DeepCluster
+        re-clusters the training set here. It must depend only on ``step`` and the objective's
+        state, so a resumed run repeats it, and must not read back to the host on a step where
+        it does nothing. The default does nothing."""
+
     def encoder_meta(self, cfg: Any) -> dict:
         """Metadata saved beside the encoder (modality, sample rate, ...)."""
         return {"task": self.name, "modality": self.modality}

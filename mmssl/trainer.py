@@ -1,6 +1,6 @@
 """The training loop on Hugging Face Accelerate.
 
-prepare -> (micro-batches: forward, backward) -> clip -> step -> objective.after_step
+prepare -> task.before_step -> (micro-batches: forward, backward) -> clip -> step -> objective.after_step
 -> log -> save_state. The learning rate is a pure function of the step, the
 data stream a pure function of the global batch index (mmssl.data), so a run
 resumed from ``DIR/checkpoints/step_N`` ends exactly where an uninterrupted run ends.
@@ -243,6 +243,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     guard = _FiniteGuard(accelerator, optimizer, params, out_dir)
     model.train()
     while step < cfg.max_steps:
+        task.before_step(cfg, objective, step)  # e.g. DeepCluster's re-clustering, on every process
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr

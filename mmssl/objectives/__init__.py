@@ -7,6 +7,7 @@ from mmssl.objectives import (  # noqa: F401
     colorization,
     context_encoder,
     cpc,
+    deepcluster,
     dino,
     exemplar,
     jigsaw,

@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from mmssl.objectives.base import Objective
+from mmssl.objectives.kmeans import kmeans
 from mmssl.registry import OBJECTIVES
 
 # Linear sRGB -> XYZ under the D65 white point (IEC 61966-2-1). The white is the matrix's row
@@ -80,7 +81,8 @@ class ColorQuantizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, ab: torch.Tensor, iters: int = 20, generator: torch.Generator | None = None) -> ColorQuantizer:
-        """k-means++ seeding then ``iters`` Lloyd steps, on the CPU; deterministic for a given CPU generator.
+        """k-means++ seeding then ``iters`` Lloyd steps (``mmssl.objectives.kmeans``), on the CPU;
+        deterministic for a given CPU generator; an empty cluster keeps its centre.
 
         Args:
             ab: (M, 2) (a, b) samples, M >= k (subsample pixels first: every step is O(M k)).
@@ -88,23 +90,7 @@ class ColorQuantizer(nn.Module):
         """
         if ab.dim() != 2 or ab.shape[1] != 2 or ab.shape[0] < self.k:
             raise ValueError(f"fit expects at least k={self.k} (a, b) samples as (M, 2), got {tuple(ab.shape)}")
-        x = ab.detach().float().cpu()
-        first = torch.randint(len(x), (1,), generator=generator)
-        centers = x[first]  # (1, 2)
-        d2 = (x - centers).pow(2).sum(-1)  # (M,) squared distance to the nearest chosen centre
-        for _ in range(1, self.k):
-            # k-means++ (Arthur & Vassilvitskii, 2007): sample the next centre with probability ~ d2
-            if d2.sum() > 0:
-                nxt = torch.multinomial(d2 / d2.sum(), 1, generator=generator)
-            else:  # fewer distinct colours than k: any sample
-                nxt = torch.randint(len(x), (1,), generator=generator)
-            centers = torch.cat([centers, x[nxt]])
-            d2 = torch.minimum(d2, (x - x[nxt]).pow(2).sum(-1))
-        for _ in range(iters):
-            ids = torch.cdist(x, centers).argmin(dim=1)  # (M,)
-            sums = torch.zeros_like(centers).index_add_(0, ids, x)
-            counts = torch.bincount(ids, minlength=self.k)[:, None]
-            centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)  # an empty cluster keeps its centre
+        centers, _ = kmeans(ab.detach().float().cpu(), self.k, iters, generator)
         self.centers.copy_(centers)
         return self
 

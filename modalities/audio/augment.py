@@ -147,7 +147,8 @@ def two_crops(audio: np.ndarray, length: int, gen: torch.Generator, **param_kwar
 
 def augment_pairs(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """A collated batch of ``two_crops`` items, {"crops": (B, 2, L) and parameters (B, 2, ...)} ->
-    its two views [x0, x1], each (B, L), augmented on whatever device the batch is on."""
+    its two views [x0, x1], each (B, L), augmented on whatever device the batch is on. The items'
+    "index" (B,), which every batch carries, is not a parameter."""
     params = {k: rearrange(v, "b v ... -> (b v) ...") for k, v in batch.items() if k not in ("crops", "index")}
     views = augment_batch(rearrange(batch["crops"], "b v l -> (b v) l"), params)
     return list(rearrange(views, "(b v) l -> v b l", v=2))

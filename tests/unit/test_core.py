@@ -38,6 +38,7 @@ SMOKE = {
                    "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image": {**_IMG},
     "exemplar_image": {**_IMG, "objective.dim": 8, "objective.num_negatives": 16},
+    "deepcluster_image": {**_IMG, "objective.num_clusters": 4},
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
     "relative_position_image": {**_IMG, "objective.patch_size": 4, "objective.gap": 1, "objective.jitter": 1,
                                 "objective.patch_dim": 8, "objective.hidden": 16},
@@ -151,6 +152,7 @@ def test_every_task_trains_a_few_steps_with_a_gradient_everywhere(tmp_path):
         batches = iter(task.train_loader(cfg, 0, 1, 0))
         for step in range(3):
             with host_reads() as reads:  # after the first step, a training step reads nothing back to the host
+                task.before_step(cfg, objective, step)  # as the trainer does (DeepCluster clusters at step 0)
                 opt.zero_grad()
                 with torch.no_grad():  # as the trainer does: views made on the batch, then the step
                     batch = task.on_device(cfg, next(batches))

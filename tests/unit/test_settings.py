@@ -15,8 +15,9 @@ from mmssl.registry import OBJECTIVES, TASKS
 from mmssl.run import resolve_config
 
 # Constructor arguments that are not settings: the encoder, and what a task supplies itself.
-# global_crops: from the views; image_size: the task's crop size; num_images: the training set's size
-NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops", "image_size", "num_images"}
+# global_crops: from the views; image_size: the task's crop size; num_images: the training set's size;
+# steps_per_epoch, seed: DeepCluster's, from the data and the run
+NOT_SETTINGS = {"encoder", "masking", "quantizer", "global_crops", "image_size", "num_images", "steps_per_epoch", "seed"}
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
