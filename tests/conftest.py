@@ -10,6 +10,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # The demo corpus is generated once per test session into a shared cache.
 os.environ.setdefault("MMSSL_CACHE", str(ROOT / ".pytest_cache" / "mmssl"))
+# Under pytest-xdist each worker takes its share of the cores. Left alone, every worker's torch starts
+# one thread per core, and on a 2-core machine two workers' spinning OpenMP threads stall each other
+# for many times the work. Processes the tests launch inherit the share through OMP_NUM_THREADS.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = _share
+    import torch
+
+    torch.set_num_threads(int(_share))
 
 
 @pytest.fixture(autouse=True)

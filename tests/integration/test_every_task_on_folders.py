@@ -53,7 +53,9 @@ def _video_folder(root: Path) -> Path:
 def test_every_task_trains_on_a_local_folder_in_two_processes(tmp_path):
     folders = {"image": _image_folder(tmp_path / "images"), "audio": _audio_folder(tmp_path / "audio"),
                "video": _video_folder(tmp_path / "videos")}
-    names = TASKS.names()
+    # the library's tasks: other tests register tiny tasks of their own in this process
+    names = [name for name in TASKS.names() if TASKS.get(name).__module__.startswith("mmssl.")]
+    assert "cpc_audio" in names and "simclr_image" in names
     jobs = [f"{name}={folders[TASKS.get(name).modality]}" for name in names]
     out = tmp_path / "runs"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
