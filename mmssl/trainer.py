@@ -206,6 +206,11 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     if accelerator.num_processes > 1 and accelerator.device.type != "cpu":
         # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+    if accelerator.num_processes > 1:
+        own = dict(objective.named_buffers())
+        unsynced = [name for name in objective.unsynced_buffers if name in own]
+        if unsynced:  # DDP reads the list when it wraps the objective in prepare
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, unsynced)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, accelerator.device, cfg.lr, cfg.weight_decay, cfg.optimizer, cfg.sgd_momentum,
                                cfg.lars_eta, cfg.lars_clip, cfg.adam_beta2)

@@ -37,10 +37,29 @@ def _checked_train(record: dict):
         dist.broadcast(ref, src=0)
         gap = (flat - ref).abs().max()
         dist.all_reduce(gap, op=dist.ReduceOp.MAX)
-        record.update(world=dist.get_world_size(), weight_gap=gap.item(), params=flat.numel())
+        record.update(world=dist.get_world_size(), weight_gap=gap.item(), params=flat.numel(),
+                      buffers=_buffer_report(accelerator.unwrap_model(objective)))
         return objective, accelerator
 
     return train
+
+
+def _buffer_report(objective) -> dict:
+    """For each buffer the objective keeps out of DDP's per-forward broadcast (``unsynced_buffers``):
+    whether it is ignored by DDP, and which of its rows (along the last dimension) differ from rank 0's."""
+    buffers = dict(objective.named_buffers())
+    ignored = set(getattr(objective, "_ddp_params_and_buffers_to_ignore", ()))
+    report = {}
+    for name in getattr(objective, "unsynced_buffers", ()):
+        if name not in buffers:
+            continue
+        rows = buffers[name].detach().double().reshape(-1, buffers[name].shape[-1] if buffers[name].dim() else 1)
+        ref = rows.clone()
+        dist.broadcast(ref, src=0)
+        differs = ((rows - ref).abs().amax(dim=1) > 0).double()
+        dist.all_reduce(differs, op=dist.ReduceOp.MAX)
+        report[name] = {"ignored": name in ignored, "rows": rows.shape[0], "rows_differing": int(differs.sum())}
+    return report
 
 
 def main(out: Path, jobs: list[str]) -> None:

@@ -46,6 +46,13 @@ class Objective(nn.Module):
     extra_metrics: ClassVar[tuple[str, ...]] = ()
     # True: forward reads one crop of each item as batch["input"]; False: several as batch["views"].
     single_view: ClassVar[bool] = False
+    # Buffers that DDP must not copy from process 0 before every forward (what it does with buffers by
+    # default, for BatchNorm's statistics): state each process keeps for itself (SwAV's queue of its own
+    # embeddings, which the copy would replace with process 0's), and large state that every process
+    # already updates identically from gathered values (MoCo's queue, the memory bank), where the copy
+    # is a broadcast of the whole buffer per step for nothing. Names relative to the objective; one a
+    # given instance lacks (its settings left it out) is passed over.
+    unsynced_buffers: ClassVar[tuple[str, ...]] = ()
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -54,6 +54,8 @@ class ExemplarSettings:
 @OBJECTIVES.register("exemplar")
 class Exemplar(Objective):
     Settings: ClassVar[type] = ExemplarSettings
+    # every process writes the same gathered features at the same indices
+    unsynced_buffers: ClassVar[tuple[str, ...]] = ("bank",)
     single_view = True  # one augmented crop of each image per step
 
     def __init__(self, encoder: nn.Module, *, num_images: int, memory: str = ExemplarSettings.memory,

@@ -59,6 +59,8 @@ class MoCoSettings:
 @OBJECTIVES.register("moco")
 class MoCo(Objective):
     Settings: ClassVar[type] = MoCoSettings
+    # every process enqueues the same gathered keys
+    unsynced_buffers: ClassVar[tuple[str, ...]] = ("queue", "queue_ptr")
 
     def __init__(self, encoder: nn.Module, *, proj_hidden: int = MoCoSettings.proj_hidden,
                  proj_dim: int = MoCoSettings.proj_dim, queue_size: int = MoCoSettings.queue_size,

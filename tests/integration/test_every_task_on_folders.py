@@ -69,3 +69,12 @@ def test_every_task_trains_on_a_local_folder_in_two_processes(tmp_path):
         assert len(report["losses"]) == 2 and all(math.isfinite(x) for x in report["losses"]), (name, report)
         assert report["weight_gap"] == 0.0, (name, report)  # every rank holds the same weights
         assert (out / name / "encoder" / "model.safetensors").is_file(), name
+        assert all(b["ignored"] for b in report["buffers"].values()), (name, report["buffers"])
+    # Buffers kept out of DDP's copy from process 0 before each forward: SwAV's queue of each process's
+    # own embeddings stays its own (the copy had replaced all but the last step's rows with process 0's),
+    # and MoCo's queue and the memory bank, built from gathered values, stay identical without the copy.
+    queue = json.loads((out / "swav_image.json").read_text())["buffers"]["queue"]
+    assert queue["rows_differing"] == queue["rows"] == 16, queue
+    for name, buffer in (("moco_image", "queue"), ("exemplar_image", "bank")):
+        state = json.loads((out / f"{name}.json").read_text())["buffers"][buffer]
+        assert state["rows_differing"] == 0 and state["rows"] > 0, (name, state)
