@@ -2,13 +2,8 @@
 are noise, a short run of a small conv net gives features whose kNN names the orientation better
 than the same net untrained and than raw pixels."""
 import pytest
+from image_learning import assert_beats_random_and_pixels, knn_after_training, reading
 from tiny_images import StripeImages
-
-import mmssl.tasks  # noqa: F401
-from mmssl.encoders.io import load_encoder
-from mmssl.evaluation.vision import image_probes
-from mmssl.registry import TASKS
-from mmssl.run import resolve_config, run_training
 
 pytestmark = pytest.mark.slow  # trains for tens of seconds
 
@@ -19,25 +14,7 @@ pytestmark = pytest.mark.slow  # trains for tens of seconds
 OVERRIDES = ["objective.num_clusters=32", "objective.cluster_every=50", "objective.pca_dim=16", "lr=3e-3"]
 
 
-class OnStripes(TASKS.get("deepcluster_image")):
-    def source(self, cfg, split, labels=False, vocab=None):
-        return StripeImages(512, "train", seed=0) if split == "train" else StripeImages(256, "test", seed=1)
-
-
 def test_short_run_beats_random_encoder_and_pixels_on_knn(tmp_path):
-    name = "deepcluster_image"
-    _, cfg = resolve_config(name, None, {"output_dir": str(tmp_path / "run"), "max_steps": 300},
-                            ["num_workers=0", "monitor_every=0", "log_every=50", "save_every=1000", "evaluate=false",
-                             "image_size=16", "encoder.convnet.widths=16,32,64", "batch_size=64", "eval_split=test",
-                             *OVERRIDES])
-    task = OnStripes()
-    run_training(task, cfg)
-    encoder = load_encoder(tmp_path / "run").eval()
-    train, test = task.labelled_splits(cfg)
-    # kNN only (k = 20), the image report's protocol and columns without its linear probe and plots
-    report = image_probes({name: encoder, "random": task.random_encoder(cfg, encoder)}, train, test,
-                          task.eval_view(cfg), ks=(20,), linear=False, seed=cfg.seed, random_init_seed=cfg.seed + 1)
-    knn = {column: by_k[20] for column, by_k in report["knn"].items()}
-    print(name, knn)
-    assert knn[name] > knn["random"] + 0.08, knn
-    assert knn[name] > knn["pixels"] + 0.03, knn
+    task = reading("deepcluster_image", StripeImages(512, "train", seed=0), StripeImages(256, "test", seed=1))
+    _, knn = knn_after_training(task, tmp_path / "run", 300, ["image_size=16", *OVERRIDES])
+    assert_beats_random_and_pixels(knn)
