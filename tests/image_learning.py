@@ -26,20 +26,27 @@ def reading(name: str, train, test):
     return Reading()
 
 
-def knn_after_training(task, out: Path, steps: int, overrides: list[str]):
-    """Trains ``task`` for ``steps`` (SMALL_RUN, then ``overrides``); returns the saved encoder and the kNN
-    top-1 accuracy (k = 20) of the columns "trained", "random" (the task's random encoder) and "pixels"."""
+def scores_after_training(task, out: Path, steps: int, overrides: list[str], linear: bool = False):
+    """Trains ``task`` for ``steps`` (SMALL_RUN, then ``overrides``); returns the saved encoder, the kNN top-1
+    accuracy (k = 20) of the columns "trained", "random" (the task's random encoder) and "pixels", and with
+    ``linear`` the linear probe's accuracy of the same columns (else None)."""
     _, cfg = resolve_config(task.name, None, {"output_dir": str(out), "max_steps": steps}, [*SMALL_RUN, *overrides])
     run_training(task, cfg)
     encoder = load_encoder(out).eval()
     train, test = task.labelled_splits(cfg)
     report = image_probes({"trained": encoder, "random": task.random_encoder(cfg, encoder)}, train, test,
-                          task.eval_view(cfg), ks=(20,), linear=False, seed=cfg.seed, random_init_seed=cfg.seed + 1)
+                          task.eval_view(cfg), ks=(20,), linear=linear, seed=cfg.seed, random_init_seed=cfg.seed + 1)
     knn = {column: by_k[20] for column, by_k in report["knn"].items()}
-    print(task.name, steps, overrides, knn)
+    print(task.name, steps, overrides, "knn", knn, "linear", report.get("linear"))
+    return encoder, knn, report.get("linear")
+
+
+def knn_after_training(task, out: Path, steps: int, overrides: list[str]):
+    """``scores_after_training`` without the linear probe: the encoder and the kNN accuracies."""
+    encoder, knn, _ = scores_after_training(task, out, steps, overrides)
     return encoder, knn
 
 
-def assert_beats_random_and_pixels(knn: dict, random_by: float = 0.08, pixels_by: float = 0.03) -> None:
-    assert knn["trained"] > knn["random"] + random_by, knn
-    assert knn["trained"] > knn["pixels"] + pixels_by, knn
+def assert_beats_random_and_pixels(scores: dict, random_by: float = 0.08, pixels_by: float = 0.03) -> None:
+    assert scores["trained"] > scores["random"] + random_by, scores
+    assert scores["trained"] > scores["pixels"] + pixels_by, scores

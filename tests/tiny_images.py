@@ -135,3 +135,22 @@ class BarImages:
 
     def __getitem__(self, i: int) -> dict:
         return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}
+
+
+class ShapeImages:
+    """The embedded demo's shapes (``generate_shapes``: 10 classes, one filled shape of random colour, scale,
+    tilt and place over a patterned background), ``per_class`` images of each class of one split."""
+
+    def __init__(self, per_class: int, name: str, seed: int = 0, size: int = 32):
+        from mmssl.modalities.vision.synthetic import CLASSES, generate_shapes
+
+        split = generate_shapes(per_class, 0, size=size, seed=seed)["train"]
+        self.images = torch.from_numpy(split["image"]).permute(0, 3, 1, 2).contiguous()  # (n, 3, S, S) uint8
+        self.labels = torch.from_numpy(split["label"])
+        self.name, self.vocab = name, list(CLASSES)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}
