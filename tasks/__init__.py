@@ -6,6 +6,7 @@ from mmssl.tasks import (  # noqa: F401
     context_encoder_image,
     cpc_audio,
     deepcluster_image,
+    densecl_image,
     dino_image,
     exemplar_image,
     jigsaw_image,

@@ -8,6 +8,7 @@ from mmssl.objectives import (  # noqa: F401
     context_encoder,
     cpc,
     deepcluster,
+    densecl,
     dino,
     exemplar,
     jigsaw,

@@ -54,8 +54,8 @@ def views_of(batch: dict, objective: str, count: int | None = 2) -> list[torch.T
     return list(views)
 
 
-def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Pooled encoder features of each view; consecutive views of one shape share a forward.
+def encode_views(encoder: nn.Module, views: list[torch.Tensor], pool: bool = True) -> list[torch.Tensor]:
+    """Pooled encoder features (or tokens) of each view; consecutive views of one shape share a forward.
 
     One forward per shape is faster than one per view and is what the SimCLR
     and SwAV reference code do; BatchNorm statistics then span the views of one
@@ -64,7 +64,8 @@ def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Te
     Args:
         views: tensors (B, ...) of any modality; views of different shapes (e.g.
             SwAV's local crops) are encoded separately.
-    Returns: one (B, D) tensor per view, in order.
+        pool: False keeps the tokens (dense objectives read the feature map).
+    Returns: one (B, D) tensor per view, in order; (B, N, D) tokens when ``pool`` is False.
     """
     out: list[torch.Tensor] = []
     start = 0
@@ -72,7 +73,9 @@ def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Te
         end = start + 1
         while end < len(views) and views[end].shape == views[start].shape:
             end += 1
-        h = encoder.pool(encoder.forward_features(torch.cat(views[start:end])))  # ((end - start) * B, D)
+        h = encoder.forward_features(torch.cat(views[start:end]))  # ((end - start) * B, N, D)
+        if pool:
+            h = encoder.pool(h)  # ((end - start) * B, D)
         out.extend(h.chunk(end - start))
         start = end
     return out

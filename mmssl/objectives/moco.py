@@ -34,10 +34,21 @@ from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
 
 
-def _grouped(encoder: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Pooled features (B, D) of x (B, ...) encoded in ``groups`` near-equal consecutive pieces,
-    so BatchNorm normalises each piece with its own statistics."""
-    return torch.cat([encoder.pool(encoder.forward_features(part)) for part in x.tensor_split(groups)])
+def _grouped(encoder: nn.Module, x: torch.Tensor, groups: int, pool: bool = True) -> torch.Tensor:
+    """Pooled features (B, D), or tokens (B, N, D) if not ``pool``, of x (B, ...) encoded in
+    ``groups`` near-equal consecutive pieces, so BatchNorm normalises each piece with its own statistics."""
+    parts = [encoder.forward_features(part) for part in x.tensor_split(groups)]
+    return torch.cat([encoder.pool(h) for h in parts] if pool else parts)
+
+
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Write keys (N, dim) into the ring buffer queue (Q, dim) at ptr, oldest first; wraps around,
+    keeps the last Q if N > Q. The pointer (a 0-d long tensor) stays on the device: no host read per step."""
+    size, n = queue.shape[0], keys.shape[0]
+    skip = max(n - size, 0)  # only the newest Q keys would survive anyway
+    idx = (ptr + skip + torch.arange(n - skip, device=keys.device)) % size
+    queue[idx] = keys[skip:].to(queue.dtype)
+    ptr.add_(n).remainder_(size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +72,8 @@ class MoCo(Objective):
     Settings: ClassVar[type] = MoCoSettings
     # every process enqueues the same gathered keys
     unsynced_buffers: ClassVar[tuple[str, ...]] = ("queue", "queue_ptr")
+    # What the encoders hand the heads: pooled features; a dense subclass (DenseCL) takes the tokens.
+    pool_features: ClassVar[bool] = True
 
     def __init__(self, encoder: nn.Module, *, proj_hidden: int = MoCoSettings.proj_hidden,
                  proj_dim: int = MoCoSettings.proj_dim, queue_size: int = MoCoSettings.queue_size,
@@ -102,31 +115,39 @@ class MoCo(Objective):
     def _groups(self, batch: int) -> int:
         return max(1, batch // self.shuffle_bn)
 
-    def _queries(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The online encoder's pooled features (B, D) of each view, or its tokens (B, N, D) for
+        an objective that reads the feature map (``pool_features`` False)."""
         if self.shuffle_bn:
-            h = [_grouped(self.encoder, v, self._groups(len(v))) for v in views]
-        else:
-            h = encode_views(self.encoder, views)
+            return [_grouped(self.encoder, v, self._groups(len(v)), self.pool_features) for v in views]
+        return encode_views(self.encoder, views, pool=self.pool_features)
+
+    @torch.no_grad()
+    def _key_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The momentum encoder's features of each view, as ``_features`` (shuffle-BN when on)."""
+        if self.shuffle_bn:
+            return [self._shuffled_keys(v) for v in views]
+        return encode_views(self.momentum_encoder, views, pool=self.pool_features)
+
+    def _queries(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        h = self._features(views)
         return list(F.normalize(self.projector(torch.cat(h)), dim=1).chunk(len(views)))
 
     @torch.no_grad()
     def _keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.shuffle_bn:
-            h = [self._shuffled_keys(v) for v in views]
-        else:
-            h = encode_views(self.momentum_encoder, views)
+        h = self._key_features(views)
         return list(F.normalize(self.momentum_projector(torch.cat(h)), dim=1).chunk(len(views)))
 
     @torch.no_grad()
     def _shuffled_keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Momentum-encoder features (B, D) of this process's x (B, ...), computed on a shuffled
-        shard of the global batch: gather, permute, encode this process's shard in groups,
-        gather the features back and undo the permutation."""
+        """Momentum-encoder features (B, D), or tokens (B, N, D), of this process's x (B, ...),
+        computed on a shuffled shard of the global batch: gather, permute, encode this process's
+        shard in groups, gather the features back and undo the permutation."""
         world, rank, groups = dist.world_size(), dist.rank(), self._groups(len(x))
         full = dist.all_gather_nograd(x)  # (world * B, ...)
         perm = dist.broadcast(torch.randperm(len(full), device=x.device))
         shard = full[perm].chunk(world)[rank]
-        h = dist.all_gather_nograd(_grouped(self.momentum_encoder, shard, groups))  # permuted order
+        h = dist.all_gather_nograd(_grouped(self.momentum_encoder, shard, groups, self.pool_features))  # permuted
         return h[torch.argsort(perm)].chunk(world)[rank]
 
     def forward(self, batch: dict) -> dict:
@@ -154,18 +175,15 @@ class MoCo(Objective):
     @torch.no_grad()
     def after_step(self, step: int, max_steps: int) -> None:
         """Once per optimizer step: momentum update, then enqueue the pending keys."""
-        ema_update([(self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)],
-                   self.momentum_at(step, max_steps))
+        ema_update(self._momentum_pairs(), self.momentum_at(step, max_steps))
         if self._pending:
             self._enqueue(torch.cat(self._pending))
             self._pending.clear()
 
-    def _enqueue(self, keys: torch.Tensor) -> None:
-        """Write keys (N, proj_dim) into the ring buffer, oldest first; wraps around, keeps the last Q if N > Q."""
-        size, n = self.queue.shape[0], keys.shape[0]
-        skip = max(n - size, 0)  # only the newest Q keys would survive anyway
-        # The pointer stays on the device: no host read per step.
-        idx = (self.queue_ptr + skip + torch.arange(n - skip, device=keys.device)) % size
-        self.queue[idx] = keys[skip:].to(self.queue.dtype)
-        self.queue_ptr.add_(n).remainder_(size)
+    def _momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(momentum copy, online module) pairs that ``after_step`` moves together."""
+        return [(self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)]
 
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Write keys (N, proj_dim) into the queue (see ``enqueue``)."""
+        enqueue(self.queue, self.queue_ptr, keys)

@@ -1,12 +1,13 @@
 """Two processes (gloo) give what one process gives on the same global batch:
 the loss and (DDP-averaged) gradients of SimCLR, SwAV, Barlow Twins (cross-correlation and
 standardisation all-reduced), VICReg (variance and covariance over the gathered batch) and
-SupCon (positives by label across processes), MoCo's queue, and instance discrimination's memory
-bank (negatives drawn on process 0, every process's features written at their indices).
+SupCon (positives by label across processes), MoCo's queue, DenseCL's global and dense queues,
+and instance discrimination's memory bank (negatives drawn on process 0, every process's features
+written at their indices).
 
 BatchNorm statistics are per process on CPU (SyncBatchNorm has no CPU kernel),
 so the projectors here are built without BatchNorm; the encoder has none. The
-exception is MoCo's shuffle-BN, whose point is per-group statistics: two
+exception is MoCo's (and DenseCL's) shuffle-BN, whose point is per-group statistics: two
 processes with one group each match one process with two groups."""
 import os
 import socket
@@ -17,6 +18,7 @@ import torch.multiprocessing as mp
 from tiny_encoders import BNEncoder, TinyEncoder
 
 from mmssl.objectives.barlow_twins import BarlowTwins
+from mmssl.objectives.densecl import DenseCL
 from mmssl.objectives.exemplar import Exemplar
 from mmssl.objectives.heads import mlp
 from mmssl.objectives.moco import MoCo
@@ -30,7 +32,8 @@ GLOBAL_BATCH = 8
 
 
 
-NAMES = ("simclr", "swav", "moco", "moco_shuffle_bn", "barlow_twins", "vicreg", "supcon", "exemplar")
+NAMES = ("simclr", "swav", "moco", "moco_shuffle_bn", "densecl", "densecl_shuffle_bn", "barlow_twins", "vicreg",
+         "supcon", "exemplar")
 LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 3, 0])  # positives on the same and on the other process
 INDEX = torch.tensor([7, 2, 11, 0, 5, 9, 3, 14])  # the images' indices in a bank of 16
 
@@ -52,6 +55,12 @@ def make(name):
     if name == "moco_shuffle_bn":  # groups of 4: one per process on two, two on one process
         return MoCo(BNEncoder(), proj_hidden=32, proj_dim=16, queue_size=3 * GLOBAL_BATCH, symmetric=True,
                     shuffle_bn=GLOBAL_BATCH // 2)
+    if name == "densecl":
+        return DenseCL(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=3 * GLOBAL_BATCH,
+                       dense_queue_size=3 * GLOBAL_BATCH, shuffle_bn=0)
+    if name == "densecl_shuffle_bn":  # the key tokens of the shuffled groups travel back to their images
+        return DenseCL(BNEncoder(), proj_hidden=32, proj_dim=16, queue_size=3 * GLOBAL_BATCH,
+                       dense_queue_size=3 * GLOBAL_BATCH, symmetric=True, shuffle_bn=GLOBAL_BATCH // 2)
     return MoCo(TinyEncoder(), proj_hidden=32, proj_dim=16, queue_size=3 * GLOBAL_BATCH, shuffle_bn=0)
 
 
@@ -75,9 +84,11 @@ def run(name, rank=0, world=1):
     out["loss"].backward()
     grads = {n: p.grad.clone() for n, p in objective.named_parameters() if p.requires_grad}
     queue = None
-    if name.startswith("moco"):
+    if name.startswith(("moco", "densecl")):
         objective.after_step(1, 10)
         queue = (objective.queue.clone(), int(objective.queue_ptr))
+        if name.startswith("densecl"):
+            queue += (objective.dense_queue.clone(), int(objective.dense_queue_ptr))
     if name == "exemplar":
         objective.after_step(1, 10)
         queue = objective.bank.clone()
@@ -121,12 +132,13 @@ def test_two_processes_match_one(tmp_path):
             atol = 1e-6 * max(1.0, *(g.abs().max().item() for g in one_grads.values()))
             for n, g in one_grads.items():
                 torch.testing.assert_close(two_grads[n], g, rtol=1e-4, atol=atol, msg=f"{name} {n}")
-        if name.startswith("moco"):
-            # every process's queue holds the keys of both processes, in global-batch order
-            size = GLOBAL_BATCH * (2 if name == "moco_shuffle_bn" else 1)  # symmetric: both views' keys
+        if name.startswith(("moco", "densecl")):
+            # every process's queues hold the keys of both processes, in global-batch order
+            size = GLOBAL_BATCH * (2 if name.endswith("shuffle_bn") else 1)  # symmetric: both views' keys
             for two_queue in (r[name][2] for r in ranks):
-                assert two_queue[1] == one_queue[1] == size
-                torch.testing.assert_close(two_queue[0], one_queue[0], rtol=1e-5, atol=1e-6)
+                assert two_queue[1::2] == one_queue[1::2] == (size,) * len(one_queue[1::2])
+                for two, one in zip(two_queue[::2], one_queue[::2]):
+                    torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
         if name == "exemplar":  # every process's bank holds both processes' features
             for two_bank in (r[name][2] for r in ranks):
                 torch.testing.assert_close(two_bank, one_queue, rtol=1e-5, atol=1e-6)

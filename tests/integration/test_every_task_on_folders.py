@@ -75,6 +75,6 @@ def test_every_task_trains_on_a_local_folder_in_two_processes(tmp_path):
     # and MoCo's queue and the memory bank, built from gathered values, stay identical without the copy.
     queue = json.loads((out / "swav_image.json").read_text())["buffers"]["queue"]
     assert queue["rows_differing"] == queue["rows"] == 16, queue
-    for name, buffer in (("moco_image", "queue"), ("exemplar_image", "bank")):
+    for name, buffer in (("moco_image", "queue"), ("densecl_image", "dense_queue"), ("exemplar_image", "bank")):
         state = json.loads((out / f"{name}.json").read_text())["buffers"][buffer]
         assert state["rows_differing"] == 0 and state["rows"] > 0, (name, state)

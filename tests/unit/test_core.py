@@ -31,6 +31,7 @@ SMOKE = {
                   "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2},
     "simclr_image": {**_IMG, **_HEAD},
     "moco_image": {**_IMG, **_HEAD, "objective.queue_size": 16},
+    "densecl_image": {**_IMG, **_HEAD, "objective.queue_size": 16, "objective.dense_queue_size": 16},
     "byol_image": {**_IMG, **_HEAD, "objective.pred_hidden": 16},
     "simsiam_image": {**_IMG, "objective.proj_dim": 16, "objective.pred_hidden": 8},
     "swav_image": {**_IMG, **_HEAD, "objective.num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8,

@@ -1,0 +1,31 @@
+"""densecl_image: DenseCL (arXiv:2011.09157): MoCo v2 plus a contrastive loss between the feature
+map's locations, each query location's positive the key location most like it in the backbone."""
+from __future__ import annotations
+
+import dataclasses
+
+from mmssl.modalities.vision.augment import ViewSettings, simclr_views
+from mmssl.objectives.densecl import DenseCLSettings
+from mmssl.registry import TASKS
+from mmssl.tasks.image_base import ImageConfig, ImageTask
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseCLImageConfig(ImageConfig):
+    # moco_image's demo, so the two compare: the same steps, encoder, views and MoCo settings
+    max_steps: int = 1600  # moco_image's: MoCo on this data passes raw pixels on kNN at 1600 steps, not at 800
+    objective: DenseCLSettings = DenseCLSettings(
+        proj_hidden=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
+        queue_size=4096,  # 32 steps of 128 keys: 65536 would hold keys of a much older encoder in a short run
+        dense_queue_size=4096,  # one pooled dense key per image, as the global queue: the same reasoning
+        momentum=0.99,  # the key encoder follows over ~100 steps, not ~1000: suited to 1600 steps
+        symmetric=True,  # both views act as query once, as moco_image (the paper: one query per pair)
+        shuffle_bn=16,  # 4 BatchNorm groups in the demo's batch of 64 (the paper: 32 per GPU)
+    )
+    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.2)  # DenseCL's views are MoCo v2's
+
+
+@TASKS.register("densecl_image")
+class DenseCLImage(ImageTask):
+    objective = "densecl"
+    Config = DenseCLImageConfig
