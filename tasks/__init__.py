@@ -5,6 +5,7 @@ from mmssl.tasks import (  # noqa: F401
     colorize_video,
     context_encoder_image,
     cpc_audio,
+    cpc_image,
     deepcluster_image,
     dino_image,
     exemplar_image,

@@ -4,6 +4,11 @@ An encoder maps the signal to frames z_t, an autoregressive context network
 summarises z_<=t into c_t, and a separate linear predictor W_k per step
 k = 1..K scores W_k c_t against z_{t+k} (the positive) and against negatives
 drawn from all frames of all sequences on all processes (InfoNCE).
+
+The objective is the same whatever the sequence: ``CPC.score`` takes latents z (B, T, D) and
+contexts c (B, T, D'), and ``CPC`` reads them off an audio encoder's frames and autoregressive
+context, ``CPCImage`` off the columns of a grid of image patches (CPC v2, arXiv:1905.09272) with a
+masked convolutional context over the rows.
 """
 from __future__ import annotations
 
@@ -12,11 +17,13 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from mmssl import dist
 from mmssl.losses import cpc_info_nce
 from mmssl.objectives.base import Objective
+from mmssl.objectives.heads import embedding_std
 from mmssl.registry import OBJECTIVES
 
 
@@ -59,9 +66,13 @@ class CPC(Objective):
         self.encoder = encoder
         self.steps, self.num_negatives, self.negatives_from = steps, num_negatives, negatives_from
         self.temperature = temperature
-        z_dim, c_dim = encoder.frames.embed_dim, encoder.embed_dim
+        z_dim, c_dim = self.latent_dims()
         # One (c_dim -> z_dim) map per step, held as a single tensor so all steps run in one einsum.
         self.predictors = nn.Parameter(torch.randn(steps, c_dim, z_dim) / c_dim**0.5)
+
+    def latent_dims(self) -> tuple[int, int]:
+        """(D of z, D of c): a sequence encoder's frames and context."""
+        return self.encoder.frames.embed_dim, self.encoder.embed_dim
 
     def sample_negatives(self, batch: int, length: int, usable: int, device: torch.device) -> torch.Tensor:
         """Negative indices (batch * usable, M) into the pool of this process.
@@ -89,6 +100,17 @@ class CPC(Objective):
         x = batch["input"]
         z = self.encoder.forward_frames(x)  # (B, T, Dz)
         c = self.encoder.forward_context(z)  # (B, T, Dc)
+        return self.score(z, c)
+
+    def score(self, z: torch.Tensor, c: torch.Tensor) -> dict:
+        """InfoNCE of W_k c_t against z_{t+k}, whatever the sequences are: audio frames, a column of
+        image patches read top to bottom, video frames.
+
+        Args:
+            z: (B, T, Dz) latents, B sequences of T steps; every z of every process is a candidate negative.
+            c: (B, T, Dc) contexts, c_t read z_<=t only.
+        Returns: {"loss", "acc" (the positive ranked first, all steps), "acc_stepK" for three of the steps}.
+        """
         B, T, Dz = z.shape
         usable = T - self.steps
         if usable < 1:
@@ -111,3 +133,88 @@ class CPC(Objective):
             out[f"acc_step{i + 1}"] = acc_k[i].detach()
         return out
 
+
+@dataclasses.dataclass(frozen=True)
+class CPCImageSettings(CPCSettings):
+    """CPC on images (arXiv:1807.03748 Sec. 3.2; CPC v2, arXiv:1905.09272): a 7x7 grid of 64 px patches
+    32 px apart on a 256 px crop, each patch encoded alone; a context over the rows (masked, PixelCNN-style
+    convolutions) predicts the patches up to 5 rows below. Negatives are other patches of the batch, at
+    other locations and in other images ("batch"); the papers score against all of them, here against
+    ``num_negatives`` drawn from them. ``context_dim`` / ``context_layers``: the width and number of the
+    context's residual blocks."""
+
+    steps: int = 5
+    patch_size: int = 64
+    patch_stride: int = 32
+    context_dim: int = 256
+    context_layers: int = 3
+
+
+class RowCausalConv(nn.Conv2d):
+    """A k x k convolution that reads the current row and the k - 1 rows above it, never one below:
+    padding only above (and on both sides), so output row i sees input rows i - k + 1 .. i."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C', H, W)
+        kh, kw = self.kernel_size
+        return super().forward(F.pad(x, (kw // 2, kw // 2, kh - 1, 0)))
+
+
+class RowContext(nn.Module):
+    """Latents on a grid z (B, D, H, W) -> contexts c (B, D, H, W), c[..., i, :] reading rows <= i of z:
+    residual blocks (1x1 down, a row-causal 3x3, 1x1 up), the shape of CPC v2's PixelCNN context."""
+
+    def __init__(self, dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv2d(dim, hidden, 1), nn.ReLU(), RowCausalConv(hidden, hidden, 3),
+                          nn.ReLU(), nn.Conv2d(hidden, dim, 1))
+            for _ in range(layers))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c = z
+        for block in self.blocks:
+            c = c + block(c)
+        return c
+
+
+@OBJECTIVES.register("cpc_image")
+class CPCImage(CPC):
+    """CPC's objective over the columns of a patch grid: each column, read top to bottom, is a sequence
+    whose latents are the patches' features and whose contexts come from ``RowContext``; ``score``, the
+    InfoNCE CPC uses on audio frames, does the rest. The encoder is a ``patch_grid`` (each patch read
+    alone), the module exported and probed: its pooled embedding is the mean patch feature."""
+
+    Settings: ClassVar[type] = CPCImageSettings
+    single_view = True
+
+    def __init__(self, encoder: nn.Module, *, steps: int = CPCImageSettings.steps,
+                 num_negatives: int = CPCImageSettings.num_negatives,
+                 negatives_from: str = CPCImageSettings.negatives_from,
+                 temperature: float | None = CPCImageSettings.temperature,
+                 patch_size: int = CPCImageSettings.patch_size, patch_stride: int = CPCImageSettings.patch_stride,
+                 context_dim: int = CPCImageSettings.context_dim, context_layers: int = CPCImageSettings.context_layers):
+        grid = (getattr(encoder, "patch", None), getattr(encoder, "stride", None))
+        if grid != (patch_size, patch_stride):
+            raise ValueError(f"cpc_image needs a patch_grid encoder of {patch_size} px patches {patch_stride} px apart, "
+                             f"got {type(encoder).__name__} with patch, stride = {grid}")
+        if context_dim < 1 or context_layers < 0:
+            raise ValueError(f"context_dim must be positive and context_layers >= 0, not {context_dim}, {context_layers}")
+        super().__init__(encoder, steps=steps, num_negatives=num_negatives, negatives_from=negatives_from,
+                         temperature=temperature)
+        self.context = RowContext(encoder.embed_dim, context_dim, context_layers)
+
+    def latent_dims(self) -> tuple[int, int]:
+        return self.encoder.embed_dim, self.encoder.embed_dim  # the context keeps z's width
+
+    def forward(self, batch: dict) -> dict:
+        """batch["input"] = (B, C, H, W) images. Returns the InfoNCE loss, acc, acc_stepK and std."""
+        x = batch["input"]
+        if x.dim() != 4:
+            raise ValueError(f"cpc_image expects images (B, C, H, W), got {tuple(x.shape)}")
+        rows, cols = self.encoder.grid(x.shape[-2], x.shape[-1])
+        tokens = self.encoder.forward_features(x)  # (B, rows * cols, D)
+        z = rearrange(tokens, "b (h w) d -> b d h w", h=rows, w=cols)
+        c = self.context(z)
+        columns = "b d h w -> (b w) h d"  # one sequence per column, read top to bottom
+        out = self.score(rearrange(z, columns), rearrange(c, columns))
+        return {**out, "std": embedding_std(self.encoder.pool(tokens))}

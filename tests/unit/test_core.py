@@ -42,6 +42,8 @@ SMOKE = {
     "jigsaw_image": {**_IMG, "objective.tile_dim": 8, "objective.hidden": 16, "objective.num_permutations": 10},
     "relative_position_image": {**_IMG, "objective.patch_size": 4, "objective.gap": 1, "objective.jitter": 1,
                                 "objective.patch_dim": 8, "objective.hidden": 16},
+    "cpc_image": {**_IMG, "objective.patch_size": 4, "objective.patch_stride": 2, "objective.steps": 2,
+                  "objective.num_negatives": 8, "objective.context_dim": 8},
     "context_encoder_image": {**_IMG},
     "context_encoder_image/random_region": {**_IMG, "objective.mask": "random_region", "objective.adv_weight": 0.001},
     "barlow_twins_image": {**_IMG, **_HEAD},
