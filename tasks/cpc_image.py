@@ -8,6 +8,7 @@ import dataclasses
 from typing import ClassVar
 
 from mmssl.config import ConfigError
+from mmssl.encoders.convnet import ConvNetSettings
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.cpc import CPCImageSettings
 from mmssl.registry import TASKS
@@ -17,8 +18,12 @@ from mmssl.tasks.sections import TileEncoders
 
 @dataclasses.dataclass(frozen=True)
 class CPCImageConfig(ImageConfig):
+    # Each of 49 patches per image is encoded and scored against its negatives: a step costs several
+    # times a whole-image task's, so the demo takes fewer of them (a few CPU minutes).
+    max_steps: int = 300
     # Conv nets only: each patch is an image of its own, which a ViT laid out for whole crops does not fit.
-    encoder: TileEncoders = TileEncoders()
+    # Three stages take an 8 px patch down to one cell (a fourth would run on a 1x1 map).
+    encoder: TileEncoders = TileEncoders(convnet=ConvNetSettings(widths=(32, 64, 128)))
     renamed: ClassVar[dict[str, str]] = {k: v for k, v in ImageConfig.renamed.items() if ".vit." not in v}
     objective: CPCImageSettings = CPCImageSettings(
         # The paper's 7x7 grid of half-overlapping patches, scaled to the demo's 32 px crops: 8 px
@@ -29,6 +34,12 @@ class CPCImageConfig(ImageConfig):
         # Cosine similarity / 0.1 instead of the paper's dot product, as cpc_audio's demo: it leaves
         # the initial plateau sooner on a run of a few hundred steps.
         temperature=0.1,
+        # Each patch centred and scaled to unit RMS. The demo's images each have a few flat colours, so
+        # a patch's brightness and colour name its image among the batch's other images, where most
+        # negatives come from: with raw patches the predictions learn to pick the image, not what lies
+        # below, and the features do not learn the shapes.
+        patch_norm=True,
+        context_dim=64,  # a quarter of the conv net's width keeps the context a small part of a step
     )
     # A random resized crop (50-100%) and a flip, no colour changes: the patches' own colours stay a
     # cue, as in the paper's patches, which it augments one by one at ImageNet scale.
@@ -44,7 +55,7 @@ class CPCImage(ImageTask):
         """The chosen conv net reads each patch of the objective's grid (``patch_grid``)."""
         o = cfg.objective
         return {"name": "patch_grid", "kwargs": {"encoder": super().encoder_spec(cfg), "patch": o.patch_size,
-                                                 "stride": o.patch_stride}}
+                                                 "stride": o.patch_stride, "standardize": o.patch_norm}}
 
     def check_config(self, cfg: CPCImageConfig) -> None:
         super().check_config(cfg)

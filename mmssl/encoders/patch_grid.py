@@ -24,14 +24,16 @@ class PatchGrid(nn.Module):
             then its own ``pool``), e.g. ``{"name": "convnet", "kwargs": {...}}``.
         patch: side of a patch in pixels.
         stride: pixels between neighbouring patches (less than ``patch``: they overlap).
+        standardize: centre each channel of a patch and scale the patch to unit RMS before reading it, so
+            that its brightness and colour balance are no cue (as Doersch et al. do, arXiv:1505.05192).
     """
 
-    def __init__(self, encoder: dict, patch: int = 8, stride: int = 4):
+    def __init__(self, encoder: dict, patch: int = 8, stride: int = 4, standardize: bool = False):
         super().__init__()
         if patch < 1 or stride < 1:
             raise ValueError(f"patch and stride must be positive, not {patch} and {stride}")
         self.encoder = ENCODERS.build(encoder["name"], **encoder.get("kwargs", {}))
-        self.patch, self.stride = patch, stride
+        self.patch, self.stride, self.standardize = patch, stride, standardize
         self.embed_dim = self.encoder.embed_dim
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -55,8 +57,14 @@ class PatchGrid(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> tokens (B, rows * cols, D)."""
-        p = self.patches(x)
+        return self.encode(self.patches(x))
+
+    def encode(self, p: torch.Tensor) -> torch.Tensor:
+        """Patches (B, N, C, patch, patch) -> their features (B, N, D), each patch read alone."""
         B, N = p.shape[:2]
+        if self.standardize:
+            p = p - p.mean(dim=(-2, -1), keepdim=True)
+            p = p / p.square().mean(dim=(-3, -2, -1), keepdim=True).sqrt().clamp_min(1e-6)
         flat = rearrange(p, "b n c h w -> (b n) c h w")
         z = self.encoder.pool(self.encoder.forward_features(flat))  # (B * N, D)
         return rearrange(z, "(b n) d -> b n d", b=B, n=N)

@@ -24,6 +24,7 @@ from mmssl import dist
 from mmssl.losses import cpc_info_nce
 from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std
+from mmssl.objectives.relative_position import drop_colors
 from mmssl.registry import OBJECTIVES
 
 
@@ -141,13 +142,20 @@ class CPCImageSettings(CPCSettings):
     convolutions) predicts the patches up to 5 rows below. Negatives are other patches of the batch, at
     other locations and in other images ("batch"); the papers score against all of them, here against
     ``num_negatives`` drawn from them. ``context_dim`` / ``context_layers``: the width and number of the
-    context's residual blocks."""
+    context's residual blocks.
+
+    Most negatives then come from other images, which a patch's colours alone tell apart; CPC v2 augments
+    every patch on its own, colour dropping among others (``color_drop``: one random channel kept, the
+    others replaced by faint noise, as arXiv:1505.05192). ``patch_norm`` (not the papers'): the encoder
+    centres each patch's channels and scales it to unit RMS, in training and evaluation alike."""
 
     steps: int = 5
     patch_size: int = 64
     patch_stride: int = 32
     context_dim: int = 256
     context_layers: int = 3
+    color_drop: bool = True
+    patch_norm: bool = False
 
 
 class RowCausalConv(nn.Conv2d):
@@ -192,16 +200,19 @@ class CPCImage(CPC):
                  negatives_from: str = CPCImageSettings.negatives_from,
                  temperature: float | None = CPCImageSettings.temperature,
                  patch_size: int = CPCImageSettings.patch_size, patch_stride: int = CPCImageSettings.patch_stride,
-                 context_dim: int = CPCImageSettings.context_dim, context_layers: int = CPCImageSettings.context_layers):
-        grid = (getattr(encoder, "patch", None), getattr(encoder, "stride", None))
-        if grid != (patch_size, patch_stride):
-            raise ValueError(f"cpc_image needs a patch_grid encoder of {patch_size} px patches {patch_stride} px apart, "
-                             f"got {type(encoder).__name__} with patch, stride = {grid}")
+                 context_dim: int = CPCImageSettings.context_dim, context_layers: int = CPCImageSettings.context_layers,
+                 color_drop: bool = CPCImageSettings.color_drop, patch_norm: bool = CPCImageSettings.patch_norm):
+        grid = tuple(getattr(encoder, key, None) for key in ("patch", "stride", "standardize"))
+        if grid != (patch_size, patch_stride, patch_norm):
+            raise ValueError(f"cpc_image needs a patch_grid encoder of {patch_size} px patches {patch_stride} px apart "
+                             f"with standardize={patch_norm}, got {type(encoder).__name__} with patch, stride, "
+                             f"standardize = {grid}")
         if context_dim < 1 or context_layers < 0:
             raise ValueError(f"context_dim must be positive and context_layers >= 0, not {context_dim}, {context_layers}")
         super().__init__(encoder, steps=steps, num_negatives=num_negatives, negatives_from=negatives_from,
                          temperature=temperature)
         self.context = RowContext(encoder.embed_dim, context_dim, context_layers)
+        self.color_drop = color_drop
 
     def latent_dims(self) -> tuple[int, int]:
         return self.encoder.embed_dim, self.encoder.embed_dim  # the context keeps z's width
@@ -212,7 +223,11 @@ class CPCImage(CPC):
         if x.dim() != 4:
             raise ValueError(f"cpc_image expects images (B, C, H, W), got {tuple(x.shape)}")
         rows, cols = self.encoder.grid(x.shape[-2], x.shape[-1])
-        tokens = self.encoder.forward_features(x)  # (B, rows * cols, D)
+        patches = self.encoder.patches(x)  # (B, rows * cols, C, p, p)
+        if self.color_drop and self.training:  # one random channel kept per patch, the others noise
+            keep = torch.randint(0, patches.shape[-3], patches.shape[:-3], device=patches.device)
+            patches = drop_colors(patches, keep, torch.randn_like(patches), 0.01)
+        tokens = self.encoder.encode(patches)  # (B, rows * cols, D)
         z = rearrange(tokens, "b (h w) d -> b d h w", h=rows, w=cols)
         c = self.context(z)
         columns = "b d h w -> (b w) h d"  # one sequence per column, read top to bottom

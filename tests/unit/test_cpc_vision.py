@@ -40,6 +40,25 @@ def test_patch_grid_cuts_overlapping_patches_row_major_and_encodes_each_alone():
         enc.forward_features(torch.randn(1, 3, 6, 32))
 
 
+def test_standardized_patches_and_colour_dropping_in_training_only():
+    enc = patch_grid(patch=4, stride=2)
+    enc.standardize = True
+    x = torch.rand(2, 3, 8, 8)
+    seen = []
+    enc.encoder.net.register_forward_pre_hook(lambda module, args: seen.append(args[0]))  # what the conv net reads
+    enc.forward_features(x)
+    p = seen[-1].view(2, 9, 3, 4, 4)
+    torch.testing.assert_close(p.mean(dim=(-2, -1)), torch.zeros(2, 9, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(p.square().mean(dim=(-3, -2, -1)), torch.ones(2, 9), atol=1e-4, rtol=0)
+    objective = OBJECTIVES.build("cpc_image", encoder=enc, patch_size=4, patch_stride=2, steps=2, patch_norm=True)
+    objective({"input": x})  # training: each patch keeps one channel, the others are faint noise
+    rms = seen[-1].view(2, 9, 3, 16).std(-1)  # (B, N, C): per-channel spread after standardising
+    assert ((rms > 0.5).sum(-1) == 1).all()
+    objective.eval()
+    objective({"input": x})  # evaluation: every channel as it is
+    torch.testing.assert_close(seen[-1], seen[0])
+
+
 def test_row_context_never_reads_a_lower_row():
     torch.manual_seed(0)
     context = RowContext(dim=6, hidden=5, layers=3)
