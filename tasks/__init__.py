@@ -6,6 +6,7 @@ from mmssl.tasks import (  # noqa: F401
     context_encoder_image,
     cpc_audio,
     cpc_image,
+    cpc_video,
     deepcluster_image,
     dino_image,
     exemplar_image,

@@ -8,7 +8,8 @@ drawn from all frames of all sequences on all processes (InfoNCE).
 The objective is the same whatever the sequence: ``CPC.score`` takes latents z (B, T, D) and
 contexts c (B, T, D'), and ``CPC`` reads them off an audio encoder's frames and autoregressive
 context, ``CPCImage`` off the columns of a grid of image patches (CPC v2, arXiv:1905.09272) with a
-masked convolutional context over the rows.
+masked convolutional context over the rows, ``CPCVideo`` off a clip's pooled frame features
+(dense predictive coding, arXiv:1909.04656) with an autoregressive context over time.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from einops import rearrange
 from torch import nn
 
 from mmssl import dist
+from mmssl.encoders.context import CONTEXTS
 from mmssl.losses import cpc_info_nce
 from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std
 from mmssl.objectives.relative_position import drop_colors
-from mmssl.registry import OBJECTIVES
+from mmssl.registry import ENCODERS, OBJECTIVES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,3 +235,53 @@ class CPCImage(CPC):
         columns = "b d h w -> (b w) h d"  # one sequence per column, read top to bottom
         out = self.score(rearrange(z, columns), rearrange(c, columns))
         return {**out, "std": embedding_std(self.encoder.pool(tokens))}
+
+
+@dataclasses.dataclass(frozen=True)
+class CPCVideoSettings(CPCSettings):
+    """CPC over time on video (dense predictive coding, Han et al., arXiv:1909.04656): every frame's
+    pooled feature is a latent z_t, an autoregressive context (``context``: gru, the paper's, or
+    causal_transformer) summarises z_<=t into c_t, and the next ``steps`` latents are predicted, 3 as the
+    paper's. Negatives: other frames of the batch, at other times and in other videos ("batch"). The
+    paper predicts every spatial cell of clip-level 3D-conv features; here a 2D frame encoder's pooled
+    frame features are the sequence, so the frame encoder stays the one the tracking evaluation reads."""
+
+    steps: int = 3
+    context: str = "gru"
+    context_layers: int = 1
+
+
+@OBJECTIVES.register("cpc_video")
+class CPCVideo(CPC):
+    """CPC's objective over a clip's frames: z_t the encoder's pooled frame features, c_t from an
+    autoregressive context as wide as z (``mmssl.encoders.context``), ``score`` as on audio frames."""
+
+    Settings: ClassVar[type] = CPCVideoSettings
+
+    def __init__(self, encoder: nn.Module, *, steps: int = CPCVideoSettings.steps,
+                 num_negatives: int = CPCVideoSettings.num_negatives,
+                 negatives_from: str = CPCVideoSettings.negatives_from,
+                 temperature: float | None = CPCVideoSettings.temperature,
+                 context: str = CPCVideoSettings.context, context_layers: int = CPCVideoSettings.context_layers):
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be {' or '.join(CONTEXTS)}, not '{context}'")
+        if context_layers < 1:
+            raise ValueError(f"context_layers must be positive, not {context_layers}")
+        super().__init__(encoder, steps=steps, num_negatives=num_negatives, negatives_from=negatives_from,
+                         temperature=temperature)
+        dim = encoder.embed_dim
+        self.context = ENCODERS.build(context, in_dim=dim, dim=dim, layers=context_layers)
+
+    def latent_dims(self) -> tuple[int, int]:
+        return self.encoder.embed_dim, self.encoder.embed_dim  # the context keeps z's width
+
+    def forward(self, batch: dict) -> dict:
+        """batch["frames"] = (B, T, C, H, W) clips. Returns the InfoNCE loss, acc, acc_stepK and std."""
+        x = batch["frames"]
+        if x.dim() != 5:
+            raise ValueError(f"cpc_video expects clips (B, T, C, H, W), got {tuple(x.shape)}")
+        B, T = x.shape[:2]
+        z = self.encoder.pool(self.encoder.forward_features(x.flatten(0, 1)))  # (B * T, D)
+        z = rearrange(z, "(b t) d -> b t d", b=B, t=T)
+        out = self.score(z, self.context(z))
+        return {**out, "std": embedding_std(z.flatten(0, 1))}

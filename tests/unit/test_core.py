@@ -55,6 +55,7 @@ SMOKE = {
     "swav_image/vit": {**_VIT, **_HEAD, "objective.num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image/vit": {**_VIT},
     "colorize_video": {**_VID, "quantizer_frames": 8},
+    "cpc_video": {**_VID, "clip_len": 4, "objective.steps": 2, "objective.num_negatives": 8},
     "tcn_video": {**_VID, "anchors": 4, "objective.embed_dim": 8},
     "tcn_video/single": {**_VID, "anchors": 4, "objective.embed_dim": 8, "views": "single",
                          "objective.loss": "npairs"},

@@ -164,3 +164,32 @@ def test_cpc_audio_is_unchanged():
         got = (out["loss"].item(), out["acc"].item(), objective.predictors.grad.sum().item(),
                torch.cat([p.grad.flatten() for p in enc.parameters()]).sum().item())
         assert got == pytest.approx(AUDIO[mode], rel=1e-5, abs=1e-6), mode
+
+
+def test_video_info_nce_matches_a_loop_over_videos_and_frames():
+    torch.manual_seed(0)
+    frames = build_encoder({"name": "convnet", "kwargs": {"widths": [8, 8]}})
+    objective = OBJECTIVES.build("cpc_video", encoder=frames, steps=2, num_negatives=5, temperature=0.1).eval()
+    x = torch.randn(3, 5, 3, 8, 8)  # 3 clips of 5 frames
+    torch.manual_seed(1)
+    out = objective({"frames": x})
+    torch.manual_seed(1)
+    neg_index = objective.sample_negatives(3, 5, 3, x.device)  # (clips * usable frames, M), flat (clip, frame)
+    # every frame encoded alone and pooled; the context reads the clip's frames in order
+    z = torch.stack([torch.stack([frames.pool(frames.forward_features(x[b, t:t + 1]))[0] for t in range(5)])
+                     for b in range(3)])  # (3, 5, D)
+    c = objective.context(z)
+    losses = {k: [] for k in (1, 2)}
+    for k in (1, 2):
+        for b in range(3):
+            for t in range(3):
+                pred = F.normalize(c[b, t] @ objective.predictors[k - 1], dim=0) / 0.1
+                cands = [z[b, t + k]] + [z[j // 5, j % 5] for j in neg_index[b * 3 + t].tolist() if j != b * 5 + t + k]
+                logits = torch.stack([pred @ F.normalize(v, dim=0) for v in cands])
+                losses[k].append(-torch.log_softmax(logits, 0)[0])
+    reference = torch.stack([torch.stack(v).mean() for v in losses.values()]).mean()
+    torch.testing.assert_close(out["loss"], reference, rtol=1e-5, atol=1e-5)
+    # the context is causal in time: later frames leave earlier contexts alone
+    later = z.clone()
+    later[:, 3:] += 1
+    torch.testing.assert_close(objective.context(later)[:, :3], c[:, :3])
