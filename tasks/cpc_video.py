@@ -15,6 +15,7 @@ from mmssl.tasks.video_base import VideoConfig, VideoTask
 
 @dataclasses.dataclass(frozen=True)
 class CPCVideoConfig(VideoConfig):
+    max_steps: int = 200  # 16 clips of 8 frames a step: a few CPU minutes, the evaluation's tracking besides
     clip_len: int = 8  # frames per clip, ``frame_stride`` apart: 5 contexts for 3 steps ahead
     objective: CPCVideoSettings = CPCVideoSettings(
         # Cosine similarity / 0.1 instead of the paper's dot product, as the other CPC demos: it leaves
