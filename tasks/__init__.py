@@ -5,6 +5,8 @@ from mmssl.tasks import (  # noqa: F401
     colorize_video,
     context_encoder_image,
     cpc_audio,
+    cpc_image,
+    cpc_video,
     deepcluster_image,
     densecl_image,
     dino_image,

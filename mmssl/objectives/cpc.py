@@ -4,6 +4,12 @@ An encoder maps the signal to frames z_t, an autoregressive context network
 summarises z_<=t into c_t, and a separate linear predictor W_k per step
 k = 1..K scores W_k c_t against z_{t+k} (the positive) and against negatives
 drawn from all frames of all sequences on all processes (InfoNCE).
+
+The objective is the same whatever the sequence: ``CPC.score`` takes latents z (B, T, D) and
+contexts c (B, T, D'), and ``CPC`` reads them off an audio encoder's frames and autoregressive
+context, ``CPCImage`` off the columns of a grid of image patches (CPC v2, arXiv:1905.09272) with a
+masked convolutional context over the rows, ``CPCVideo`` off a clip's pooled frame features
+(dense predictive coding, arXiv:1909.04656) with an autoregressive context over time.
 """
 from __future__ import annotations
 
@@ -12,12 +18,16 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from mmssl import dist
+from mmssl.encoders.context import CONTEXTS
 from mmssl.losses import cpc_info_nce
 from mmssl.objectives.base import Objective
-from mmssl.registry import OBJECTIVES
+from mmssl.objectives.heads import embedding_std
+from mmssl.objectives.relative_position import drop_colors
+from mmssl.registry import ENCODERS, OBJECTIVES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +69,13 @@ class CPC(Objective):
         self.encoder = encoder
         self.steps, self.num_negatives, self.negatives_from = steps, num_negatives, negatives_from
         self.temperature = temperature
-        z_dim, c_dim = encoder.frames.embed_dim, encoder.embed_dim
+        z_dim, c_dim = self.latent_dims()
         # One (c_dim -> z_dim) map per step, held as a single tensor so all steps run in one einsum.
         self.predictors = nn.Parameter(torch.randn(steps, c_dim, z_dim) / c_dim**0.5)
+
+    def latent_dims(self) -> tuple[int, int]:
+        """(D of z, D of c): a sequence encoder's frames and context."""
+        return self.encoder.frames.embed_dim, self.encoder.embed_dim
 
     def sample_negatives(self, batch: int, length: int, usable: int, device: torch.device) -> torch.Tensor:
         """Negative indices (batch * usable, M) into the pool of this process.
@@ -89,6 +103,17 @@ class CPC(Objective):
         x = batch["input"]
         z = self.encoder.forward_frames(x)  # (B, T, Dz)
         c = self.encoder.forward_context(z)  # (B, T, Dc)
+        return self.score(z, c)
+
+    def score(self, z: torch.Tensor, c: torch.Tensor) -> dict:
+        """InfoNCE of W_k c_t against z_{t+k}, whatever the sequences are: audio frames, a column of
+        image patches read top to bottom, video frames.
+
+        Args:
+            z: (B, T, Dz) latents, B sequences of T steps; every z of every process is a candidate negative.
+            c: (B, T, Dc) contexts, c_t read z_<=t only.
+        Returns: {"loss", "acc" (the positive ranked first, all steps), "acc_stepK" for three of the steps}.
+        """
         B, T, Dz = z.shape
         usable = T - self.steps
         if usable < 1:
@@ -111,3 +136,152 @@ class CPC(Objective):
             out[f"acc_step{i + 1}"] = acc_k[i].detach()
         return out
 
+
+@dataclasses.dataclass(frozen=True)
+class CPCImageSettings(CPCSettings):
+    """CPC on images (arXiv:1807.03748 Sec. 3.2; CPC v2, arXiv:1905.09272): a 7x7 grid of 64 px patches
+    32 px apart on a 256 px crop, each patch encoded alone; a context over the rows (masked, PixelCNN-style
+    convolutions) predicts the patches up to 5 rows below. Negatives are other patches of the batch, at
+    other locations and in other images ("batch"); the papers score against all of them, here against
+    ``num_negatives`` drawn from them. ``context_dim`` / ``context_layers``: the width and number of the
+    context's residual blocks.
+
+    Most negatives then come from other images, which a patch's colours alone tell apart; CPC v2 augments
+    every patch on its own, colour dropping among others (``color_drop``: one random channel kept, the
+    others replaced by faint noise, as arXiv:1505.05192). ``patch_norm`` (not the papers'): the encoder
+    centres each patch's channels and scales it to unit RMS, in training and evaluation alike."""
+
+    steps: int = 5
+    patch_size: int = 64
+    patch_stride: int = 32
+    context_dim: int = 256
+    context_layers: int = 3
+    color_drop: bool = True
+    patch_norm: bool = False
+
+
+class RowCausalConv(nn.Conv2d):
+    """A k x k convolution that reads the current row and the k - 1 rows above it, never one below:
+    padding only above (and on both sides), so output row i sees input rows i - k + 1 .. i."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C', H, W)
+        kh, kw = self.kernel_size
+        return super().forward(F.pad(x, (kw // 2, kw // 2, kh - 1, 0)))
+
+
+class RowContext(nn.Module):
+    """Latents on a grid z (B, D, H, W) -> contexts c (B, D, H, W), c[..., i, :] reading rows <= i of z:
+    residual blocks (1x1 down, a row-causal 3x3, 1x1 up), the shape of CPC v2's PixelCNN context."""
+
+    def __init__(self, dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv2d(dim, hidden, 1), nn.ReLU(), RowCausalConv(hidden, hidden, 3),
+                          nn.ReLU(), nn.Conv2d(hidden, dim, 1))
+            for _ in range(layers))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c = z
+        for block in self.blocks:
+            c = c + block(c)
+        return c
+
+
+@OBJECTIVES.register("cpc_image")
+class CPCImage(CPC):
+    """CPC's objective over the columns of a patch grid: each column, read top to bottom, is a sequence
+    whose latents are the patches' features and whose contexts come from ``RowContext``; ``score``, the
+    InfoNCE CPC uses on audio frames, does the rest. The encoder is a ``patch_grid`` (each patch read
+    alone), the module exported and probed: its pooled embedding is the mean patch feature."""
+
+    Settings: ClassVar[type] = CPCImageSettings
+    single_view = True
+
+    def __init__(self, encoder: nn.Module, *, steps: int = CPCImageSettings.steps,
+                 num_negatives: int = CPCImageSettings.num_negatives,
+                 negatives_from: str = CPCImageSettings.negatives_from,
+                 temperature: float | None = CPCImageSettings.temperature,
+                 patch_size: int = CPCImageSettings.patch_size, patch_stride: int = CPCImageSettings.patch_stride,
+                 context_dim: int = CPCImageSettings.context_dim, context_layers: int = CPCImageSettings.context_layers,
+                 color_drop: bool = CPCImageSettings.color_drop, patch_norm: bool = CPCImageSettings.patch_norm):
+        grid = tuple(getattr(encoder, key, None) for key in ("patch", "stride", "standardize"))
+        if grid != (patch_size, patch_stride, patch_norm):
+            raise ValueError(f"cpc_image needs a patch_grid encoder of {patch_size} px patches {patch_stride} px apart "
+                             f"with standardize={patch_norm}, got {type(encoder).__name__} with patch, stride, "
+                             f"standardize = {grid}")
+        if context_dim < 1 or context_layers < 0:
+            raise ValueError(f"context_dim must be positive and context_layers >= 0, not {context_dim}, {context_layers}")
+        super().__init__(encoder, steps=steps, num_negatives=num_negatives, negatives_from=negatives_from,
+                         temperature=temperature)
+        self.context = RowContext(encoder.embed_dim, context_dim, context_layers)
+        self.color_drop = color_drop
+
+    def latent_dims(self) -> tuple[int, int]:
+        return self.encoder.embed_dim, self.encoder.embed_dim  # the context keeps z's width
+
+    def forward(self, batch: dict) -> dict:
+        """batch["input"] = (B, C, H, W) images. Returns the InfoNCE loss, acc, acc_stepK and std."""
+        x = batch["input"]
+        if x.dim() != 4:
+            raise ValueError(f"cpc_image expects images (B, C, H, W), got {tuple(x.shape)}")
+        rows, cols = self.encoder.grid(x.shape[-2], x.shape[-1])
+        patches = self.encoder.patches(x)  # (B, rows * cols, C, p, p)
+        if self.color_drop and self.training:  # one random channel kept per patch, the others noise
+            keep = torch.randint(0, patches.shape[-3], patches.shape[:-3], device=patches.device)
+            patches = drop_colors(patches, keep, torch.randn_like(patches), 0.01)
+        tokens = self.encoder.encode(patches)  # (B, rows * cols, D)
+        z = rearrange(tokens, "b (h w) d -> b d h w", h=rows, w=cols)
+        c = self.context(z)
+        columns = "b d h w -> (b w) h d"  # one sequence per column, read top to bottom
+        out = self.score(rearrange(z, columns), rearrange(c, columns))
+        return {**out, "std": embedding_std(self.encoder.pool(tokens))}
+
+
+@dataclasses.dataclass(frozen=True)
+class CPCVideoSettings(CPCSettings):
+    """CPC over time on video (dense predictive coding, Han et al., arXiv:1909.04656): every frame's
+    pooled feature is a latent z_t, an autoregressive context (``context``: gru, the paper's, or
+    causal_transformer) summarises z_<=t into c_t, and the next ``steps`` latents are predicted, 3 as the
+    paper's. Negatives: other frames of the batch, at other times and in other videos ("batch"). The
+    paper predicts every spatial cell of clip-level 3D-conv features; here a 2D frame encoder's pooled
+    frame features are the sequence, so the frame encoder stays the one the tracking evaluation reads."""
+
+    steps: int = 3
+    context: str = "gru"
+    context_layers: int = 1
+
+
+@OBJECTIVES.register("cpc_video")
+class CPCVideo(CPC):
+    """CPC's objective over a clip's frames: z_t the encoder's pooled frame features, c_t from an
+    autoregressive context as wide as z (``mmssl.encoders.context``), ``score`` as on audio frames."""
+
+    Settings: ClassVar[type] = CPCVideoSettings
+
+    def __init__(self, encoder: nn.Module, *, steps: int = CPCVideoSettings.steps,
+                 num_negatives: int = CPCVideoSettings.num_negatives,
+                 negatives_from: str = CPCVideoSettings.negatives_from,
+                 temperature: float | None = CPCVideoSettings.temperature,
+                 context: str = CPCVideoSettings.context, context_layers: int = CPCVideoSettings.context_layers):
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be {' or '.join(CONTEXTS)}, not '{context}'")
+        if context_layers < 1:
+            raise ValueError(f"context_layers must be positive, not {context_layers}")
+        super().__init__(encoder, steps=steps, num_negatives=num_negatives, negatives_from=negatives_from,
+                         temperature=temperature)
+        dim = encoder.embed_dim
+        self.context = ENCODERS.build(context, in_dim=dim, dim=dim, layers=context_layers)
+
+    def latent_dims(self) -> tuple[int, int]:
+        return self.encoder.embed_dim, self.encoder.embed_dim  # the context keeps z's width
+
+    def forward(self, batch: dict) -> dict:
+        """batch["frames"] = (B, T, C, H, W) clips. Returns the InfoNCE loss, acc, acc_stepK and std."""
+        x = batch["frames"]
+        if x.dim() != 5:
+            raise ValueError(f"cpc_video expects clips (B, T, C, H, W), got {tuple(x.shape)}")
+        B, T = x.shape[:2]
+        z = self.encoder.pool(self.encoder.forward_features(x.flatten(0, 1)))  # (B * T, D)
+        z = rearrange(z, "(b t) d -> b t d", b=B, t=T)
+        out = self.score(z, self.context(z))
+        return {**out, "std": embedding_std(z.flatten(0, 1))}
