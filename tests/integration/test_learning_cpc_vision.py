@@ -7,13 +7,8 @@ The run keeps the demo's patch normalisation and colour dropping: with raw patch
 color_drop=false) the same run's kNN stays near chance (0.28; random net 0.30, pixels 0.62), because
 the predictions learn to pick out the image by its two colours among the batch's other images."""
 import pytest
+from image_learning import assert_beats_random_and_pixels, knn_after_training, reading
 from tiny_images import BarImages
-
-import mmssl.tasks  # noqa: F401
-from mmssl.encoders.io import load_encoder
-from mmssl.evaluation.vision import image_probes
-from mmssl.registry import TASKS
-from mmssl.run import resolve_config, run_training
 
 pytestmark = pytest.mark.slow  # trains for tens of seconds
 
@@ -23,24 +18,7 @@ OVERRIDES = ["image_size=16", "encoder.convnet.widths=16,32", "objective.patch_s
              "objective.context_dim=32"]
 
 
-class OnBars(TASKS.get("cpc_image")):
-    def source(self, cfg, split, labels=False, vocab=None):
-        return BarImages(512, "train", seed=0, size=16) if split == "train" else BarImages(256, "test", seed=1, size=16)
-
-
 def test_short_run_beats_random_encoder_and_pixels_on_knn(tmp_path):
-    name = "cpc_image"
-    _, cfg = resolve_config(name, None, {"output_dir": str(tmp_path / "run"), "max_steps": 200},
-                            ["num_workers=0", "monitor_every=0", "log_every=20", "save_every=1000", "evaluate=false",
-                             "batch_size=64", "eval_split=test", *OVERRIDES])
-    task = OnBars()
-    run_training(task, cfg)
-    encoder = load_encoder(tmp_path / "run").eval()
-    train, test = task.labelled_splits(cfg)
-    # kNN only (k = 20), the image report's protocol and columns without its linear probe and plots
-    report = image_probes({name: encoder, "random": task.random_encoder(cfg, encoder)}, train, test,
-                          task.eval_view(cfg), ks=(20,), linear=False, seed=cfg.seed, random_init_seed=cfg.seed + 1)
-    knn = {column: by_k[20] for column, by_k in report["knn"].items()}
-    print(name, knn)
-    assert knn[name] > knn["random"] + 0.08, knn
-    assert knn[name] > knn["pixels"] + 0.03, knn
+    task = reading("cpc_image", BarImages(512, "train", seed=0, size=16), BarImages(256, "test", seed=1, size=16))
+    _, knn = knn_after_training(task, tmp_path / "run", 200, ["log_every=20", *OVERRIDES])
+    assert_beats_random_and_pixels(knn)
