@@ -86,7 +86,17 @@ def dark_and_light_folder(root, train: int, test: int):
     return root
 
 
-class StripeImages:
+class NamedImages:
+    """A labelled image source over ``images`` (n, 3, S, S) uint8 and ``labels`` (n,): items carry a name."""
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}
+
+
+class StripeImages(NamedImages):
     """n 16 px images whose class is the orientation of their stripes (0 horizontal, 1 vertical,
     2 and 3 the two diagonals), each with a random period (4-6 px), phase and pair of colours: the
     colours and the phase carry most of the pixels' variance, the orientation the label."""
@@ -103,14 +113,8 @@ class StripeImages:
         self.images = ((on * fg + (1 - on) * bg) * 255).round().to(torch.uint8)  # (n, 3, S, S)
         self.name, self.vocab = name, ["horizontal", "vertical", "diagonal", "anti-diagonal"]
 
-    def __len__(self) -> int:
-        return len(self.images)
 
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}
-
-
-class BarImages:
+class BarImages(NamedImages):
     """n images whose class is the orientation of their bars (as StripeImages: 0 horizontal, 1 vertical,
     2 and 3 the diagonals): ``bars`` bars 2-6 px wide at random, unevenly spaced offsets, in a random
     pair of colours. Unlike stripes, a bar continues along its direction but nothing repeats across
@@ -130,14 +134,8 @@ class BarImages:
         self.images = ((on * fg + (1 - on) * bg) * 255).round().to(torch.uint8)  # (n, 3, S, S)
         self.name, self.vocab = name, ["horizontal", "vertical", "diagonal", "anti-diagonal"]
 
-    def __len__(self) -> int:
-        return len(self.images)
 
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}
-
-
-class ShapeImages:
+class ShapeImages(NamedImages):
     """The embedded demo's shapes (``generate_shapes``: 10 classes, one filled shape of random colour, scale,
     tilt and place over a patterned background), ``per_class`` images of each class of one split."""
 
@@ -148,9 +146,3 @@ class ShapeImages:
         self.images = torch.from_numpy(split["image"]).permute(0, 3, 1, 2).contiguous()  # (n, 3, S, S) uint8
         self.labels = torch.from_numpy(split["label"])
         self.name, self.vocab = name, list(CLASSES)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "label": int(self.labels[i]), "name": f"{self.name}/{i}"}
