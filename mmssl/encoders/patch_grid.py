@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.objectives.tiles import crop_patches
+from mmssl.objectives.tiles import crop_patches, standardize
 from mmssl.registry import ENCODERS
 
 
@@ -63,8 +63,7 @@ class PatchGrid(nn.Module):
         """Patches (B, N, C, patch, patch) -> their features (B, N, D), each patch read alone."""
         B, N = p.shape[:2]
         if self.standardize:
-            p = p - p.mean(dim=(-2, -1), keepdim=True)
-            p = p / p.square().mean(dim=(-3, -2, -1), keepdim=True).sqrt().clamp_min(1e-6)
+            p = standardize(p)
         flat = rearrange(p, "b n c h w -> (b n) c h w")
         z = self.encoder.pool(self.encoder.forward_features(flat))  # (B * N, D)
         return rearrange(z, "(b n) d -> b n d", b=B, n=N)

@@ -34,7 +34,7 @@ from torch import nn
 
 from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import embedding_std, mlp
-from mmssl.objectives.tiles import crop_patches, grid_corners
+from mmssl.objectives.tiles import crop_patches, grid_corners, standardize
 from mmssl.registry import OBJECTIVES
 
 COLOR_MODES = ("drop", "project", "none")
@@ -76,12 +76,6 @@ def drop_colors(patches: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor, 
     sigma = kept.std(dim=(-2, -1), keepdim=True)  # (..., 1, 1, 1)
     is_kept = F.one_hot(keep, patches.shape[-3]).bool()[..., None, None]  # (..., C, 1, 1)
     return torch.where(is_kept, patches, noise * scale * sigma)
-
-
-def standardize(patches: torch.Tensor) -> torch.Tensor:
-    """(..., C, h, w): each channel of a patch centred, then the patch divided by its RMS."""
-    centred = patches - patches.mean(dim=(-2, -1), keepdim=True)
-    return centred / centred.square().mean(dim=(-3, -2, -1), keepdim=True).sqrt().clamp_min(1e-6)
 
 
 @OBJECTIVES.register("relative_position")

@@ -26,3 +26,9 @@ def crop_patches(x: torch.Tensor, starts: torch.Tensor, size: int) -> torch.Tens
     b = torch.arange(B, device=x.device)[:, None, None, None, None]
     c = torch.arange(C, device=x.device)[None, None, :, None, None]
     return x[b, c, rows[..., :, None], cols[..., None, :]]  # (B, K, C, size, size)
+
+
+def standardize(patches: torch.Tensor) -> torch.Tensor:
+    """(..., C, h, w): each channel of a patch centred, then the patch divided by its RMS."""
+    centred = patches - patches.mean(dim=(-2, -1), keepdim=True)
+    return centred / centred.square().mean(dim=(-3, -2, -1), keepdim=True).sqrt().clamp_min(1e-6)
