@@ -47,7 +47,7 @@ class CPCImageConfig(ImageConfig):
 
 
 @TASKS.register("cpc_image")
-class CPCImage(ImageTask):
+class CPCImageTask(ImageTask):
     encoder = "convnet | resnet (per patch of a grid)"
     objective = "cpc_image"
     Config = CPCImageConfig

@@ -25,7 +25,7 @@ class CPCVideoConfig(VideoConfig):
 
 
 @TASKS.register("cpc_video")
-class CPCVideo(VideoTask):
+class CPCVideoTask(VideoTask):
     objective = "cpc_video"
     Config = CPCVideoConfig
 
