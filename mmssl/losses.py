@@ -24,13 +24,28 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, te
         temperature: logits are dot products divided by it.
     Returns: the mean loss over the N queries (scalar).
     """
+    return positive_first_loss(info_nce_logits(query, key, negatives, temperature))
+
+
+def info_nce_logits(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """(N, 1 + M) logits of ``info_nce`` (arguments as there), the positive in column 0, at least fp32."""
     pos = (query * key).sum(-1, keepdim=True)  # (N, 1)
     if negatives.dim() == 2:
         neg = query @ negatives.t()  # (N, M)
     else:
         neg = torch.einsum("nd,nmd->nm", query, negatives)
-    logits = torch.cat([pos, neg], dim=1) / temperature
-    return F.cross_entropy(_at_least_fp32(logits), torch.zeros(len(query), dtype=torch.long, device=query.device))
+    return _at_least_fp32(torch.cat([pos, neg], dim=1) / temperature)
+
+
+def positive_first_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (N, 1 + M) logits whose column 0 is the positive."""
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def positive_ranked_first(logits: torch.Tensor) -> torch.Tensor:
+    """Fraction of the rows of (N, 1 + M) logits whose positive (column 0) beats every negative."""
+    return (logits[:, 0] > logits[:, 1:].max(dim=1).values).float().mean()
 
 
 def cpc_info_nce(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl import dist
-from mmssl.losses import info_nce
+from mmssl.losses import info_nce_logits, positive_first_loss, positive_ranked_first
 from mmssl.objectives.heads import embedding_std, mlp, views_of
 from mmssl.objectives.moco import MoCo, MoCoSettings, enqueue
 from mmssl.registry import OBJECTIVES
@@ -104,13 +104,13 @@ class DenseCL(MoCo):
         # Cloned so the in-place enqueue in after_step never touches a tensor autograd saved.
         negatives, dense_negatives = self.queue.clone(), self.dense_queue.clone()
         # Every pair holds B queries (B * N locations), so the mean over the pairs' rows is the mean of their losses.
-        loss_global = info_nce(q, k, negatives, self.temperature)
-        loss_dense = info_nce(q_dense.flatten(0, 1), k_pos.flatten(0, 1), dense_negatives, self.temperature)
+        # The accuracies read the losses' own logits: the dense ones are B * N rows against the whole queue.
+        logits = info_nce_logits(q, k, negatives, self.temperature)
+        logits_dense = info_nce_logits(q_dense.flatten(0, 1), k_pos.flatten(0, 1), dense_negatives, self.temperature)
+        loss_global, loss_dense = positive_first_loss(logits), positive_first_loss(logits_dense)
         loss = (1 - self.dense_weight) * loss_global + self.dense_weight * loss_dense
         with torch.no_grad():
-            acc = ((q * k).sum(-1) > (q @ negatives.t()).max(dim=1).values).float().mean()
-            q_flat, pos_flat = q_dense.flatten(0, 1), k_pos.flatten(0, 1)
-            acc_dense = ((q_flat * pos_flat).sum(-1) > (q_flat @ dense_negatives.t()).max(dim=1).values).float().mean()
+            acc, acc_dense = positive_ranked_first(logits), positive_ranked_first(logits_dense)
         if self.training:
             self._pending.extend(dist.all_gather_nograd(ki) for ki in k.chunk(n))
             self._pending_dense.extend(dist.all_gather_nograd(ki) for ki in k_pooled.chunk(n))
