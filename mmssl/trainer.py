@@ -95,9 +95,25 @@ def _prepare_output(accelerator: Accelerator, cfg: Any, out_dir: Path) -> None:
         config_lib.save(cfg, saved)
 
 
-def _save(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None:
+def _process_buffers_file(ckpt: Path, process: int) -> Path:
+    return ckpt / f"process_buffers_{process}.safetensors"
+
+
+def _own_buffers(objective: Objective) -> dict[str, torch.Tensor]:
+    """The objective's ``per_process_buffers`` that this instance has, by name."""
+    buffers = dict(objective.named_buffers())
+    return {name: buffers[name] for name in objective.per_process_buffers if name in buffers}
+
+
+def _save(accelerator: Accelerator, objective: Objective, out_dir: Path, step: int, keep: int) -> None:
     ckpt = out_dir / "checkpoints" / f"step_{step:07d}"
     accelerator.save_state(str(ckpt))
+    own = _own_buffers(objective)
+    if own:  # save_state wrote process 0's copy with the model; each process adds its own
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in own.items()},
+                  str(_process_buffers_file(ckpt, accelerator.process_index)))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}))
@@ -105,6 +121,27 @@ def _save(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None
         for old in done[: max(0, len(done) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _load_own_buffers(accelerator: Accelerator, objective: Objective, ckpt: Path) -> None:
+    """Give this process back its own copy of the per-process buffers ``_save`` wrote."""
+    own = _own_buffers(objective)
+    if not own:
+        return
+    path = _process_buffers_file(ckpt, accelerator.process_index)
+    if not path.is_file():  # saved by fewer processes: load_state gave this one process 0's copy
+        import warnings
+
+        warnings.warn(f"{ckpt} holds no {', '.join(own)} of process {accelerator.process_index} (it was saved by "
+                      "fewer processes): this process resumes from process 0's", stacklevel=2)
+        return
+    from safetensors.torch import load_file
+
+    saved = load_file(str(path))
+    for name, buffer in own.items():
+        if name not in saved or saved[name].shape != buffer.shape:
+            raise TrainingError(f"{path} does not match this run's {name} (saved by another configuration?)")
+        buffer.copy_(saved[name].to(buffer.device))
 
 
 def _monitor(task: Task, cfg: Any, objective: nn.Module, model: nn.Module, accelerator: Accelerator,
@@ -208,7 +245,8 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     if accelerator.num_processes > 1:
         own = dict(objective.named_buffers())
-        unsynced = [name for name in objective.unsynced_buffers if name in own]
+        unsynced = [name for name in dict.fromkeys((*objective.unsynced_buffers, *objective.per_process_buffers))
+                    if name in own]
         if unsynced:  # DDP reads the list when it wraps the objective in prepare
             nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, unsynced)
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -230,6 +268,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
+        _load_own_buffers(accelerator, objective, ckpt)
         step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resuming from {ckpt} (step {step} of {cfg.max_steps})")
     if cfg.log_with:
@@ -303,7 +342,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
             if cfg.log_with and row:
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            _save(accelerator, out_dir, step, cfg.keep_checkpoints)
+            _save(accelerator, objective, out_dir, step, cfg.keep_checkpoints)
     bar.close()
     model.eval()
     return objective, accelerator

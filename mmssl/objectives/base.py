@@ -53,6 +53,10 @@ class Objective(nn.Module):
     # is a broadcast of the whole buffer per step for nothing. Names relative to the objective; one a
     # given instance lacks (its settings left it out) is passed over.
     unsynced_buffers: ClassVar[tuple[str, ...]] = ()
+    # Of those, the ones whose value differs from process to process (SwAV's queue). A checkpoint keeps
+    # every process's own copy beside the model's (which holds process 0's), and a resumed run gives each
+    # process back its own, so a multi-process resume continues as the uninterrupted run would.
+    per_process_buffers: ClassVar[tuple[str, ...]] = ()
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -47,9 +47,9 @@ _S = SwAVSettings  # the constructor's defaults are the settings' own
 @OBJECTIVES.register("swav")
 class SwAV(Objective):
     Settings: ClassVar[type] = SwAVSettings
-    # Each process queues its own embeddings, as the paper does per GPU. A checkpoint holds process 0's
-    # queue, so a resumed multi-process run starts every process from that one.
+    # Each process queues its own embeddings, as the paper does per GPU; checkpoints keep every process's.
     unsynced_buffers: ClassVar[tuple[str, ...]] = ("queue",)
+    per_process_buffers: ClassVar[tuple[str, ...]] = ("queue",)
 
     def __init__(self, encoder: nn.Module, *, proj_hidden: int = _S.proj_hidden, proj_dim: int = _S.proj_dim,
                  num_prototypes: int = _S.num_prototypes, temperature: float = _S.temperature, eps: float = _S.eps,
