@@ -13,6 +13,7 @@ from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.deepcluster import DeepCluster, DeepClusterSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
+from mmssl.tasks.sections import ImageEncoders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +27,9 @@ class DeepClusterImageConfig(ImageConfig):
         # classifier re-initialised every 62 steps had not left chance (loss log K) by the next clustering.
         cluster_every=200,
     )
-    # The paper's crops: a random resized crop and a flip. The paper also removes colour, with a
-    # fixed Sobel filter in front of the network, or k-means groups images by colour; the encoder
-    # interface has no such layer, so the crops' colours are jittered and mostly dropped instead
-    # (grey 80% of the time): the classifier then has to name colour clusters without the colour.
+    # The paper's fixed Sobel filter in front of the network: k-means on the features of colour
+    # images groups them by colour, so the encoder reads the grayscale image's gradients instead.
+    encoder: ImageEncoders = dataclasses.replace(ImageConfig.encoder, sobel=True)
     views: tuple[ViewSettings, ...] = (ViewSettings(crops=1, min_scale=0.2, blur_prob=0.0, gray_prob=0.8),)
 
 
