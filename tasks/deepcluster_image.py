@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from mmssl.dist import all_gather_nograd, rank, world_size
-from mmssl.modalities.vision.augment import ViewSettings
+from mmssl.modalities.vision.augment import ViewSettings, mae_views
 from mmssl.objectives.deepcluster import DeepCluster, DeepClusterSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
+from mmssl.tasks.sections import ImageEncoders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +27,13 @@ class DeepClusterImageConfig(ImageConfig):
         # classifier re-initialised every 62 steps had not left chance (loss log K) by the next clustering.
         cluster_every=200,
     )
-    # The paper's crops: a random resized crop and a flip. The paper also removes colour, with a
-    # fixed Sobel filter in front of the network, or k-means groups images by colour; the encoder
-    # interface has no such layer, so the crops' colours are jittered and mostly dropped instead
-    # (grey 80% of the time): the classifier then has to name colour clusters without the colour.
-    views: tuple[ViewSettings, ...] = (ViewSettings(crops=1, min_scale=0.2, blur_prob=0.0, gray_prob=0.8),)
+    # The paper's fixed Sobel filter in front of the network (encoder.sobel): k-means on the features
+    # of colour images groups them by colour, so the encoder reads the gradients of the grayscale image.
+    encoder: ImageEncoders = dataclasses.replace(ImageConfig.encoder, sobel=True)
+    # The paper's crops: a random resized crop and a flip, no colour changes (the filter removes colour;
+    # jitter and dropping colour only rescale the gradients). Crops of at least 20% of the image, not the
+    # paper's 8%: an 8% crop of a 32 px image is 9 px wide and often holds no part of the shape.
+    views: tuple[ViewSettings, ...] = mae_views(None, min_scale=0.2)
 
 
 @TASKS.register("deepcluster_image")

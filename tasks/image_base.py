@@ -78,9 +78,17 @@ class ImageTask(Task):
 
     def encoder_spec(self, cfg: ImageConfig) -> dict:
         settings = cfg.encoder.chosen(self.name)
+        sobel = isinstance(cfg.encoder, ImageEncoders) and cfg.encoder.sobel
         if isinstance(settings, ViTSettings):
-            return settings.spec([cfg.image_size, cfg.image_size], channels=3)
-        return settings.spec()
+            spec = settings.spec([cfg.image_size, cfg.image_size], channels=2 if sobel else 3)
+        else:
+            spec = settings.spec()
+        if not sobel:
+            return spec
+        from mmssl.modalities.vision.augment import MEAN, STD
+
+        # The filter undoes the views' normalisation before its grayscale (mmssl.encoders.sobel).
+        return {"name": "sobel", "kwargs": {"encoder": spec, "mean": list(MEAN), "std": list(STD)}}
 
     def build_encoder(self, cfg: ImageConfig) -> nn.Module:
         check_readout(cfg.readout)  # a bad readout fails before training, not at the first monitor step

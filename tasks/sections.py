@@ -21,14 +21,15 @@ from mmssl.encoders.vit import ViTSettings
 
 @dataclasses.dataclass(frozen=True)
 class EncoderSection:
-    """``name`` picks one of the sub-sections a subclass declares."""
+    """``name`` picks one of the sub-sections a subclass declares (its fields whose values are settings
+    dataclasses); other plain fields are options that apply whichever encoder is chosen."""
 
     name: str = ""
     labels: ClassVar[dict[str, str]] = {}  # how ``mmssl tasks`` shows an encoder, where not by its key
 
     def offered(self) -> list[str]:
         """The encoders this section has settings for, in declaration order."""
-        return [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        return [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))]
 
     def describe(self) -> str:
         """The encoder column of ``mmssl tasks``: the choices, as the labels show them."""
@@ -46,9 +47,15 @@ class EncoderSection:
 @dataclasses.dataclass(frozen=True)
 class ImageEncoders(EncoderSection):
     name: str = "convnet"
+    # A fixed Sobel filter in front of the encoder (mmssl.encoders.sobel): it reads the gradients of
+    # the grayscale image, not the colours. DeepCluster's paper uses it; off elsewhere.
+    sobel: bool = False
     convnet: ConvNetSettings = ConvNetSettings()
     vit: ViTSettings = ViTSettings()
     resnet: ResNetSettings = ResNetSettings()
+
+    def describe(self) -> str:
+        return f"{super().describe()} (Sobel input)" if self.sobel else super().describe()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ An encoder class may name ``legacy_kwargs``: constructor arguments added after
 encoders of that class were first saved, with the value that reproduces those
 files (the ViT's ``pos_layout``). ``save_encoder`` always writes them out, and
 ``load_encoder`` fills them in where a config.json predates them, so an old file
-keeps its features when a default changes.
+keeps its features when a default changes. Both reach into a wrapper's inner encoder (the
+``encoder`` spec that ``sobel`` and ``patch_grid`` take), so a wrapped ViT keeps its layout too.
 """
 from __future__ import annotations
 
@@ -29,14 +30,31 @@ def save_encoder(encoder: nn.Module, directory: str | Path, **meta: Any) -> Path
         raise ValueError("only encoders built with ENCODERS.build can be saved (their spec is unknown)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(spec.get("kwargs", {}))
-    for key in getattr(type(encoder), "legacy_kwargs", {}):
-        kwargs.setdefault(key, getattr(encoder, key))
-    spec = {**spec, "kwargs": kwargs}
+    spec = _spec_with_legacy_values(spec, encoder)
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps({"encoder": spec, **meta}, indent=2))
     return directory
+
+
+def _spec_with_legacy_values(spec: dict[str, Any], encoder: nn.Module) -> dict[str, Any]:
+    """``spec`` with the values ``encoder`` was built with for each of its class's legacy kwargs,
+    and the same for the inner encoder of a wrapper (its ``encoder`` kwarg and attribute)."""
+    kwargs = dict(spec.get("kwargs", {}))
+    for key in getattr(type(encoder), "legacy_kwargs", {}):
+        kwargs.setdefault(key, getattr(encoder, key))
+    if isinstance(kwargs.get("encoder"), dict) and isinstance(getattr(encoder, "encoder", None), nn.Module):
+        kwargs["encoder"] = _spec_with_legacy_values(kwargs["encoder"], encoder.encoder)
+    return {**spec, "kwargs": kwargs}
+
+
+def _spec_with_legacy_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with each legacy kwarg it lacks set to the value files without it were made with,
+    also in a wrapper's inner ``encoder`` spec."""
+    kwargs = {**getattr(ENCODERS.get(spec["name"]), "legacy_kwargs", {}), **spec.get("kwargs", {})}
+    if isinstance(kwargs.get("encoder"), dict):
+        kwargs["encoder"] = _spec_with_legacy_defaults(kwargs["encoder"])
+    return {**spec, "kwargs": kwargs}
 
 
 def encoder_config(path: str | Path) -> dict[str, Any]:
@@ -62,9 +80,7 @@ def load_encoder(path: str | Path, pretrained: bool = True) -> nn.Module:
     weights: the random-encoder baseline of every evaluation.
     """
     meta = encoder_config(path)
-    spec = meta["encoder"]
-    legacy = getattr(ENCODERS.get(spec["name"]), "legacy_kwargs", {})
-    encoder = build_encoder({**spec, "kwargs": {**legacy, **spec.get("kwargs", {})}})
+    encoder = build_encoder(_spec_with_legacy_defaults(meta["encoder"]))
     if pretrained:
         encoder.load_state_dict(load_file(str(Path(meta["path"]) / "model.safetensors")))
     encoder.meta = {k: v for k, v in meta.items() if k != "encoder"}

@@ -56,6 +56,7 @@ SMOKE = {
     "simclr_image/resnet18": {**_IMG, **_HEAD, "encoder.name": "resnet"},
     "swav_image/vit": {**_VIT, **_HEAD, "objective.num_prototypes": 8, "views.1.crops": 2, "views.1.size": 8},
     "rotnet_image/vit": {**_VIT},
+    "rotnet_image/sobel_resnet18": {**_IMG, "encoder.sobel": "true", "encoder.name": "resnet"},  # DeepCluster's input
     "colorize_video": {**_VID, "quantizer_frames": 8},
     "cpc_video": {**_VID, "clip_len": 4, "objective.steps": 2, "objective.num_negatives": 8},
     "tcn_video": {**_VID, "anchors": 4, "objective.embed_dim": 8},

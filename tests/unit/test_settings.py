@@ -170,7 +170,8 @@ def test_every_task_offers_its_encoders_in_one_section_and_each_builds_a_spec(na
     task = TASKS.get(name)()
     cfg = task.default_config()
     assert isinstance(cfg.encoder, EncoderSection), name
-    offered = [f.name for f in dataclasses.fields(cfg.encoder) if f.name != "name"]
+    offered = cfg.encoder.offered()  # the sub-sections: fields holding settings, not options such as sobel
+    assert offered and all(dataclasses.is_dataclass(getattr(cfg.encoder, choice)) for choice in offered)
     assert cfg.encoder.name in offered
     for choice in offered:  # every sub-section is reachable by its dotted key and builds a spec
         spec = task.encoder_spec(apply_overrides(cfg, {"encoder.name": choice}))
@@ -196,6 +197,23 @@ def test_encoder_settings_nest_in_overrides_and_yaml(tmp_path):
                        ("encoder.vit.size=huge", "encoder.vit.size must be one of tiny, small, base")]:
         with pytest.raises(ConfigError, match=match):
             resolve_config("mae_video", None, {}, [bad])
+
+
+def test_encoder_sobel_is_an_option_of_the_image_encoders_not_an_encoder(tmp_path):
+    assert resolve_config("deepcluster_image", None, {}, [])[1].encoder.sobel  # DeepCluster's paper input
+    _, cfg = resolve_config("simclr_image", None, {}, ["encoder.sobel=true", "encoder.name=resnet"])
+    assert cfg.encoder.sobel and cfg.encoder.name == "resnet" and not TASKS.get("simclr_image")().default_config(
+        ).encoder.sobel
+    assert not resolve_config("deepcluster_image", None, {}, ["encoder.sobel=false"])[1].encoder.sobel
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: deepcluster_image\nencoder:\n  sobel: false\n  convnet: {widths: [8, 16]}\n")
+    _, cfg = resolve_config("deepcluster_image", str(recipe), {}, [])
+    assert (cfg.encoder.sobel, cfg.encoder.convnet.widths) == (False, (8, 16))
+    assert cfg.encoder.offered() == ["convnet", "vit", "resnet"]
+    with pytest.raises(ConfigError, match=r"encoder\.sobel: expected true or false"):
+        resolve_config("deepcluster_image", None, {}, ["encoder.sobel=maybe"])
+    with pytest.raises(ConfigError, match="encoder.name must be convnet, vit or resnet for deepcluster_image, not 'sobel'"):
+        resolve_config("deepcluster_image", None, {}, ["encoder.name=sobel"])
 
 
 @pytest.mark.parametrize("name", TASKS.names())
