@@ -1,3 +1,3 @@
 """Encoders: every one exposes ``forward_features(x) -> (B, N, D)``, ``embed_dim`` and ``pool``."""
-from mmssl.encoders import context, convnet, dense, patch_grid, patchify, resnet, vit, waveform  # noqa: F401  (registers)
+from mmssl.encoders import context, convnet, dense, patch_grid, patchify, resnet, split_brain, vit, waveform  # noqa: F401  (registers)
 from mmssl.encoders.io import load_encoder, save_encoder  # noqa: F401
