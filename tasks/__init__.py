@@ -21,6 +21,7 @@ from mmssl.tasks import (  # noqa: F401
     simclr_audio,
     simclr_image,
     simsiam_image,
+    split_brain_image,
     supcon_image,
     swav_image,
     tcn_video,

@@ -146,3 +146,33 @@ class ShapeImages(NamedImages):
         self.images = torch.from_numpy(split["image"]).permute(0, 3, 1, 2).contiguous()  # (n, 3, S, S) uint8
         self.labels = torch.from_numpy(split["label"])
         self.name, self.vocab = name, list(CLASSES)
+
+
+class TiedBars(NamedImages):
+    """n images whose class is the orientation of their bars (BarImages' geometry: 0 horizontal, 1 vertical,
+    2 and 3 the diagonals), painted so that colour follows shape without naming it: all bars of an image
+    share one of 4 lightness levels l (CIE L 30, 45, 60, 75) and one of 4 hues h (a quarter turn apart in
+    the (a, b) plane) tied through the orientation c by h = (c + l) mod 4. The level is drawn at random, so
+    neither the hue nor the lightness names the class alone; the background is a random colour whose
+    lightness and (a, b) are drawn apart (so neither predicts the other)."""
+
+    def __init__(self, n: int, name: str, seed: int = 0, size: int = 32, bars: int = 3, chroma: float = 50.0):
+        from mmssl.objectives.colorization import lab_to_rgb
+
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 4
+        yy, xx = torch.meshgrid(torch.arange(size) - (size - 1) / 2, torch.arange(size) - (size - 1) / 2,
+                                indexing="ij")
+        angle = torch.tensor([0.0, 90.0, 45.0, -45.0]).deg2rad()[self.labels][:, None, None]
+        across = yy * angle.cos() - xx * angle.sin()  # (n, S, S): distance across the bars' direction
+        offset = (torch.rand(n, bars, 1, 1, generator=g) - 0.5) * size
+        half_width = 1 + 2 * torch.rand(n, bars, 1, 1, generator=g)
+        on = ((across[:, None] - offset).abs() < half_width).any(1)  # (n, S, S)
+        level = torch.randint(0, 4, (n,), generator=g)
+        hue = (((self.labels + level) % 4).float() * 90).deg2rad()[:, None, None]
+        bar_lab = torch.stack([(30 + 15 * level.float())[:, None, None], chroma * hue.cos(), chroma * hue.sin()], 1)
+        u = torch.rand(n, 3, 1, 1, generator=g)
+        bg_lab = torch.cat([35 + 30 * u[:, :1], 80 * (u[:, 1:] - 0.5)], 1)  # L in [35, 65], a and b in [-40, 40]
+        rgb = torch.where(on[:, None], lab_to_rgb(bar_lab), lab_to_rgb(bg_lab))  # (n, 3, S, S)
+        self.images = (rgb * 255).round().to(torch.uint8)
+        self.name, self.vocab = name, ["horizontal", "vertical", "diagonal", "anti-diagonal"]

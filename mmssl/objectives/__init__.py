@@ -18,6 +18,7 @@ from mmssl.objectives import (  # noqa: F401
     rotnet,
     simclr,
     simsiam,
+    split_brain,
     supcon,
     swav,
     tcn,

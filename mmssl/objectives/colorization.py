@@ -78,6 +78,7 @@ class ColorQuantizer(nn.Module):
             raise ValueError(f"a colour quantizer needs k >= 2 clusters, not {k}")
         self.k = k
         self.register_buffer("centers", torch.zeros(k, 2))
+        self._seen_fitted = False
 
     @torch.no_grad()
     def fit(self, ab: torch.Tensor, iters: int = 20, generator: torch.Generator | None = None) -> ColorQuantizer:
@@ -93,6 +94,15 @@ class ColorQuantizer(nn.Module):
         centers, _ = kmeans(ab.detach().float().cpu(), self.k, iters, generator)
         self.centers.copy_(centers)
         return self
+
+    def check_fitted(self) -> None:
+        """Raise if the centres are still the unfitted zeros. Reads the centres on the host until it
+        has seen them fitted once, not on every step."""
+        if not self._seen_fitted:
+            if (self.centers == self.centers[:1]).all():
+                # Unfitted centres put every colour in one class: a loss of 0 that teaches nothing.
+                raise ValueError("the colour quantizer is not fitted: call quantizer.fit(ab) or load its centers first")
+            self._seen_fitted = True
 
     def assign(self, ab: torch.Tensor) -> torch.Tensor:
         """Nearest centre: float (..., 2, H, W) -> long (..., H, W)."""
@@ -136,7 +146,6 @@ class Colorization(Objective):
         if num_refs < 1 or temperature <= 0 or eps <= 0:
             raise ValueError(f"need num_refs >= 1, temperature > 0 and eps > 0, got {num_refs}, {temperature}, {eps}")
         self.encoder, self.quantizer = encoder, quantizer
-        self._seen_fitted = False
         self.num_refs, self.temperature, self.eps = num_refs, temperature, eps
 
     def copy_colors(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,11 +162,7 @@ class Colorization(Objective):
         if frames.dim() != 5 or frames.shape[1] != self.num_refs + 1 or frames.shape[2] != 3:
             raise ValueError(f"colorization expects frames (B, {self.num_refs + 1}, 3, H, W) RGB, "
                              f"got {tuple(frames.shape)}")
-        if not self._seen_fitted:  # read on the host until the centres have been seen fitted, not every step
-            if (self.quantizer.centers == self.quantizer.centers[:1]).all():
-                # Unfitted centres put every colour in one class: a loss of 0 that teaches nothing.
-                raise ValueError("the colour quantizer is not fitted: call quantizer.fit(ab) or load its centers first")
-            self._seen_fitted = True
+        self.quantizer.check_fitted()
         B, R = frames.shape[0], self.num_refs
         with torch.no_grad():
             lab = rgb_to_lab(rearrange(frames, "b t c h w -> (b t) c h w"))  # (B * (R + 1), 3, H, W)

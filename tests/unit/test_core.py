@@ -47,6 +47,7 @@ SMOKE = {
     "cpc_image": {**_IMG, "objective.patch_size": 4, "objective.patch_stride": 2, "objective.steps": 2,
                   "objective.num_negatives": 8, "objective.context_dim": 8},
     "context_encoder_image": {**_IMG},
+    "split_brain_image": {**_IMG, "objective.ab_bins": 4, "objective.l_bins": 8},
     "context_encoder_image/random_region": {**_IMG, "objective.mask": "random_region", "objective.adv_weight": 0.001},
     "barlow_twins_image": {**_IMG, **_HEAD},
     "vicreg_image": {**_IMG, **_HEAD},
