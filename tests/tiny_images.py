@@ -114,6 +114,18 @@ class StripeImages(NamedImages):
         self.name, self.vocab = name, ["horizontal", "vertical", "diagonal", "anti-diagonal"]
 
 
+def bar_masks(labels: torch.Tensor, size: int, bars: int, g: torch.Generator) -> torch.Tensor:
+    """Where ``bars`` bars 2-6 px wide lie at random, unevenly spaced offsets, along each image's orientation
+    ``labels`` (0 horizontal, 1 vertical, 2 and 3 the diagonals): bool (n, size, size)."""
+    n = len(labels)
+    yy, xx = torch.meshgrid(torch.arange(size) - (size - 1) / 2, torch.arange(size) - (size - 1) / 2, indexing="ij")
+    angle = torch.tensor([0.0, 90.0, 45.0, -45.0]).deg2rad()[labels][:, None, None]
+    across = yy * angle.cos() - xx * angle.sin()  # (n, S, S): distance across the bars' direction
+    offset = (torch.rand(n, bars, 1, 1, generator=g) - 0.5) * size
+    half_width = 1 + 2 * torch.rand(n, bars, 1, 1, generator=g)
+    return ((across[:, None] - offset).abs() < half_width).any(1)
+
+
 class BarImages(NamedImages):
     """n images whose class is the orientation of their bars (as StripeImages: 0 horizontal, 1 vertical,
     2 and 3 the diagonals): ``bars`` bars 2-6 px wide at random, unevenly spaced offsets, in a random
@@ -123,13 +135,7 @@ class BarImages(NamedImages):
     def __init__(self, n: int, name: str, seed: int = 0, size: int = 32, bars: int = 3):
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(n) % 4
-        yy, xx = torch.meshgrid(torch.arange(size) - (size - 1) / 2, torch.arange(size) - (size - 1) / 2,
-                                indexing="ij")
-        angle = torch.tensor([0.0, 90.0, 45.0, -45.0]).deg2rad()[self.labels][:, None, None]
-        across = yy * angle.cos() - xx * angle.sin()  # (n, S, S): distance across the bars' direction
-        offset = (torch.rand(n, bars, 1, 1, generator=g) - 0.5) * size
-        half_width = 1 + 2 * torch.rand(n, bars, 1, 1, generator=g)
-        on = ((across[:, None] - offset).abs() < half_width).any(1, keepdim=True).float()  # (n, 1, S, S)
+        on = bar_masks(self.labels, size, bars, g)[:, None].float()  # (n, 1, S, S)
         fg, bg = torch.rand(n, 3, 1, 1, generator=g), torch.rand(n, 3, 1, 1, generator=g)
         self.images = ((on * fg + (1 - on) * bg) * 255).round().to(torch.uint8)  # (n, 3, S, S)
         self.name, self.vocab = name, ["horizontal", "vertical", "diagonal", "anti-diagonal"]
@@ -161,13 +167,7 @@ class TiedBars(NamedImages):
 
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(n) % 4
-        yy, xx = torch.meshgrid(torch.arange(size) - (size - 1) / 2, torch.arange(size) - (size - 1) / 2,
-                                indexing="ij")
-        angle = torch.tensor([0.0, 90.0, 45.0, -45.0]).deg2rad()[self.labels][:, None, None]
-        across = yy * angle.cos() - xx * angle.sin()  # (n, S, S): distance across the bars' direction
-        offset = (torch.rand(n, bars, 1, 1, generator=g) - 0.5) * size
-        half_width = 1 + 2 * torch.rand(n, bars, 1, 1, generator=g)
-        on = ((across[:, None] - offset).abs() < half_width).any(1)  # (n, S, S)
+        on = bar_masks(self.labels, size, bars, g)  # (n, S, S)
         level = torch.randint(0, 4, (n,), generator=g)
         hue = (((self.labels + level) % 4).float() * 90).deg2rad()[:, None, None]
         bar_lab = torch.stack([(30 + 15 * level.float())[:, None, None], chroma * hue.cos(), chroma * hue.sin()], 1)
