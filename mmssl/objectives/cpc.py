@@ -248,11 +248,15 @@ class CPCVideoSettings(CPCSettings):
 
     ``spatial="dense"`` (the paper's): the frame encoder's feature map, average-pooled to ``grid`` x
     ``grid`` cells (0: the map as it is; the paper's encoder gives 4 x 4 on 128 px frames), makes one
-    sequence per cell over time; the context (``context``: gru, the paper's, or causal_transformer) reads
-    each cell's z_<=t and the next ``steps`` latents of every cell are predicted, 3 as the paper's. The
-    paper's ConvGRU has 1 x 1 kernels, so its cells do not mix in the context either: a GRU per cell is the
-    same network. Negatives, "batch": any cell of any frame of any clip, the paper's spatial, temporal
-    and other-video negatives together.
+    sequence per cell over time; the context reads each cell's z_<=t and the next ``steps`` latents of every
+    cell are predicted, 3 as the paper's. ``context``: gru (a GRU per cell; the paper's ConvGRU has 1 x 1
+    kernels, the same network), causal_transformer (per cell), or conv_gru (3 x 3 gates, so a cell's context
+    also reads its neighbours' past). Negatives: "batch" (the paper's), any cell of any frame of any clip:
+    spatial, temporal and other-video negatives together; "cell", the position's own cell in any clip at any
+    time (no spatial negatives); "clip", any cell of its own clip at any time (no other-video negatives).
+    ``jitter`` (not the paper's; dense, grid 0, training only): each frame is encoded from its own window,
+    ``jitter`` map cells smaller a side, at a random whole-cell offset, so a cell's place in the map, which
+    zero padding lets a conv net read, tells neither the positive nor the negatives apart.
 
     ``spatial="pooled"``: one sequence per clip of the frames' pooled features (the map's mean), which
     predicts nothing about where things are in a frame."""
@@ -263,6 +267,28 @@ class CPCVideoSettings(CPCSettings):
     spatial: str = "dense"
     grid: int = 0
     jitter: int = 0
+
+
+class ConvGRU(nn.Module):
+    """A GRU whose gates are k x k convolutions over a map of cells (Ballas et al., arXiv:1511.06432), so a
+    cell's context reads its neighbours' past as well as its own: maps (B, T, D, h, w) -> contexts of the
+    same shape, c_t reading z_<=t only."""
+
+    def __init__(self, dim: int, kernel: int = 3, layers: int = 1):
+        super().__init__()
+        self.gates = nn.ModuleList(nn.Conv2d(2 * dim, 2 * dim, kernel, padding=kernel // 2) for _ in range(layers))
+        self.candidates = nn.ModuleList(nn.Conv2d(2 * dim, dim, kernel, padding=kernel // 2) for _ in range(layers))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z
+        for gates, candidate in zip(self.gates, self.candidates):
+            h, out = torch.zeros_like(x[:, 0]), []
+            for t in range(x.shape[1]):
+                r, u = torch.sigmoid(gates(torch.cat([x[:, t], h], 1))).chunk(2, 1)
+                h = (1 - u) * h + u * torch.tanh(candidate(torch.cat([x[:, t], r * h], 1)))
+                out.append(h)
+            x = torch.stack(out, 1)
+        return x
 
 
 def map_shape(tokens: int, height: int, width: int) -> tuple[int, int]:
@@ -288,8 +314,10 @@ class CPCVideo(CPC):
                  context: str = CPCVideoSettings.context, context_layers: int = CPCVideoSettings.context_layers,
                  spatial: str = CPCVideoSettings.spatial, grid: int = CPCVideoSettings.grid,
                  jitter: int = CPCVideoSettings.jitter):
-        if context not in CONTEXTS:
-            raise ValueError(f"context must be {' or '.join(CONTEXTS)}, not '{context}'")
+        if context not in (*CONTEXTS, "conv_gru"):
+            raise ValueError(f"context must be {', '.join(CONTEXTS)} or conv_gru, not '{context}'")
+        if context == "conv_gru" and spatial != "dense":
+            raise ValueError("context='conv_gru' reads maps of cells: it needs spatial='dense'")
         if context_layers < 1:
             raise ValueError(f"context_layers must be positive, not {context_layers}")
         if spatial not in ("dense", "pooled"):
@@ -305,7 +333,10 @@ class CPCVideo(CPC):
                          temperature=temperature)
         self.negatives_from = negatives_from
         dim = encoder.embed_dim
-        self.context = ENCODERS.build(context, in_dim=dim, dim=dim, layers=context_layers)
+        if context == "conv_gru":
+            self.context = ConvGRU(dim, layers=context_layers)
+        else:
+            self.context = ENCODERS.build(context, in_dim=dim, dim=dim, layers=context_layers)
         self.spatial, self.grid, self.jitter = spatial, grid, jitter
         self._stride: dict[tuple[int, int], int] = {}  # frame (H, W) -> the encoder map's stride
 
@@ -323,8 +354,8 @@ class CPCVideo(CPC):
             self._stride[H, W] = H // h
         return self._stride[H, W]
 
-    def jittered_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Clips (B, T, C, H, W) -> latents (B * n * m, T, D) of the scene cells every frame sees, each frame
+    def jittered_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T, C, H, W) -> maps (B, T, D, n, m) of the scene cells every frame sees, each frame
         encoded from its own window of the frame, ``jitter`` cells smaller a side, at a random offset of whole
         cells: a scene cell sits at a different place of each frame's map, so where a cell is in the map
         (which zero padding lets a conv net read) tells neither the positive nor the negatives apart."""
@@ -334,31 +365,53 @@ class CPCVideo(CPC):
         if n < 1 or m < 1:
             raise ValueError(f"jitter={j} leaves no cell of a {H} x {W} frame in every window")
         # (dy, dx) in cells per frame, drawn for the global batch (as the negatives) and cut to this process's frames
-        off = torch.randint(j + 1, (dist.world_size() * B * T, 2))[dist.rank() * B * T : (dist.rank() + 1) * B * T]
-        off = off.tolist()
-        frames = x.flatten(0, 1)
-        windows = torch.stack([f[:, dy * s : H - (j - dy) * s, dx * s : W - (j - dx) * s]
-                               for f, (dy, dx) in zip(frames, off)])  # (B * T, C, H - j * s, W - j * s)
+        world, rank = dist.world_size(), dist.rank()
+        off = torch.randint(j + 1, (world * B * T, 2), device=x.device)[rank * B * T : (rank + 1) * B * T]
+        frame = torch.arange(B * T, device=x.device)[:, None, None]
+
+        def window(maps: torch.Tensor, start: torch.Tensor, h: int, w: int) -> torch.Tensor:
+            """(B * T, C, ., .) -> (B * T, C, h, w) from row start[:, 0], column start[:, 1], per frame."""
+            rows = start[:, :1] + torch.arange(h, device=x.device)  # (B * T, h)
+            cols = start[:, 1:] + torch.arange(w, device=x.device)  # (B * T, w)
+            return maps.permute(0, 2, 3, 1)[frame, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+        windows = window(x.flatten(0, 1), off * s, H - j * s, W - j * s)  # (B * T, C, H - j * s, W - j * s)
         tokens = self.encoder.forward_features(windows)
         z = rearrange(tokens, "bt (h w) d -> bt d h w", h=H // s - j, w=W // s - j)
         # scene cell (u, v), u in [j, H / s - j), lies at map (u - dy, v - dx) of a frame offset by (dy, dx)
-        z = torch.stack([zf[:, j - dy : j - dy + n, j - dx : j - dx + m] for zf, (dy, dx) in zip(z, off)])
-        return rearrange(z, "(b t) d h w -> (b h w) t d", b=B, t=T)
+        z = window(z, j - off, n, m)
+        return rearrange(z, "(b t) d h w -> b t d h w", b=B, t=T)
 
-    def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Clips (B, T, C, H, W) -> latents (S, T, D), one sequence per clip (pooled) or per (clip, cell)
-        (dense: S = B * cells, clip-major, cells row-major)."""
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T, C, H, W) -> the latents' maps (B, T, D, h, w): every cell of the encoder's map (or of
+        its ``grid`` pooling), or with ``jitter`` in training the cells every jittered window sees."""
         B, T, _, H, W = x.shape
         if self.jitter and self.training:
-            return self.jittered_latents(x)
+            return self.jittered_maps(x)
         tokens = self.encoder.forward_features(x.flatten(0, 1))  # (B * T, N, D)
-        if self.spatial == "pooled":
-            return rearrange(self.encoder.pool(tokens), "(b t) d -> b t d", b=B, t=T)
         h, w = map_shape(tokens.shape[1], H, W)
         z = rearrange(tokens, "bt (h w) d -> bt d h w", h=h, w=w)
         if self.grid:
             z = F.adaptive_avg_pool2d(z, self.grid)  # (B * T, D, grid, grid)
-        return rearrange(z, "(b t) d h w -> (b h w) t d", b=B, t=T)
+        return rearrange(z, "(b t) d h w -> b t d h w", b=B, t=T)
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T, C, H, W) -> latents (S, T, D), one sequence per clip (pooled) or per (clip, cell)
+        (dense: S = B * cells, clip-major, cells row-major)."""
+        if self.spatial == "pooled":
+            B, T = x.shape[:2]
+            tokens = self.encoder.forward_features(x.flatten(0, 1))  # (B * T, N, D)
+            return rearrange(self.encoder.pool(tokens), "(b t) d -> b t d", b=B, t=T)
+        return rearrange(self.maps(x), "b t d h w -> (b h w) t d")
+
+    def contexts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips (B, T, C, H, W) -> latents z and contexts c, both (S, T, D) as ``latents``."""
+        if self.spatial == "pooled" or not isinstance(self.context, ConvGRU):
+            z = self.latents(x)
+            return z, self.context(z)
+        maps = self.maps(x)  # (B, T, D, h, w)
+        cells = "b t d h w -> (b h w) t d"
+        return rearrange(maps, cells), rearrange(self.context(maps), cells)
 
     def sample_dense_negatives(self, clips: int, cells: int, length: int, usable: int,
                                device: torch.device) -> torch.Tensor:
@@ -382,10 +435,10 @@ class CPCVideo(CPC):
         x = batch["frames"]
         if x.dim() != 5:
             raise ValueError(f"cpc_video expects clips (B, T, C, H, W), got {tuple(x.shape)}")
-        z = self.latents(x)  # (S, T, D)
+        z, c = self.contexts(x)  # (S, T, D) each
         neg_index = None
         if self.negatives_from in ("cell", "clip"):
             B, T = x.shape[:2]
             neg_index = self.sample_dense_negatives(B, z.shape[0] // B, T, T - self.steps, z.device)
-        out = self.score(z, self.context(z), neg_index)
+        out = self.score(z, c, neg_index)
         return {**out, "std": embedding_std(z.flatten(0, 1))}

@@ -255,21 +255,29 @@ def test_dense_video_info_nce_matches_a_loop_over_clips_cells_and_times(negative
     assert set(out) == {"loss", "acc", "acc_step1", "acc_step2", "std"}
 
 
-def test_dense_latents_keep_every_cell_and_the_context_never_reads_a_later_frame():
+@pytest.mark.parametrize("context", ["gru", "conv_gru"])
+def test_dense_latents_keep_every_cell_and_the_context_never_reads_a_later_frame(context):
     torch.manual_seed(0)
-    objective = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2).eval()
+    objective = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2, context=context).eval()
     x = torch.randn(2, 6, 3, 32, 24)  # a 4 x 3 map: 12 sequences per clip
-    z = objective.latents(x)
-    assert z.shape == (2 * 12, 6, 8)
+    z, c = objective.contexts(x)
+    assert z.shape == c.shape == (2 * 12, 6, 8)
     cell = objective.encoder.feature_map(x[1, 4:5])[0, :, 2, 1]  # clip 1, frame 4, row 2, column 1
     torch.testing.assert_close(z[12 + 2 * 3 + 1, 4], cell, rtol=1e-5, atol=1e-6)
-    c = objective.context(z)
     for t in range(5):
         later = x.clone()
         later[:, t + 1] = torch.randn_like(later[:, t + 1])  # frame t + 1 changed
-        c2 = objective.context(objective.latents(later))
+        c2 = objective.contexts(later)[1]
         torch.testing.assert_close(c2[:, :t + 1], c[:, :t + 1], rtol=0, atol=0)  # c_<=t, so W_k c_t, unchanged
         assert (c2[:, t + 1] - c[:, t + 1]).abs().max() > 1e-4
+    if context == "conv_gru":  # 3 x 3 convolutions: a cell's context reaches farther neighbours step by step
+        maps = torch.randn(1, 3, 8, 9, 9)
+        nudged = maps.clone()
+        nudged[0, 0, :, 4, 4] += 1  # the centre cell at t = 0
+        moved = (objective.context(nudged) - objective.context(maps)).abs().amax(2)[0] > 0  # (T, 9, 9)
+        ring = (torch.arange(9)[:, None] - 4).abs().maximum((torch.arange(9)[None, :] - 4).abs())  # Chebyshev
+        for t in range(3):  # one ring at t = 0 (the candidate's conv), then two a step (reset gate, candidate)
+            assert torch.equal(moved[t], ring <= 2 * t + 1), t
     pooled = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2, grid=2).eval()
     assert pooled.latents(x).shape == (2 * 4, 6, 8)
 
@@ -294,7 +302,8 @@ def test_bad_video_settings_are_one_line():
     for kwargs, match in [({"spatial": "sparse"}, "spatial must be 'dense' or 'pooled'"),
                           ({"grid": -1}, "grid must be 0"),
                           ({"spatial": "pooled", "negatives_from": "cell"}, "needs spatial=.dense."),
-                          ({"jitter": 1, "grid": 2}, "jitter must be >= 0 cells and needs spatial='dense' with grid=0")]:
+                          ({"jitter": 1, "grid": 2}, "jitter must be >= 0 cells and needs spatial='dense' with grid=0"),
+                          ({"context": "conv_gru", "spatial": "pooled"}, "conv_gru. reads maps of cells")]:
         with pytest.raises(ValueError, match=match):
             OBJECTIVES.build("cpc_video", encoder=dense_convnet(), **kwargs)
 
