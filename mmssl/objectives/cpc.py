@@ -302,8 +302,9 @@ def map_shape(tokens: int, height: int, width: int) -> tuple[int, int]:
 @OBJECTIVES.register("cpc_video")
 class CPCVideo(CPC):
     """CPC's objective over a clip's frames: z_t the encoder's map cells (dense) or pooled frame features,
-    c_t from an autoregressive context as wide as z (``mmssl.encoders.context``), ``score`` as on audio
-    frames over one sequence per (clip, cell)."""
+    c_t from an autoregressive context as wide as z (``mmssl.encoders.context`` per sequence, or
+    ``ConvGRU`` over the map), ``score`` as on audio frames over one sequence per clip (pooled) or per
+    (clip, cell) (dense)."""
 
     Settings: ClassVar[type] = CPCVideoSettings
 
