@@ -1,7 +1,8 @@
 """cpc_video: Contrastive Predictive Coding over time on video (dense predictive coding, arXiv:1909.04656):
-the frame encoder's pooled features of a clip's frames are a sequence, an autoregressive context reads
-it, and the same InfoNCE as cpc_audio scores the predictions of the next frames. The frame encoder is
-evaluated by DAVIS label propagation, beside a random encoder and raw pixels."""
+a clip's frame features are sequences over time (one per cell of the frame encoder's map with
+``objective.spatial=dense``, the paper's; one per clip of pooled frame features with ``pooled``), an
+autoregressive context reads them, and the same InfoNCE as cpc_audio scores the predictions of the next
+frames. The frame encoder is evaluated by DAVIS label propagation, beside a random encoder and raw pixels."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,10 @@ class CPCVideoConfig(VideoConfig):
         # Cosine similarity / 0.1 instead of the paper's dot product, as the other CPC demos: it leaves
         # the initial plateau sooner on a run of a few hundred steps.
         temperature=0.1,
+        # Pooled frames, not the paper's dense cells: on the embedded videos every dense variant tried
+        # (negatives by cell or clip, whole-cell jitter, a conv-GRU context) left the encoder tracking worse
+        # than pooled CPC and than its random initialisation; docs/results/video.md has the diagnosis.
+        spatial="pooled",
     )
 
 

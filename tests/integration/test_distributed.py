@@ -1,4 +1,6 @@
-"""Two processes (gloo) give the loss and gradients of one process on the same global batch."""
+"""Two processes (gloo) give the loss and gradients of one process on the same global batch: CPC on
+audio, and dense predictive coding on video (cpc_video, its negatives by batch, cell and clip, and its
+jittered windows)."""
 import os
 import socket
 
@@ -10,7 +12,8 @@ import torch.multiprocessing as mp
 from mmssl import dist as mdist
 from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.encoders.io import build_encoder
-from mmssl.objectives.cpc import CPC
+from mmssl.encoders.maps import FeatureMapEncoder
+from mmssl.objectives.cpc import CPC, CPCVideo
 from mmssl.tasks.cpc_audio import CPCAudio, CPCAudioConfig
 from mmssl.tasks.sections import AudioEncoders
 
@@ -35,13 +38,45 @@ def loss_and_grads(objective, wav):
     return out["loss"].detach(), grads
 
 
+class StrideFour(FeatureMapEncoder):
+    """Frames -> a stride-4 map, without BatchNorm (whose statistics are per process on CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=2, padding=1), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(8, 6, 4, stride=2, padding=1))
+        self.embed_dim = 6
+
+    def feature_map(self, x):
+        return self.net(x)
+
+
+VIDEO = {"video_batch": {}, "video_cell": {"negatives_from": "cell"}, "video_clip": {"negatives_from": "clip"},
+         "video_jitter_conv_gru": {"jitter": 1, "context": "conv_gru"}}
+
+
+def make_video_objective(name):
+    torch.manual_seed(0)
+    return CPCVideo(StrideFour(), steps=2, num_negatives=8, temperature=0.1, **VIDEO[name])
+
+
+def video_loss_and_grads(name, rank=0, world=1):
+    clips = torch.randn(GLOBAL_BATCH, 5, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # 4 x 4 maps
+    objective = make_video_objective(name)
+    torch.manual_seed(123)  # the negatives and the windows are drawn from this (process-synchronised) RNG
+    out = objective({"frames": clips.chunk(world)[rank]})
+    out["loss"].backward()
+    return out["loss"].detach(), {n: p.grad.clone() for n, p in objective.named_parameters()}
+
+
 def _worker(rank, world, port, path, negatives_from):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    objective = make_objective(negatives_from)
-    local = make_batch().chunk(world)[rank]
-    loss, grads = loss_and_grads(objective, local)
+    if negatives_from in VIDEO:
+        loss, grads = video_loss_and_grads(negatives_from, rank, world)
+    else:
+        loss, grads = loss_and_grads(make_objective(negatives_from), make_batch().chunk(world)[rank])
     # What DDP does: average the parameter gradients and (for reporting) the loss.
     for g in grads.values():
         dist.all_reduce(g)
@@ -73,6 +108,17 @@ def test_cpc_two_processes_match_one(tmp_path):
         assert one_grads.keys() == two["grads"].keys()
         for name, g in one_grads.items():
             torch.testing.assert_close(two["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(VIDEO))
+def test_dense_cpc_video_two_processes_match_one(tmp_path, name):
+    one_loss, one_grads = video_loss_and_grads(name)
+    two = run_two(tmp_path, name)
+    torch.testing.assert_close(two["loss"], one_loss, rtol=1e-5, atol=1e-6)
+    assert one_grads.keys() == two["grads"].keys()
+    for param, g in one_grads.items():
+        torch.testing.assert_close(two["grads"][param], g, rtol=1e-4, atol=1e-6, msg=param)
 
 
 def test_cpc_negative_sampling_modes():

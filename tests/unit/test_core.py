@@ -60,6 +60,8 @@ SMOKE = {
     "rotnet_image/sobel_resnet18": {**_IMG, "encoder.sobel": "true", "encoder.name": "resnet"},  # DeepCluster's input
     "colorize_video": {**_VID, "quantizer_frames": 8},
     "cpc_video": {**_VID, "clip_len": 4, "objective.steps": 2, "objective.num_negatives": 8},
+    "cpc_video/dense": {**_VID, "clip_len": 4, "objective.steps": 2, "objective.num_negatives": 8,
+                        "objective.spatial": "dense", "objective.context": "conv_gru", "objective.jitter": 1},
     "tcn_video": {**_VID, "anchors": 4, "objective.embed_dim": 8},
     "tcn_video/single": {**_VID, "anchors": 4, "objective.embed_dim": 8, "views": "single",
                          "objective.loss": "npairs"},

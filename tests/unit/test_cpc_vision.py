@@ -1,6 +1,7 @@
 """CPC on images (CPC v2, arXiv:1905.09272): the patch grid's geometry, the row context's causality,
 the image InfoNCE against a plain loop over images, columns, rows and steps, and cpc_audio's loss
-unchanged by the objective's generalisation."""
+unchanged by the objective's generalisation. CPC on video: pooled frames, and dense predictive coding
+(arXiv:1909.04656) against a plain loop over clips, cells, times and steps."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -169,7 +170,8 @@ def test_cpc_audio_is_unchanged():
 def test_video_info_nce_matches_a_loop_over_videos_and_frames():
     torch.manual_seed(0)
     frames = build_encoder({"name": "convnet", "kwargs": {"widths": [8, 8]}})
-    objective = OBJECTIVES.build("cpc_video", encoder=frames, steps=2, num_negatives=5, temperature=0.1).eval()
+    objective = OBJECTIVES.build("cpc_video", encoder=frames, steps=2, num_negatives=5, temperature=0.1,
+                                 spatial="pooled").eval()
     x = torch.randn(3, 5, 3, 8, 8)  # 3 clips of 5 frames
     torch.manual_seed(1)
     out = objective({"frames": x})
@@ -193,3 +195,137 @@ def test_video_info_nce_matches_a_loop_over_videos_and_frames():
     later = z.clone()
     later[:, 3:] += 1
     torch.testing.assert_close(objective.context(later)[:, :3], c[:, :3])
+
+
+def dense_convnet(widths=(8, 8, 8)):
+    return build_encoder({"name": "dense_convnet", "kwargs": {"widths": list(widths), "channels": 3}})
+
+
+def dense_reference(objective, x, neg_index, grid=None):
+    """Dense predictive coding by plain loops: every frame encoded alone; for clip b, cell (i, j), time t and
+    step k, W_k c[b, i, j, t] against z[b, i, j, t + k] and the drawn negatives, each decoded from its flat
+    index into (clip, cell, time); each cell's context reads that cell's latents in time order."""
+    enc = objective.encoder
+    B, T = x.shape[:2]
+    maps = torch.stack([torch.stack([enc.feature_map(x[b, t:t + 1])[0] for t in range(T)]) for b in range(B)])
+    if grid:
+        maps = F.adaptive_avg_pool2d(maps.flatten(0, 1), grid).unflatten(0, (B, T))  # (B, T, D, g, g)
+    h, w = maps.shape[-2:]
+    z = {(b, i, j): maps[b, :, :, i, j] for b in range(B) for i in range(h) for j in range(w)}  # each (T, D)
+    c = {key: objective.context(seq[None])[0] for key, seq in z.items()}
+    K, usable, tau = objective.steps, T - objective.steps, objective.temperature
+
+    def cand(flat):
+        seq, t = divmod(int(flat), T)
+        b, cell = divmod(seq, h * w)
+        return z[b, cell // w, cell % w][t]
+
+    per_step = []
+    for k in range(1, K + 1):
+        losses = []
+        for b in range(B):
+            for i in range(h):
+                for j in range(w):
+                    seq = (b * h + i) * w + j
+                    for t in range(usable):
+                        pred = F.normalize(c[b, i, j][t] @ objective.predictors[k - 1], dim=0) / tau
+                        pos = seq * T + t + k
+                        cands = [z[b, i, j][t + k]] + [cand(n) for n in neg_index[seq * usable + t] if int(n) != pos]
+                        logits = torch.stack([pred @ F.normalize(v, dim=0) for v in cands])
+                        losses.append(-torch.log_softmax(logits, 0)[0])
+        per_step.append(torch.stack(losses).mean())
+    return torch.stack(per_step).mean()
+
+
+@pytest.mark.parametrize("negatives_from, grid", [("batch", 0), ("cell", 0), ("clip", 0), ("others", 2)])
+def test_dense_video_info_nce_matches_a_loop_over_clips_cells_and_times(negatives_from, grid):
+    torch.manual_seed(0)
+    objective = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2, num_negatives=6, temperature=0.1,
+                                 negatives_from=negatives_from, grid=grid).eval()
+    x = torch.randn(2, 5, 3, 24, 24)  # 2 clips of 5 frames, a 3 x 3 map (2 x 2 cells pooled with grid=2)
+    torch.manual_seed(1)
+    out = objective({"frames": x})
+    cells = grid * grid if grid else 9
+    torch.manual_seed(1)  # the same draw the forward made
+    if negatives_from in ("cell", "clip"):
+        neg_index = objective.sample_dense_negatives(2, cells, 5, 3, x.device)
+    else:
+        neg_index = objective.sample_negatives(2 * cells, 5, 3, x.device)
+    torch.testing.assert_close(out["loss"], dense_reference(objective, x, neg_index, grid), rtol=1e-5, atol=1e-5)
+    assert set(out) == {"loss", "acc", "acc_step1", "acc_step2", "std"}
+
+
+@pytest.mark.parametrize("context", ["gru", "conv_gru"])
+def test_dense_latents_keep_every_cell_and_the_context_never_reads_a_later_frame(context):
+    torch.manual_seed(0)
+    objective = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2, context=context).eval()
+    x = torch.randn(2, 6, 3, 32, 24)  # a 4 x 3 map: 12 sequences per clip
+    z, c = objective.contexts(x)
+    assert z.shape == c.shape == (2 * 12, 6, 8)
+    cell = objective.encoder.feature_map(x[1, 4:5])[0, :, 2, 1]  # clip 1, frame 4, row 2, column 1
+    torch.testing.assert_close(z[12 + 2 * 3 + 1, 4], cell, rtol=1e-5, atol=1e-6)
+    for t in range(5):
+        later = x.clone()
+        later[:, t + 1] = torch.randn_like(later[:, t + 1])  # frame t + 1 changed
+        c2 = objective.contexts(later)[1]
+        torch.testing.assert_close(c2[:, :t + 1], c[:, :t + 1], rtol=0, atol=0)  # c_<=t, so W_k c_t, unchanged
+        assert (c2[:, t + 1] - c[:, t + 1]).abs().max() > 1e-4
+    if context == "conv_gru":  # 3 x 3 convolutions: a cell's context reaches farther neighbours step by step
+        maps = torch.randn(1, 3, 8, 9, 9)
+        nudged = maps.clone()
+        nudged[0, 0, :, 4, 4] += 1  # the centre cell at t = 0
+        moved = (objective.context(nudged) - objective.context(maps)).abs().amax(2)[0] > 0  # (T, 9, 9)
+        ring = (torch.arange(9)[:, None] - 4).abs().maximum((torch.arange(9)[None, :] - 4).abs())  # Chebyshev
+        for t in range(3):  # one ring at t = 0 (the candidate's conv), then two a step (reset gate, candidate)
+            assert torch.equal(moved[t], ring <= 2 * t + 1), t
+    pooled = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2, grid=2).eval()
+    assert pooled.latents(x).shape == (2 * 4, 6, 8)
+
+
+def test_cell_negatives_stay_at_the_cell_and_clip_negatives_in_the_clip():
+    clips, cells, T, usable = 4, 9, 6, 4
+    own_clip = torch.arange(clips).repeat_interleave(cells * usable)[:, None]
+    own_cell = torch.arange(cells).repeat_interleave(usable).repeat(clips)[:, None]
+    for mode in ("cell", "clip"):
+        objective = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2, negatives_from=mode)
+        torch.manual_seed(0)
+        neg = objective.sample_dense_negatives(clips, cells, T, usable, torch.device("cpu"))  # flat: (clip, cell, t)
+        assert neg.shape == (clips * cells * usable, 128)
+        clip, cell, t = neg // (T * cells), neg // T % cells, neg % T
+        if mode == "cell":  # the cell's own place, in every clip, at every time
+            assert (cell == own_cell).all() and len(clip.unique()) == clips and len(t.unique()) == T
+        else:  # the position's own clip, at every place and time
+            assert (clip == own_clip).all() and len(cell.unique()) == cells and len(t.unique()) == T
+
+
+def test_bad_video_settings_are_one_line():
+    for kwargs, match in [({"spatial": "sparse"}, "spatial must be 'dense' or 'pooled'"),
+                          ({"grid": -1}, "grid must be 0"),
+                          ({"spatial": "pooled", "negatives_from": "cell"}, "needs spatial=.dense."),
+                          ({"jitter": 1, "grid": 2}, "jitter must be >= 0 cells and needs spatial='dense' with grid=0"),
+                          ({"context": "conv_gru", "spatial": "pooled"}, "conv_gru. reads maps of cells")]:
+        with pytest.raises(ValueError, match=match):
+            OBJECTIVES.build("cpc_video", encoder=dense_convnet(), **kwargs)
+
+
+def test_jitter_encodes_each_frame_from_its_own_window_and_follows_scene_cells():
+    torch.manual_seed(0)
+    objective = OBJECTIVES.build("cpc_video", encoder=dense_convnet(), steps=2, jitter=1)
+    objective.encoder.eval()  # BatchNorm on running statistics, so each window's map is its own
+    x = torch.randn(2, 4, 3, 40, 32)  # 5 x 4 cells of 8 px; windows of 4 x 3 cells; 3 x 2 scene cells in all
+    torch.manual_seed(1)
+    z = objective.latents(x)  # training mode: jittered
+    assert z.shape == (2 * 3 * 2, 4, 8)
+    torch.manual_seed(1)
+    off = torch.randint(2, (2 * 4, 2))  # the offsets the forward drew, (dy, dx) cells per (clip, frame)
+    for b in range(2):
+        for t in range(4):
+            dy, dx = off[b * 4 + t].tolist()
+            window = x[b, t, :, 8 * dy : 40 - 8 * (1 - dy), 8 * dx : 32 - 8 * (1 - dx)]
+            fmap = objective.encoder.feature_map(window[None])[0]  # (8, 4, 3)
+            for u in range(3):
+                for v in range(2):  # scene cell (u + 1, v + 1) sits at (u + 1 - dy, v + 1 - dx) of this map
+                    torch.testing.assert_close(z[(b * 3 + u) * 2 + v, t], fmap[:, u + 1 - dy, v + 1 - dx],
+                                               rtol=1e-5, atol=1e-6)
+    objective.eval()  # evaluation: the whole frame, every cell
+    assert objective.latents(x).shape == (2 * 5 * 4, 4, 8)
