@@ -10,7 +10,7 @@ from typing import ClassVar
 from mmssl.config import ConfigError
 from mmssl.encoders.convnet import ConvNetSettings
 from mmssl.modalities.vision.augment import ViewSettings, mae_views
-from mmssl.objectives.cpc import CPCImageSettings
+from mmssl.objectives.cpc_image import CPCImageSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
 from mmssl.tasks.sections import TileEncoders

@@ -9,7 +9,7 @@ import dataclasses
 
 from mmssl.config import ConfigError
 from mmssl.modalities.video.views import crop_views
-from mmssl.objectives.cpc import CPCVideoSettings
+from mmssl.objectives.cpc_video import CPCVideoSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.video_base import VideoConfig, VideoTask
 

@@ -2,7 +2,7 @@
 arXiv:1807.03748 Sec. 3.2; CPC v2, arXiv:1905.09272): the tokens are the patches' pooled features,
 row-major over the grid, and the pooled embedding is their mean, what CPC v2's linear probes read.
 
-No patch sees a pixel outside itself, so a context over the grid's rows (``mmssl.objectives.cpc``)
+No patch sees a pixel outside itself, so a context over the grid's rows (``mmssl.objectives.cpc_image``)
 can predict a lower row's patches from the rows above without the encoder having read them.
 """
 from __future__ import annotations

@@ -7,6 +7,8 @@ from mmssl.objectives import (  # noqa: F401
     colorization,
     context_encoder,
     cpc,
+    cpc_image,
+    cpc_video,
     deepcluster,
     densecl,
     dino,

@@ -13,7 +13,8 @@ from mmssl import dist as mdist
 from mmssl.encoders.context import CPCEncoderSettings
 from mmssl.encoders.io import build_encoder
 from mmssl.encoders.maps import FeatureMapEncoder
-from mmssl.objectives.cpc import CPC, CPCVideo
+from mmssl.objectives.cpc import CPC
+from mmssl.objectives.cpc_video import CPCVideo
 from mmssl.tasks.cpc_audio import CPCAudio, CPCAudioConfig
 from mmssl.tasks.sections import AudioEncoders
 

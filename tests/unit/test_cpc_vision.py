@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import mmssl.tasks  # noqa: F401
 from mmssl.config import ConfigError
 from mmssl.encoders.io import build_encoder
-from mmssl.objectives.cpc import CPCImageSettings, RowContext
+from mmssl.objectives.cpc_image import CPCImageSettings, RowContext
 from mmssl.registry import OBJECTIVES
 from mmssl.run import resolve_config
 
