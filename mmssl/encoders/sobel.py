@@ -3,8 +3,8 @@
 DeepCluster (Caron et al., arXiv:1807.05520) puts "a fixed linear transformation based on Sobel
 filters to remove color and increase local contrast" in front of its network (the authors' code:
 ``sobel=True``): without it k-means groups the images by colour, the dominant cue of a randomly
-initialised network, and the classifier learns colour. The filter is fixed: its weights are buffers, not parameters, so no optimiser, weight
-decay or gradient touches them.
+initialised network, and the classifier learns colour. The filter is fixed: its weights are
+buffers, not parameters, so no optimiser, weight decay or gradient touches them.
 
 It reads the normalised RGB every image task feeds (``(x - mean) / std``), so the probes, the
 random-encoder baseline and a saved encoder need nothing else. The filter first undoes the
