@@ -24,8 +24,8 @@ from mmssl.tasks.sections import EncoderSection
 @dataclasses.dataclass(frozen=True)
 class SplitBrainEncoders(EncoderSection):
     """The split conv net: ``convnet.widths`` are the whole net's, every stage split into an L half and an
-    ab half of half the width each (the paper splits every layer). Conv nets only: the halves read one
-    and two channels, which the ViT's and the torchvision ResNet's stems do not take."""
+    ab half of half the width each (the paper splits every layer). Conv nets only: the split encoder
+    builds its halves from the library's conv net (split ResNet or ViT halves are not built)."""
 
     name: str = "convnet"
     convnet: ConvNetSettings = ConvNetSettings()
