@@ -4,7 +4,6 @@ clip's frame feature maps over time, or its pooled frame features, is a sequence
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import torch
@@ -68,14 +67,6 @@ class ConvGRU(nn.Module):
         return x
 
 
-def map_shape(tokens: int, height: int, width: int) -> tuple[int, int]:
-    """(h, w) of a row-major feature map of ``tokens`` cells read off a height x width frame."""
-    h = max(1, round(math.sqrt(tokens * height / width)))
-    if tokens % h:
-        raise ValueError(f"{tokens} tokens do not make a map of a {height} x {width} frame's shape")
-    return h, tokens // h
-
-
 @OBJECTIVES.register("cpc_video")
 class CPCVideo(CPC):
     """CPC's objective over a clip's frames: z_t the encoder's map cells (dense) or pooled frame features,
@@ -104,6 +95,8 @@ class CPCVideo(CPC):
             raise ValueError(f"grid must be 0 (the encoder's map) or a positive number of cells a side, not {grid}")
         if jitter < 0 or (jitter and (spatial != "dense" or grid)):
             raise ValueError(f"jitter must be >= 0 cells and needs spatial='dense' with grid=0, not jitter={jitter}")
+        if spatial == "dense" and not hasattr(encoder, "feature_map"):
+            raise ValueError(f"spatial='dense' reads the encoder's feature map: {type(encoder).__name__} has no feature_map")
         if negatives_from in ("cell", "clip") and spatial != "dense":
             raise ValueError(f"negatives_from={negatives_from!r} (negatives by cell and clip) needs spatial='dense'")
         super().__init__(encoder, steps=steps, num_negatives=num_negatives,
@@ -126,7 +119,7 @@ class CPCVideo(CPC):
         H, W = x.shape[-2:]
         if (H, W) not in self._stride:
             with torch.no_grad():
-                h, w = map_shape(self.encoder.forward_features(x.reshape(-1, *x.shape[-3:])[:1]).shape[1], H, W)
+                h, w = self.encoder.feature_map(x.reshape(-1, *x.shape[-3:])[:1]).shape[-2:]
             if H % h or W % w or H // h != W // w:
                 raise ValueError(f"jitter needs frames a whole number of map cells across, not {H} x {W} for {h} x {w}")
             self._stride[H, W] = H // h
@@ -154,8 +147,7 @@ class CPCVideo(CPC):
             return maps.permute(0, 2, 3, 1)[frame, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
         windows = window(x.flatten(0, 1), off * s, H - j * s, W - j * s)  # (B * T, C, H - j * s, W - j * s)
-        tokens = self.encoder.forward_features(windows)
-        z = rearrange(tokens, "bt (h w) d -> bt d h w", h=H // s - j, w=W // s - j)
+        z = self.encoder.feature_map(windows)  # (B * T, D, H / s - j, W / s - j)
         # scene cell (u, v), u in [j, H / s - j), lies at map (u - dy, v - dx) of a frame offset by (dy, dx)
         z = window(z, j - off, n, m)
         return rearrange(z, "(b t) d h w -> b t d h w", b=B, t=T)
@@ -163,12 +155,10 @@ class CPCVideo(CPC):
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """Clips (B, T, C, H, W) -> the latents' maps (B, T, D, h, w): every cell of the encoder's map (or of
         its ``grid`` pooling), or with ``jitter`` in training the cells every jittered window sees."""
-        B, T, _, H, W = x.shape
+        B, T = x.shape[:2]
         if self.jitter and self.training:
             return self.jittered_maps(x)
-        tokens = self.encoder.forward_features(x.flatten(0, 1))  # (B * T, N, D)
-        h, w = map_shape(tokens.shape[1], H, W)
-        z = rearrange(tokens, "bt (h w) d -> bt d h w", h=h, w=w)
+        z = self.encoder.feature_map(x.flatten(0, 1))  # (B * T, D, h, w)
         if self.grid:
             z = F.adaptive_avg_pool2d(z, self.grid)  # (B * T, D, grid, grid)
         return rearrange(z, "(b t) d h w -> b t d h w", b=B, t=T)
