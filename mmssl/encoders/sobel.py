@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.modalities.vision.augment import MEAN, STD
+from mmssl.modalities.vision.batched import LUMA  # the views' grayscale weights (ITU-R 601-2)
 from mmssl.registry import ENCODERS
 
-LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as modalities/vision/batched.grayscale
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation the image tasks apply (modalities.vision MEAN / STD)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
 # The encoders whose constructor takes ``channels``: the filter hands them its 2 gradient channels.
 WRAPS = ("convnet", "resnet", "vit")
@@ -45,8 +44,8 @@ class Sobel(nn.Module):
         mean, std: the per-channel normalisation of the RGB input, undone before the grayscale.
     """
 
-    def __init__(self, encoder: dict, mean: tuple[float, ...] | list[float] = IMAGENET_MEAN,
-                 std: tuple[float, ...] | list[float] = IMAGENET_STD):
+    def __init__(self, encoder: dict, mean: tuple[float, ...] | list[float] = MEAN,
+                 std: tuple[float, ...] | list[float] = STD):
         super().__init__()
         name, kwargs = encoder.get("name"), dict(encoder.get("kwargs", {}))
         if name not in WRAPS:

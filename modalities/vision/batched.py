@@ -48,7 +48,7 @@ from mmssl.modalities.vision.augment import (
     normalize,
 )
 
-_LUMA = (0.2989, 0.587, 0.114)
+LUMA = (0.2989, 0.587, 0.114)
 
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,7 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, siz
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, 1, H, W) luma."""
     r, g, b = x.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b)[:, None]
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b)[:, None]
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
