@@ -175,7 +175,19 @@ class DINO(Objective):
                          self.teacher_temp_now())
         if self.training:
             self._pending.append((t.float().sum(0), len(t)))
-        return {"loss": loss, "std": embedding_std(student[0])}
+        return {"loss": loss, "std": embedding_std(student[0]), **self.collapse_monitors(t.detach())}
+
+    @torch.no_grad()
+    def collapse_monitors(self, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The two ways DINO collapses (arXiv:2104.14294, Sec. 5.3): to a uniform target (``target_entropy``,
+        the mean entropy of one crop's centred, sharpened teacher distribution, in nats, near log K) or to
+        one output for every crop (``target_usage``, exp of the entropy of the batch's mean target: about
+        how many of the K outputs the batch's targets spread over, near 1). Healthy training keeps the
+        first low and the second well above 1."""
+        q = F.softmax((teacher.float() - self.center) / self.teacher_temp_now(), dim=-1)
+        row = -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
+        mean = q.mean(0)
+        return {"target_entropy": row, "target_usage": (-(mean * mean.clamp_min(1e-12).log()).sum()).exp()}
 
     def momentum_at(self, step: int, max_steps: int) -> float:
         """lambda_k = 1 - (1 - lambda_0) (cos(pi k / K) + 1) / 2: lambda_0 at k = 0, rising to 1 at k = K."""
