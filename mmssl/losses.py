@@ -49,7 +49,8 @@ def positive_ranked_first(logits: torch.Tensor) -> torch.Tensor:
 
 
 def cpc_info_nce(
-    pred: torch.Tensor, pool: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor
+    pred: torch.Tensor, pool: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CPC's InfoNCE for K prediction steps at once, negatives shared across steps.
 
@@ -60,15 +61,23 @@ def cpc_info_nce(
         pos_index: (K, N) index in ``pool`` of z_{t+k}, the positive.
         neg_index: (N, M) indices in ``pool`` of the M negatives of each position.
             A negative that is the positive itself is masked out.
+        valid: optional (K, N) bool, the (step, position) pairs scored; the others (a context whose
+            target k steps on lies past the sequence's end) are left out of both means.
     Returns: (loss per step (K,), accuracy of the positive per step (K,)).
     """
     pos = torch.einsum("knd,knd->kn", pred, pool[pos_index])[..., None]  # (K, N, 1)
     neg = torch.einsum("knd,nmd->knm", pred, pool[neg_index])  # (K, N, M)
     neg = neg.masked_fill(neg_index[None] == pos_index[..., None], float("-inf"))
     logits = _at_least_fp32(torch.cat([pos, neg], dim=-1))  # (K, N, 1 + M); the positive is class 0
-    loss = -logits.log_softmax(dim=-1)[..., 0].mean(dim=1)
-    acc = (logits.argmax(dim=-1) == 0).float().mean(dim=1)
-    return loss, acc
+    loss = -logits.log_softmax(dim=-1)[..., 0]  # (K, N)
+    hit = (logits.argmax(dim=-1) == 0).float()
+    if valid is None:
+        return loss.mean(dim=1), hit.mean(dim=1)
+    weight = valid.to(loss.dtype)
+    count = weight.sum(dim=1)
+    if bool((count == 0).any()):
+        raise ValueError("cpc_info_nce: a step has no valid position to score")
+    return (loss * weight).sum(dim=1) / count, (hit * weight).sum(dim=1) / count
 
 
 def nt_xent(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.1, return_accuracy: bool = False):

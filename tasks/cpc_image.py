@@ -27,10 +27,9 @@ class CPCImageConfig(ImageConfig):
     renamed: ClassVar[dict[str, str]] = {k: v for k, v in ImageConfig.renamed.items() if ".vit." not in v}
     objective: CPCImageSettings = CPCImageSettings(
         # The paper's 7x7 grid of half-overlapping patches, scaled to the demo's 32 px crops: 8 px
-        # patches 4 px apart. Its 5 rows ahead would leave two rows of contexts; 3 leave four.
+        # patches 4 px apart, and its 5 rows ahead.
         patch_size=8,
         patch_stride=4,
-        steps=3,
         # Cosine similarity / 0.1 instead of the paper's dot product, as cpc_audio's demo: it leaves
         # the initial plateau sooner on a run of a few hundred steps.
         temperature=0.1,

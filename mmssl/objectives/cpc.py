@@ -42,6 +42,11 @@ class CPCSettings:
 @OBJECTIVES.register("cpc")
 class CPC(Objective):
     Settings: ClassVar[type] = CPCSettings
+    # Which contexts each step k scores. False: the first T - K, the same for every step, as the
+    # CPC_audio reference crops its windows. True: every c_t whose target z_{t+k} lies inside the
+    # sequence (T - k of them), as CPC v1/v2 on images score every row above the target row; on a
+    # column of 7 patches 5 rows ahead, the first form would score 2 rows, this one 6.
+    every_context: ClassVar[bool] = False
 
     def __init__(self, encoder: nn.Module, *, steps: int = CPCSettings.steps,
                  num_negatives: int = CPCSettings.num_negatives, negatives_from: str = CPCSettings.negatives_from,
@@ -109,29 +114,32 @@ class CPC(Objective):
         Args:
             z: (B, T, Dz) latents, B sequences of T steps; every z of every process is a candidate negative.
             c: (B, T, Dc) contexts, c_t read z_<=t only.
-            neg_index: (B * (T - K), M) indices of each position's negatives into the pool, the global
-                batch's z (all processes' sequences in rank order, each T long); None draws them by
-                ``negatives_from``.
+            neg_index: (B * C, M) indices of each position's negatives into the pool, the global
+                batch's z (all processes' sequences in rank order, each T long), C the contexts scored
+                per sequence (T - K, or T - 1 with ``every_context``); None draws them by ``negatives_from``.
         Returns: {"loss", "acc" (the positive ranked first, all steps), "acc_stepK" for three of the steps}.
         """
         B, T, Dz = z.shape
         usable = T - self.steps
         if usable < 1:
             raise ValueError(f"a crop of {T} frames is too short to predict {self.steps} steps ahead")
+        contexts = T - 1 if self.every_context else usable
         pool = dist.all_gather(z.reshape(B * T, Dz))  # (world * B * T, Dz), gradients kept
         offset = dist.rank() * B * T
-        pred = torch.einsum("btc,kcd->kbtd", c[:, :usable], self.predictors.to(c.dtype))  # (K, B, T-K, Dz)
-        t = torch.arange(usable, device=z.device)
+        pred = torch.einsum("btc,kcd->kbtd", c[:, :contexts], self.predictors.to(c.dtype))  # (K, B, C, Dz)
+        t = torch.arange(contexts, device=z.device)
         k = torch.arange(1, self.steps + 1, device=z.device)
         b = torch.arange(B, device=z.device)
-        pos_index = offset + b[None, :, None] * T + t[None, None, :] + k[:, None, None]  # (K, B, T-K)
+        target = t[None, None, :] + k[:, None, None]  # (K, 1, C): t + k, past the end for late contexts
+        pos_index = offset + b[None, :, None] * T + target.clamp(max=T - 1)  # (K, B, C)
+        valid = (target < T).expand(-1, B, -1).flatten(1) if self.every_context else None
         if neg_index is None:
-            neg_index = self.sample_negatives(B, T, usable, z.device)
+            neg_index = self.sample_negatives(B, T, contexts, z.device)
         pred = pred.flatten(1, 2)
         if self.temperature is not None:
             pred = F.normalize(pred, dim=-1) / self.temperature
             pool = F.normalize(pool, dim=-1)
-        loss_k, acc_k = cpc_info_nce(pred, pool, pos_index.flatten(1), neg_index)
+        loss_k, acc_k = cpc_info_nce(pred, pool, pos_index.flatten(1), neg_index, valid)
         out = {"loss": loss_k.mean(), "acc": acc_k.mean().detach()}
         for i in (0, self.steps // 2, self.steps - 1):
             out[f"acc_step{i + 1}"] = acc_k[i].detach()

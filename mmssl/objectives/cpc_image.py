@@ -76,6 +76,7 @@ class CPCImage(CPC):
 
     Settings: ClassVar[type] = CPCImageSettings
     single_view = True
+    every_context = True  # every row above a target row predicts it, as the papers' image CPC
 
     def __init__(self, encoder: nn.Module, *, steps: int = CPCImageSettings.steps,
                  num_negatives: int = CPCImageSettings.num_negatives,

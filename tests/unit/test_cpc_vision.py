@@ -78,13 +78,14 @@ def test_row_context_never_reads_a_lower_row():
 
 
 def reference_loss(objective, x, neg_index):
-    """The image InfoNCE by plain loops: for image b, column w, row t and step k, W_k c[b, t, w] against
-    z[b, t + k, w] and the drawn negatives, each decoded from its flat index into (image, column, row)."""
+    """The image InfoNCE by plain loops: for image b, column w, step k and every row t with a row t + k
+    below it, W_k c[b, t, w] against z[b, t + k, w] and the drawn negatives, each decoded from its flat
+    index into (image, column, row); negatives are drawn for rows 0 .. rows - 2 of each column."""
     enc = objective.encoder
     rows, cols = enc.grid(x.shape[-2], x.shape[-1])
     z = enc.forward_features(x).view(x.shape[0], rows, cols, -1)  # (B, rows, cols, D)
     c = objective.context(z.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, rows, cols, D)
-    K, usable = objective.steps, rows - objective.steps
+    K, contexts = objective.steps, rows - 1
 
     def cand(j):  # flat index into the pool, laid out as one sequence per (image, column)
         seq, row = divmod(int(j), rows)
@@ -99,8 +100,8 @@ def reference_loss(objective, x, neg_index):
         losses = []
         for b in range(x.shape[0]):
             for w in range(cols):
-                for t in range(usable):
-                    n = (b * cols + w) * usable + t  # the position's row in neg_index
+                for t in range(rows - k):
+                    n = (b * cols + w) * contexts + t  # the position's row in neg_index
                     pred = unit(c[b, t, w] @ objective.predictors[k - 1]) * scale
                     pos_flat = (b * cols + w) * rows + t + k
                     logits = [pred @ unit(z[b, t + k, w])]
@@ -116,11 +117,11 @@ def test_image_info_nce_matches_a_loop_over_images_columns_and_rows(negatives_fr
     objective = OBJECTIVES.build("cpc_image", encoder=patch_grid(), steps=2, num_negatives=6,
                                  negatives_from=negatives_from, temperature=temperature, patch_size=4,
                                  patch_stride=2, context_dim=5, context_layers=2).eval()
-    x = torch.randn(2, 3, 12, 10)  # a 5 x 4 grid: 2 images x 4 columns, 3 usable rows each
+    x = torch.randn(2, 3, 12, 10)  # a 5 x 4 grid: 2 images x 4 columns; 4 rows predict 1 ahead, 3 rows 2 ahead
     torch.manual_seed(1)
     out = objective({"input": x})
-    torch.manual_seed(1)  # the same draw the forward made: (sequences * usable rows, M) indices
-    neg_index = objective.sample_negatives(2 * 4, 5, 3, x.device)
+    torch.manual_seed(1)  # the same draw the forward made: (sequences * 4 context rows, M) indices
+    neg_index = objective.sample_negatives(2 * 4, 5, 4, x.device)
     torch.testing.assert_close(out["loss"], reference_loss(objective, x, neg_index), rtol=1e-5, atol=1e-5)
     assert set(out) == {"loss", "acc", "acc_step1", "acc_step2", "std"}
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +38,25 @@ def test_cpc_info_nce_matches_loop_reference():
     g2 = torch.autograd.grad(ref_loss.sum(), [pred, pool])
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+
+
+def test_cpc_info_nce_leaves_invalid_positions_out():
+    g = torch.Generator().manual_seed(2)
+    K, N, P, M, D = 2, 8, 20, 5, 4
+    pred = torch.randn(K, N, D, generator=g, dtype=torch.float64, requires_grad=True)
+    pool = torch.randn(P, D, generator=g, dtype=torch.float64)
+    pos_index, neg_index = torch.randint(P, (K, N), generator=g), torch.randint(P, (N, M), generator=g)
+    valid = torch.ones(K, N, dtype=torch.bool)
+    valid[1, 5:] = False  # step 2 scores the first 5 positions only
+    loss, acc = cpc_info_nce(pred, pool, pos_index, neg_index, valid)
+    for k, n in ((0, N), (1, 5)):  # each step's figures are those of its valid positions alone
+        ref_loss, ref_acc = reference_cpc(pred[k : k + 1, :n], pool, pos_index[k : k + 1, :n], neg_index[:n])
+        torch.testing.assert_close(loss[k : k + 1], ref_loss)
+        torch.testing.assert_close(acc[k : k + 1].double(), ref_acc.double())
+    (grad,) = torch.autograd.grad(loss.sum(), [pred])
+    assert grad[1, 5:].abs().max() == 0 and grad[1, :5].abs().max() > 0
+    with pytest.raises(ValueError, match="no valid position"):
+        cpc_info_nce(pred, pool, pos_index, neg_index, torch.zeros(K, N, dtype=torch.bool))
 
 
 def test_info_nce_matches_loop_reference():
