@@ -29,7 +29,9 @@ from mmssl.registry import OBJECTIVES
 @dataclasses.dataclass(frozen=True)
 class SplitBrainSettings:
     """Split-brain's settings, defaults from the paper (arXiv:1611.09842, Sec. 3): L -> ab as
-    classification over 313 (a, b) bins and ab -> L over 100 L bins (uniform over L in [0, 100]).
+    classification over 313 (a, b) bins and ab -> L over 100 L bins (uniform over L in [0, 100]). Secondary
+    readings of the paper give 50 L bins of width 2 instead (configs/split_brain_imagenet.yaml sets 50);
+    the paper's text was not at hand to settle which.
 
     The paper's 313 bins are the in-gamut cells of a grid of side 10 over the (a, b) plane; ours are
     the ``ab_bins`` k-means centres of the task's training colours (``ColorQuantizer``), shared with
