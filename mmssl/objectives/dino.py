@@ -106,6 +106,7 @@ _S = DINOSettings  # the constructor's defaults are the settings' own
 @OBJECTIVES.register("dino")
 class DINO(Objective):
     Settings: ClassVar[type] = DINOSettings
+    extra_metrics: ClassVar[tuple[str, ...]] = ("target_entropy", "target_usage")  # see collapse_monitors
 
     def __init__(self, encoder: nn.Module, *, out_dim: int = _S.out_dim, hidden_dim: int = _S.hidden_dim,
                  bottleneck_dim: int = _S.bottleneck_dim, nlayers: int = _S.nlayers,
