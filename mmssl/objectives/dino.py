@@ -36,13 +36,35 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
         center: (K,) subtracted from the teacher's logits before its softmax.
     Returns: the scalar loss.
     """
-    targets = [F.softmax((t.detach().float() - center) / teacher_temp, dim=-1) for t in teacher]
+    return dino_cross_entropy(student, [dino_targets(t, center, teacher_temp) for t in teacher], student_temp)
+
+
+def dino_targets(teacher: torch.Tensor, center: torch.Tensor, teacher_temp: float | torch.Tensor) -> torch.Tensor:
+    """Teacher logits (..., K) -> the centred, sharpened targets P_t, detached, in fp32."""
+    return F.softmax((teacher.detach().float() - center) / teacher_temp, dim=-1)
+
+
+def dino_cross_entropy(student: list[torch.Tensor], targets: list[torch.Tensor], student_temp: float) -> torch.Tensor:
+    """``dino_loss`` from the teacher's targets (``dino_targets``, one (B, K) per global crop) instead of
+    its logits."""
     log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student]
     terms = [-(q * log_probs[v]).sum(-1).mean() for i, q in enumerate(targets)
              for v in range(len(log_probs)) if v != i]
     if not terms:
         raise ValueError("dino_loss needs two crops or more")
     return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def target_monitors(targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The two ways DINO collapses (arXiv:2104.14294, Sec. 5.3), read off targets (B, K): to a uniform
+    target (``target_entropy``, the mean entropy of one crop's target, in nats, near log K) or to one
+    output for every crop (``target_usage``, exp of the entropy of the batch's mean target: about how many
+    of the K outputs the batch's targets spread over, near 1). Healthy training keeps the first low and
+    the second well above 1."""
+    row = -torch.special.xlogy(targets, targets).sum(-1).mean()
+    mean = targets.mean(0)
+    return {"target_entropy": row, "target_usage": (-torch.special.xlogy(mean, mean).sum()).exp()}
 
 
 class DINOHead(nn.Module):
@@ -172,23 +194,16 @@ class DINO(Objective):
         student = list(self.head(torch.cat(encode_views(self.encoder, views)), last_v).chunk(len(views)))
         with torch.no_grad():
             t = self.teacher_head(torch.cat(encode_views(self.teacher_encoder, views[: self.global_crops])))
-        loss = dino_loss(student, list(t.chunk(self.global_crops)), self.center, self.student_temp,
-                         self.teacher_temp_now())
+        targets = dino_targets(t, self.center, self.teacher_temp_now())  # once, for the loss and the monitors
+        loss = dino_cross_entropy(student, list(targets.chunk(self.global_crops)), self.student_temp)
         if self.training:
             self._pending.append((t.float().sum(0), len(t)))
-        return {"loss": loss, "std": embedding_std(student[0]), **self.collapse_monitors(t.detach())}
+        return {"loss": loss, "std": embedding_std(student[0]), **target_monitors(targets)}
 
     @torch.no_grad()
     def collapse_monitors(self, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The two ways DINO collapses (arXiv:2104.14294, Sec. 5.3): to a uniform target (``target_entropy``,
-        the mean entropy of one crop's centred, sharpened teacher distribution, in nats, near log K) or to
-        one output for every crop (``target_usage``, exp of the entropy of the batch's mean target: about
-        how many of the K outputs the batch's targets spread over, near 1). Healthy training keeps the
-        first low and the second well above 1."""
-        q = F.softmax((teacher.float() - self.center) / self.teacher_temp_now(), dim=-1)
-        row = -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
-        mean = q.mean(0)
-        return {"target_entropy": row, "target_usage": (-(mean * mean.clamp_min(1e-12).log()).sum()).exp()}
+        """``target_monitors`` of the targets this objective makes of teacher logits (B, K) now."""
+        return target_monitors(dino_targets(teacher, self.center, self.teacher_temp_now()))
 
     def momentum_at(self, step: int, max_steps: int) -> float:
         """lambda_k = 1 - (1 - lambda_0) (cos(pi k / K) + 1) / 2: lambda_0 at k = 0, rising to 1 at k = K."""
