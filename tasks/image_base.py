@@ -178,14 +178,13 @@ class ImageTask(Task):
         return self._monitor_data
 
     def monitor(self, cfg: ImageConfig, encoder: nn.Module) -> dict[str, float]:
-        from mmssl.evaluation.image_report import monitor_knn
+        from mmssl.evaluation.image_report import monitor_figures
         from mmssl.evaluation.knn import extract_features
 
         data = self.monitor_data(cfg)
         if data is None:
             return {}
-        return {"knn_top1": monitor_knn(data, lambda src, view: extract_features(encoder, src, view,
-                                                                                  readout=cfg.readout))}
+        return monitor_figures(data, lambda src, view: extract_features(encoder, src, view, readout=cfg.readout))
 
     def evaluate(self, cfg: ImageConfig, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
         from mmssl.evaluation.image_report import image_report

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.evaluation.audio import majority
+from mmssl.evaluation.collapse import rankme
 from mmssl.evaluation.knn import KS, TEMPERATURE, check_readout, extract_features, knn_classify, pixels
 from mmssl.evaluation.linear import PROTOCOLS, check_protocol, probe
 from mmssl.optim import warmup_cosine as lr_at  # warm-up, then cosine decay to 0
@@ -79,8 +80,9 @@ def image_probes(
     Returns:
         {"train": name, "test": name, "num_train": n, "num_test": m, "seed": seed,
          "knn": {column: {k: accuracy}}, "linear": {column: accuracy} (when linear=True),
-         "linear_protocol": str, "majority": accuracy, "table": str}; columns are the encoder
-         names and "pixels".
+         "linear_protocol": str, "majority": accuracy, "rankme": {column: effective rank of the
+         test features} (label-free, ``mmssl.evaluation.collapse.rankme``), "table": str}; columns are
+         the encoder names and "pixels".
     """
     check_protocol(linear_protocol)
     train_src, test_src = RandomSubset(train, max_train, seed), RandomSubset(test, max_test, seed)
@@ -108,6 +110,7 @@ def image_probes(
             break  # labels are a property of the data, so no other column can be scored either
         num_classes = len(vocab) if vocab else int(max(train_y.max(), test_y.max())) + 1
         report.setdefault("knn", {})[name] = knn_classify(train_x, train_y, test_x, test_y, ks, num_classes=num_classes)
+        report.setdefault("rankme", {})[name] = rankme(test_x)
         if linear:
             res = probe(linear_protocol, train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed)
             report.setdefault("linear", {})[name] = res["accuracy"]
@@ -132,6 +135,9 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
         lines.append(f"linear: {PROTOCOLS[report.get('linear_protocol', 'lbfgs')]}")
     lines.append("every column alike; pixels are the encoders' normalised input view, at most "
                  f"{PIXEL_SIZE} x {PIXEL_SIZE}")
+    if "rankme" in report:
+        lines.append("RankMe: effective rank of each column's test features (arXiv:2210.02885; 1 when they lie "
+                     "on a line, at most min(images, dimensions))")
     lines.append(f"{'probe':<18}" + "".join(f"{n:>{width}}" for n in names) + f"{'majority':>{width}}")
     rows = []
     for k in ks:
@@ -144,6 +150,8 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
     for label, accs in rows:
         cells = "".join(f"{100 * accs[n]:>{width}.1f}" for n in names)
         lines.append(f"{label:<18}{cells}{100 * report['majority']:>{width}.1f}")
+    if "rankme" in report:  # not an accuracy: the effective rank of the test features, no labels used
+        lines.append(f"{'RankMe (no labels)':<18}" + "".join(f"{report['rankme'][n]:>{width}.1f}" for n in names))
     return "\n".join(lines)
 
 

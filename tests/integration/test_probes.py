@@ -265,6 +265,7 @@ def test_image_run_draws_its_learning_curve_with_random_and_pixel_baselines(tmp_
     report = json.loads((run / "eval.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "monitor/knn_top1" in r] == [1, 2]
+    assert all(1 <= r["monitor/rankme"] <= 4 for r in rows if "monitor/knn_top1" in r)  # 4 monitor test images
     assert set(report["learning_curve"]["baselines"]) == {"random encoder", "pixels"}
     assert png_size(run / "plots" / "learning_curve.png") == (800, 600)
     assert "linear (MAE)" in report["table"] and "16 images" in report["table"]

@@ -125,7 +125,7 @@ def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
     assert list(report["knn"]) == ["mae_image", "random", "mae_image pooled", "random pooled", "pixels"]
     assert report["num_train"] == 12 and report["num_test"] == 8
     assert "mae_image pooled" in report["table"]
-    assert set(task.monitor(cfg, encoder)) == {"knn_top1"}
+    assert set(task.monitor(cfg, encoder)) == {"knn_top1", "rankme"}
     task, pooled_cfg = resolve_config("mae_image", None, flags, [*tiny, "readout=pooled"])
     assert list(task.evaluate(pooled_cfg, encoder)["knn"]) == ["mae_image", "random", "pixels"]
     _, bad = resolve_config("mae_image", None, flags, [*tiny, "readout=cls"])
@@ -159,6 +159,8 @@ def test_image_probes_report_and_table():
     for word in ("tiny", "random_init", "pixels", "majority", "knn k=5", "knn k=200 (=58)", "linear",
                  "colours/train", "colours/test"):
         assert word in table
+    assert "RankMe (no labels)" in table and set(report["rankme"]) == {"tiny", "random_init", "pixels"}
+    assert all(1 <= r <= 30 for r in report["rankme"].values())  # at most min(30 test images, D)
     small = image_probes({"tiny": TinyEncoder()}, train, test, to_float, ks=(5,), linear=False, max_train=20)
     assert small["num_train"] <= 20 and "linear" not in small and "linear" not in small["table"]
     nothing = image_probes({}, ColourImages(6, "u", unlabelled=range(6)), test, to_float)
@@ -244,3 +246,28 @@ def test_loss_curve_reads_metrics_jsonl(tmp_path):
     metrics.write_text('{"step": 0, "loss": 1}\nnot json\n{"step": 1, "loss": 1}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object"):
         loss_curve(metrics, tmp_path / "bad.png")
+
+
+def test_rankme_matches_a_numpy_reference_and_counts_the_directions_in_use():
+    from mmssl.evaluation.collapse import collapse_report, rankme
+
+    z = torch.randn(50, 12, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 3.0, 12)
+    sigma = np.linalg.svd(z.double().numpy(), compute_uv=False)
+    p = sigma / sigma.sum() + 1e-7
+    assert rankme(z) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-9)
+    # r orthogonal directions of equal weight give exactly r; one line gives 1
+    basis = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))[0]
+    for r in (1, 3, 8):  # orthonormal columns times orthonormal rows: r singular values of 1
+        z = torch.linalg.qr(torch.randn(200, r, dtype=torch.float64))[0] @ basis[:r]
+        assert rankme(z) == pytest.approx(r, rel=1e-4)  # eps on the zero singular values: ~1e-5 relative
+    line = torch.randn(100, 1) * torch.randn(1, 32)
+    assert rankme(line) == pytest.approx(1.0, abs=1e-3)
+    # collapse onto a few directions lowers it even when every dimension still varies
+    spread, collapsed = torch.randn(300, 32), torch.randn(300, 2) @ torch.randn(2, 32) + 0.01 * torch.randn(300, 32)
+    assert rankme(spread) > 20 and rankme(collapsed) < 3
+    with pytest.raises(ValueError, match="all-zero"):
+        rankme(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        rankme(torch.zeros(4))
+    report = collapse_report({"spread": spread, "collapsed": collapsed}, "images", "hint")
+    assert report["rankme"]["spread"] == pytest.approx(rankme(spread)) and "RankMe" in report["table"]
