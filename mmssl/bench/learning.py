@@ -5,10 +5,11 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     images/s of a short warm-up run so that training lasts about ``seconds``, the online monitor
     (kNN at k = 20 on the task's labelled splits, ``monitor_items`` of each) at ``points`` evenly
     spaced steps, and a checkpoint only at the end. The times come from ``DIR/metrics.jsonl``.
-(b) The plain loop, the peer: SimCLR's objective for every task (the peer is written for SimCLR
-    only), the encoder built from the task's encoder spec, the task's batch size, lr and weight
-    decay, measured by the same ``task.monitor`` when its training clock first passes each of
-    (a)'s points, and stopped after the last.
+(b) The plain loop, the peer: the task's method written out in ``plain_loop.py`` with the task's
+    objective settings (SimCLR, BYOL, SimSiam, MoCo and RotNet; SimCLR's objective for SwAV and MAE,
+    which have no plain peer, and the row says so), the encoder built from the task's encoder spec,
+    the task's batch size, lr, weight decay and crop scale, measured by the same ``task.monitor``
+    when its training clock first passes each of (a)'s points, and stopped after the last.
 (c) A reference: SimCLR's per-item torchvision views in DataLoader workers (``peers.py``) feeding
     the plain loop's model, images/s only.
 
@@ -31,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from mmssl.bench import plain_loop as plain_loops
 from mmssl.bench.peers import PerItemDataset, PerItemSimCLRViews
 from mmssl.bench.plain_loop import PlainSimCLR, load_images, train_plain
+from mmssl.encoders.io import build_encoder
 from mmssl.errors import MmsslError
 
 LEARNING_TASKS = ("simclr_image", "byol_image", "moco_image", "simsiam_image", "swav_image", "rotnet_image",
@@ -44,6 +48,30 @@ TINY = {**_TINY_RUN, "encoder.name": "convnet", "encoder.convnet.widths": "8,16,
 TINY_MAE = {**_TINY_RUN, "encoder.vit.dim": 32, "encoder.vit.depth": 1, "encoder.vit.heads": 2,
             "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2}
 RATE_STEPS = {"tiny": 8, "small": 20, "full": 20}  # steps of the warm-up run that estimates the library's images/s
+
+
+def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Module, float, str]:
+    """(the plain loop's model for ``task_name`` at ``cfg``'s objective settings, its crop min_scale, the
+    peer's name for the row). ``simclr``: simclr_image's config, for the tasks without a plain peer."""
+    o = cfg.objective
+    if task_name == "byol_image":
+        model = plain_loops.PlainBYOL(spec, o.proj_hidden, o.proj_dim, o.pred_hidden, o.base_momentum, cfg.max_steps)
+    elif task_name == "simsiam_image":
+        model = plain_loops.PlainSimSiam(spec, o.proj_dim, o.pred_hidden)
+    elif task_name == "moco_image":
+        if o.final_momentum is not None:
+            raise MmsslError("the plain MoCo peer keeps the key momentum constant; drop objective.final_momentum")
+        model = plain_loops.PlainMoCo(spec, o.proj_hidden, o.proj_dim, o.queue_size, o.momentum, o.temperature, o.symmetric,
+                          o.shuffle_bn)
+    elif task_name == "rotnet_image":
+        model = plain_loops.PlainRotNet(spec)
+    else:
+        s = simclr.objective
+        model = PlainSimCLR(spec, s.proj_hidden, s.proj_dim, s.temperature)
+        if task_name != "simclr_image":
+            return model, simclr.views[0].min_scale, ("plain loop, SimCLR objective (no plain peer is written for "
+                                                      f"{task_name}: the row compares methods as well as pipelines)")
+    return model, cfg.views[0].min_scale, f"plain loop, the same method ({model.__class__.__name__})"
 
 
 def learning_config(task_name: str, size: str, dataset: str, out_dir: Path, **flags: Any) -> tuple[Any, Any]:
@@ -147,9 +175,9 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         simclr = learning_config("simclr_image", size, dataset, tmp / "unused")[1]  # the peer's objective settings
         spec = task.build_objective(cfg).export_encoder().spec
         torch.manual_seed(cfg.seed)
-        floor = PlainSimCLR(spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature)
+        floor = build_encoder(spec)
         with torch.no_grad():
-            random_knn = task.monitor(cfg, floor.encoder.eval()).get("knn_top1")  # also opens and checks the data
+            random_knn = task.monitor(cfg, floor.eval()).get("knn_top1")  # also opens and checks the data
         if random_knn is None:
             raise MmsslError(f"the learning row needs labelled data: {dataset} has no labels to measure kNN on")
         views = count_views(task, cfg)
@@ -169,24 +197,27 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         dev = train_device()
         images = images.to(dev)
         torch.manual_seed(cfg.seed)
-        model = PlainSimCLR(spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
+        model, min_scale, peer = plain_peer(task_name, cfg, simclr, spec)
+        model = model.to(dev)
         plain = train_plain(model, images, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=simclr.views[0].min_scale,
+                            warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=min_scale,
                             at_seconds=[p["seconds"] for p in ours["points"]],
                             measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed)
         log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
-        ref = reference_rate(model, images.cpu(), cfg, PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
+        reference_model = PlainSimCLR(spec, simclr.objective.proj_hidden, simclr.objective.proj_dim,
+                                      simclr.objective.temperature).to(dev)
+        ref = reference_rate(reference_model, images.cpu(), cfg, PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
                              min(30.0, max(2.0, seconds / 8)))
 
     curve = [{"seconds": a["seconds"], "mmssl": a["knn_top1"], "plain": b["knn_top1"], "plain_at_s": b["at_s"],
               "mmssl_step": a["step"], "plain_step": b["step"]} for a, b in zip(ours["points"], plain["points"])]
-    rates = {"mmssl": views * ours["images"] / ours["train_s"], "plain": 2 * plain["images"] / plain["train_s"],
+    rates = {"mmssl": views * ours["images"] / ours["train_s"],
+             "plain": model.num_views * plain["images"] / plain["train_s"],
              "per_item_reference": 2 * ref}
     return {
         "task": f"learning:{task_name}", "dataset": dataset, "seconds": seconds, "device": str(dev),
         "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
-        "clock": "kNN measurement paused in both", "peer": "plain loop, SimCLR objective"
-        + ("" if task_name == "simclr_image" else f" (the plain peer is written for SimCLR only; {task_name} is not)"),
+        "clock": "kNN measurement paused in both", "peer": peer,
         "random_init_knn_top1": random_knn, "curve": curve, "mmssl_monitor_s": round(ours["monitor_s"], 2),
         "final_ratio": curve[-1]["mmssl"] / max(curve[-1]["plain"], 1e-9),
         "views_per_s": {k: round(v, 1) for k, v in rates.items()},

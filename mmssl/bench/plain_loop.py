@@ -1,14 +1,20 @@
-"""A plain SimCLR training loop (arXiv:2002.05709): the peer of the bench's learning row.
+"""Plain training loops, the peers of the bench's learning rows: SimCLR (arXiv:2002.05709), BYOL
+(arXiv:2006.07733), SimSiam (arXiv:2011.10566), MoCo v2 (arXiv:2003.04297) and RotNet
+(arXiv:1803.07728), each written out here with the settings of the library's task.
 
 What a careful user writes without a library: the whole dataset is one uint8 tensor on the device,
-a batch is a draw of indices from it, both views are made on the whole batch with torch ops
+a batch is a draw of indices from it, the views are made on the whole batch with torch ops
 (``affine_grid`` crop and flip, brightness / contrast / saturation jitter, grayscale), and the loss,
-projector and AdamW step are written out here. No DataLoader, no library code but the encoder
-builder (the network is the one the task's encoder spec describes) and, outside this module, the
-kNN measurement. The views leave out the hue jitter of SimCLR's recipe (it needs an HSV round trip).
+heads, momentum networks and AdamW step are written out here. No DataLoader, no library code but
+the encoder builder (the network is the one the task's encoder spec describes) and, outside this
+module, the kNN measurement. The views are SimCLR's colour distortion for every contrastive and
+joint-embedding peer (no hue jitter, which needs an HSV round trip, and none of BYOL's solarization)
+at the task's crop scale; RotNet's are crops and flips only, as its task's.
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -41,12 +47,13 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,c->bhw", x, x.new_tensor(GRAY))[:, None]
 
 
-def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Generator) -> torch.Tensor:
+def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Generator,
+                colour: bool = True) -> torch.Tensor:
     """One SimCLR view of every image: uint8 (B, 3, H, W) -> normalised float32 (B, 3, size, size).
 
     Random resized crop (area share min_scale..1, aspect 3/4..4/3, clipped to the image) and a
-    horizontal flip in one affine grid; with p = 0.8 brightness, contrast and saturation factors
-    in 0.6..1.4; grayscale with p = 0.2.
+    horizontal flip in one affine grid; with ``colour``, with p = 0.8 brightness, contrast and
+    saturation factors in 0.6..1.4, and grayscale with p = 0.2.
     """
     B, dev = len(images), images.device
 
@@ -62,6 +69,8 @@ def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Ge
     theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, [B, 3, size, size], align_corners=False)
     x = F.grid_sample(images.float() / 255, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if not colour:
+        return (x - x.new_tensor(MEAN)[:, None, None]) / x.new_tensor(STD)[:, None, None]
 
     jitter = rand(B, 1, 1, 1) < 0.8
     b, c, s = (torch.where(jitter, 0.6 + 0.8 * rand(B, 1, 1, 1), 1.0) for _ in range(3))
@@ -74,37 +83,194 @@ def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Ge
     return (x - x.new_tensor(MEAN)[:, None, None]) / x.new_tensor(STD)[:, None, None]
 
 
+def embed(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled features (B, D) of images x."""
+    return encoder.pool(encoder.forward_features(x))
+
+
+def head(sizes: list[int], last_bn: bool = False, batch_norm: bool = True) -> nn.Sequential:
+    """Linear layers of widths sizes[0] -> ... -> sizes[-1], BatchNorm (optional) and ReLU between them."""
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        last = i == len(sizes) - 2
+        mods.append(nn.Linear(a, b, bias=not last_bn if last else not batch_norm))
+        if not last:
+            mods += [nn.BatchNorm1d(b), nn.ReLU()] if batch_norm else [nn.ReLU()]
+    if last_bn:
+        mods.append(nn.BatchNorm1d(sizes[-1], affine=False))
+    return nn.Sequential(*mods)
+
+
+@torch.no_grad()
+def follow(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- tau * target + (1 - tau) * online, parameter by parameter."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(tau).add_(o.detach(), alpha=1 - tau)
+
+
 class PlainSimCLR(nn.Module):
     """The encoder ``build_encoder(spec)`` gives, a 2-layer projector (Linear, BatchNorm, ReLU,
     Linear) and NT-Xent. ``forward(v0, v1)``: two views (B, 3, S, S) -> the loss (scalar)."""
+
+    num_views, colour = 2, True
 
     def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, temperature: float):
         super().__init__()
         from mmssl.encoders.io import build_encoder
 
         self.encoder = build_encoder(spec)
-        self.projector = nn.Sequential(nn.Linear(self.encoder.embed_dim, proj_hidden, bias=False),
-                                       nn.BatchNorm1d(proj_hidden), nn.ReLU(), nn.Linear(proj_hidden, proj_dim))
+        self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim])
         self.temperature = temperature
 
     def forward(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-        h = self.encoder.pool(self.encoder.forward_features(torch.cat([v0, v1])))  # (2B, D)
-        z0, z1 = self.projector(h).chunk(2)
+        z0, z1 = self.projector(embed(self.encoder, torch.cat([v0, v1]))).chunk(2)
         return nt_xent(z0, z1, self.temperature)
 
 
-def train_plain(model: PlainSimCLR, images: torch.Tensor, *, batch_size: int, lr: float, weight_decay: float,
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """-cos(p, z) averaged over the batch, z treated as a constant (the stop-gradient)."""
+    return -(F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(dim=1).mean()
+
+
+class PlainBYOL(nn.Module):
+    """BYOL: online encoder, projector (Linear, BN, ReLU, Linear) and predictor; a target copy of the
+    encoder and projector moved by an EMA whose rate follows the paper's cosine from base_momentum to 1
+    over ``total_steps``; the symmetric loss 2 - 2 cos(p, t) of each view against the other's target."""
+
+    num_views, colour = 2, True
+
+    def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, pred_hidden: int, base_momentum: float,
+                 total_steps: int):
+        super().__init__()
+        from mmssl.encoders.io import build_encoder
+
+        self.encoder = build_encoder(spec)
+        self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim])
+        self.predictor = head([proj_dim, pred_hidden, proj_dim])
+        self.target = copy.deepcopy(nn.ModuleList([self.encoder, self.projector])).requires_grad_(False)
+        self.base_momentum, self.total_steps = base_momentum, total_steps
+
+    def forward(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([v0, v1])
+        p0, p1 = self.predictor(self.projector(embed(self.encoder, x))).chunk(2)
+        with torch.no_grad():
+            t0, t1 = self.target[1](embed(self.target[0], x)).chunk(2)
+        return 4 + 2 * negative_cosine(p0, t1) + 2 * negative_cosine(p1, t0)
+
+    def after_step(self, step: int) -> None:
+        progress = min(step / max(self.total_steps, 1), 1.0)
+        tau = 1 - (1 - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+        follow(self.target, nn.ModuleList([self.encoder, self.projector]), tau)
+
+
+class PlainSimSiam(nn.Module):
+    """SimSiam: a 3-layer projector with BatchNorm on every layer (the last without affine), a
+    bottleneck predictor, and the symmetric negative cosine against the other view's stopped projection."""
+
+    num_views, colour = 2, True
+
+    def __init__(self, spec: dict, proj_dim: int, pred_hidden: int):
+        super().__init__()
+        from mmssl.encoders.io import build_encoder
+
+        self.encoder = build_encoder(spec)
+        self.projector = head([self.encoder.embed_dim, proj_dim, proj_dim, proj_dim], last_bn=True)
+        self.predictor = head([proj_dim, pred_hidden, proj_dim])
+
+    def forward(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        z = self.projector(embed(self.encoder, torch.cat([v0, v1])))
+        p0, p1 = self.predictor(z).chunk(2)
+        z0, z1 = z.chunk(2)
+        return (negative_cosine(p0, z1) + negative_cosine(p1, z0)) / 2
+
+
+class PlainMoCo(nn.Module):
+    """MoCo v2: a query encoder and projector (Linear, ReLU, Linear), a key copy moved by an EMA of
+    constant ``momentum``, a queue of ``queue_size`` keys, InfoNCE at ``temperature``; with
+    ``shuffle_bn`` each view is encoded in groups of about that many images, each normalised by its own
+    BatchNorm statistics, the keys' groups drawn from a random permutation of the batch (shuffle-BN);
+    with ``symmetric`` both views serve once as the query."""
+
+    num_views, colour = 2, True
+
+    def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, queue_size: int, momentum: float,
+                 temperature: float, symmetric: bool, shuffle_bn: int):
+        super().__init__()
+        from mmssl.encoders.io import build_encoder
+
+        self.encoder = build_encoder(spec)
+        self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim], batch_norm=False)
+        self.key = copy.deepcopy(nn.ModuleList([self.encoder, self.projector])).requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.pointer = 0
+        self.momentum, self.temperature, self.symmetric, self.shuffle_bn = momentum, temperature, symmetric, shuffle_bn
+        self.pending: list[torch.Tensor] = []
+
+    def encode(self, encoder: nn.Module, views: list[torch.Tensor], shuffle: bool) -> list[torch.Tensor]:
+        """Pooled features of each view: in one pass without shuffle-BN, else view by view in groups."""
+        if not self.shuffle_bn:
+            return list(embed(encoder, torch.cat(views)).chunk(len(views)))
+        out = []
+        for v in views:
+            order = torch.randperm(len(v), device=v.device) if shuffle else torch.arange(len(v), device=v.device)
+            h = torch.cat([embed(encoder, part) for part in v[order].tensor_split(max(1, len(v) // self.shuffle_bn))])
+            out.append(h[torch.argsort(order)])
+        return out
+
+    def info_nce(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ self.queue.T], dim=1) / self.temperature
+        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+    def forward(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        queries, keys = ([v0, v1], [v1, v0]) if self.symmetric else ([v0], [v1])
+        q = F.normalize(self.projector(torch.cat(self.encode(self.encoder, queries, False))), dim=1).chunk(len(queries))
+        with torch.no_grad():
+            k = F.normalize(self.key[1](torch.cat(self.encode(self.key[0], keys, True))), dim=1).chunk(len(keys))
+        self.pending = list(k)
+        return sum(self.info_nce(qi, ki) for qi, ki in zip(q, k)) / len(q)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        follow(self.key, nn.ModuleList([self.encoder, self.projector]), self.momentum)
+        k = torch.cat(self.pending)  # the step's keys replace the oldest in the queue
+        self.queue[(self.pointer + torch.arange(len(k), device=k.device)) % len(self.queue)] = k
+        self.pointer = (self.pointer + len(k)) % len(self.queue)
+        self.pending = []
+
+
+class PlainRotNet(nn.Module):
+    """RotNet: every image rotated by 0, 90, 180 and 270 degrees, a linear head on the pooled features
+    names the rotation (cross-entropy)."""
+
+    num_views, colour = 1, False
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        from mmssl.encoders.io import build_encoder
+
+        self.encoder = build_encoder(spec)
+        self.head = nn.Linear(self.encoder.embed_dim, 4)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([torch.rot90(v, r, dims=(2, 3)) for r in range(4)])
+        labels = torch.arange(4, device=v.device).repeat_interleave(len(v))
+        return F.cross_entropy(self.head(embed(self.encoder, x)), labels)
+
+
+def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: float, weight_decay: float,
                 warmup_steps: int, size: int, min_scale: float, at_seconds: list[float],
                 measure: Callable[[nn.Module], float], seed: int = 0) -> dict:
     """Train until the training clock passes the last of ``at_seconds``, measuring the encoder with
     ``measure`` (in eval mode, without gradients, the clock paused) the first time it passes each.
 
+    ``model`` is one of the peers above: ``model(*views)`` gives the loss for ``model.num_views`` views
+    of a batch, and ``model.after_step(step)``, where it has one, runs after each optimizer step.
     AdamW at ``lr`` after a linear warm-up; epochs of random batches, the last partial one dropped.
     Returns {"points": [{"seconds", "at_s", "knn_top1", "step", "images"}], "train_s", "images"}.
     """
     dev = images.device
     gen = torch.Generator(device=dev).manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     pending, points = sorted(at_seconds), []
     clock, step, seen, order, pos = 0.0, 0, 0, None, len(images)
     model.train()
@@ -115,13 +281,15 @@ def train_plain(model: PlainSimCLR, images: torch.Tensor, *, batch_size: int, lr
         x = images[order[pos:pos + batch_size]]
         pos += batch_size
         with torch.no_grad():
-            v0, v1 = batch_views(x, size, min_scale, gen), batch_views(x, size, min_scale, gen)
+            views = [batch_views(x, size, min_scale, gen, colour=model.colour) for _ in range(model.num_views)]
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
-        loss = model(v0, v1)
+        loss = model(*views)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if hasattr(model, "after_step"):
+            model.after_step(step + 1)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         clock += time.perf_counter() - start

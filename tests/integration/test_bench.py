@@ -98,12 +98,14 @@ def _image_folder(root, size=(20, 18), train=24, test=12):
 
 
 @pytest.mark.slow
-def test_learning_row_reports_both_curves_at_matched_seconds(tmp_path, capsys):
+@pytest.mark.parametrize("task, peer", [("simclr_image", "PlainSimCLR"), ("moco_image", "PlainMoCo")])
+def test_learning_row_reports_both_curves_at_matched_seconds(task, peer, tmp_path, capsys):
     data = _image_folder(tmp_path / "images")
     out = tmp_path / "r.json"
-    assert main(["bench", "--tasks", "learning:simclr_image", "--size", "tiny", "--seconds", "2", "--points", "3",
+    assert main(["bench", "--tasks", f"learning:{task}", "--size", "tiny", "--seconds", "2", "--points", "3",
                  "--dataset", str(data), "--report", str(out)]) == 0
-    row = json.loads(out.read_text())["tasks"]["learning:simclr_image"]
+    row = json.loads(out.read_text())["tasks"][f"learning:{task}"]
+    assert row["peer"] == f"plain loop, the same method ({peer})"
     curve = row["curve"]
     assert len(curve) == 3
     seconds = [p["seconds"] for p in curve]
@@ -115,7 +117,7 @@ def test_learning_row_reports_both_curves_at_matched_seconds(tmp_path, capsys):
     assert row["final_ratio"] == pytest.approx(curve[-1]["mmssl"] / curve[-1]["plain"])
     assert row["views"] == 2 and all(v > 0 for v in row["views_per_s"].values())
     printed = capsys.readouterr().out
-    assert "learning:simclr_image" in printed and "plain kNN" in printed and "per-item" in printed
+    assert f"learning:{task}" in printed and "plain kNN" in printed and "per-item" in printed
 
 
 def test_learning_expands_to_every_image_task():
@@ -138,6 +140,78 @@ def test_plain_nt_xent_equals_the_library_loss():
     g_lib = torch.autograd.grad(nt_xent(z0, z1, 0.2), (z0, z1))
     for a, b in zip(g_plain, g_lib):
         torch.testing.assert_close(a, b)
+
+
+def _peer_and_objective(name: str, **settings):
+    """The plain peer and the library objective of one method, the peer holding the objective's weights."""
+    from mmssl.bench import plain_loop
+    from mmssl.encoders.io import build_encoder
+    from mmssl.registry import OBJECTIVES
+
+    spec = {"name": "convnet", "kwargs": {"widths": [8, 16]}}
+    torch.manual_seed(0)
+    objective = OBJECTIVES.build(name, encoder=build_encoder(spec), **settings)
+    if name == "byol":
+        peer = plain_loop.PlainBYOL(spec, settings["proj_hidden"], settings["proj_dim"], settings["pred_hidden"],
+                                    settings["base_momentum"], total_steps=10)
+        pairs = [(peer.predictor, objective.predictor), (peer.target[0], objective.target_encoder),
+                 (peer.target[1], objective.target_projector)]
+    elif name == "simsiam":
+        peer = plain_loop.PlainSimSiam(spec, settings["proj_dim"], settings["pred_hidden"])
+        pairs = [(peer.predictor, objective.predictor)]
+    elif name == "moco":
+        peer = plain_loop.PlainMoCo(spec, settings["proj_hidden"], settings["proj_dim"], settings["queue_size"],
+                                    settings["momentum"], settings["temperature"], settings["symmetric"],
+                                    settings["shuffle_bn"])
+        pairs = [(peer.key[0], objective.momentum_encoder), (peer.key[1], objective.momentum_projector)]
+        peer.queue.copy_(objective.queue)
+    else:
+        peer = plain_loop.PlainRotNet(spec)
+        pairs = [(peer.head, objective.head)]
+    for mine, theirs in [(peer.encoder, objective.encoder), *([(peer.projector, objective.projector)]
+                                                              if name != "rotnet" else []), *pairs]:
+        mine.load_state_dict(theirs.state_dict())
+    return peer, objective
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("byol", {"proj_hidden": 24, "proj_dim": 8, "pred_hidden": 12, "base_momentum": 0.9}),
+    ("simsiam", {"proj_dim": 16, "pred_hidden": 4}),
+    ("moco", {"proj_hidden": 24, "proj_dim": 8, "queue_size": 20, "momentum": 0.9, "temperature": 0.2,
+              "symmetric": True, "shuffle_bn": 0}),
+    ("moco", {"proj_hidden": 24, "proj_dim": 8, "queue_size": 20, "momentum": 0.9, "temperature": 0.2,
+              "symmetric": False, "shuffle_bn": 0}),
+    ("rotnet", {}),
+])
+def test_plain_peers_match_the_library_objectives_over_two_steps(name, settings):
+    """The bench's plain loops are written apart from the library: with the same weights and views
+    their losses, encoder gradients, momentum networks and queues agree with the objectives'."""
+    peer, objective = _peer_and_objective(name, **settings)
+    peer.train(), objective.train()
+    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (peer, objective)]
+    torch.manual_seed(1)
+    for step in (1, 2):
+        v0, v1 = torch.randn(2, 6, 3, 16, 16)
+        batch = {"input": v0} if name == "rotnet" else {"views": [v0, v1]}
+        losses = (peer(v0) if name == "rotnet" else peer(v0, v1)), objective(batch)["loss"]
+        assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5, abs=1e-6), step
+        for opt, loss in zip(opts, losses):
+            opt.zero_grad()
+            loss.backward()
+        for a, b in zip(peer.encoder.parameters(), objective.encoder.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+        for opt in opts:
+            opt.step()
+        if hasattr(peer, "after_step"):
+            peer.after_step(step)
+            objective.after_step(step, 10)
+    if name == "byol":
+        for a, b in zip(peer.target[0].parameters(), objective.target_encoder.parameters()):
+            torch.testing.assert_close(a, b)
+    if name == "moco":
+        for a, b in zip(peer.key[1].parameters(), objective.momentum_projector.parameters()):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(peer.queue, objective.queue)
 
 
 def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_path):
