@@ -6,8 +6,8 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     (kNN at k = 20 on the task's labelled splits, ``monitor_items`` of each) at ``points`` evenly
     spaced steps, and a checkpoint only at the end. The times come from ``DIR/metrics.jsonl``.
 (b) The plain loop, the peer: the task's method written out in ``plain_loop.py`` with the task's
-    objective settings (SimCLR, BYOL, SimSiam, MoCo and RotNet; SimCLR's objective for SwAV and MAE,
-    which have no plain peer, and the row says so), the encoder built from the task's encoder spec,
+    objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV and RotNet; SimCLR's objective for MAE,
+    which has no plain peer, and the row says so), the encoder built from the task's encoder spec,
     the task's batch size, lr, weight decay and crop scale, measured by the same ``task.monitor``
     when its training clock first passes each of (a)'s points, and stopped after the last.
 (c) A reference: SimCLR's per-item torchvision views in DataLoader workers (``peers.py``) feeding
@@ -63,6 +63,13 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
             raise MmsslError("the plain MoCo peer keeps the key momentum constant; drop objective.final_momentum")
         model = plain_loops.PlainMoCo(spec, o.proj_hidden, o.proj_dim, o.queue_size, o.momentum, o.temperature, o.symmetric,
                           o.shuffle_bn)
+    elif task_name == "swav_image":
+        if o.queue_size or o.freeze_prototypes_steps:
+            raise MmsslError("the plain SwAV peer has no queue and never freezes its prototypes; "
+                             "drop objective.queue_size and objective.freeze_prototypes_steps")
+        crops = [(v.size or cfg.image_size, v.min_scale, v.max_scale) for v in cfg.views for _ in range(v.crops)]
+        model = plain_loops.PlainSwAV(spec, o.proj_hidden, o.proj_dim, o.num_prototypes, o.temperature, o.eps,
+                                      o.sinkhorn_iters, o.projector_bn, crops, global_crops=cfg.views[0].crops)
     elif task_name == "rotnet_image":
         model = plain_loops.PlainRotNet(spec)
     else:

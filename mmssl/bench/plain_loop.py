@@ -1,6 +1,7 @@
 """Plain training loops, the peers of the bench's learning rows: SimCLR (arXiv:2002.05709), BYOL
-(arXiv:2006.07733), SimSiam (arXiv:2011.10566), MoCo v2 (arXiv:2003.04297) and RotNet
-(arXiv:1803.07728), each written out here with the settings of the library's task.
+(arXiv:2006.07733), SimSiam (arXiv:2011.10566), MoCo v2 (arXiv:2003.04297), SwAV (arXiv:2006.09882,
+multi-crop, no queue) and RotNet (arXiv:1803.07728), each written out here with the settings of the
+library's task.
 
 What a careful user writes without a library: the whole dataset is one uint8 tensor on the device,
 a batch is a draw of indices from it, the views are made on the whole batch with torch ops
@@ -48,10 +49,10 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Generator,
-                colour: bool = True) -> torch.Tensor:
+                colour: bool = True, max_scale: float = 1.0) -> torch.Tensor:
     """One SimCLR view of every image: uint8 (B, 3, H, W) -> normalised float32 (B, 3, size, size).
 
-    Random resized crop (area share min_scale..1, aspect 3/4..4/3, clipped to the image) and a
+    Random resized crop (area share min_scale..max_scale, aspect 3/4..4/3, clipped to the image) and a
     horizontal flip in one affine grid; with ``colour``, with p = 0.8 brightness, contrast and
     saturation factors in 0.6..1.4, and grayscale with p = 0.2.
     """
@@ -60,7 +61,7 @@ def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Ge
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen, device=dev)
 
-    area = min_scale + (1 - min_scale) * rand(B)
+    area = min_scale + (max_scale - min_scale) * rand(B)
     aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand(B))
     w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # shares of the side
     cx, cy = (1 - w) * (2 * rand(B) - 1), (1 - h) * (2 * rand(B) - 1)  # centres in [-1, 1] coordinates
@@ -238,6 +239,57 @@ class PlainMoCo(nn.Module):
         self.pending = []
 
 
+@torch.no_grad()
+def sinkhorn_codes(scores: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp (its Algorithm 1): scores (B, K) -> codes (B, K), every prototype given the
+    same mass over the batch, every sample's row summing to 1."""
+    q = torch.exp(scores.float() / eps).T  # (K, B)
+    q /= q.sum()
+    K, B = q.shape
+    for _ in range(iters):
+        q /= q.sum(dim=1, keepdim=True) * K
+        q /= q.sum(dim=0, keepdim=True) * B
+    return (q * B).T
+
+
+class PlainSwAV(nn.Module):
+    """SwAV without a queue: crops of the sizes and scales in ``crops`` [(size, min_scale, max_scale)],
+    the first ``global_crops`` of them global; crops of one size encoded together; a projector (Linear,
+    BatchNorm, ReLU, Linear) onto the unit sphere, prototypes renormalised after every step, each global
+    crop's Sinkhorn codes predicted from every other crop at ``temperature``."""
+
+    colour = True
+
+    def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, num_prototypes: int, temperature: float,
+                 eps: float, sinkhorn_iters: int, projector_bn: bool, crops: list[tuple[int, float, float]],
+                 global_crops: int):
+        if any(a[0] < b[0] for a, b in itertools.pairwise(crops)):
+            raise ValueError(f"PlainSwAV needs its crops listed largest first (the global ones), got {crops}")
+        super().__init__()
+        from mmssl.encoders.io import build_encoder
+
+        self.encoder = build_encoder(spec)
+        self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim], batch_norm=projector_bn)
+        self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
+        self.after_step(0)
+        self.crops, self.num_views, self.global_crops = crops, len(crops), global_crops
+        self.temperature, self.eps, self.sinkhorn_iters = temperature, eps, sinkhorn_iters
+
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        sizes = sorted({v.shape[-1] for v in views}, reverse=True)  # the global size first
+        feats = {s: embed(self.encoder, torch.cat([v for v in views if v.shape[-1] == s])) for s in sizes}
+        z = F.normalize(self.projector(torch.cat([feats[s] for s in sizes])), dim=1)
+        scores = (z @ self.prototypes.weight.T).chunk(len(views))  # crops in the order of ``views``
+        terms = [-(sinkhorn_codes(scores[i].detach(), self.eps, self.sinkhorn_iters)
+                   * F.log_softmax(scores[j] / self.temperature, dim=1)).sum(dim=1).mean()
+                 for i in range(self.global_crops) for j in range(len(views)) if j != i]
+        return sum(terms) / len(terms)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+
 class PlainRotNet(nn.Module):
     """RotNet: every image rotated by 0, 90, 180 and 270 degrees, a linear head on the pooled features
     names the rotation (cross-entropy)."""
@@ -264,7 +316,7 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     ``measure`` (in eval mode, without gradients, the clock paused) the first time it passes each.
 
     ``model`` is one of the peers above: ``model(*views)`` gives the loss for ``model.num_views`` views
-    of a batch, and ``model.after_step(step)``, where it has one, runs after each optimizer step.
+    of a batch (each ``size`` px from crops of ``min_scale``-100%, or as ``model.crops`` lists), and ``model.after_step(step)``, where it has one, runs after each optimizer step.
     AdamW at ``lr`` after a linear warm-up; epochs of random batches, the last partial one dropped.
     Returns {"points": [{"seconds", "at_s", "knn_top1", "step", "images"}], "train_s", "images"}.
     """
@@ -280,8 +332,9 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
             order, pos = torch.randperm(len(images), generator=gen, device=dev), 0
         x = images[order[pos:pos + batch_size]]
         pos += batch_size
+        crops = getattr(model, "crops", None) or [(size, min_scale, 1.0)] * model.num_views
         with torch.no_grad():
-            views = [batch_views(x, size, min_scale, gen, colour=model.colour) for _ in range(model.num_views)]
+            views = [batch_views(x, s, lo, gen, colour=model.colour, max_scale=hi) for s, lo, hi in crops]
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
         loss = model(*views)

@@ -98,8 +98,9 @@ def _image_folder(root, size=(20, 18), train=24, test=12):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, peer", [("simclr_image", "PlainSimCLR"), ("moco_image", "PlainMoCo")])
-def test_learning_row_reports_both_curves_at_matched_seconds(task, peer, tmp_path, capsys):
+@pytest.mark.parametrize("task, peer, views", [("simclr_image", "PlainSimCLR", 2), ("moco_image", "PlainMoCo", 2),
+                                               ("swav_image", "PlainSwAV", 6)])
+def test_learning_row_reports_both_curves_at_matched_seconds(task, peer, views, tmp_path, capsys):
     data = _image_folder(tmp_path / "images")
     out = tmp_path / "r.json"
     assert main(["bench", "--tasks", f"learning:{task}", "--size", "tiny", "--seconds", "2", "--points", "3",
@@ -115,7 +116,7 @@ def test_learning_row_reports_both_curves_at_matched_seconds(task, peer, tmp_pat
         assert p["plain_at_s"] >= p["seconds"]  # the plain loop is measured once its clock passes the library's point
     assert [p["mmssl_step"] for p in curve] == sorted({p["mmssl_step"] for p in curve})
     assert row["final_ratio"] == pytest.approx(curve[-1]["mmssl"] / curve[-1]["plain"])
-    assert row["views"] == 2 and all(v > 0 for v in row["views_per_s"].values())
+    assert row["views"] == views and all(v > 0 for v in row["views_per_s"].values())
     printed = capsys.readouterr().out
     assert f"learning:{task}" in printed and "plain kNN" in printed and "per-item" in printed
 
@@ -212,6 +213,41 @@ def test_plain_peers_match_the_library_objectives_over_two_steps(name, settings)
         for a, b in zip(peer.key[1].parameters(), objective.momentum_projector.parameters()):
             torch.testing.assert_close(a, b)
         torch.testing.assert_close(peer.queue, objective.queue)
+
+
+def test_plain_swav_matches_the_library_objective_over_two_steps():
+    """SwAV's plain peer (multi-crop, Sinkhorn written as the paper's Algorithm 1) against the library's
+    objective, as the test above: loss, encoder gradients, prototypes after their renormalisation."""
+    from mmssl.bench.plain_loop import PlainSwAV
+    from mmssl.encoders.io import build_encoder
+    from mmssl.registry import OBJECTIVES
+
+    spec = {"name": "convnet", "kwargs": {"widths": [8, 16]}}
+    torch.manual_seed(0)
+    objective = OBJECTIVES.build("swav", encoder=build_encoder(spec), proj_hidden=24, proj_dim=8, num_prototypes=5,
+                                 temperature=0.1, eps=0.05, sinkhorn_iters=3, global_crops=2)
+    peer = PlainSwAV(spec, 24, 8, 5, 0.1, 0.05, 3, True, [(16, 0.14, 1.0)] * 2 + [(8, 0.05, 0.14)] * 3, global_crops=2)
+    for mine, theirs in ((peer.encoder, objective.encoder), (peer.projector, objective.projector),
+                         (peer.prototypes, objective.prototypes)):
+        mine.load_state_dict(theirs.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (peer, objective)]
+    torch.manual_seed(1)
+    for step in (1, 2):
+        views = [*torch.randn(2, 6, 3, 16, 16), *torch.randn(3, 6, 3, 8, 8)]
+        losses = peer(*views), objective({"views": views})["loss"]
+        assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5), step
+        for opt, loss in zip(opts, losses):
+            opt.zero_grad()
+            loss.backward()
+        for a, b in zip(peer.encoder.parameters(), objective.encoder.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)  # Sinkhorn in exp and in log form
+        for opt in opts:
+            opt.step()
+        peer.after_step(step)
+        objective.after_step(step, 10)
+        torch.testing.assert_close(peer.prototypes.weight, objective.prototypes.weight)
+    with pytest.raises(ValueError, match="largest first"):
+        PlainSwAV(spec, 24, 8, 5, 0.1, 0.05, 3, True, [(8, 0.05, 0.14), (16, 0.14, 1.0)], global_crops=1)
 
 
 def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_path):
