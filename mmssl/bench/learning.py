@@ -34,9 +34,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmssl.bench import plain_loop as plain_loops
 from mmssl.bench.peers import PerItemDataset, PerItemSimCLRViews
-from mmssl.bench.plain_loop import PlainSimCLR, load_images, train_plain
+from mmssl.bench.plain_loop import (
+    PlainBYOL,
+    PlainMoCo,
+    PlainRotNet,
+    PlainSimCLR,
+    PlainSimSiam,
+    PlainSwAV,
+    load_images,
+    train_plain,
+)
 from mmssl.encoders.io import build_encoder
 from mmssl.errors import MmsslError
 
@@ -55,23 +63,23 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
     peer's name for the row). ``simclr``: simclr_image's config, for the tasks without a plain peer."""
     o = cfg.objective
     if task_name == "byol_image":
-        model = plain_loops.PlainBYOL(spec, o.proj_hidden, o.proj_dim, o.pred_hidden, o.base_momentum, cfg.max_steps)
+        model = PlainBYOL(spec, o.proj_hidden, o.proj_dim, o.pred_hidden, o.base_momentum, cfg.max_steps)
     elif task_name == "simsiam_image":
-        model = plain_loops.PlainSimSiam(spec, o.proj_dim, o.pred_hidden)
+        model = PlainSimSiam(spec, o.proj_dim, o.pred_hidden)
     elif task_name == "moco_image":
         if o.final_momentum is not None:
             raise MmsslError("the plain MoCo peer keeps the key momentum constant; drop objective.final_momentum")
-        model = plain_loops.PlainMoCo(spec, o.proj_hidden, o.proj_dim, o.queue_size, o.momentum, o.temperature, o.symmetric,
+        model = PlainMoCo(spec, o.proj_hidden, o.proj_dim, o.queue_size, o.momentum, o.temperature, o.symmetric,
                           o.shuffle_bn)
     elif task_name == "swav_image":
         if o.queue_size or o.freeze_prototypes_steps:
             raise MmsslError("the plain SwAV peer has no queue and never freezes its prototypes; "
                              "drop objective.queue_size and objective.freeze_prototypes_steps")
         crops = [(v.size or cfg.image_size, v.min_scale, v.max_scale) for v in cfg.views for _ in range(v.crops)]
-        model = plain_loops.PlainSwAV(spec, o.proj_hidden, o.proj_dim, o.num_prototypes, o.temperature, o.eps,
-                                      o.sinkhorn_iters, o.projector_bn, crops, global_crops=cfg.views[0].crops)
+        model = PlainSwAV(spec, o.proj_hidden, o.proj_dim, o.num_prototypes, o.temperature, o.eps,
+                          o.sinkhorn_iters, o.projector_bn, crops, global_crops=cfg.views[0].crops)
     elif task_name == "rotnet_image":
-        model = plain_loops.PlainRotNet(spec)
+        model = PlainRotNet(spec)
     else:
         s = simclr.objective
         model = PlainSimCLR(spec, s.proj_hidden, s.proj_dim, s.temperature)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.bench.peers import MEAN, STD
+from mmssl.encoders.io import build_encoder
 from mmssl.errors import DataError
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
@@ -70,17 +71,15 @@ def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Ge
     theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, [B, 3, size, size], align_corners=False)
     x = F.grid_sample(images.float() / 255, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if not colour:
-        return (x - x.new_tensor(MEAN)[:, None, None]) / x.new_tensor(STD)[:, None, None]
-
-    jitter = rand(B, 1, 1, 1) < 0.8
-    b, c, s = (torch.where(jitter, 0.6 + 0.8 * rand(B, 1, 1, 1), 1.0) for _ in range(3))
-    x = (x * b).clamp(0, 1)
-    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * c + mean).clamp(0, 1)
-    g = _gray(x)
-    x = ((x - g) * s + g).clamp(0, 1)
-    x = torch.where(rand(B, 1, 1, 1) < 0.2, _gray(x).expand_as(x), x)
+    if colour:
+        jitter = rand(B, 1, 1, 1) < 0.8
+        b, c, s = (torch.where(jitter, 0.6 + 0.8 * rand(B, 1, 1, 1), 1.0) for _ in range(3))
+        x = (x * b).clamp(0, 1)
+        mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * c + mean).clamp(0, 1)
+        g = _gray(x)
+        x = ((x - g) * s + g).clamp(0, 1)
+        x = torch.where(rand(B, 1, 1, 1) < 0.2, _gray(x).expand_as(x), x)
     return (x - x.new_tensor(MEAN)[:, None, None]) / x.new_tensor(STD)[:, None, None]
 
 
@@ -117,8 +116,6 @@ class PlainSimCLR(nn.Module):
 
     def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, temperature: float):
         super().__init__()
-        from mmssl.encoders.io import build_encoder
-
         self.encoder = build_encoder(spec)
         self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim])
         self.temperature = temperature
@@ -143,8 +140,6 @@ class PlainBYOL(nn.Module):
     def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, pred_hidden: int, base_momentum: float,
                  total_steps: int):
         super().__init__()
-        from mmssl.encoders.io import build_encoder
-
         self.encoder = build_encoder(spec)
         self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim])
         self.predictor = head([proj_dim, pred_hidden, proj_dim])
@@ -172,8 +167,6 @@ class PlainSimSiam(nn.Module):
 
     def __init__(self, spec: dict, proj_dim: int, pred_hidden: int):
         super().__init__()
-        from mmssl.encoders.io import build_encoder
-
         self.encoder = build_encoder(spec)
         self.projector = head([self.encoder.embed_dim, proj_dim, proj_dim, proj_dim], last_bn=True)
         self.predictor = head([proj_dim, pred_hidden, proj_dim])
@@ -197,8 +190,6 @@ class PlainMoCo(nn.Module):
     def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, queue_size: int, momentum: float,
                  temperature: float, symmetric: bool, shuffle_bn: int):
         super().__init__()
-        from mmssl.encoders.io import build_encoder
-
         self.encoder = build_encoder(spec)
         self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim], batch_norm=False)
         self.key = copy.deepcopy(nn.ModuleList([self.encoder, self.projector])).requires_grad_(False)
@@ -266,8 +257,6 @@ class PlainSwAV(nn.Module):
         if any(a[0] < b[0] for a, b in itertools.pairwise(crops)):
             raise ValueError(f"PlainSwAV needs its crops listed largest first (the global ones), got {crops}")
         super().__init__()
-        from mmssl.encoders.io import build_encoder
-
         self.encoder = build_encoder(spec)
         self.projector = head([self.encoder.embed_dim, proj_hidden, proj_dim], batch_norm=projector_bn)
         self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
@@ -298,8 +287,6 @@ class PlainRotNet(nn.Module):
 
     def __init__(self, spec: dict):
         super().__init__()
-        from mmssl.encoders.io import build_encoder
-
         self.encoder = build_encoder(spec)
         self.head = nn.Linear(self.encoder.embed_dim, 4)
 
@@ -316,7 +303,8 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     ``measure`` (in eval mode, without gradients, the clock paused) the first time it passes each.
 
     ``model`` is one of the peers above: ``model(*views)`` gives the loss for ``model.num_views`` views
-    of a batch (each ``size`` px from crops of ``min_scale``-100%, or as ``model.crops`` lists), and ``model.after_step(step)``, where it has one, runs after each optimizer step.
+    of a batch (each ``size`` px from crops of ``min_scale``-100%, or as ``model.crops`` lists), and
+    ``model.after_step(step)``, where it has one, runs after each optimizer step.
     AdamW at ``lr`` after a linear warm-up; epochs of random batches, the last partial one dropped.
     Returns {"points": [{"seconds", "at_s", "knn_top1", "step", "images"}], "train_s", "images"}.
     """

@@ -21,15 +21,17 @@ from mmssl.evaluation.knn import check_readout, extract_features, knn_classify, 
 from mmssl.evaluation.vision import PIXEL_SIZE, RandomSubset, image_probes
 
 
-def monitor_figures(data: tuple[list, Callable], featurize: Callable) -> dict[str, float]:
-    """{"knn_top1": kNN top-1 (k = 20), "rankme": RankMe of the test features} of ``featurize(source,
-    view) -> (features, labels)`` on the monitor's ``data`` ([train, test] subsets, the eval view);
-    unlabelled items (label < 0) are left out. RankMe shows dimensional collapse as it happens."""
+def monitor_figures(data: tuple[list, Callable], featurize: Callable, rank: bool = True) -> dict[str, float]:
+    """{"knn_top1": kNN top-1 (k = 20), "rankme": RankMe of the test features (only with ``rank``)} of
+    ``featurize(source, view) -> (features, labels)`` on the monitor's ``data`` ([train, test] subsets,
+    the eval view); unlabelled items (label < 0) are left out. RankMe shows dimensional collapse as it
+    happens."""
     (train, test), view = data
     tr_x, tr_y = featurize(train, view)
     te_x, te_y = featurize(test, view)
     tr_x, tr_y, te_x, te_y = tr_x[tr_y >= 0], tr_y[tr_y >= 0], te_x[te_y >= 0], te_y[te_y >= 0]
-    return {"knn_top1": knn_classify(tr_x, tr_y, te_x, te_y, ks=(20,))[20], "rankme": rankme(te_x)}
+    out = {"knn_top1": knn_classify(tr_x, tr_y, te_x, te_y, ks=(20,))[20]}
+    return {**out, "rankme": rankme(te_x)} if rank else out
 
 
 def image_report(task: Any, cfg: Any, encoder: nn.Module, out_dir: Path | None = None) -> dict[str, Any]:
@@ -68,9 +70,9 @@ def learning_curve(task: Any, cfg: Any, random: nn.Module, out_dir: Path) -> dic
         data = task.monitor_data(cfg)
         if data is None:
             return {}
-        return {"random encoder": monitor_figures(data, lambda src, view: extract_features(
-                    random, src, view, readout=cfg.readout))["knn_top1"],
-                "pixels": monitor_figures(data, lambda src, view: pixels(src, view, size=PIXEL_SIZE))["knn_top1"]}
+        featurize = {"random encoder": lambda src, view: extract_features(random, src, view, readout=cfg.readout),
+                     "pixels": lambda src, view: pixels(src, view, size=PIXEL_SIZE)}
+        return {name: monitor_figures(data, f, rank=False)["knn_top1"] for name, f in featurize.items()}
 
     return run_learning_curve(cfg, out_dir, "monitor/knn_top1", baselines,
                               title=f"{task.name}: online kNN (k=20, {cfg.monitor_items} images per split)",
