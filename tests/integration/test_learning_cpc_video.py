@@ -38,29 +38,23 @@ def flicker_clip(direction: int, g: torch.Generator) -> torch.Tensor:
 
 
 class FlickerClips:
-    """n clips of ``flicker_clip``, clip i of direction i % 4 (the probe's sets; training reads only the
-    labels and draws every clip afresh)."""
+    """n clips of ``flicker_clip``, clip i of direction i % 4: the probe's sets (training draws every
+    clip afresh)."""
 
     def __init__(self, n: int, seed: int):
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(n) % len(DIRECTIONS)
         self.clips = torch.stack([flicker_clip(int(c), g) for c in self.labels])  # (n, T, 3, S, S)
 
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"label": int(self.labels[i])}
-
 
 @TASKS.register("tiny_flicker_cpc_video")
 class FlickerCPCVideo(CPCVideoTask):
-    """cpc_video reading FlickerClips from memory instead of decoding video files."""
+    """cpc_video on ``flicker_clip`` clips drawn in memory instead of decoded from video files."""
 
     name = "tiny_flicker_cpc_video"
 
     def source(self, cfg, split):
-        return FlickerClips(256, seed=0)  # only its labels are read: every item is drawn afresh
+        return [{"label": i % len(DIRECTIONS)} for i in range(256)]  # each item's clip is drawn afresh
 
     def make_item(self, cfg):
         def item(entry: dict, gen: torch.Generator) -> dict:
