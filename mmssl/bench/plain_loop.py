@@ -296,22 +296,41 @@ class PlainRotNet(nn.Module):
         return F.cross_entropy(self.head(embed(self.encoder, x)), labels)
 
 
+def rate(step: int, lr: float, warmup_steps: int, cosine_steps: int = 0, min_lr_ratio: float = 0.01) -> float:
+    """The rate of optimizer step ``step`` (from 0): a linear warm-up over ``warmup_steps``, then ``lr``,
+    or with ``cosine_steps`` half a cosine from the warm-up's end to ``min_lr_ratio * lr`` at that step."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if not cosine_steps:
+        return lr
+    t = min(1.0, (step - warmup_steps) / max(1, cosine_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: float, weight_decay: float,
-                warmup_steps: int, size: int, min_scale: float, at_seconds: list[float],
-                measure: Callable[[nn.Module], float], seed: int = 0) -> dict:
+                warmup_steps: int, size: int, min_scale: float, at_seconds: list[float] | None = None,
+                measure: Callable[[nn.Module], float], seed: int = 0, at_steps: list[int] | None = None,
+                cosine_steps: int = 0, min_lr_ratio: float = 0.01) -> dict:
     """Train until the training clock passes the last of ``at_seconds``, measuring the encoder with
-    ``measure`` (in eval mode, without gradients, the clock paused) the first time it passes each.
+    ``measure`` (in eval mode, without gradients, the clock paused) the first time it passes each;
+    or, with ``at_steps`` instead, after each of those optimizer steps.
 
     ``model`` is one of the peers above: ``model(*views)`` gives the loss for ``model.num_views`` views
     of a batch (each ``size`` px from crops of ``min_scale``-100%, or as ``model.crops`` lists), and
     ``model.after_step(step)``, where it has one, runs after each optimizer step.
-    AdamW at ``lr`` after a linear warm-up; epochs of random batches, the last partial one dropped.
-    Returns {"points": [{"seconds", "at_s", "knn_top1", "step", "images"}], "train_s", "images"}.
+    AdamW at ``lr`` after a linear warm-up, then constant, or with ``cosine_steps`` along a half cosine
+    from the end of the warm-up to ``min_lr_ratio * lr`` at that step (the library's schedule); epochs
+    of random batches, the last partial one dropped.
+    Returns {"points": [{"seconds" (with at_seconds), "at_s", "knn_top1", "step", "images"}], "train_s",
+    "images"}.
     """
     dev = images.device
     gen = torch.Generator(device=dev).manual_seed(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    pending, points = sorted(at_seconds), []
+    if (at_seconds is None) == (at_steps is None):
+        raise ValueError("give either at_seconds or at_steps")
+    by_step = at_steps is not None
+    pending, points = sorted(at_steps if by_step else at_seconds), []
     clock, step, seen, order, pos = 0.0, 0, 0, None, len(images)
     model.train()
     while pending:
@@ -324,7 +343,7 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
         with torch.no_grad():
             views = [batch_views(x, s, lo, gen, colour=model.colour, max_scale=hi) for s, lo, hi in crops]
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+            group["lr"] = rate(step, lr, warmup_steps, cosine_steps, min_lr_ratio)
         loss = model(*views)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -335,13 +354,14 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
             torch.cuda.synchronize(dev)
         clock += time.perf_counter() - start
         step, seen = step + 1, seen + batch_size
-        while pending and clock >= pending[0]:
+        while pending and (step if by_step else clock) >= pending[0]:
+            target = pending.pop(0)
             model.eval()
             with torch.no_grad():
                 acc = measure(model.encoder)
             model.train()
-            points.append({"seconds": pending.pop(0), "at_s": round(clock, 3), "knn_top1": acc, "step": step,
-                           "images": seen})
+            points.append({**({} if by_step else {"seconds": target}), "at_s": round(clock, 3), "knn_top1": acc,
+                           "step": step, "images": seen})
     return {"points": points, "train_s": clock, "images": seen}
 
 

@@ -270,3 +270,32 @@ def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_pat
     assert batched.dtype == torch.float32 and batched.shape == library[0].shape
     again = PerItemSimCLRViews(cfg.image_size, cfg.views[0].min_scale)(images[0], torch.Generator().manual_seed(0))
     torch.testing.assert_close(item_views[0], again[0])  # the item's generator alone decides its views
+
+
+@pytest.mark.parametrize("warmup, cosine_steps", [(0, 40), (5, 40), (5, 0)])
+def test_plain_rate_follows_the_library_schedule(warmup, cosine_steps):
+    from mmssl.bench.plain_loop import rate
+    from mmssl.optim import warmup_cosine
+
+    for step in range(45):
+        want = 0.002 if not cosine_steps and step >= warmup else warmup_cosine(step, cosine_steps or 1, 0.002, warmup,
+                                                                              0.002 * 0.05)
+        if cosine_steps and step >= cosine_steps:
+            want = 0.002 * 0.05  # past its last step the plain loop stays at the floor
+        assert rate(step, 0.002, warmup, cosine_steps, 0.05) == pytest.approx(want, rel=1e-9, abs=1e-12), step
+
+
+def test_plain_loop_measures_after_the_given_steps():
+    from mmssl.bench.plain_loop import PlainRotNet, train_plain
+
+    torch.manual_seed(0)
+    model = PlainRotNet({"name": "convnet", "kwargs": {"widths": [4, 8]}})
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
+    seen = []
+    out = train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=2, size=16, min_scale=0.5,
+                      measure=lambda enc: seen.append(enc.training) or 0.5, at_steps=[3, 1, 7], cosine_steps=7)
+    assert [p["step"] for p in out["points"]] == [1, 3, 7] and seen == [False] * 3
+    assert out["images"] == 7 * 4 and "seconds" not in out["points"][0]
+    with pytest.raises(ValueError, match="either"):
+        train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=2, size=16, min_scale=0.5,
+                    measure=lambda enc: 0.0, at_steps=[1], at_seconds=[1.0])
