@@ -9,7 +9,10 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV and RotNet; SimCLR's objective for MAE,
     which has no plain peer, and the row says so), the encoder built from the task's encoder spec,
     the task's batch size, lr, weight decay and crop scale, measured by the same ``task.monitor``
-    when its training clock first passes each of (a)'s points, and stopped after the last.
+    when its training clock first passes each of (a)'s points, and stopped after the last. Its rate
+    has (a)'s shape over the same seconds: the task's warm-up steps, then half a cosine down to
+    ``min_lr_ratio * lr`` at (a)'s last point (a run that stops by the clock cannot count its steps
+    ahead, so the cosine runs over training seconds).
 (c) A reference: SimCLR's per-item torchvision views in DataLoader workers (``peers.py``) feeding
     the plain loop's model, images/s only.
 
@@ -217,7 +220,8 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         plain = train_plain(model, images, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=min_scale,
                             at_seconds=[p["seconds"] for p in ours["points"]],
-                            measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed)
+                            measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed,
+                            cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
         log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
         reference_model = PlainSimCLR(spec, simclr.objective.proj_hidden, simclr.objective.proj_dim,
                                       simclr.objective.temperature).to(dev)

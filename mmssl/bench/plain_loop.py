@@ -296,21 +296,25 @@ class PlainRotNet(nn.Module):
         return F.cross_entropy(self.head(embed(self.encoder, x)), labels)
 
 
-def rate(step: int, lr: float, warmup_steps: int, cosine_steps: int = 0, min_lr_ratio: float = 0.01) -> float:
+def rate(step: int, lr: float, warmup_steps: int, cosine_steps: int = 0, min_lr_ratio: float = 0.01,
+         progress: float | None = None) -> float:
     """The rate of optimizer step ``step`` (from 0): a linear warm-up over ``warmup_steps``, then ``lr``,
-    or with ``cosine_steps`` half a cosine from the warm-up's end to ``min_lr_ratio * lr`` at that step."""
+    or with ``cosine_steps`` half a cosine from the warm-up's end to ``min_lr_ratio * lr`` at that step;
+    ``progress`` (0 to 1, e.g. the share of the training seconds spent since the warm-up) places a step
+    on the cosine instead of its index."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    if not cosine_steps:
+    if progress is None and cosine_steps:
+        progress = (step - warmup_steps) / max(1, cosine_steps - warmup_steps)
+    if progress is None:
         return lr
-    t = min(1.0, (step - warmup_steps) / max(1, cosine_steps - warmup_steps))
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress)))))
 
 
 def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: float, weight_decay: float,
                 warmup_steps: int, size: int, min_scale: float, at_seconds: list[float] | None = None,
                 measure: Callable[[nn.Module], float], seed: int = 0, at_steps: list[int] | None = None,
-                cosine_steps: int = 0, min_lr_ratio: float = 0.01) -> dict:
+                cosine_steps: int = 0, cosine_seconds: float = 0.0, min_lr_ratio: float = 0.01) -> dict:
     """Train until the training clock passes the last of ``at_seconds``, measuring the encoder with
     ``measure`` (in eval mode, without gradients, the clock paused) the first time it passes each;
     or, with ``at_steps`` instead, after each of those optimizer steps.
@@ -318,9 +322,10 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     ``model`` is one of the peers above: ``model(*views)`` gives the loss for ``model.num_views`` views
     of a batch (each ``size`` px from crops of ``min_scale``-100%, or as ``model.crops`` lists), and
     ``model.after_step(step)``, where it has one, runs after each optimizer step.
-    AdamW at ``lr`` after a linear warm-up, then constant, or with ``cosine_steps`` along a half cosine
-    from the end of the warm-up to ``min_lr_ratio * lr`` at that step (the library's schedule); epochs
-    of random batches, the last partial one dropped.
+    AdamW at ``lr`` after a linear warm-up, then constant, or along a half cosine from the end of the
+    warm-up to ``min_lr_ratio * lr`` at step ``cosine_steps`` (the library's schedule) or at
+    ``cosine_seconds`` of the training clock (the same shape for a run that stops by the clock);
+    epochs of random batches, the last partial one dropped.
     Returns {"points": [{"seconds" (with at_seconds), "at_s", "knn_top1", "step", "images"}], "train_s",
     "images"}.
     """
@@ -331,7 +336,7 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
         raise ValueError("give either at_seconds or at_steps")
     by_step = at_steps is not None
     pending, points = sorted(at_steps if by_step else at_seconds), []
-    clock, step, seen, order, pos = 0.0, 0, 0, None, len(images)
+    clock, step, seen, order, pos, warm_clock = 0.0, 0, 0, None, len(images), 0.0
     model.train()
     while pending:
         start = time.perf_counter()
@@ -340,10 +345,14 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
         x = images[order[pos:pos + batch_size]]
         pos += batch_size
         crops = getattr(model, "crops", None) or [(size, min_scale, 1.0)] * model.num_views
+        if step == warmup_steps:
+            warm_clock = clock
+        progress = None if not cosine_seconds or step < warmup_steps else (
+            (clock - warm_clock) / max(1e-9, cosine_seconds - warm_clock))
         with torch.no_grad():
             views = [batch_views(x, s, lo, gen, colour=model.colour, max_scale=hi) for s, lo, hi in crops]
         for group in opt.param_groups:
-            group["lr"] = rate(step, lr, warmup_steps, cosine_steps, min_lr_ratio)
+            group["lr"] = rate(step, lr, warmup_steps, cosine_steps, min_lr_ratio, progress)
         loss = model(*views)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,6 +4,7 @@ The figures themselves depend on the machine and its load, so only their presenc
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 
@@ -299,3 +300,28 @@ def test_plain_loop_measures_after_the_given_steps():
     with pytest.raises(ValueError, match="either"):
         train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=2, size=16, min_scale=0.5,
                     measure=lambda enc: 0.0, at_steps=[1], at_seconds=[1.0])
+
+
+def test_plain_rate_on_the_clock_reaches_the_floor_at_the_last_second():
+    from mmssl.bench.plain_loop import rate
+
+    assert rate(3, 1.0, 5, progress=0.9) == pytest.approx(0.8)  # still warming up: progress has no say
+    assert rate(5, 1.0, 5, min_lr_ratio=0.1, progress=0.0) == pytest.approx(1.0)
+    assert rate(9, 1.0, 5, min_lr_ratio=0.1, progress=0.5) == pytest.approx(0.55)
+    assert rate(9, 1.0, 5, min_lr_ratio=0.1, progress=1.7) == pytest.approx(0.1)
+
+
+def test_plain_loop_on_the_clock_spreads_the_cosine_over_its_seconds(monkeypatch):
+    from mmssl.bench import plain_loop
+
+    seen = []
+    real = plain_loop.rate
+    monkeypatch.setattr(plain_loop, "rate", lambda *a: seen.append(a[-1]) or real(*a))
+    torch.manual_seed(0)
+    model = plain_loop.PlainRotNet({"name": "convnet", "kwargs": {"widths": [4, 8]}})
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
+    out = plain_loop.train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=3, size=16,
+                                 min_scale=0.5, measure=lambda enc: 0.0, at_seconds=[0.5], cosine_seconds=0.5)
+    assert seen[:3] == [None] * 3 and seen[3] == 0.0  # the warm-up, then the cosine from its start
+    after = seen[3:]  # each step's place is read on the clock before it runs, so the last is below 1
+    assert all(b > a for a, b in itertools.pairwise(after)) and 0.5 < after[-1] < 1.0 and out["train_s"] >= 0.5
