@@ -18,6 +18,10 @@ Each set is an imagefolder (``OUT/<set>/{train,test}/<class>/<n>.png``), so any 
 ``--dataset OUT/<set> --label-column label``.
 
     python benchmarks/image_sets.py OUT [--sets glyphs clutter digits] [--seed 0]
+
+``--sets clutter --clutter-background flat`` (or ``grey``) writes ``clutter_flat`` (``clutter_grey``):
+the same digits, placements and fragments over each texture's mean colour (over uniform grey), to
+tell what in the background a method follows.
 """
 from __future__ import annotations
 
@@ -108,8 +112,12 @@ def _place(grey: np.ndarray, rng: np.random.Generator, side: int, centre: tuple[
     return np.asarray(canvas.crop((SIZE, SIZE, 2 * SIZE, 2 * SIZE)), dtype=np.float32) / 255
 
 
-def cluttered(grey: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    back = _background(rng)
+def cluttered(grey: np.ndarray, other: np.ndarray, rng: np.random.Generator, background: str = "texture") -> np.ndarray:
+    back = _background(rng)  # drawn whatever the background, so that every variant places the same digits
+    if background == "flat":  # the texture's mean colour, no texture
+        back = np.broadcast_to(back.reshape(-1, 3).mean(0), back.shape).copy()
+    elif background == "grey":
+        back = np.full_like(back, 0.5)
     side = int(rng.integers(12, 27))
     margin = side / 2 - 2
     centre = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
@@ -122,14 +130,14 @@ def cluttered(grey: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> 
     return ((back * (1 - alpha) + fore * alpha) * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def clutter(seed: int, renders: int = 3) -> list[tuple[np.ndarray, int, str]]:
+def clutter(seed: int, renders: int = 3, background: str = "texture") -> list[tuple[np.ndarray, int, str]]:
     items = list(_split_digits(seed))
     out = []
     for r in range(renders):
         for n, (grey, label, split) in enumerate(items):
             rng = np.random.default_rng([seed, r, n])
             other = items[int(rng.integers(len(items)))][0]
-            out.append((cluttered(grey, other, rng), label, split))
+            out.append((cluttered(grey, other, rng, background), label, split))
     return out
 
 
@@ -150,12 +158,20 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--sets", nargs="+", default=["glyphs", "clutter"], choices=list(SETS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clutter-background", choices=["texture", "flat", "grey"], default="texture",
+                   help="clutter's backgrounds: textured (the set), flat (each texture's mean colour) or "
+                        "uniform grey, with the same digits and placements; the last two go to clutter_flat "
+                        "and clutter_grey")
     args = p.parse_args()
     for name in args.sets:
-        images = SETS[name](args.seed)
+        folder = name
+        if name == "clutter" and args.clutter_background != "texture":
+            images, folder = clutter(args.seed, background=args.clutter_background), f"clutter_{args.clutter_background}"
+        else:
+            images = SETS[name](args.seed)
         names = list(LETTERS) if name == "glyphs" else [str(d) for d in range(10)]
-        write(images, args.out / name, names)
-        print(f"{args.out / name}: {sum(s == 'train' for *_, s in images)} train, "
+        write(images, args.out / folder, names)
+        print(f"{args.out / folder}: {sum(s == 'train' for *_, s in images)} train, "
               f"{sum(s == 'test' for *_, s in images)} test images")
 
 
