@@ -223,8 +223,10 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
                             measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed,
                             cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
         log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
-        reference_model = PlainSimCLR(spec, simclr.objective.proj_hidden, simclr.objective.proj_dim,
-                                      simclr.objective.temperature).to(dev)
+        # the per-item views feed a SimCLR model: the peer itself where the peer is one (its weights do not
+        # change the speed), else one built for the purpose
+        reference_model = model if isinstance(model, PlainSimCLR) else PlainSimCLR(
+            spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
         ref = reference_rate(reference_model, images.cpu(), cfg, PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
                              min(30.0, max(2.0, seconds / 8)))
 

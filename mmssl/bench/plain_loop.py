@@ -337,6 +337,7 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     by_step = at_steps is not None
     pending, points = sorted(at_steps if by_step else at_seconds), []
     clock, step, seen, order, pos, warm_clock = 0.0, 0, 0, None, len(images), 0.0
+    crops = getattr(model, "crops", None) or [(size, min_scale, 1.0)] * model.num_views
     model.train()
     while pending:
         start = time.perf_counter()
@@ -344,7 +345,6 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
             order, pos = torch.randperm(len(images), generator=gen, device=dev), 0
         x = images[order[pos:pos + batch_size]]
         pos += batch_size
-        crops = getattr(model, "crops", None) or [(size, min_scale, 1.0)] * model.num_views
         if step == warmup_steps:
             warm_clock = clock
         progress = None if not cosine_seconds or step < warmup_steps else (
