@@ -286,20 +286,24 @@ def test_plain_rate_follows_the_library_schedule(warmup, cosine_steps):
         assert rate(step, 0.002, warmup, cosine_steps, 0.05) == pytest.approx(want, rel=1e-9, abs=1e-12), step
 
 
-def test_plain_loop_measures_after_the_given_steps():
+def _train_tiny_rotnet(**schedule):
+    """train_plain on a tiny RotNet and 20 random 16 px images; ``schedule``: when to measure, the rate."""
     from mmssl.bench.plain_loop import PlainRotNet, train_plain
 
     torch.manual_seed(0)
     model = PlainRotNet({"name": "convnet", "kwargs": {"widths": [4, 8]}})
     images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
+    return train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, size=16, min_scale=0.5, **schedule)
+
+
+def test_plain_loop_measures_after_the_given_steps():
     seen = []
-    out = train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=2, size=16, min_scale=0.5,
-                      measure=lambda enc: seen.append(enc.training) or 0.5, at_steps=[3, 1, 7], cosine_steps=7)
+    out = _train_tiny_rotnet(warmup_steps=2, measure=lambda enc: seen.append(enc.training) or 0.5,
+                             at_steps=[3, 1, 7], cosine_steps=7)
     assert [p["step"] for p in out["points"]] == [1, 3, 7] and seen == [False] * 3
     assert out["images"] == 7 * 4 and "seconds" not in out["points"][0]
     with pytest.raises(ValueError, match="either"):
-        train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=2, size=16, min_scale=0.5,
-                    measure=lambda enc: 0.0, at_steps=[1], at_seconds=[1.0])
+        _train_tiny_rotnet(warmup_steps=2, measure=lambda enc: 0.0, at_steps=[1], at_seconds=[1.0])
 
 
 def test_plain_rate_on_the_clock_reaches_the_floor_at_the_last_second():
@@ -317,11 +321,7 @@ def test_plain_loop_on_the_clock_spreads_the_cosine_over_its_seconds(monkeypatch
     seen = []
     real = plain_loop.rate
     monkeypatch.setattr(plain_loop, "rate", lambda *a: seen.append(a[-1]) or real(*a))
-    torch.manual_seed(0)
-    model = plain_loop.PlainRotNet({"name": "convnet", "kwargs": {"widths": [4, 8]}})
-    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
-    out = plain_loop.train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=3, size=16,
-                                 min_scale=0.5, measure=lambda enc: 0.0, at_seconds=[0.5], cosine_seconds=0.5)
+    out = _train_tiny_rotnet(warmup_steps=3, measure=lambda enc: 0.0, at_seconds=[0.5], cosine_seconds=0.5)
     assert seen[:3] == [None] * 3 and seen[3] == 0.0  # the warm-up, then the cosine from its start
     after = seen[3:]  # each step's place is read on the clock before it runs, so the last is below 1
     assert all(b > a for a, b in itertools.pairwise(after)) and 0.5 < after[-1] < 1.0 and out["train_s"] >= 0.5
