@@ -179,7 +179,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     report = bench.run(args.tasks, size=args.size, device=args.device, steps=args.steps, warmup=args.warmup,
                        repeats=args.repeats, compile=args.compile, seconds=args.seconds, dataset=args.dataset,
-                       points=args.points, log=lambda line: print(line, file=sys.stderr))
+                       points=args.points, pairs=args.pairs, log=lambda line: print(line, file=sys.stderr))
     print(report["table"])
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))
@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--dataset", default="demo", help="learning rows: demo, or a folder with train/ and test/ "
                                                          "class folders")
     bench.add_argument("--points", type=int, default=6, help="learning rows: kNN points per curve (default 6)")
+    bench.add_argument("--pairs", type=int, default=1, help="learning rows: run the library and the plain loop this "
+                       "many times in turn and report the means, each pair beside them (default 1)")
     bench.add_argument("--report", help="also write the results as JSON here")
     bench.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)

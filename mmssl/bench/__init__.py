@@ -53,20 +53,21 @@ def expand_tasks(tasks: list[str] | None) -> list[str]:
 
 def run(tasks: list[str] | None = None, size: str | None = None, device: str | None = None, steps: int = 2,
         warmup: int = 3, repeats: int = 5, compile: bool = False, seconds: float = 240, dataset: str = "demo",
-        points: int = 6, log: Callable[[str], None] = print) -> dict:
+        points: int = 6, pairs: int = 1, log: Callable[[str], None] = print) -> dict:
     """Every requested measurement; returns the JSON-able report, its printed table under ``"table"``.
 
     ``size`` None is "full" on a GPU and "small" on a CPU; ``device`` None is cuda where available.
-    ``seconds``, ``dataset`` and ``points`` are the learning rows': training seconds per side, an
-    image dataset (demo, or a folder with train/ and test/ class folders) and kNN points per curve.
+    ``seconds``, ``dataset``, ``points`` and ``pairs`` are the learning rows': training seconds per side,
+    an image dataset (demo, or a folder with train/ and test/ class folders), kNN points per curve and
+    how many times the two sides run in turn (``bench_learning``).
     """
     tasks = expand_tasks(tasks)
     if size is not None and size not in SIZES:
         raise MmsslError(f"--size must be one of {', '.join(SIZES)}, not '{size}'")
     if steps < 1 or repeats < 1 or warmup < 0:
         raise MmsslError(f"need --steps >= 1, --repeats >= 1 and --warmup >= 0; got {steps}, {repeats} and {warmup}")
-    if seconds <= 0 or points < 1:
-        raise MmsslError(f"need --seconds > 0 and --points >= 1; got {seconds} and {points}")
+    if seconds <= 0 or points < 1 or pairs < 1:
+        raise MmsslError(f"need --seconds > 0, --points >= 1 and --pairs >= 1; got {seconds}, {points} and {pairs}")
     if dataset != "demo" and not os.path.isdir(dataset):
         raise MmsslError(f"--dataset for the learning rows is demo or a folder with train/ and test/, not '{dataset}'")
     dev = resolve_device(device)
@@ -79,7 +80,7 @@ def run(tasks: list[str] | None = None, size: str | None = None, device: str | N
     report: dict[str, Any] = {
         "device": str(dev), "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "size": size, "settings": {"steps": steps, "warmup": warmup, "repeats": repeats, "compile": compile,
-                                   "seconds": seconds, "dataset": dataset, "points": points},
+                                   "seconds": seconds, "dataset": dataset, "points": points, "pairs": pairs},
         "peers": peer_versions(), "memory_kind": PeakMemory(dev).kind, "tasks": {},
     }
     peak = None
@@ -99,7 +100,7 @@ def run(tasks: list[str] | None = None, size: str | None = None, device: str | N
         elif t == "tracking":
             report["tasks"][t] = bench_tracking(size, dev, log=log)
         else:
-            report["tasks"][t] = bench_learning(t.split(":", 1)[1], size, seconds, dataset, points, log)
+            report["tasks"][t] = bench_learning(t.split(":", 1)[1], size, seconds, dataset, points, log, pairs)
     if peak is not None:
         report["matmul_peak"], report["matmul_peak_flops"] = peak, peak["flops_per_s"]
         for row in report["tasks"].values():

@@ -185,8 +185,16 @@ def reference_rate(model: torch.nn.Module, images: torch.Tensor, cfg: Any, views
 
 
 def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "demo", points: int = 6,
-                   log: Callable[[str], None] = print) -> dict:
-    """(a), (b) and (c) of the module docstring for one image task; a JSON-able row."""
+                   log: Callable[[str], None] = print, pairs: int = 1) -> dict:
+    """(a), (b) and (c) of the module docstring for one image task; a JSON-able row.
+
+    ``pairs`` > 1 runs (a), (b) and (c) that many times in turn (a, b, c, a, b, c, ...) with the same
+    steps and seed, so that a drift in the machine's speed reaches both sides alike: the row's figures
+    are the means over the pairs, each pair's kept beside them, and the curve target is read on the
+    means. (a)'s kNN at a given step is the same computation in every pair; what varies is the
+    seconds it took, and so how far the plain loop got by then."""
+    if pairs < 1:
+        raise MmsslError(f"need pairs >= 1, not {pairs}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         task, cfg = learning_config(task_name, size, dataset, tmp / "run")
@@ -208,38 +216,64 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         cfg = dataclasses.replace(cfg, max_steps=every * points, monitor_every=every, log_every=every,
                                   save_every=every * points)
         log(f"learning:{task_name}: {rate:.0f} images/s in a warm-up run -> {cfg.max_steps} steps of "
-            f"{cfg.batch_size}, kNN every {every}")
-        ours = library_curve(task, cfg)
-        log(f"  mmssl: {ours['train_s']:.0f} s of training, kNN {100 * ours['points'][-1]['knn_top1']:.1f}")
-
+            f"{cfg.batch_size}, kNN every {every}" + (f", {pairs} pairs of runs" if pairs > 1 else ""))
         dev = train_device()
         images = images.to(dev)
-        torch.manual_seed(cfg.seed)
-        model, min_scale, peer = plain_peer(task_name, cfg, simclr, spec)
-        model = model.to(dev)
-        plain = train_plain(model, images, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=min_scale,
-                            at_seconds=[p["seconds"] for p in ours["points"]],
-                            measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed,
-                            cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
-        log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
-        # the per-item views feed a SimCLR model: the peer itself where the peer is one (its weights do not
-        # change the speed), else one built for the purpose
-        reference_model = model if isinstance(model, PlainSimCLR) else PlainSimCLR(
-            spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
-        ref = reference_rate(reference_model, images.cpu(), cfg, PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
-                             min(30.0, max(2.0, seconds / 8)))
-
-    curve = [{"seconds": a["seconds"], "mmssl": a["knn_top1"], "plain": b["knn_top1"], "plain_at_s": b["at_s"],
-              "mmssl_step": a["step"], "plain_step": b["step"]} for a, b in zip(ours["points"], plain["points"])]
-    rates = {"mmssl": views * ours["images"] / ours["train_s"],
-             "plain": model.num_views * plain["images"] / plain["train_s"],
-             "per_item_reference": 2 * ref}
+        runs = []
+        for i in range(pairs):
+            ours = library_curve(task, dataclasses.replace(cfg, output_dir=str(tmp / f"run{i}")))
+            log(f"  mmssl: {ours['train_s']:.0f} s of training, kNN {100 * ours['points'][-1]['knn_top1']:.1f}")
+            torch.manual_seed(cfg.seed)
+            model, min_scale, peer = plain_peer(task_name, cfg, simclr, spec)
+            model = model.to(dev)
+            plain = train_plain(model, images, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=min_scale,
+                                at_seconds=[p["seconds"] for p in ours["points"]],
+                                measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed,
+                                cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
+            log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
+            # the per-item views feed a SimCLR model: the peer itself where the peer is one (its weights do not
+            # change the speed), else one built for the purpose
+            reference_model = model if isinstance(model, PlainSimCLR) else PlainSimCLR(
+                spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
+            ref = reference_rate(reference_model, images.cpu(), cfg,
+                                 PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
+                                 min(30.0, max(2.0, seconds / 8)))
+            runs.append(pair_figures(ours, plain, ref, views, model.num_views))
     return {
         "task": f"learning:{task_name}", "dataset": dataset, "seconds": seconds, "device": str(dev),
         "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
-        "clock": "kNN measurement paused in both", "peer": peer,
-        "random_init_knn_top1": random_knn, "curve": curve, "mmssl_monitor_s": round(ours["monitor_s"], 2),
+        "clock": "kNN measurement paused in both", "peer": peer, "random_init_knn_top1": random_knn,
+        **mean_of_pairs(runs),
+    }
+
+
+def pair_figures(ours: dict, plain: dict, ref: float, views: int, plain_views: int) -> dict:
+    """One pair's curve (the two sides' kNN at (a)'s points), final ratio and views/s."""
+    curve = [{"seconds": a["seconds"], "mmssl": a["knn_top1"], "plain": b["knn_top1"], "plain_at_s": b["at_s"],
+              "mmssl_step": a["step"], "plain_step": b["step"]} for a, b in zip(ours["points"], plain["points"])]
+    rates = {"mmssl": views * ours["images"] / ours["train_s"], "plain": plain_views * plain["images"] / plain["train_s"],
+             "per_item_reference": 2 * ref}
+    return {"curve": curve, "monitor_s": ours["monitor_s"], "final_ratio": curve[-1]["mmssl"] / max(curve[-1]["plain"], 1e-9),
+            "views_per_s": rates, "speedup_vs_per_item": rates["mmssl"] / rates["per_item_reference"]}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def mean_of_pairs(runs: list[dict]) -> dict:
+    """The row's figures from ``pair_figures`` of every pair: means (steps are the first pair's for
+    (a), which are the same in every pair, and rounded means for the plain loop), the targets read on
+    the means, and with more than one pair each pair's own curve, ratios and views/s under "pairs"."""
+    curve = []
+    for at in zip(*(r["curve"] for r in runs)):
+        curve.append({"seconds": round(_mean([p["seconds"] for p in at]), 3), "mmssl": _mean([p["mmssl"] for p in at]),
+                      "plain": _mean([p["plain"] for p in at]), "plain_at_s": round(_mean([p["plain_at_s"] for p in at]), 3),
+                      "mmssl_step": at[0]["mmssl_step"], "plain_step": round(_mean([p["plain_step"] for p in at]))})
+    rates = {k: _mean([r["views_per_s"][k] for r in runs]) for k in runs[0]["views_per_s"]}
+    row = {
+        "curve": curve, "mmssl_monitor_s": round(_mean([r["monitor_s"] for r in runs]), 2),
         "final_ratio": curve[-1]["mmssl"] / max(curve[-1]["plain"], 1e-9),
         "views_per_s": {k: round(v, 1) for k, v in rates.items()},
         "speedup_vs_per_item": round(rates["mmssl"] / rates["per_item_reference"], 3),
@@ -247,6 +281,12 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         "targets": {"curve_at_or_above_plain": all(p["mmssl"] >= p["plain"] for p in curve),
                     "views_per_s_2x_per_item": rates["mmssl"] >= 2 * rates["per_item_reference"]},
     }
+    if len(runs) > 1:
+        row["pairs"] = [{"curve": r["curve"], "final_ratio": round(r["final_ratio"], 3),
+                         "views_per_s": {k: round(v, 1) for k, v in r["views_per_s"].items()},
+                         "speedup_vs_per_item": round(r["speedup_vs_per_item"], 3),
+                         "curve_at_or_above_plain": all(p["mmssl"] >= p["plain"] for p in r["curve"])} for r in runs]
+    return row
 
 
 def train_device() -> torch.device:

@@ -86,6 +86,12 @@ def learning_table(r: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     lines.append(f"final ratio mmssl / plain kNN: {r['final_ratio']:.3f}")
+    if "pairs" in r:  # the figures above are means over pairs of runs taken in turn
+        each = r["pairs"]
+        lines.append(f"means of {len(each)} pairs of runs (mmssl, plain, mmssl, plain, ...); each pair's final ratio "
+                     + ", ".join(f"{q['final_ratio']:.3f}" for q in each) + ", mmssl / per-item "
+                     + ", ".join(f"{q['speedup_vs_per_item']:.2f}" for q in each) + ", curve at or above: "
+                     + ", ".join("yes" if q["curve_at_or_above_plain"] else "no" for q in each))
     lines.append(f"training views/s (kNN excluded): mmssl {v['mmssl']:.0f} ({r['views']} views per image), "
                  f"plain loop {v['plain']:.0f}, per-item torchvision reference {v['per_item_reference']:.0f} "
                  f"(SimCLR, 2 views); mmssl / per-item {r['speedup_vs_per_item']:.2f}")

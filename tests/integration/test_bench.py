@@ -44,6 +44,7 @@ def test_tiny_mae_image_bench_writes_report(tmp_path, capsys):
     (["--steps", "0"], "--steps >= 1"),
     (["--tasks", "learning:cpc_audio"], "unknown bench task 'learning:cpc_audio'"),
     (["--tasks", "learning:simclr_image", "--dataset", "/no/such/folder"], "--dataset for the learning rows"),
+    (["--tasks", "learning:simclr_image", "--pairs", "0"], "--pairs >= 1"),
 ])
 def test_bad_input_is_one_line(args, needle, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
@@ -120,6 +121,31 @@ def test_learning_row_reports_both_curves_at_matched_seconds(task, peer, views, 
     assert row["views"] == views and all(v > 0 for v in row["views_per_s"].values())
     printed = capsys.readouterr().out
     assert f"learning:{task}" in printed and "plain kNN" in printed and "per-item" in printed
+
+
+@pytest.mark.slow
+def test_learning_row_pairs_report_the_means_of_runs_taken_in_turn(tmp_path, capsys):
+    data = _image_folder(tmp_path / "images")
+    out = tmp_path / "r.json"
+    assert main(["bench", "--tasks", "learning:simclr_image", "--size", "tiny", "--seconds", "2", "--points", "2",
+                 "--pairs", "2", "--dataset", str(data), "--report", str(out)]) == 0
+    row = json.loads(out.read_text())["tasks"]["learning:simclr_image"]
+    pairs = row["pairs"]
+    assert len(pairs) == 2 and all(len(q["curve"]) == 2 for q in pairs)
+    for j, point in enumerate(row["curve"]):
+        at = [q["curve"][j] for q in pairs]
+        # the library's side is the same computation in each pair (same seed, steps and data order); only its
+        # seconds, and so how far the plain loop got by then, differ
+        assert at[0]["mmssl_step"] == at[1]["mmssl_step"] == point["mmssl_step"]
+        assert at[0]["mmssl"] == pytest.approx(at[1]["mmssl"], abs=0.02)
+        for key in ("seconds", "mmssl", "plain", "plain_at_s"):
+            assert point[key] == pytest.approx((at[0][key] + at[1][key]) / 2, abs=1e-3)
+    for key in ("mmssl", "plain", "per_item_reference"):
+        assert row["views_per_s"][key] == pytest.approx((pairs[0]["views_per_s"][key] + pairs[1]["views_per_s"][key]) / 2,
+                                                        abs=0.11)
+    assert row["targets"]["curve_at_or_above_plain"] == all(p["mmssl"] >= p["plain"] for p in row["curve"])
+    assert row["final_ratio"] == pytest.approx(row["curve"][-1]["mmssl"] / row["curve"][-1]["plain"])
+    assert "means of 2 pairs" in capsys.readouterr().out
 
 
 def test_learning_expands_to_every_image_task():
