@@ -1,0 +1,123 @@
+"""Where a training step's time goes, for an image task at its defaults beside its plain peer
+(``mmssl/bench/plain_loop.py``): the parts of one step timed alone, in milliseconds per step of
+``batch_size`` images, so that a gap between the two sides of a ``mmssl bench`` learning row can be
+traced to a part rather than guessed at.
+
+    python benchmarks/step_breakdown.py TASK [--dataset demo] [--batches 20] [--steps 60]
+
+Rows, each measured over the same ``--batches`` batches held in memory unless named otherwise:
+  data, in the training process: ``task.train_loader`` with no workers (decode, resize, draw the
+      views' parameters, collate);
+  library views: ``task.on_device`` (crops, colour jitter in a per-sample order, grayscale, ...);
+  library objective: forward, backward and an AdamW step of the task's objective on views made beforehand;
+  library views + objective: the two together, as the trainer runs them;
+  trainer, N workers: ``mmssl.run.run_training`` for ``--steps`` steps (the first quarter left out),
+      with the default two DataLoader workers and with none;
+  plain views / plain objective / plain views + objective: the same for the plain peer, its batches
+      drawn by indexing the whole set held as one tensor.
+Run it on an otherwise idle machine: timings of two jobs sharing the cores spoil each other.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mmssl.bench.learning import learning_config, library_rate, plain_peer
+from mmssl.bench.plain_loop import batch_views, load_images
+
+
+def per_step(fn: Callable[[int], object], n: int, warm: int = 5) -> float:
+    """Milliseconds per call of fn(i), i = 0..n-1, after ``warm`` untimed calls (the first steps of a
+    model run slower while its buffers are allocated and its kernels chosen)."""
+    for i in range(warm):
+        fn(i % n)
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return 1000 * (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("task")
+    p.add_argument("--dataset", default="demo", help="demo, or a folder with train/<class>/ and test/<class>/")
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--steps", type=int, default=60, help="steps of each trainer run")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        task, cfg = learning_config(args.task, "default", args.dataset, tmp / "run")
+        simclr = learning_config("simclr_image", "default", args.dataset, tmp / "unused")[1]
+        n, B = args.batches, cfg.batch_size
+        rows: list[tuple[str, float]] = []
+
+        loader = iter(task.train_loader(dataclasses.replace(cfg, num_workers=0), 0, 1, 0))
+        raw = [next(loader) for _ in range(n + 1)]
+        rows.append(("data, in the training process", per_step(lambda i: next(loader), n)))
+        with torch.no_grad():
+            made = [task.on_device(cfg, b) for b in raw]
+        rows.append(("library views", per_step(lambda i: task.on_device(cfg, raw[i]), n)))
+
+        torch.manual_seed(cfg.seed)
+        objective = task.build_objective(cfg).train()
+        opt = torch.optim.AdamW([q for q in objective.parameters() if q.requires_grad], lr=cfg.lr)
+
+        def library_step(batch: dict) -> None:
+            loss = objective(batch)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            objective.after_step(1, cfg.max_steps)
+
+        def library_both(i: int) -> None:
+            with torch.no_grad():
+                batch = task.on_device(cfg, raw[i])
+            library_step(batch)
+
+        rows.append(("library objective", per_step(lambda i: library_step(made[i]), n)))
+        rows.append(("library views + objective", per_step(library_both, n)))
+        for workers in (cfg.num_workers, 0):
+            rate = library_rate(task, dataclasses.replace(cfg, num_workers=workers), tmp / f"rate{workers}", args.steps)
+            rows.append((f"trainer, {workers} workers", 1000 * B / rate))
+
+        torch.manual_seed(cfg.seed)
+        model, min_scale, peer = plain_peer(args.task, cfg, simclr, task.build_objective(cfg).export_encoder().spec)
+        images = load_images(args.dataset, cfg.split, cfg.image_size)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        crops = getattr(model, "crops", None) or [(cfg.image_size, min_scale, 1.0)] * model.num_views
+        plain_opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
+        model.train()
+
+        def plain_views(i: int) -> list[torch.Tensor]:
+            x = images[torch.randint(len(images), (B,), generator=gen)]
+            with torch.no_grad():
+                return [batch_views(x, s, lo, gen, colour=model.colour, max_scale=hi) for s, lo, hi in crops]
+
+        def plain_step(views: list[torch.Tensor]) -> None:
+            loss = model(*views)
+            plain_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            plain_opt.step()
+            if hasattr(model, "after_step"):
+                model.after_step(1)
+
+        fixed = [plain_views(i) for i in range(n)]
+        rows.append(("plain views", per_step(plain_views, n)))
+        rows.append(("plain objective", per_step(lambda i: plain_step(fixed[i]), n)))
+        rows.append(("plain views + objective", per_step(lambda i: plain_step(plain_views(i)), n)))
+
+    print(f"{args.task} on {args.dataset}, batch {B}, {torch.get_num_threads()} threads; peer: {peer}")
+    width = max(len(name) for name, _ in rows)
+    for name, ms in rows:
+        print(f"  {name.ljust(width)}  {ms:7.1f} ms/step  {1000 * B / ms:7.0f} images/s")
+
+
+if __name__ == "__main__":
+    main()
