@@ -128,7 +128,7 @@ _S = DINOSettings  # the constructor's defaults are the settings' own
 @OBJECTIVES.register("dino")
 class DINO(Objective):
     Settings: ClassVar[type] = DINOSettings
-    extra_metrics: ClassVar[tuple[str, ...]] = ("target_entropy", "target_usage")  # see collapse_monitors
+    extra_metrics: ClassVar[tuple[str, ...]] = ("target_entropy", "target_usage")  # see target_monitors
 
     def __init__(self, encoder: nn.Module, *, out_dim: int = _S.out_dim, hidden_dim: int = _S.hidden_dim,
                  bottleneck_dim: int = _S.bottleneck_dim, nlayers: int = _S.nlayers,
@@ -199,11 +199,6 @@ class DINO(Objective):
         if self.training:
             self._pending.append((t.float().sum(0), len(t)))
         return {"loss": loss, "std": embedding_std(student[0]), **target_monitors(targets)}
-
-    @torch.no_grad()
-    def collapse_monitors(self, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``target_monitors`` of the targets this objective makes of teacher logits (B, K) now."""
-        return target_monitors(dino_targets(teacher, self.center, self.teacher_temp_now()))
 
     def momentum_at(self, step: int, max_steps: int) -> float:
         """lambda_k = 1 - (1 - lambda_0) (cos(pi k / K) + 1) / 2: lambda_0 at k = 0, rising to 1 at k = K."""
