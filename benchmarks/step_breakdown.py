@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mmssl.bench.learning import learning_config, library_rate, plain_peer
-from mmssl.bench.plain_loop import batch_views, load_images
+from mmssl.bench.plain_loop import batch_views, load_images, peer_crops
 
 
 def per_step(fn: Callable[[int], object], n: int, warm: int = 5) -> float:
@@ -91,7 +91,7 @@ def main() -> None:
         model, min_scale, peer = plain_peer(args.task, cfg, simclr, task.build_objective(cfg).export_encoder().spec)
         images = load_images(args.dataset, cfg.split, cfg.image_size)
         gen = torch.Generator().manual_seed(cfg.seed)
-        crops = getattr(model, "crops", None) or [(cfg.image_size, min_scale, 1.0)] * model.num_views
+        crops = peer_crops(model, cfg.image_size, min_scale)
         plain_opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
         model.train()
 

@@ -311,6 +311,12 @@ def rate(step: int, lr: float, warmup_steps: int, cosine_steps: int = 0, min_lr_
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress)))))
 
 
+def peer_crops(model: nn.Module, size: int, min_scale: float) -> list[tuple[int, float, float]]:
+    """The (size, min_scale, max_scale) of each view ``model`` reads: its own ``crops`` list where it
+    has one (multi-crop), else ``model.num_views`` crops of ``size`` px from ``min_scale``-100%."""
+    return getattr(model, "crops", None) or [(size, min_scale, 1.0)] * model.num_views
+
+
 def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: float, weight_decay: float,
                 warmup_steps: int, size: int, min_scale: float, at_seconds: list[float] | None = None,
                 measure: Callable[[nn.Module], float], seed: int = 0, at_steps: list[int] | None = None,
@@ -337,7 +343,7 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     by_step = at_steps is not None
     pending, points = sorted(at_steps if by_step else at_seconds), []
     clock, step, seen, order, pos, warm_clock = 0.0, 0, 0, None, len(images), 0.0
-    crops = getattr(model, "crops", None) or [(size, min_scale, 1.0)] * model.num_views
+    crops = peer_crops(model, size, min_scale)
     model.train()
     while pending:
         start = time.perf_counter()
