@@ -227,7 +227,10 @@ def test_plain_peers_match_the_library_objectives_over_two_steps(name, settings)
             opt.zero_grad()
             loss.backward()
         for a, b in zip(peer.encoder.parameters(), objective.encoder.parameters()):
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+            # float32 sums taken in another order (the thread count picks it) differ by a few ulps of
+            # the tensor's largest terms, so an element that cancels to near 0 is held to that scale
+            atol = max(1e-6, 1e-5 * b.grad.abs().max().item())
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=atol)
         for opt in opts:
             opt.step()
         if hasattr(peer, "after_step"):
