@@ -18,42 +18,21 @@ from einops import rearrange
 
 from mmssl.config import ConfigError
 from mmssl.modalities.audio.data import random_crop
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
-    """(x * c) mod 2**32 for x, c in [0, 2**32) held in int64, without int64 overflow: c is split
-    into 16-bit halves, and the high half only matters through the low 16 bits of its product."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """An invertible 32-bit avalanche hash (the "lowbias32" constants of C. Wellons' hash prospector)
-    on int64 tensors holding values in [0, 2**32); every output bit depends on every input bit."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x ^= x >> 15
-    x = _mul32(x, 0x846CA68B)
-    x ^= x >> 16
-    return x
+from mmssl.modalities.hashing import MASK32, hashed_bits
 
 
 def hashed_normal(seeds: torch.Tensor, length: int) -> torch.Tensor:
     """Standard normal noise as a pure function of (seed, position): long (N,) -> float32 (N, length).
 
-    Counter-based, like Philox: row n hashes the counters 0, 1, 2, ... through a map of its own,
-    ``mix32(a_n * counter + b_n mod 2**32)`` with a_n odd and b_n derived from the seed, into
-    uniforms; Box-Muller turns each pair into two normals (positions 2k and 2k + 1). Distinct seeds give distinct affine
+    Counter-based, like Philox (``mmssl.modalities.hashing.hashed_bits`` on the seed's low 32 bits):
+    row n hashes the counters 0, 1, 2, ... through a map of its own, ``mix32(a_n * counter + b_n mod
+    2**32)`` with a_n odd and b_n derived from the seed, into uniforms; Box-Muller turns each pair into two normals (positions 2k and 2k + 1). Distinct seeds give distinct affine
     maps, so no two rows share a (shifted) stream. A row is the same whatever else is in the
     batch and on every device: the integer arithmetic is exact, only the final float maths may
     round differently between CPU and GPU kernels.
     """
-    seeds = seeds.long().reshape(-1, 1) & _MASK32
-    a, b = _mix32(seeds) | 1, _mix32(seeds ^ 0x9E3779B9)  # (N, 1) each
     pairs = (length + 1) // 2
-    counter = torch.arange(2 * pairs, device=seeds.device, dtype=torch.long)
-    bits = _mix32((_mul32(counter, a) + b) & _MASK32)  # (N, 2 * pairs)
+    bits = hashed_bits(seeds.long() & MASK32, 2 * pairs)  # (N, 2 * pairs)
     u = ((bits >> 8).float() + 0.5) * 2.0**-24  # 24 bits: exact in float32, in (0, 1)
     radius, angle = torch.sqrt(-2 * torch.log(u[:, 0::2])), 2 * math.pi * u[:, 1::2]  # (N, pairs)
     # positions 2k and 2k + 1 share pair k, so position t depends on (seed, t) alone, whatever the length
