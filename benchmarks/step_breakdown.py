@@ -6,9 +6,10 @@ traced to a part rather than guessed at.
     python benchmarks/step_breakdown.py TASK [--dataset demo] [--batches 20] [--steps 60]
 
 Rows, each measured over the same ``--batches`` batches held in memory unless named otherwise:
-  data, in the training process: ``task.train_loader`` with no workers (decode, resize, draw the
-      views' parameters, collate);
-  library views: ``task.on_device`` (crops, colour jitter in a per-sample order, grayscale, ...);
+  data, in the training process: ``task.train_loader`` with no workers (decode, resize, draw each
+      image's view seed, collate);
+  library views: ``task.on_device`` (the batch's view parameters drawn from its seeds, crops, colour
+      jitter in a per-sample order, grayscale, ...);
   library objective: forward, backward and an AdamW step of the task's objective on views made beforehand;
   library views + objective: the two together, as the trainer runs them;
   trainer, N workers: ``mmssl.run.run_training`` for ``--steps`` steps (the first quarter left out),

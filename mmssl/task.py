@@ -66,8 +66,8 @@ class Task:
 
     def make_item(self, cfg: Any) -> Callable[[dict, torch.Generator], dict]:
         """``(source item, the item's generator) -> training item``, run in the DataLoader workers:
-        decode, crop to a size that stacks, and draw the views' random parameters (``on_device``
-        makes the views). Every modality's ``train_loader`` maps its source through this."""
+        decode, crop to a size that stacks, and draw the views' random parameters or the seed they are
+        drawn from (``on_device`` makes the views). Every modality's ``train_loader`` maps its source through this."""
         raise NotImplementedError
 
     def train_loader(self, cfg: Any, start_batch: int, world: int, rank: int,
@@ -81,8 +81,9 @@ class Task:
         """The batch the objective reads, made from a collated batch.
 
         Workers only decode; views are made here on whole batches (under ``torch.no_grad``), from
-        the per-sample random parameters that the workers drew with each item's own generator, so
-        they depend on the seed and the global sample index alone. It runs on the training device,
+        per-sample random parameters that come from each item's own generator (drawn in the worker,
+        or hashed here from a seed the worker drew), so they depend on the seed and the global
+        sample index alone. It runs on the training device,
         or in the DataLoader worker that collated the batch (``view_placement``: on a CPU the
         worker's core would otherwise wait while the main process trains). The default passes it
         through.

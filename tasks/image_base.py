@@ -120,7 +120,7 @@ class ImageTask(Task):
 
     def make_item(self, cfg: ImageConfig) -> Callable[[dict, torch.Generator], dict]:
         """{"image": uint8 (3, H, W), ...} + generator -> {"image": uint8 (3, S, S) at the working
-        size, "view_params": (V, NUM_PARAMS)}."""
+        size, "view_seed": int64 (), "source_size": int64 (2,)}."""
         views = self.view_settings(cfg)
         make = DecodeAndDraw(views, working_size(views, cfg.working_size))
         if self.train_labels:  # plus "label": int, -1 for an unlabelled row
@@ -128,12 +128,14 @@ class ImageTask(Task):
         return lambda item, gen: make(item["image"], gen)
 
     def on_device(self, cfg: ImageConfig, batch: dict) -> dict:
-        """{"image": uint8 (B, 3, S, S), "view_params": (B, V, NUM_PARAMS), "index": (B,)} -> the
+        """{"image": uint8 (B, 3, S, S), "view_seed": (B,), "source_size": (B, 2), "index": (B,)} -> the
         objective's batch: {"views": [V x float32 (B, 3, size, size)]} or {"input": (B, 3, size, size)},
-        with "index" passed on."""
-        from mmssl.modalities.vision import make_views
+        with "index" passed on. The views' parameters are drawn here, for the whole batch at once."""
+        from mmssl.modalities.vision import draw_params, make_views
 
-        views = make_views(batch["image"], batch["view_params"], self.view_settings(cfg))
+        settings = self.view_settings(cfg)
+        params = draw_params(settings, batch["source_size"], batch["view_seed"])
+        views = make_views(batch["image"], params, settings)
         out = {"input": views[0]} if self.single_view else {"views": views}
         if "index" in batch:  # (B,) int64, the samples' global indices (mmssl.data.SeededItems)
             out["index"] = batch["index"]

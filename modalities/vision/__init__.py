@@ -1,5 +1,5 @@
 """Vision: the embedded synthetic shapes set, datasets/imagefolder sources, view settings and the
-batched view maker (workers decode and draw parameters; views are made on the device)."""
+batched view maker (workers decode and draw one seed per image; views are drawn and made on the device)."""
 from mmssl.modalities.vision.augment import (  # noqa: F401
     MEAN,
     NUM_PARAMS,
@@ -10,6 +10,7 @@ from mmssl.modalities.vision.augment import (  # noqa: F401
     check_views,
     denormalize,
     draw_params,
+    item_seed,
     mae_views,
     normalize,
     working_size,

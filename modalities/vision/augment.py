@@ -1,10 +1,11 @@
-"""View settings and the per-item half of the image augmentations: decode, resize, draw parameters.
+"""View settings and the per-item half of the image augmentations: decode, resize, one seed.
 
 Workers only decode: ``DecodeAndDraw`` resizes an item to a fixed working size (so a batch stacks)
-and draws every random choice of its views with the item's own ``torch.Generator`` (mmssl.data
-seeds one per item from the seed and the global sample index). The views themselves are made on
-whole batches on the device by ``mmssl.modalities.vision.batched.make_views``, so they depend on
-(seed, global sample index) alone, never on workers, process count or resume point.
+and draws one view seed from the item's own ``torch.Generator`` (mmssl.data seeds one per item from
+the seed and the global sample index). On the device, ``draw_params`` turns a whole batch's seeds
+into every random choice of its views at once (counter-based uniforms, ``mmssl.modalities.hashing``)
+and ``mmssl.modalities.vision.batched.make_views`` makes the views, so they depend on (seed, global
+sample index) alone, never on workers, process count or resume point.
 
 Each group of crops is described by a frozen ``ViewSettings`` (solo-learn's per-pipeline recipe
 keys); a task config holds a tuple of them under ``views`` (``views.0.min_scale=0.08``).
@@ -23,6 +24,7 @@ import math
 import torch
 
 from mmssl.config import ConfigError
+from mmssl.modalities.hashing import hashed_uniform
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet channel statistics, the convention most checkpoints expect
 STD = (0.229, 0.224, 0.225)
@@ -90,61 +92,87 @@ def blur_kernel(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
-def _rand(n: int, gen: torch.Generator) -> list[float]:
-    """n uniform draws in [0, 1) as Python floats: one call, the same numbers as n calls of one
-    draw each (the CPU generator fills float64 tensors one value after another)."""
-    return torch.rand(n, generator=gen, dtype=torch.float64).tolist()
+# Per crop, the counters of its uniform draws (DRAWS_PER_CROP of them, crop c at c * DRAWS_PER_CROP):
+# the box's TRIES tries of (area, log aspect ratio), then each try's (top, left) placement, then flip,
+# jitter, the four colour factors, four keys whose ranks give the colour ops' order, grayscale,
+# blur, sigma and solarize.
+TRIES = 10
+_AREA, _ASPECT, _TOP, _LEFT = (slice(k * TRIES, (k + 1) * TRIES) for k in range(4))
+_FLIP, _JITTER, _FACTORS, _ORDER, _GRAY, _BLUR, _SIGMA, _SOLARIZE = (
+    4 * TRIES, 4 * TRIES + 1, slice(4 * TRIES + 2, 4 * TRIES + 6), slice(4 * TRIES + 6, 4 * TRIES + 10),
+    4 * TRIES + 10, 4 * TRIES + 11, 4 * TRIES + 12, 4 * TRIES + 13)
+DRAWS_PER_CROP = 4 * TRIES + 14
 
 
-def crop_box(height: int, width: int, scale: tuple[float, float], gen: torch.Generator) -> tuple[int, int, int, int]:
-    """A random crop (top, left, h, w) in pixels, drawn as RandomResizedCrop does.
+def crop_boxes(heights: torch.Tensor, widths: torch.Tensor, scale: tuple[float, float],
+               u: torch.Tensor) -> torch.Tensor:
+    """Random crops (top, left, h, w) in pixels, drawn as RandomResizedCrop does, for N images at once.
 
-    Up to 10 tries: an area share uniform in ``scale`` and a log aspect ratio uniform in
-    [log 3/4, log 4/3]; the first box that fits is placed uniformly. If none fits, the largest
-    centred box whose aspect ratio lies in [3/4, 4/3].
+    heights, widths: (N,) image sides; u: float64 (N, 4 * TRIES) uniforms laid out as
+    (area, aspect, top, left) x TRIES. Of the TRIES tries (an area share uniform in ``scale`` and a log
+    aspect ratio uniform in [log 3/4, log 4/3]) the first box that fits is placed uniformly; if none
+    fits, the largest centred box whose aspect ratio lies in [3/4, 4/3]. Returns int64 (N, 4).
     """
-    area = height * width
-    for _ in range(10):
-        u_area, u_aspect = _rand(2, gen)
-        target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
-        aspect = math.exp(_LOG_RATIO[0] + (_LOG_RATIO[1] - _LOG_RATIO[0]) * u_aspect)
-        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(height - h + 1, (), generator=gen))
-            left = int(torch.randint(width - w + 1, (), generator=gen))
-            return top, left, h, w
-    ratio = width / height
-    if ratio < 3 / 4:
-        w, h = width, round(width / (3 / 4))
-    elif ratio > 4 / 3:
-        w, h = round(height * (4 / 3)), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    H, W = heights.double()[:, None], widths.double()[:, None]  # (N, 1)
+    target = H * W * (scale[0] + (scale[1] - scale[0]) * u[:, _AREA])
+    aspect = torch.exp(_LOG_RATIO[0] + (_LOG_RATIO[1] - _LOG_RATIO[0]) * u[:, _ASPECT])
+    w, h = torch.round(torch.sqrt(target * aspect)), torch.round(torch.sqrt(target / aspect))  # half to even, as round()
+    fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)  # (N, TRIES)
+    first = fits.long().argmax(dim=1, keepdim=True)  # the first try that fits (0 when none does)
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, first)[:, 0]
+
+    h, w, H, W = pick(h), pick(w), H[:, 0], W[:, 0]
+    top = torch.floor(pick(u[:, _TOP]) * (H - h + 1))
+    left = torch.floor(pick(u[:, _LEFT]) * (W - w + 1))
+    ratio = W / H  # the fallback: the whole image, trimmed to the nearest allowed aspect ratio
+    fw = torch.where(ratio > 4 / 3, torch.round(H * (4 / 3)), W)
+    fh = torch.where(ratio < 3 / 4, torch.round(W / (3 / 4)), H)
+    ok = fits.any(dim=1)
+    box = torch.stack([torch.where(ok, top, torch.div(H - fh, 2, rounding_mode="floor")),
+                       torch.where(ok, left, torch.div(W - fw, 2, rounding_mode="floor")),
+                       torch.where(ok, h, fh), torch.where(ok, w, fw)], dim=1)
+    return box.long()
 
 
-def draw_params(views: tuple[ViewSettings, ...], height: int, width: int, gen: torch.Generator) -> torch.Tensor:
-    """Every random choice of one image's crops -> float32 (total crops, NUM_PARAMS).
+def draw_params(views: tuple[ViewSettings, ...], sizes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """Every random choice of N images' crops, at once -> float32 (N, total crops, NUM_PARAMS).
 
-    Per crop, in this order: the box, then uniform draws for flip, jitter and the four colour
-    factors, the colour ops' order, then grayscale, blur, sigma and solarize. The values are kept
-    as Python floats and made into one tensor at the end: a worker draws for every item, and
-    per-entry tensor writes cost more than the draws.
+    sizes: int64 (N, 2), each source image's (height, width); seeds: int64 (N,), each image's view
+    seed (``item_seed``). Crop c of image n reads the uniforms ``hashed_uniform(seed_n)`` at counters
+    c * DRAWS_PER_CROP onwards (layout above), so an image's parameters are a function of its seed and
+    size alone, the same in any batch, on any device. Every draw is made whatever the
+    probabilities, so changing one setting never shifts the draws of the others.
     """
-    rows = []
+    total = sum(v.crops for v in views)
+    u = hashed_uniform(seeds, total * DRAWS_PER_CROP).reshape(-1, total, DRAWS_PER_CROP)  # (N, crops, draws)
+    heights, widths = sizes[:, 0].to(seeds.device), sizes[:, 1].to(seeds.device)
+    out, first = [], 0
     for v in views:
-        for _ in range(v.crops):
-            top, left, h, w = crop_box(height, width, (v.min_scale, v.max_scale), gen)
-            flip, jitter, *u = _rand(6, gen)
-            ranges = [(max(0.0, 1 - s), 1 + s) for s in (v.brightness, v.contrast, v.saturation)] + [(-v.hue, v.hue)]
-            factors = [lo + (hi - lo) * x for (lo, hi), x in zip(ranges, u)]
-            order = torch.randperm(4, generator=gen).tolist()
-            gray, blur, sigma, solarize = _rand(4, gen)
-            rows.append([top / height, left / width, (top + h) / height, (left + w) / width,
-                         flip < v.flip_prob, jitter < v.jitter_prob, *factors, *order, gray < v.gray_prob,
-                         blur < v.blur_prob, v.blur_sigma_min + (v.blur_sigma_max - v.blur_sigma_min) * sigma,
-                         solarize < v.solarize_prob])
-    return torch.tensor(rows, dtype=torch.float64).float()
+        g = u[:, first:first + v.crops].reshape(-1, DRAWS_PER_CROP)  # (N * crops, draws), image-major
+        H, W = heights.repeat_interleave(v.crops), widths.repeat_interleave(v.crops)
+        top, left, h, w = crop_boxes(H, W, (v.min_scale, v.max_scale), g).double().unbind(1)
+        H, W = H.double(), W.double()
+        lo = torch.tensor([max(0.0, 1 - v.brightness), max(0.0, 1 - v.contrast), max(0.0, 1 - v.saturation), -v.hue],
+                          dtype=torch.float64, device=u.device)
+        hi = torch.tensor([1 + v.brightness, 1 + v.contrast, 1 + v.saturation, v.hue], dtype=torch.float64, device=u.device)
+        columns = [top / H, left / W, (top + h) / H, (left + w) / W, g[:, _FLIP] < v.flip_prob,
+                   g[:, _JITTER] < v.jitter_prob]
+        factors = lo + (hi - lo) * g[:, _FACTORS]  # (N * crops, 4)
+        order = g[:, _ORDER].argsort(dim=1)  # ranks of four uniforms: a uniform permutation, as randperm(4)
+        rest = [g[:, _GRAY] < v.gray_prob, g[:, _BLUR] < v.blur_prob,
+                v.blur_sigma_min + (v.blur_sigma_max - v.blur_sigma_min) * g[:, _SIGMA], g[:, _SOLARIZE] < v.solarize_prob]
+        rows = torch.cat([torch.stack([c.double() for c in columns], 1), factors, order.double(),
+                          torch.stack([c.double() for c in rest], 1)], dim=1)  # (N * crops, NUM_PARAMS)
+        out.append(rows.reshape(-1, v.crops, NUM_PARAMS))
+        first += v.crops
+    return torch.cat(out, dim=1).float()
+
+
+def item_seed(gen: torch.Generator) -> int:
+    """The one draw an item's generator makes for its views: the seed ``draw_params`` hashes."""
+    return int(torch.randint(2**62, (), generator=gen))
 
 
 def working_size(views: tuple[ViewSettings, ...], size: int | None) -> int:
@@ -163,19 +191,22 @@ def sized_views(views: tuple[ViewSettings, ...], size: int) -> tuple[ViewSetting
 
 
 class DecodeAndDraw:
-    """The worker's whole job: uint8 (3, H, W) -> {"image": uint8 (3, S, S), "view_params": (V, NUM_PARAMS)}."""
+    """The worker's whole job: uint8 (3, H, W) -> {"image": uint8 (3, S, S), "view_seed": int64 (),
+    "source_size": int64 (2,)}, the image resized to the working size, its view seed and its (H, W)
+    before the resize (the crop boxes keep the source's proportions). ``draw_params`` turns a batch's
+    seeds and sizes into its views' parameters on the device."""
 
     def __init__(self, views: tuple[ViewSettings, ...], size: int):
         self.views, self.size = views, size
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> dict:
         check_image(img)
-        params = draw_params(self.views, img.shape[-2], img.shape[-1], gen)
+        source_size = torch.tensor(img.shape[-2:], dtype=torch.long)
         if img.shape[-2:] != (self.size, self.size):
             from torchvision.transforms.v2.functional import resize  # here: see _transforms()
 
             img = resize(img, [self.size, self.size], antialias=True)
-        return {"image": img, "view_params": params}
+        return {"image": img, "view_seed": torch.tensor(item_seed(gen)), "source_size": source_size}
 
 
 def simclr_views(min_scale: float = 0.2) -> tuple[ViewSettings]:

@@ -1,7 +1,7 @@
-"""Image views made on whole batches on the device, from per-sample parameters drawn in the workers.
+"""Image views made on whole batches on the device, from per-sample parameters.
 
 ``make_views(images, params, views)`` takes the collated uint8 batch (B, 3, S, S) and the parameters
-``DecodeAndDraw`` drew per crop (B, V, NUM_PARAMS), and returns the V views, each float32
+``draw_params`` drew per crop from the samples' view seeds (B, V, NUM_PARAMS), and returns the V views, each float32
 (B, 3, size, size) normalised with MEAN / STD, in the order of the settings' groups. Every op is
 per sample, so a batch's views equal its samples' views made one at a time.
 
@@ -19,7 +19,7 @@ crop size), as torchvision's ``antialias=True`` does. It is slower than grid_sam
 several times when shrinking a large working image, where it averages many samples per pixel), a
 cost that stays small beside the encoder's step.
 All of this is plain batched torch: kornia would add a dependency for the same ops, and its
-per-op random sampling is not driven by our per-item generators.
+per-op random sampling is not driven by our per-sample seeds.
 
 On an accelerator, random choices are applied with ``torch.where`` over the whole batch: no host
 sync, at the price of computing an op for samples that skip it. On a CPU, where reading indices
@@ -44,6 +44,7 @@ from mmssl.modalities.vision.augment import (
     blur_kernel,
     check_image,
     draw_params,
+    item_seed,
     mae_views,
     normalize,
 )
@@ -245,8 +246,8 @@ class ItemViews:
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
         check_image(img)
-        params = draw_params(self.views, img.shape[-2], img.shape[-1], gen)
-        out = [v[0] for v in make_views(img[None], params[None], self.views)]
+        params = draw_params(self.views, torch.tensor([img.shape[-2:]]), torch.tensor([item_seed(gen)]))
+        out = [v[0] for v in make_views(img[None], params, self.views)]
         return out[0] if len(out) == 1 else out
 
 

@@ -20,8 +20,9 @@ from torchvision.transforms import v2
 from mmssl import config as config_lib
 from mmssl.config import ConfigError
 from mmssl.data import StepBatchSampler
+from mmssl.modalities.hashing import hashed_uniform
 from mmssl.modalities.vision import ViewSettings, draw_params, make_views
-from mmssl.modalities.vision.augment import BOX, FLIP, GRAY, SOLARIZE, crop_box
+from mmssl.modalities.vision.augment import BOX, DRAWS_PER_CROP, FLIP, GRAY, ORDER, SOLARIZE, TRIES, crop_boxes
 from mmssl.modalities.vision.batched import (
     apply_indexed,
     apply_where,
@@ -56,10 +57,13 @@ def smooth_image(seed: int = 0, size: int = 32) -> torch.Tensor:
     return (x + 0.1 * torch.rand(3, size, size, generator=g)).clamp(0, 1)
 
 
+def sizes(n: int, height: int, width: int) -> torch.Tensor:
+    return torch.tensor([[height, width]] * n)
+
+
 def draws(settings: ViewSettings, n: int = N, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """(n, NUM_PARAMS): one crop's parameters for n items with their own generators."""
-    return torch.cat([draw_params((settings,), size, size, torch.Generator().manual_seed(seed * 100_003 + i))
-                      for i in range(n)])
+    """(n, NUM_PARAMS): one crop's parameters for n items with their own view seeds."""
+    return draw_params((settings,), sizes(n, size, size), torch.arange(n) + seed * 100_003)[:, 0]
 
 
 def ours(img: torch.Tensor, settings: ViewSettings, n: int = N) -> torch.Tensor:
@@ -94,7 +98,7 @@ IDENTITY = ViewSettings(size=32, min_scale=1.0, max_scale=1.0, flip_prob=0.0, br
 def test_batch_views_equal_views_made_one_image_at_a_time():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=g)
-    params = torch.stack([draw_params(ALL_ON, 40, 30, torch.Generator().manual_seed(i)) for i in range(6)])
+    params = draw_params(ALL_ON, sizes(6, 40, 30), torch.arange(6))
     batch = make_views(images, params, ALL_ON)
     assert [tuple(v.shape) for v in batch] == [(6, 3, 32, 32)] * 2 + [(6, 3, 8, 8)] * 3
     single = [make_views(images[i:i + 1], params[i:i + 1], ALL_ON) for i in range(6)]
@@ -256,7 +260,8 @@ def test_crop_boxes_are_distributed_as_random_resized_crop():
     from torchvision.transforms import RandomResizedCrop
 
     H, W, scale = 30, 40, (0.08, 1.0)
-    ours_boxes = torch.tensor([crop_box(H, W, scale, torch.Generator().manual_seed(i)) for i in range(N)], dtype=torch.float64)
+    ours_boxes = crop_boxes(torch.full((N,), H), torch.full((N,), W), scale,
+                            hashed_uniform(torch.arange(N), 4 * TRIES)).double()
     torch.manual_seed(0)
     img = torch.zeros(3, H, W)
     their_boxes = torch.tensor([RandomResizedCrop.get_params(img, list(scale), [3 / 4, 4 / 3]) for _ in range(N)],
@@ -268,34 +273,84 @@ def test_crop_boxes_are_distributed_as_random_resized_crop():
     assert_same_distribution(*area)
     assert_same_distribution(*[torch.log(b[:, 3] / b[:, 2]) for b in (ours_boxes, their_boxes)])
     assert_same_distribution(*[b[:, 0] + b[:, 2] / 2 for b in (ours_boxes, their_boxes)])  # vertical centre
+    assert_same_distribution(*[b[:, 1] + b[:, 3] / 2 for b in (ours_boxes, their_boxes)])  # horizontal centre
     # the drawn parameters are these boxes, as fractions of the image
-    p = draw_params((ViewSettings(),), H, W, torch.Generator().manual_seed(0))[0, BOX]
-    t, lft, h, w = crop_box(H, W, scale, torch.Generator().manual_seed(0))
+    p = draw_params((ViewSettings(),), sizes(1, H, W), torch.tensor([0]))[0, 0, BOX]
+    t, lft, h, w = crop_boxes(torch.tensor([H]), torch.tensor([W]), scale,
+                              hashed_uniform(torch.tensor([0]), 4 * TRIES))[0].tolist()
     torch.testing.assert_close(p, torch.tensor([t / H, lft / W, (t + h) / H, (lft + w) / W]))
 
 
-def test_draw_params_keeps_its_random_stream():
-    """The parameters are the draws of the documented order, one value per call of the item's
-    generator (a plain reference): a faster draw must not change which views a seed gives."""
-    def reference(v: ViewSettings, H: int, W: int, g: torch.Generator) -> list[float]:
-        def u(lo=0.0, hi=1.0):
-            return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
-        top, left, h, w = crop_box(H, W, (v.min_scale, v.max_scale), g)
-        row = [top / H, left / W, (top + h) / H, (left + w) / W, u() < v.flip_prob, u() < v.jitter_prob]
-        row += [u(max(0.0, 1 - s), 1 + s) for s in (v.brightness, v.contrast, v.saturation)] + [u(-v.hue, v.hue)]
-        row += torch.randperm(4, generator=g).tolist()
-        return row + [u() < v.gray_prob, u() < v.blur_prob, u(v.blur_sigma_min, v.blur_sigma_max), u() < v.solarize_prob]
+def _mix32(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
-    for seed in range(20):
-        g = torch.Generator().manual_seed(seed)
-        expected = [reference(v, 40, 30, g) for v in ALL_ON for _ in range(v.crops)]
-        got = draw_params(ALL_ON, 40, 30, torch.Generator().manual_seed(seed))
-        assert torch.equal(got, torch.tensor(expected, dtype=torch.float64).float())
+
+def _uniforms(seed: int, count: int) -> list[float]:
+    lo, hi = seed & 0xFFFFFFFF, seed >> 32
+    a = _mix32(lo ^ _mix32(hi)) | 1
+    b = _mix32(lo ^ 0x9E3779B9 ^ _mix32(hi ^ 0x85EBCA6B) ^ _mix32(0x85EBCA6B))
+    return [(_mix32((a * c + b) & 0xFFFFFFFF) + 0.5) * 2.0**-32 for c in range(count)]
+
+
+def test_draw_params_follow_their_documented_layout():
+    """A plain reference, one Python number at a time: the seed's two 32-bit halves give the row's
+    affine map, counter c's uniform is mix32(a c + b mod 2**32), crop k reads counters
+    k * DRAWS_PER_CROP onwards as (area, aspect, top, left) x 10 tries, flip, jitter, four factors,
+    four order keys, grayscale, blur, sigma, solarize."""
+    def reference(v: ViewSettings, H: int, W: int, u) -> list[float]:
+        def rng(lo, hi, x):
+            return lo + (hi - lo) * x
+        area, aspect, tops, lefts = (u[k * TRIES:(k + 1) * TRIES] for k in range(4))
+        for i in range(TRIES):
+            target = H * W * rng(v.min_scale, v.max_scale, area[i])
+            ratio = math.exp(rng(math.log(3 / 4), math.log(4 / 3), aspect[i]))
+            w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+            if 0 < w <= W and 0 < h <= H:
+                top, left = math.floor(tops[i] * (H - h + 1)), math.floor(lefts[i] * (W - w + 1))
+                break
+        else:
+            w = round(H * 4 / 3) if W / H > 4 / 3 else W
+            h = round(W / (3 / 4)) if W / H < 3 / 4 else H
+            top, left = (H - h) // 2, (W - w) // 2
+        r = u[4 * TRIES:]
+        row = [top / H, left / W, (top + h) / H, (left + w) / W, r[0] < v.flip_prob, r[1] < v.jitter_prob]
+        row += [rng(max(0.0, 1 - s), 1 + s, x) for s, x in zip((v.brightness, v.contrast, v.saturation), r[2:5])]
+        row += [rng(-v.hue, v.hue, r[5])] + sorted(range(4), key=lambda k: r[6 + k])
+        return row + [r[10] < v.gray_prob, r[11] < v.blur_prob, rng(v.blur_sigma_min, v.blur_sigma_max, r[12]),
+                      r[13] < v.solarize_prob]
+
+    seeds = [0, 1, 7, 2**32 - 1, 2**32, 2**32 + 7, 3 * 2**40 + 11, 2**62 - 1]
+    shapes = [(40, 30), (30, 40), (10, 100), (100, 10), (32, 32), (5, 7), (64, 48), (1, 1)]
+    got = draw_params(ALL_ON, torch.tensor(shapes), torch.tensor(seeds))
+    crops = [v for v in ALL_ON for _ in range(v.crops)]
+    for n, (seed, (H, W)) in enumerate(zip(seeds, shapes)):
+        u = _uniforms(seed, len(crops) * DRAWS_PER_CROP)
+        expected = [reference(v, H, W, u[k * DRAWS_PER_CROP:(k + 1) * DRAWS_PER_CROP]) for k, v in enumerate(crops)]
+        torch.testing.assert_close(got[n], torch.tensor(expected, dtype=torch.float64).float(), rtol=0, atol=1e-7)
+
+
+def test_a_batch_draws_each_image_as_if_alone():
+    shapes, seeds = torch.tensor([[40, 30], [8, 64], [32, 32]]), torch.tensor([5, 2**40 + 5, 5])
+    whole = draw_params(ALL_ON, shapes, seeds)
+    for i in range(3):
+        assert torch.equal(whole[i:i + 1], draw_params(ALL_ON, shapes[i:i + 1], seeds[i:i + 1]))
+    assert not torch.equal(whole[0], whole[1])  # the seed's high half counts
+    # the colour ops' order is a uniform permutation of the four, as randperm(4) draws it
+    orders = draws(ViewSettings(), n=2400)[:, ORDER].long()
+    assert (orders.sort(dim=1).values == torch.arange(4)).all()
+    counts = torch.unique(orders, dim=0, return_counts=True)[1]
+    expected = 2400 / 24
+    assert len(counts) == 24 and ((counts - expected) ** 2 / expected).sum() < 49.7  # chi-square, 23 dof, p 0.001
 
 
 def test_no_fitting_box_falls_back_to_the_central_crop():
-    assert crop_box(10, 100, (0.9, 1.0), torch.Generator().manual_seed(0)) == (0, 43, 10, 13)
-    assert crop_box(100, 10, (0.9, 1.0), torch.Generator().manual_seed(0)) == (43, 0, 13, 10)
+    boxes = crop_boxes(torch.tensor([10, 100]), torch.tensor([100, 10]), (0.9, 1.0),
+                       hashed_uniform(torch.arange(2), 4 * TRIES))
+    assert boxes.tolist() == [[0, 43, 10, 13], [43, 0, 13, 10]]
 
 
 def test_flip_matches_random_horizontal_flip():
@@ -416,7 +471,7 @@ def test_working_size_sets_the_decoded_size(tmp_path):
     task, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path)}, [*TINY, "working_size=24"])
     batch = next(iter(task.train_loader(cfg, 0, 1, 0)))
     assert batch["image"].shape == (4, 3, 24, 24) and batch["image"].dtype == torch.uint8
-    assert batch["view_params"].shape[:2] == (4, 2)
+    assert batch["view_seed"].shape == (4,) and batch["source_size"].tolist() == [[32, 32]] * 4
     task, cfg = resolve_config("swav_image", None, {"output_dir": str(tmp_path)}, [*TINY, "views.1.size=40"])
     assert next(iter(task.train_loader(cfg, 0, 1, 0)))["image"].shape[-1] == 40  # default: the largest crop
 

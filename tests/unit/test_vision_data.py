@@ -25,6 +25,7 @@ from mmssl.modalities.vision import (
     MAEView,
     ViewSettings,
     denormalize,
+    draw_params,
     make_views,
     normalize,
     open_images,
@@ -287,7 +288,8 @@ def test_recipe_in_the_seeded_loader(tmp_path):
 
     def first_batches(n):
         it = iter(train_loader(source, transform, batch_size=4, world=1, rank=0, seed=3))
-        return [make_views(b["image"], b["view_params"], settings) for b in (next(it) for _ in range(n))]
+        return [make_views(b["image"], draw_params(settings, b["source_size"], b["view_seed"]), settings)
+                for b in (next(it) for _ in range(n))]
 
     for x, y in zip(first_batches(3), first_batches(3)):
         assert x[0].shape == (4, 3, 8, 8) and torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
