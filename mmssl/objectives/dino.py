@@ -20,7 +20,7 @@ from torch import nn
 
 from mmssl import dist
 from mmssl.objectives.base import Objective
-from mmssl.objectives.heads import ema_update, embedding_std, encode_views, views_of
+from mmssl.objectives.heads import ema_update, embedding_std, encode_views, target_monitors, views_of
 from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
 
@@ -53,18 +53,6 @@ def dino_cross_entropy(student: list[torch.Tensor], targets: list[torch.Tensor],
     if not terms:
         raise ValueError("dino_loss needs two crops or more")
     return torch.stack(terms).mean()
-
-
-@torch.no_grad()
-def target_monitors(targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The two ways DINO collapses (arXiv:2104.14294, Sec. 5.3), read off targets (B, K): to a uniform
-    target (``target_entropy``, the mean entropy of one crop's target, in nats, near log K) or to one
-    output for every crop (``target_usage``, exp of the entropy of the batch's mean target: about how many
-    of the K outputs the batch's targets spread over, near 1). Healthy training keeps the first low and
-    the second well above 1."""
-    row = -torch.special.xlogy(targets, targets).sum(-1).mean()
-    mean = targets.mean(0)
-    return {"target_entropy": row, "target_usage": (-torch.special.xlogy(mean, mean).sum()).exp()}
 
 
 class DINOHead(nn.Module):

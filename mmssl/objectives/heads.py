@@ -102,3 +102,16 @@ def embedding_std(z: torch.Tensor) -> torch.Tensor:
     Returns: a detached fp32 scalar.
     """
     return F.normalize(z.detach().float(), dim=-1).std(dim=0).mean()
+
+
+@torch.no_grad()
+def target_monitors(targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How a self-distillation or clustering objective's soft targets (B, K), each row a distribution
+    over K outputs, collapse (DINO, arXiv:2104.14294, Sec. 5.3; SwAV's codes alike): to a uniform
+    target (``target_entropy``, the mean entropy of one crop's target, in nats, near log K: the scores
+    no longer tell the outputs apart) or to one output for every crop (``target_usage``, exp of the
+    entropy of the batch's mean target: about how many of the K outputs the targets spread over, near
+    1). Healthy training keeps the first well below log K and the second well above 1."""
+    row = -torch.special.xlogy(targets, targets).sum(-1).mean()
+    mean = targets.mean(0)
+    return {"target_entropy": row, "target_usage": (-torch.special.xlogy(mean, mean).sum()).exp()}

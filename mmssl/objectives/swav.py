@@ -18,7 +18,7 @@ from torch import nn
 
 from mmssl.losses import sinkhorn, swav_loss
 from mmssl.objectives.base import Objective
-from mmssl.objectives.heads import embedding_std, encode_views, mlp, views_of
+from mmssl.objectives.heads import embedding_std, encode_views, mlp, target_monitors, views_of
 from mmssl.registry import OBJECTIVES
 
 
@@ -50,6 +50,7 @@ class SwAV(Objective):
     # Each process queues its own embeddings, as the paper does per GPU; checkpoints keep every process's.
     unsynced_buffers: ClassVar[tuple[str, ...]] = ("queue",)
     per_process_buffers: ClassVar[tuple[str, ...]] = ("queue",)
+    extra_metrics: ClassVar[tuple[str, ...]] = ("target_entropy",)  # the codes' mean entropy: see forward
 
     def __init__(self, encoder: nn.Module, *, proj_hidden: int = _S.proj_hidden, proj_dim: int = _S.proj_dim,
                  num_prototypes: int = _S.num_prototypes, temperature: float = _S.temperature, eps: float = _S.eps,
@@ -122,7 +123,11 @@ class SwAV(Objective):
         else:
             codes = [sinkhorn(s, self.eps, self.sinkhorn_iters) for s in scores[: self.global_crops]]
         loss = swav_loss(scores, codes, self.temperature, self.global_crops)
-        return {"loss": loss, "std": embedding_std(z.chunk(len(views))[0])}
+        # Sinkhorn spreads the codes evenly over the prototypes (their usage stays near K), so the
+        # collapse to watch is the other one: target_entropy near log K, the embeddings no longer
+        # telling the prototypes apart
+        entropy = target_monitors(torch.cat(codes))["target_entropy"]
+        return {"loss": loss, "std": embedding_std(z.chunk(len(views))[0]), "target_entropy": entropy}
 
     @torch.no_grad()
     def _normalize_prototypes(self) -> None:

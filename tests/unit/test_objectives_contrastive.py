@@ -324,3 +324,29 @@ def test_bad_arguments_are_value_errors():
         BarlowTwins(TinyEncoder(), lambd=-1)
     with pytest.raises(ValueError):
         VICReg(TinyEncoder(), gamma=0)
+
+
+def test_swav_logs_its_codes_entropy_and_reads_log_k_when_the_embeddings_collapse():
+    """target_entropy is the mean entropy of the Sinkhorn codes the loss trains on; when every embedding is
+    the same, no prototype is preferred over the batch, the codes go uniform and it reads log K."""
+    import math
+
+    from mmssl.losses import sinkhorn
+
+    torch.manual_seed(0)
+    swav = SwAV(TinyEncoder(), proj_hidden=32, proj_dim=16, num_prototypes=10)
+    batch = BUILDERS["swav"][1]()
+    out = swav(batch)
+    with torch.no_grad():
+        z = F.normalize(swav.projector(torch.cat([swav.encoder.pool(swav.encoder.forward_features(v))
+                                                  for v in batch["views"]])), dim=1)
+        scores = (z @ swav.prototypes.weight.t()).chunk(len(batch["views"]))
+        codes = torch.cat([sinkhorn(s, swav.eps, swav.sinkhorn_iters) for s in scores[:swav.global_crops]])
+    torch.testing.assert_close(out["target_entropy"], -torch.special.xlogy(codes, codes).sum(1).mean())
+    assert out["target_entropy"] < math.log(10) - 0.01
+    last = swav.projector[-1]  # every embedding the same vector: the collapse
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(1.0)
+    collapsed = swav(batch)
+    assert collapsed["target_entropy"].item() == pytest.approx(math.log(10), abs=1e-5)
