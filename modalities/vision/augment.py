@@ -145,6 +145,8 @@ def draw_params(views: tuple[ViewSettings, ...], sizes: torch.Tensor, seeds: tor
     size alone, the same in any batch, on any device. Every draw is made whatever the
     probabilities, so changing one setting never shifts the draws of the others.
     """
+    if seeds.device.type == "mps":  # no float64 there: draw on the CPU, the views are still made on the device
+        return draw_params(views, sizes.cpu(), seeds.cpu()).to(seeds.device)
     total = sum(v.crops for v in views)
     u = hashed_uniform(seeds, total * DRAWS_PER_CROP).reshape(-1, total, DRAWS_PER_CROP)  # (N, crops, draws)
     heights, widths = sizes[:, 0].to(seeds.device), sizes[:, 1].to(seeds.device)
