@@ -34,6 +34,9 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_MIXED_HIGH = int(mix32(torch.tensor(_HIGH)))  # cancels mix32(hi ^ _HIGH) when hi = 0
+
+
 def row_keys(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-negative int64 seeds (N,) -> the rows' (a odd, b) in [0, 2**32), each (N, 1). Both
     32-bit halves of a seed count; a seed below 2**32 gives a = mix32(seed) | 1 and
@@ -41,7 +44,7 @@ def row_keys(seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     seeds = seeds.long().reshape(-1, 1)
     lo, hi = seeds & MASK32, (seeds >> 32) & MASK32
     a = mix32(lo ^ mix32(hi)) | 1
-    b = mix32(lo ^ _GOLDEN ^ mix32(hi ^ _HIGH) ^ mix32(torch.full_like(hi, _HIGH)))
+    b = mix32(lo ^ _GOLDEN ^ mix32(hi ^ _HIGH) ^ _MIXED_HIGH)
     return a, b
 
 

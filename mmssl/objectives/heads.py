@@ -112,6 +112,11 @@ def target_monitors(targets: torch.Tensor) -> dict[str, torch.Tensor]:
     no longer tell the outputs apart) or to one output for every crop (``target_usage``, exp of the
     entropy of the batch's mean target: about how many of the K outputs the targets spread over, near
     1). Healthy training keeps the first well below log K and the second well above 1."""
-    row = -torch.special.xlogy(targets, targets).sum(-1).mean()
     mean = targets.mean(0)
-    return {"target_entropy": row, "target_usage": (-torch.special.xlogy(mean, mean).sum()).exp()}
+    return {"target_entropy": target_entropy(targets), "target_usage": (-torch.special.xlogy(mean, mean).sum()).exp()}
+
+
+@torch.no_grad()
+def target_entropy(targets: torch.Tensor) -> torch.Tensor:
+    """The mean entropy of the rows of soft targets (B, K), in nats (log K when every row is uniform)."""
+    return -torch.special.xlogy(targets, targets).sum(-1).mean()

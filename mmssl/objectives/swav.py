@@ -18,7 +18,7 @@ from torch import nn
 
 from mmssl.losses import sinkhorn, swav_loss
 from mmssl.objectives.base import Objective
-from mmssl.objectives.heads import embedding_std, encode_views, mlp, target_monitors, views_of
+from mmssl.objectives.heads import embedding_std, encode_views, mlp, target_entropy, views_of
 from mmssl.registry import OBJECTIVES
 
 
@@ -126,8 +126,7 @@ class SwAV(Objective):
         # Sinkhorn spreads the codes evenly over the prototypes (their usage stays near K), so the
         # collapse to watch is the other one: target_entropy near log K, the embeddings no longer
         # telling the prototypes apart
-        entropy = target_monitors(torch.cat(codes))["target_entropy"]
-        return {"loss": loss, "std": embedding_std(z.chunk(len(views))[0]), "target_entropy": entropy}
+        return {"loss": loss, "std": embedding_std(z.chunk(len(views))[0]), "target_entropy": target_entropy(torch.cat(codes))}
 
     @torch.no_grad()
     def _normalize_prototypes(self) -> None:
