@@ -15,14 +15,14 @@ Crops use ``torchvision.ops.roi_align`` (aligned=True, adaptive sampling) rather
 ``affine_grid`` + ``grid_sample``: when upsampling both are the same half-pixel bilinear
 interpolation (they agree to 1e-5), but roi_align averages ceil(box / output) samples per output
 pixel, a box filter that keeps a crop from aliasing when it is downscaled (working size above the
-crop size), as torchvision's ``antialias=True`` does. It is slower than grid_sample (a little when enlarging,
-several times when shrinking a large working image, where it averages many samples per pixel), a
-cost that stays small beside the encoder's step.
+crop size), as torchvision's ``antialias=True`` does. On a CPU its kernel is slower than grid_sample's,
+so there the boxes it reads with one sample per output pixel (boxes no larger than the output) go
+through grid_sample at the same points, which gives the same crops.
 All of this is plain batched torch: kornia would add a dependency for the same ops, and its
 per-op random sampling is not driven by our per-sample seeds.
 
-On an accelerator, random choices are applied with ``torch.where`` over the whole batch: no host
-sync, at the price of computing an op for samples that skip it. On a CPU, where reading indices
+On an accelerator, random choices are applied by selecting over the whole batch: no host sync, at
+the price of computing an op for samples that skip it. On a CPU, where reading indices
 costs nothing, the costly ops (colour jitter, blur) run on the chosen samples only.
 """
 from __future__ import annotations
@@ -53,7 +53,11 @@ LUMA = (0.2989, 0.587, 0.114)
 
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.bool()[:, None, None, None], a, b)
+    """a for the samples where mask (N,) is set, b elsewhere; a and b broadcast to (N, C, H, W).
+
+    A lerp with weights 0 and 1 is exact at both ends (torch.lerp returns its start at weight 0 and its
+    end at weight 1) and, on a CPU, runs several times faster than torch.where over a per-sample mask."""
+    return torch.lerp(b, a, mask.to(b.dtype)[:, None, None, None])
 
 
 def apply_where(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
@@ -84,7 +88,35 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, siz
     rois = torch.stack([owner.to(x.dtype), boxes[:, 1] * W, boxes[:, 0] * H, boxes[:, 3] * W, boxes[:, 2] * H], 1)
     from torchvision.ops import roi_align  # here: importing torchvision costs every non-image run a second
 
-    return roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if x.device.type != "cpu":
+        return roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    # On a CPU roi_align's kernel is slower than grid_sample's. Where roi_align takes one sample per
+    # output pixel (a box no larger than the output, as its adaptive sampling ratio ceil(box / size)
+    # is computed in its kernel) both are the same bilinear read at the same points, with the border
+    # repeated, so those boxes go through grid_sample; larger ones keep roi_align's averaging.
+    spans = (rois[:, 3:] - 0.5) - (rois[:, 1:3] - 0.5)  # (N, 2) box width, height as the kernel has them
+    one = (torch.ceil(spans / size) == 1).all(1)
+    if bool(one.all()):
+        return _bilinear_crops(x, rois, spans, size)
+    out = x.new_empty(len(rois), x.shape[1], size, size)
+    idx, rest = one.nonzero().squeeze(1), (~one).nonzero().squeeze(1)
+    if len(idx):
+        out[idx] = _bilinear_crops(x, rois[idx], spans[idx], size)
+    out[rest] = roi_align(x, rois[rest], (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return out
+
+
+def _bilinear_crops(x: torch.Tensor, rois: torch.Tensor, spans: torch.Tensor, size: int) -> torch.Tensor:
+    """roi_align (aligned, one sample per output pixel) by grid_sample: output pixel i of a box reads
+    the image at start - 0.5 + (i + 0.5) span / size pixels, given to grid_sample in its
+    [-1, 1] coordinates (align_corners=False: pixel p sits at (2 p + 1) / side - 1)."""
+    H, W = x.shape[-2:]
+    steps = (torch.arange(size, device=x.device, dtype=x.dtype) + 0.5) / size  # (size,)
+    at = (rois[:, 1:3, None] - 0.5) + steps * spans[:, :, None]  # (N, 2, size): x, y pixel coordinates
+    sides = torch.tensor([W, H], device=x.device, dtype=x.dtype)[None, :, None]
+    u = (2 * at + 1) / sides - 1
+    grid = torch.stack([u[:, 0, None, :].expand(-1, size, -1), u[:, 1, :, None].expand(-1, -1, size)], dim=-1)
+    return F.grid_sample(x[rois[:, 0].long()], grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -114,31 +146,44 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) RGB in [0, 1] -> HSV, hue in turns [0, 1)."""
     v, c, h6 = _hexcone(x)
     s = c / torch.where(v > 0, v, 1.0)
-    return torch.stack([h6 / 6, s, v], 1)
+    return torch.stack([_wrap6(h6) / 6, s, v], 1)
+
+
+def _wrap6(t: torch.Tensor) -> torch.Tensor:
+    """t mod 6 in [0, 6), in place (t - 6 floor(t / 6): cheaper than torch.remainder on a CPU)."""
+    return t.sub_(t.div(6).floor_().mul_(6))
 
 
 def _hexcone(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Value (max channel), chroma (max - min) and hue in sixths of a turn [0, 6), each (N, H, W).
-    The hue's sector comes from the largest channel (red, then green, then blue on ties)."""
+    """Value (max channel), chroma (max - min) and hue in sixths of a turn, in [-1, 5), each (N, H, W).
+    The hue's sector comes from the largest channel (red, then green, then blue on ties). The
+    sectors are chosen by 0/1 weights rather than torch.where, which is slow on a CPU; where the
+    chroma is 0 the hue is 0 (every channel equal) and never read."""
     r, g, b = x.unbind(1)
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
-    safe = torch.where(c > 0, c, 1.0)
-    h6 = torch.where(v == r, (g - b) / safe, torch.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    return v, c, torch.remainder(h6, 6)
+    is_r = (v == r).to(x.dtype)
+    is_g = (v == g).to(x.dtype).mul_(1 - is_r)
+    is_b = 1 - is_r - is_g
+    # red: (g - b) / c; green: 2 + (b - r) / c; blue: 4 + (r - g) / c
+    num = is_r * (g - b) + is_g * (b - r) + is_b * (r - g)
+    h6 = num.div_(c.clamp_min(torch.finfo(x.dtype).tiny)).add_(2 * is_g + 4 * is_b)
+    return v, c, h6
 
 
 def _from_hexcone(v: torch.Tensor, c: torch.Tensor, h6: torch.Tensor) -> torch.Tensor:
-    """Inverse of _hexcone: channel n is v - c clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6 (n = 5, 3, 1)."""
+    """Inverse of _hexcone for any real h6 (read mod 6): channel n is v - c clamp(min(k, 4 - k), 0, 1),
+    k = (n + h6) mod 6 (n = 5, 3, 1)."""
     n = torch.tensor([5.0, 3.0, 1.0], device=v.device, dtype=v.dtype)[None, :, None, None]
-    k = torch.remainder(n + h6[:, None], 6)
-    return v[:, None] - c[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+    k = _wrap6(n + h6[:, None])
+    torch.minimum(k, 4 - k, out=k).clamp_(0, 1)  # in place: few temporaries of the (N, 3, H, W) size
+    return torch.addcmul(v[:, None], c[:, None], k, value=-1)
 
 
 def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue by ``shift`` (N,) turns, as torchvision's adjust_hue; (N, 3, H, W) -> same."""
     v, c, h6 = _hexcone(x)
-    return _from_hexcone(v, c, torch.remainder(h6 + 6 * shift[:, None, None], 6))
+    return _from_hexcone(v, c, h6.add_(6 * shift[:, None, None]))
 
 
 COLOUR_OPS = (brightness, contrast, saturation, hue)  # the indices ORDER refers to, as torchvision's
@@ -199,7 +244,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Te
 
 
 def solarize(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x >= 0.5, 1 - x, x)
+    """1 - x where x >= 0.5, else x: the smaller of the two (exactly torchvision's, without a torch.where)."""
+    return torch.minimum(x, 1 - x)
 
 
 def view_group(x: torch.Tensor, params: torch.Tensor, owner: torch.Tensor, v: ViewSettings) -> torch.Tensor:
@@ -211,7 +257,7 @@ def view_group(x: torch.Tensor, params: torch.Tensor, owner: torch.Tensor, v: Vi
         active = (v.brightness > 0, v.contrast > 0, v.saturation > 0, v.hue > 0)
         y = colour_jitter(y, params[:, JITTER] > 0.5, params[:, FACTORS], params[:, ORDER].long(), active)
     if v.gray_prob > 0:
-        y = _where(params[:, GRAY] > 0.5, grayscale(y).expand_as(y), y)
+        y = _where(params[:, GRAY] > 0.5, grayscale(y), y)
     if v.blur_prob > 0:
         kernel = blur_kernel(v.size)
         y = _apply(params[:, BLUR] > 0.5, lambda z, sigma: gaussian_blur(z, sigma, kernel), y, params[:, SIGMA])

@@ -133,7 +133,7 @@ def no_host_reads():
 
 
 def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_host():
-    """On a GPU every sample is computed and selected with torch.where (no device sync); on a CPU
+    """On a GPU every sample is computed and then selected (no device sync); on a CPU
     only the chosen samples are computed. Both give the same views."""
     x = torch.stack([smooth_image(s) for s in range(6)])
     mask = torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool)
@@ -146,6 +146,28 @@ def test_the_accelerator_path_equals_the_cpu_path_and_reads_nothing_back_to_the_
             selected = apply_where(mask, fn, x, arg)
         torch.testing.assert_close(selected, indexed, rtol=0, atol=1e-6)
         assert torch.equal(indexed[~mask], x[~mask]) and not torch.equal(indexed[mask], x[mask])
+
+
+def test_cpu_crops_equal_roi_align_for_boxes_smaller_and_larger_than_the_output():
+    """On a CPU, boxes that roi_align reads with one sample per output pixel go through grid_sample
+    (faster there); larger ones keep roi_align's averaging. Both kinds in one batch equal roi_align's."""
+    from torchvision.ops import roi_align
+
+    x = torch.stack([smooth_image(s, 40) for s in range(4)])
+    views = (ViewSettings(crops=8, size=16, min_scale=0.02, max_scale=0.6),)
+    p = draw_params(views, torch.full((4, 2), 40), torch.arange(4)).transpose(0, 1).reshape(32, -1)
+    boxes, owner = p[:, BOX], torch.arange(4).repeat(8)
+    sides = (boxes[:, 2:] - boxes[:, :2]) * 40
+    assert (sides <= 16).all(1).any() and (sides > 16).any(1).any()  # both paths are taken
+    rois = torch.stack([owner.float(), boxes[:, 1] * 40, boxes[:, 0] * 40, boxes[:, 3] * 40, boxes[:, 2] * 40], 1)
+    theirs = roi_align(x, rois, (16, 16), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    torch.testing.assert_close(resized_crops(x, boxes, owner, 16), theirs, rtol=0, atol=1e-6)
+    # every box on the fast path, as when the crops are no smaller than the working image
+    small = boxes.clone()
+    small[:, 2:] = small[:, :2] + (small[:, 2:] - small[:, :2]).clamp(max=0.3)
+    rois[:, 3:] = torch.stack([small[:, 3] * 40, small[:, 2] * 40], 1)
+    theirs = roi_align(x, rois, (16, 16), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    torch.testing.assert_close(resized_crops(x, small, owner, 16), theirs, rtol=0, atol=1e-6)
 
 
 def test_colour_jitter_is_torchvisions_ops_in_each_samples_order():
