@@ -54,6 +54,10 @@ def run_training(task: Any, cfg: Any) -> dict | None:
     cfg, notes = check_data(task, cfg)  # every data error before anything is printed or built
     check_resume(cfg)  # after check_data: a resumed run compares the label column it chose
     accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir, cpu=_cpu_processes())
+    if accelerator.device.type == "cpu":  # before the DataLoader workers fork, so they share it
+        from mmssl.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     header = (f"task {task.name} ({task.modality}, {task.encoder_names()}, {task.objective}); "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, "
               f"mixed precision {accelerator.mixed_precision}")

@@ -32,6 +32,7 @@ from mmssl.bench.peers import NO_PEER, NOT_INSTALLED, peer_versions  # noqa: F40
 from mmssl.bench.report import format_table
 from mmssl.bench.video import bench_clip_loading, bench_tracking
 from mmssl.errors import MmsslError
+from mmssl.host_memory import keep_freed_memory
 
 TASKS = (*MODEL_TASKS, "clip_loading", "tracking")
 SIZES = ("tiny", "small", "full")
@@ -76,10 +77,14 @@ def run(tasks: list[str] | None = None, size: str | None = None, device: str | N
         raise MmsslError(f"the learning rows train where run_training does ({train_device()}); "
                          f"--device {device} cannot apply to {learning[0]}")
     size = size or ("full" if dev.type == "cuda" else "small")
+    # run_training keeps freed host memory on a CPU (mmssl.host_memory); set here, before anything is
+    # timed, every side of every row (library, peers, plain loops, per-item reference) runs with it.
+    kept = dev.type == "cpu" and keep_freed_memory()
+    allocator = "glibc, freed memory kept (mmssl.host_memory)" if kept else "the system's default"
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     report: dict[str, Any] = {
         "device": str(dev), "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "size": size, "settings": {"steps": steps, "warmup": warmup, "repeats": repeats, "compile": compile,
+        "size": size, "host_allocator": allocator, "settings": {"steps": steps, "warmup": warmup, "repeats": repeats, "compile": compile,
                                    "seconds": seconds, "dataset": dataset, "points": points, "pairs": pairs},
         "peers": peer_versions(), "memory_kind": PeakMemory(dev).kind, "tasks": {},
     }

@@ -14,7 +14,7 @@ def format_table(report: dict) -> str:
     learning = [r for t, r in report["tasks"].items() if t.startswith("learning:")]
     others = {t: r for t, r in report["tasks"].items() if not t.startswith("learning:")}
     lines = [(f"mmssl bench on {report['device_name']}, torch {report['torch']}, {report['threads']} threads; "
-             f"size {report['size']}")]
+             f"size {report['size']}; host allocator: {report.get('host_allocator', 'not recorded')}")]
     if others:
         lines.append(throughput_table({**report, "tasks": others}))
     for row in learning:
