@@ -10,10 +10,12 @@ puzzle on this small net stays near ln 100 that long, and on the demo's net star
 few hundred steps). The assertion is on the linear probe, the modality's probe: the kNN also passes
 the random encoder, but not raw pixels at this size.
 
-The margin depends on the seed: at 600 steps seeds 0-2 gave linear 23.4 / 30.0 / 25.4 against the
-random encoder's 18.6 / 18.4 / 23.4 (and 28.2 / 29.8 / 29.0 with another stream of views); at the
-1000 steps run here, 25.2 / 29.0 / 26.4, so seed 2, whose random encoder is strong, passes its random
-encoder by 3.0 points only, under the 5 this test asks of seed 0."""
+The margin moves with the run: at 600 steps seeds 0-2 gave linear 23.4 / 30.0 / 25.4 against the
+random encoder's 18.6 / 18.4 / 23.4 (and 28.2 / 29.8 / 29.0 with another stream of views), and at 1000
+steps seed 0 read 25.2, 27.6 and 23.2 in three runs of the same code (thread counts change the sums'
+order, and the run follows). One run's margin (4.6 to 14 points seen) is too thin to assert on, so
+the test trains seeds 0 and 1 for 600 steps each and asserts on their mean: 28.0 / 30.4 against 18.6
+/ 18.4 when this was written."""
 import pytest
 from image_learning import assert_beats_random_and_pixels, reading, scores_after_training
 from tiny_images import ShapeImages
@@ -21,9 +23,14 @@ from tiny_images import ShapeImages
 pytestmark = pytest.mark.slow  # trains for tens of seconds
 
 
-def test_short_run_beats_random_encoder_and_pixels_on_the_linear_probe(tmp_path):
+def test_short_runs_beat_random_encoder_and_pixels_on_the_linear_probe(tmp_path):
     task = reading("jigsaw_image", ShapeImages(100, "train", seed=5), ShapeImages(50, "test", seed=6))
-    _, knn, linear = scores_after_training(task, tmp_path / "run", 1000, [
-        "image_size=32", "lr=3e-3", "objective.num_permutations=10"], linear=True)
+    knn, linear = {}, {}
+    for seed in (0, 1):
+        _, k, lin = scores_after_training(task, tmp_path / f"run{seed}", 600, [
+            "image_size=32", "lr=3e-3", "objective.num_permutations=10", f"seed={seed}"], linear=True)
+        for into, scores in ((knn, k), (linear, lin)):
+            for column, value in scores.items():
+                into[column] = into.get(column, 0.0) + value / 2
     assert_beats_random_and_pixels(linear, random_by=0.05, pixels_by=0.05)
     assert knn["trained"] > knn["random"] + 0.03, knn
