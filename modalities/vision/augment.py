@@ -172,9 +172,9 @@ def draw_params(views: tuple[ViewSettings, ...], sizes: torch.Tensor, seeds: tor
     return torch.cat(out, dim=1).float()
 
 
-def item_seed(gen: torch.Generator) -> int:
-    """The one draw an item's generator makes for its views: the seed ``draw_params`` hashes."""
-    return int(torch.randint(2**62, (), generator=gen))
+def item_seed(gen: torch.Generator) -> torch.Tensor:
+    """The one draw an item's generator makes for its views: the seed ``draw_params`` hashes (int64, 0-d)."""
+    return torch.randint(2**62, (), generator=gen)
 
 
 def working_size(views: tuple[ViewSettings, ...], size: int | None) -> int:
@@ -208,7 +208,7 @@ class DecodeAndDraw:
             from torchvision.transforms.v2.functional import resize  # here: see _transforms()
 
             img = resize(img, [self.size, self.size], antialias=True)
-        return {"image": img, "view_seed": torch.tensor(item_seed(gen)), "source_size": source_size}
+        return {"image": img, "view_seed": item_seed(gen), "source_size": source_size}
 
 
 def simclr_views(min_scale: float = 0.2) -> tuple[ViewSettings]:

@@ -88,8 +88,11 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, siz
     rois = torch.stack([owner.to(x.dtype), boxes[:, 1] * W, boxes[:, 0] * H, boxes[:, 3] * W, boxes[:, 2] * H], 1)
     from torchvision.ops import roi_align  # here: importing torchvision costs every non-image run a second
 
+    def averaged(r: torch.Tensor) -> torch.Tensor:
+        return roi_align(x, r, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
     if x.device.type != "cpu":
-        return roi_align(x, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        return averaged(rois)
     # On a CPU roi_align's kernel is slower than grid_sample's. Where roi_align takes one sample per
     # output pixel (a box no larger than the output, as its adaptive sampling ratio ceil(box / size)
     # is computed in its kernel) both are the same bilinear read at the same points, with the border
@@ -102,7 +105,7 @@ def resized_crops(x: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, siz
     idx, rest = one.nonzero().squeeze(1), (~one).nonzero().squeeze(1)
     if len(idx):
         out[idx] = _bilinear_crops(x, rois[idx], spans[idx], size)
-    out[rest] = roi_align(x, rois[rest], (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    out[rest] = averaged(rois[rest])
     return out
 
 
@@ -292,7 +295,7 @@ class ItemViews:
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
         check_image(img)
-        params = draw_params(self.views, torch.tensor([img.shape[-2:]]), torch.tensor([item_seed(gen)]))
+        params = draw_params(self.views, torch.tensor([img.shape[-2:]]), item_seed(gen)[None])
         out = [v[0] for v in make_views(img[None], params, self.views)]
         return out[0] if len(out) == 1 else out
 
