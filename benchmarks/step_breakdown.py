@@ -6,14 +6,15 @@ traced to a part rather than guessed at.
     python benchmarks/step_breakdown.py TASK [--dataset demo] [--batches 20] [--steps 60]
 
 Rows, each measured over the same ``--batches`` batches held in memory unless named otherwise:
-  data, in the training process: ``task.train_loader`` with no workers (decode, resize, draw each
-      image's view seed, collate);
+  data, held / decoded: ``task.train_loader`` gathering batches from the training set held in
+      memory (``in_memory_mib``, the default where it fits), and decoding item by item with no
+      workers (``in_memory_mib=0``: decode, resize, draw each image's view seed, collate);
   library views: ``task.on_device`` (the batch's view parameters drawn from its seeds, crops, colour
       jitter in a per-sample order, grayscale, ...);
   library objective: forward, backward and an AdamW step of the task's objective on views made beforehand;
   library views + objective: the two together, as the trainer runs them;
-  trainer, N workers: ``mmssl.run.run_training`` for ``--steps`` steps (the first quarter left out),
-      with the default two DataLoader workers and with none;
+  trainer: ``mmssl.run.run_training`` for ``--steps`` steps (the first quarter left out), with the
+      set held in memory, and decoded in the default two DataLoader workers and in none;
   plain views / plain objective / plain views + objective: the same for the plain peer, its batches
       drawn by indexing the whole set held as one tensor.
 Run it on an otherwise idle machine: timings of two jobs sharing the cores spoil each other.
@@ -63,9 +64,11 @@ def main() -> None:
         n, B = args.batches, cfg.batch_size
         rows: list[tuple[str, float]] = []
 
-        loader = iter(task.train_loader(dataclasses.replace(cfg, num_workers=0), 0, 1, 0))
-        raw = [next(loader) for _ in range(n + 1)]
-        rows.append(("data, in the training process", per_step(lambda i: next(loader), n)))
+        decoded = dataclasses.replace(cfg, in_memory_mib=0)
+        for name, c in (("data, held in memory", cfg), ("data, decoded in the training process", decoded)):
+            loader = iter(task.train_loader(dataclasses.replace(c, num_workers=0), 0, 1, 0))
+            raw = [next(loader) for _ in range(n + 1)]
+            rows.append((name, per_step(lambda i, it=loader: next(it), n)))
         with torch.no_grad():
             made = [task.on_device(cfg, b) for b in raw]
         rows.append(("library views", per_step(lambda i: task.on_device(cfg, raw[i]), n)))
@@ -88,9 +91,11 @@ def main() -> None:
 
         rows.append(("library objective", per_step(lambda i: library_step(made[i]), n)))
         rows.append(("library views + objective", per_step(library_both, n)))
-        for workers in (cfg.num_workers, 0):
-            rate = library_rate(task, dataclasses.replace(cfg, num_workers=workers), tmp / f"rate{workers}", args.steps)
-            rows.append((f"trainer, {workers} workers", 1000 * B / rate))
+        for name, c in (("trainer, held in memory", cfg),
+                        (f"trainer, decoded in {cfg.num_workers} workers", decoded),
+                        ("trainer, decoded in the training process", dataclasses.replace(decoded, num_workers=0))):
+            rate = library_rate(task, c, tmp / f"rate{len(rows)}", args.steps)
+            rows.append((name, 1000 * B / rate))
 
         torch.manual_seed(cfg.seed)
         model, min_scale, peer = plain_peer(args.task, cfg, simclr, task.build_objective(cfg).export_encoder().spec)

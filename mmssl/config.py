@@ -61,7 +61,7 @@ class TrainConfig:
     compile: bool = False  # run the objective under torch.compile (same maths; slow first step)
     # Where a batch's views are made (the same views either way): "device" (after the batch moves to
     # the training device), "workers" (in the DataLoader worker that collated it, beside the training
-    # step) or "auto" (workers when training on a CPU with num_workers > 0, else the device).
+    # step) or "auto" (the device; see mmssl.trainer.views_in_workers).
     view_placement: str = "auto"
     init: str | None = None  # start the encoder from these weights (MAE / timm / transformers ViT, torchvision ResNet)
 
@@ -72,7 +72,7 @@ class TrainConfig:
 
 # Fields that may change when a run is resumed; everything else must match the saved config.
 RUNTIME_FIELDS = {"output_dir", "num_workers", "log_every", "save_every", "keep_checkpoints", "log_with",
-                  "monitor_every", "evaluate", "compile", "view_placement"}
+                  "monitor_every", "evaluate", "compile", "view_placement", "in_memory_mib"}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -118,6 +118,27 @@ def train_loader(
     )
 
 
+class GatheredBatches:
+    """The stream ``train_loader`` yields, for a source whose items are held in memory as stacked
+    tensors: ``items[k][i]`` is item i's ``k`` as the per-item transform would return it, less its
+    random draws, which ``draw(seeds)`` makes for a batch's list of sample seeds. Each batch is
+    gathered by index in the calling process (no workers, no per-item Python), and equals the
+    collated batch of ``train_loader`` over the same items: {"index": (B,), items' keys, draw's keys}."""
+
+    def __init__(self, items: dict[str, torch.Tensor], draw: Callable[[list[int]], dict[str, torch.Tensor]],
+                 batch_size: int, world: int, rank: int, seed: int, start_batch: int = 0):
+        sizes = {len(v) for v in items.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"the held items' tensors disagree on the number of items: {sorted(sizes)}")
+        self.items, self.draw = items, draw
+        self.batch_sampler = StepBatchSampler(sizes.pop(), batch_size, world, rank, seed, start_batch)
+
+    def __iter__(self) -> Iterator[dict]:
+        for pairs in self.batch_sampler:
+            index = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+            yield {"index": index, **{k: v[index] for k, v in self.items.items()}, **self.draw([s for _, s in pairs])}
+
+
 class HeldOut:
     """A deterministic 80/20 split of one source, for datasets without a test split."""
 

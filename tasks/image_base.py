@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from mmssl.config import ConfigError, TrainConfig
-from mmssl.data import train_and_test, train_loader
+from mmssl.data import GatheredBatches, train_and_test, train_loader
 from mmssl.encoders.resnet import ResNetSettings
 from mmssl.encoders.vit import ViTSettings
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
 from mmssl.evaluation.linear import check_protocol
 from mmssl.modalities.vision.augment import DecodeAndDraw, ViewSettings, check_views, sized_views, working_size
+from mmssl.modalities.vision.in_memory import draw_view_seeds, held_mib, hold_images
 from mmssl.registry import OBJECTIVES
 from mmssl.task import Task
 from mmssl.tasks.sections import BACKBONE, DEMO_VIT, VIT_KEYS, ImageEncoders
@@ -59,6 +60,11 @@ class ImageConfig(TrainConfig):
     # The linear probe: "lbfgs" (standardised features, L-BFGS logistic regression) or "mae"
     # (MAE's protocol: BatchNorm without affine, then SGD on a linear layer).
     linear_protocol: str = "lbfgs"
+    # Hold the training images in memory, decoded once at the working size, when they take at most
+    # this many MiB per process (N x 3 x S x S bytes): batches are then gathered by index in the
+    # training process, without DataLoader workers. Larger sets (and view_placement=workers) decode
+    # every batch in the workers. 0: always the workers. The batches are the same either way.
+    in_memory_mib: int = 2048
 
     renamed: ClassVar[dict[str, str]] = {
         "backbone": BACKBONE, "convnet_widths": "encoder.convnet.widths", **VIT_KEYS, "patch_size": "encoder.vit.patch",
@@ -110,6 +116,8 @@ class ImageTask(Task):
             raise ConfigError(f"{self.name} trains on labels: pass --label-column COLUMN (the demo data's are "
                               f"the shapes' classes)")
         check_views(cfg.views)
+        if cfg.in_memory_mib < 0:
+            raise ConfigError(f"in_memory_mib must be 0 (never hold the images) or more, got {cfg.in_memory_mib}")
         if cfg.working_size is not None and cfg.working_size < 1:
             raise ConfigError(f"working_size must be a positive number of pixels, got {cfg.working_size}")
         crops = sum(v.crops for v in cfg.views)
@@ -150,9 +158,20 @@ class ImageTask(Task):
 
     def train_loader(self, cfg: ImageConfig, start_batch: int, world: int, rank: int,
                      batch_fn: Callable[[dict], dict] | None = None) -> Any:
+        """This process's batches from ``start_batch`` on: gathered from the training set held in
+        memory when it fits in ``cfg.in_memory_mib`` (and the views are made on the device), else
+        decoded item by item in ``cfg.num_workers`` DataLoader workers. The two give the same batches."""
         if cfg.streaming:
             raise DataError("image tasks read map-style datasets; drop --streaming")
-        return train_loader(self.source(cfg, cfg.split, labels=self.train_labels), self.make_item(cfg), cfg.batch_size, world, rank, cfg.seed,
+        source = self.source(cfg, cfg.split, labels=self.train_labels)
+        size = working_size(self.view_settings(cfg), cfg.working_size)
+        if batch_fn is None and held_mib(len(source), size) <= cfg.in_memory_mib:
+            if rank == 0:
+                print(f"{self.name}: holding the {len(source)} training images in memory at {size} px "
+                      f"({held_mib(len(source), size):.0f} MiB of in_memory_mib={cfg.in_memory_mib})")
+            held = hold_images(source, DecodeAndDraw(self.view_settings(cfg), size), self.train_labels, cfg.num_workers)
+            return GatheredBatches(held, draw_view_seeds, cfg.batch_size, world, rank, cfg.seed, start_batch)
+        return train_loader(source, self.make_item(cfg), cfg.batch_size, world, rank, cfg.seed,
                             start_batch, cfg.num_workers, batch_fn=batch_fn)
 
     def labelled_splits(self, cfg: ImageConfig) -> tuple[Any, Any] | None:

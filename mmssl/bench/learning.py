@@ -18,8 +18,10 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
 
 The clock is paused while kNN is measured, in both: (a)'s monitor time is its monitor row's
 ``wall_s`` less the log row's of the same step, taken out of every later time. Start-up (building
-the model, opening the data) is outside both clocks; (a)'s first batches, which wait for the
-DataLoader workers to start, are inside it, and its workers keep prefetching while it measures.
+the model, opening the data, and decoding the training set into memory where it fits in the task's
+``in_memory_mib``, as (b) holds its images) is outside both clocks. Where (a) decodes in DataLoader
+workers instead, its first batches, which wait for the workers to start, are inside it, and its
+workers keep prefetching while it measures.
 """
 from __future__ import annotations
 

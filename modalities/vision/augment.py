@@ -202,13 +202,17 @@ class DecodeAndDraw:
         self.views, self.size = views, size
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> dict:
+        return {**self.resize(img), "view_seed": item_seed(gen)}
+
+    def resize(self, img: torch.Tensor) -> dict:
+        """The item's part that draws nothing: {"image": uint8 (3, S, S), "source_size": int64 (2,)}."""
         check_image(img)
         source_size = torch.tensor(img.shape[-2:], dtype=torch.long)
         if img.shape[-2:] != (self.size, self.size):
             from torchvision.transforms.v2.functional import resize  # here: see _transforms()
 
             img = resize(img, [self.size, self.size], antialias=True)
-        return {"image": img, "view_seed": item_seed(gen), "source_size": source_size}
+        return {"image": img, "source_size": source_size}
 
 
 def simclr_views(min_scale: float = 0.2) -> tuple[ViewSettings]:

@@ -206,15 +206,19 @@ def _views(task, cfg, start: int, world: int, rank: int, n: int) -> list[list[to
 
 def test_views_are_the_same_for_any_workers_processes_and_resume_point(tmp_path):
     task, cfg = resolve_config("simclr_image", None, {"output_dir": str(tmp_path)}, [*TINY, "views.0.blur_prob=0.5"])
-    base = _views(task, cfg, 0, 1, 0, 3)
-    workers = _views(task, dataclasses.replace(cfg, num_workers=2), 0, 1, 0, 3)
+    base = _views(task, cfg, 0, 1, 0, 3)  # the demo set fits in in_memory_mib: gathered batches
+    decoded = dataclasses.replace(cfg, in_memory_mib=0)  # every item decoded in the loader
+    workers = _views(task, dataclasses.replace(decoded, num_workers=2), 0, 1, 0, 3)
+    in_process = _views(task, dataclasses.replace(decoded, num_workers=0), 0, 1, 0, 3)
     resumed = _views(task, cfg, 2, 1, 0, 1)  # starts at global batch 2
     two = dataclasses.replace(cfg, batch_size=2)  # 2 processes x 2 = the same global batch of 4
     halves = [_views(task, two, 0, 2, r, 3) for r in (0, 1)]
+    decoded_halves = [_views(task, dataclasses.replace(decoded, batch_size=2), 0, 2, r, 3) for r in (0, 1)]
     for b in range(3):
         for k in range(2):
-            assert torch.equal(base[b][k], workers[b][k])
+            assert torch.equal(base[b][k], workers[b][k]) and torch.equal(base[b][k], in_process[b][k])
             assert torch.equal(base[b][k], torch.cat([halves[0][b][k], halves[1][b][k]]))
+            assert torch.equal(base[b][k], torch.cat([decoded_halves[0][b][k], decoded_halves[1][b][k]]))
     assert all(torch.equal(x, y) for x, y in zip(base[2], resumed[0]))
     assert not torch.equal(base[0][0], base[0][1]) and not torch.equal(base[0][0], base[1][0])
     # the process slices are StepBatchSampler's

@@ -4,6 +4,7 @@ Every image file is written by the test into ``tmp_path`` with PIL; nothing is d
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from pathlib import Path
@@ -293,3 +294,49 @@ def test_recipe_in_the_seeded_loader(tmp_path):
 
     for x, y in zip(first_batches(3), first_batches(3)):
         assert x[0].shape == (4, 3, 8, 8) and torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+
+
+def test_held_images_give_the_batches_the_workers_decode(tmp_path):
+    """A folder of mixed sizes with labels and one file that breaks at read time: the training set
+    held in memory yields, batch for batch, what the workers decode and collate (images resized to the
+    working size, source sizes, view seeds, indices, labels), for two processes and a resumed start."""
+    from mmssl.data import GatheredBatches
+    from mmssl.run import resolve_config
+
+    root = tmp_path / "data"
+    write_class_folders(root, {"train": {"a": 5, "b": 4}, "test": {"a": 2, "b": 2}})
+    Image.fromarray(picture(7, (20, 14))).save(root / "train" / "b" / "wide.png")
+    data = (root / "train" / "a" / "0.png").read_bytes()
+    (root / "train" / "a" / "0.png").write_bytes(data[: len(data) // 2])  # fails when decoded, not at the scan
+    task, cfg = resolve_config("supcon_image", None, {"output_dir": str(tmp_path / "run"), "dataset": str(root),
+                                                      "label_column": "label"},
+                               ["batch_size=2", "num_workers=0", "image_size=8", "encoder.convnet.widths=8,8"])
+    with pytest.warns(UserWarning, match=r"0\.png"):
+        held = [task.train_loader(cfg, 3, 2, r) for r in (0, 1)]
+    assert all(isinstance(h, GatheredBatches) for h in held)
+    decoded = dataclasses.replace(cfg, in_memory_mib=0, num_workers=2)
+    for rank in (0, 1):
+        ours, theirs = iter(held[rank]), iter(task.train_loader(decoded, 3, 2, rank))
+        for _ in range(6):  # past an epoch's end (10 images: 2 global batches of 4)
+            a, b = next(ours), next(theirs)
+            assert sorted(a) == sorted(b) == ["image", "index", "label", "source_size", "view_seed"]
+            for key in a:
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    sizes = {tuple(s) for s in held[0].items["source_size"].tolist()}
+    assert sizes == {(12, 10), (20, 14)} and held[0].items["image"].shape == (10, 3, 8, 8)
+
+
+def test_in_memory_mib_picks_the_path_and_refuses_a_negative_budget(tmp_path):
+    from mmssl.config import ConfigError
+    from mmssl.data import GatheredBatches
+    from mmssl.run import resolve_config
+
+    write_class_folders(tmp_path / "data", {"train": {"a": 4, "b": 4}})
+    over = {"output_dir": str(tmp_path / "run"), "dataset": str(tmp_path / "data")}
+    task, cfg = resolve_config("simclr_image", None, over, ["batch_size=4", "num_workers=0", "image_size=8"])
+    assert isinstance(task.train_loader(cfg, 0, 1, 0), GatheredBatches)  # 8 x 3 x 8 x 8 bytes
+    assert isinstance(task.train_loader(dataclasses.replace(cfg, in_memory_mib=0), 0, 1, 0), torch.utils.data.DataLoader)
+    # views made in the workers need the workers
+    assert isinstance(task.train_loader(cfg, 0, 1, 0, batch_fn=lambda b: b), torch.utils.data.DataLoader)
+    with pytest.raises(ConfigError, match="in_memory_mib"):
+        resolve_config("simclr_image", None, over, ["in_memory_mib=-1"])
