@@ -14,7 +14,8 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     ``min_lr_ratio * lr`` at (a)'s last point (a run that stops by the clock cannot count its steps
     ahead, so the cosine runs over training seconds).
 (c) A reference: SimCLR's per-item torchvision views in DataLoader workers (``peers.py``) feeding
-    the plain loop's model, images/s only.
+    the peer's training step where the peer reads two views (SimCLR, BYOL, SimSiam, MoCo), else a
+    plain SimCLR model's; images/s only.
 
 The clock is paused while kNN is measured, in both: (a)'s monitor time is its monitor row's
 ``wall_s`` less the log row's of the same step, taken out of every later time. Start-up (building
@@ -176,6 +177,8 @@ def reference_rate(model: torch.nn.Module, images: torch.Tensor, cfg: Any, views
             loss.backward()
             opt.step()
             steps += 1
+            if hasattr(model, "after_step"):  # momentum encoders and queues, as in the peer's own loop
+                model.after_step(steps)
             if start is None and steps == 2:
                 start = time.perf_counter()
             elif start is not None:
@@ -192,10 +195,11 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
     """(a), (b) and (c) of the module docstring for one image task; a JSON-able row.
 
     ``pairs`` > 1 runs (a), (b) and (c) that many times in turn (a, b, c, a, b, c, ...) with the same
-    steps and seed, so that a drift in the machine's speed reaches both sides alike: the row's figures
-    are the means over the pairs, each pair's kept beside them, and the curve target is read on the
-    means. (a)'s kNN at a given step is the same computation in every pair; what varies is the
-    seconds it took, and so how far the plain loop got by then."""
+    steps, so that a drift in the machine's speed reaches both sides alike; pair i trains both sides
+    from seed ``cfg.seed + i`` (weights, data order, views), because a few hundred steps from one seed
+    differ from another's by more than the two sides do (RotNet's first point: docs/results/image.md).
+    The row's figures are the means over the pairs, each pair's kept beside them with its seed, and the
+    curve target is read on the means."""
     if pairs < 1:
         raise MmsslError(f"need pairs >= 1, not {pairs}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,29 +228,33 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         images = images.to(dev)
         runs = []
         for i in range(pairs):
-            ours = library_curve(task, dataclasses.replace(cfg, output_dir=str(tmp / f"run{i}")))
-            log(f"  mmssl: {ours['train_s']:.0f} s of training, kNN {100 * ours['points'][-1]['knn_top1']:.1f}")
-            torch.manual_seed(cfg.seed)
+            seed = cfg.seed + i
+            ours = library_curve(task, dataclasses.replace(cfg, output_dir=str(tmp / f"run{i}"), seed=seed))
+            log(f"  mmssl, seed {seed}: {ours['train_s']:.0f} s of training, kNN {100 * ours['points'][-1]['knn_top1']:.1f}")
+            torch.manual_seed(seed)
             model, min_scale, peer = plain_peer(task_name, cfg, simclr, spec)
             model = model.to(dev)
             plain = train_plain(model, images, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=min_scale,
                                 at_seconds=[p["seconds"] for p in ours["points"]],
-                                measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=cfg.seed,
+                                measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=seed,
                                 cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
-            log(f"  plain loop: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
-            # the per-item views feed a SimCLR model: the peer itself where the peer is one (its weights do not
-            # change the speed), else one built for the purpose
-            reference_model = model if isinstance(model, PlainSimCLR) else PlainSimCLR(
+            log(f"  plain loop, seed {seed}: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
+            # the per-item views feed the same method's step where the peer reads two views (SimCLR, BYOL,
+            # SimSiam, MoCo: its weights do not change the speed), so the ratio compares pipelines, not models;
+            # else (RotNet's one view, SwAV's multi-crop) a SimCLR model built for the purpose
+            reference_model = model if model.num_views == 2 else PlainSimCLR(
                 spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
-            ref = reference_rate(reference_model, images.cpu(), cfg,
+            ref = reference_rate(reference_model, images.cpu(), dataclasses.replace(cfg, seed=seed),
                                  PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
                                  min(30.0, max(2.0, seconds / 8)))
-            runs.append(pair_figures(ours, plain, ref, views, model.num_views))
+            runs.append({**pair_figures(ours, plain, ref, views, model.num_views), "seed": seed})
+        reference = f"{type(reference_model).__name__}'s step on SimCLR's per-item views (2 per image)"
     return {
         "task": f"learning:{task_name}", "dataset": dataset, "seconds": seconds, "device": str(dev),
         "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
         "clock": "kNN measurement paused in both", "peer": peer, "random_init_knn_top1": random_knn,
+        "per_item_reference": reference,
         **mean_of_pairs(runs),
     }
 
@@ -286,7 +294,7 @@ def mean_of_pairs(runs: list[dict]) -> dict:
                     "views_per_s_2x_per_item": rates["mmssl"] >= 2 * rates["per_item_reference"]},
     }
     if len(runs) > 1:
-        row["pairs"] = [{"curve": r["curve"], "final_ratio": round(r["final_ratio"], 3),
+        row["pairs"] = [{"seed": r["seed"], "curve": r["curve"], "final_ratio": round(r["final_ratio"], 3),
                          "views_per_s": {k: round(v, 1) for k, v in r["views_per_s"].items()},
                          "speedup_vs_per_item": round(r["speedup_vs_per_item"], 3),
                          "curve_at_or_above_plain": _at_or_above(r["curve"])} for r in runs]

@@ -88,13 +88,14 @@ def learning_table(r: dict) -> str:
     lines.append(f"final ratio mmssl / plain kNN: {r['final_ratio']:.3f}")
     if "pairs" in r:  # the figures above are means over pairs of runs taken in turn
         each = r["pairs"]
-        lines.append(f"means of {len(each)} pairs of runs (mmssl, plain, mmssl, plain, ...); each pair's final ratio "
+        lines.append(f"means of {len(each)} pairs of runs (mmssl, plain, mmssl, plain, ...), seeds "
+                     + ", ".join(str(q["seed"]) for q in each) + "; each pair's final ratio "
                      + ", ".join(f"{q['final_ratio']:.3f}" for q in each) + ", mmssl / per-item "
                      + ", ".join(f"{q['speedup_vs_per_item']:.2f}" for q in each) + ", curve at or above: "
                      + ", ".join("yes" if q["curve_at_or_above_plain"] else "no" for q in each))
     lines.append(f"training views/s (kNN excluded): mmssl {v['mmssl']:.0f} ({r['views']} views per image), "
                  f"plain loop {v['plain']:.0f}, per-item torchvision reference {v['per_item_reference']:.0f} "
-                 f"(SimCLR, 2 views); mmssl / per-item {r['speedup_vs_per_item']:.2f}")
+                 f"({r['per_item_reference']}); mmssl / per-item {r['speedup_vs_per_item']:.2f}")
     met = r["targets"]
     lines.append(f"targets: mmssl curve at or above the plain loop's at every point: "
                  f"{'yes' if met['curve_at_or_above_plain'] else 'no'}; mmssl views/s at least 2x per-item: "

@@ -132,12 +132,10 @@ def test_learning_row_pairs_report_the_means_of_runs_taken_in_turn(tmp_path, cap
     row = json.loads(out.read_text())["tasks"]["learning:simclr_image"]
     pairs = row["pairs"]
     assert len(pairs) == 2 and all(len(q["curve"]) == 2 for q in pairs)
+    assert [q["seed"] for q in pairs] == [0, 1]  # pair i trains both sides from seed + i
     for j, point in enumerate(row["curve"]):
         at = [q["curve"][j] for q in pairs]
-        # the library's side is the same computation in each pair (same seed, steps and data order); only its
-        # seconds, and so how far the plain loop got by then, differ
-        assert at[0]["mmssl_step"] == at[1]["mmssl_step"] == point["mmssl_step"]
-        assert at[0]["mmssl"] == pytest.approx(at[1]["mmssl"], abs=0.02)
+        assert at[0]["mmssl_step"] == at[1]["mmssl_step"] == point["mmssl_step"]  # the same steps in every pair
         for key in ("seconds", "mmssl", "plain", "plain_at_s"):
             assert point[key] == pytest.approx((at[0][key] + at[1][key]) / 2, abs=1e-3)
     for key in ("mmssl", "plain", "per_item_reference"):
@@ -145,7 +143,7 @@ def test_learning_row_pairs_report_the_means_of_runs_taken_in_turn(tmp_path, cap
                                                         abs=0.11)
     assert row["targets"]["curve_at_or_above_plain"] == all(p["mmssl"] >= p["plain"] for p in row["curve"])
     assert row["final_ratio"] == pytest.approx(row["curve"][-1]["mmssl"] / row["curve"][-1]["plain"])
-    assert "means of 2 pairs" in capsys.readouterr().out
+    assert "means of 2 pairs of runs (mmssl, plain, mmssl, plain, ...), seeds 0, 1" in capsys.readouterr().out
 
 
 def test_learning_expands_to_every_image_task():
