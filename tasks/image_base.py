@@ -126,11 +126,15 @@ class ImageTask(Task):
         if not self.single_view and crops < 2:
             raise ConfigError(f"{self.name} compares views of an image: its views give {crops} crop(s), need 2 or more")
 
+    def decoder(self, cfg: ImageConfig) -> DecodeAndDraw:
+        """What the data path does to each training image: resize to the working size, draw its view seed."""
+        views = self.view_settings(cfg)
+        return DecodeAndDraw(views, working_size(views, cfg.working_size))
+
     def make_item(self, cfg: ImageConfig) -> Callable[[dict, torch.Generator], dict]:
         """{"image": uint8 (3, H, W), ...} + generator -> {"image": uint8 (3, S, S) at the working
         size, "view_seed": int64 (), "source_size": int64 (2,)}."""
-        views = self.view_settings(cfg)
-        make = DecodeAndDraw(views, working_size(views, cfg.working_size))
+        make = self.decoder(cfg)
         if self.train_labels:  # plus "label": int, -1 for an unlabelled row
             return lambda item, gen: {**make(item["image"], gen), "label": item["label"]}
         return lambda item, gen: make(item["image"], gen)
@@ -164,12 +168,13 @@ class ImageTask(Task):
         if cfg.streaming:
             raise DataError("image tasks read map-style datasets; drop --streaming")
         source = self.source(cfg, cfg.split, labels=self.train_labels)
-        size = working_size(self.view_settings(cfg), cfg.working_size)
-        if batch_fn is None and held_mib(len(source), size) <= cfg.in_memory_mib:
+        decode = self.decoder(cfg)
+        mib = held_mib(len(source), decode.size)
+        if batch_fn is None and mib <= cfg.in_memory_mib:
             if rank == 0:
-                print(f"{self.name}: holding the {len(source)} training images in memory at {size} px "
-                      f"({held_mib(len(source), size):.0f} MiB of in_memory_mib={cfg.in_memory_mib})")
-            held = hold_images(source, DecodeAndDraw(self.view_settings(cfg), size), self.train_labels, cfg.num_workers)
+                print(f"{self.name}: holding the {len(source)} training images in memory at {decode.size} px "
+                      f"({mib:.0f} MiB of in_memory_mib={cfg.in_memory_mib})")
+            held = hold_images(source, decode, self.train_labels, cfg.num_workers)
             return GatheredBatches(held, draw_view_seeds, cfg.batch_size, world, rank, cfg.seed, start_batch)
         return train_loader(source, self.make_item(cfg), cfg.batch_size, world, rank, cfg.seed,
                             start_batch, cfg.num_workers, batch_fn=batch_fn)
