@@ -12,7 +12,9 @@ network must name which image a crop came from. Two ways to hold the N classes:
   the positive (the bank's entry of the image itself) and ``num_negatives`` entries drawn
   uniformly, with replacement, from the whole bank (so one may be the image itself, as in the
   paper's sampler), shared by the batch, at temperature tau -- the NCE-free form of the paper's
-  non-parametric softmax over a sampled set. The paper's NCE approximation is not used.
+  non-parametric softmax over a sampled set. With ``num_negatives=0`` the softmax runs over every
+  entry instead, the image's own entry its target: the exact non-parametric softmax, which the paper
+  computes where N allows (CIFAR-10's 50,000 images). The paper's NCE approximation is not used.
 
 The bank changes only in ``after_step``: each image's entry becomes the momentum average of
 itself and the features of its step (v_i <- normalize(m v_i + (1 - m) f_i), m = 0.5), with the
@@ -46,7 +48,7 @@ class ExemplarSettings:
 
     memory: str = "bank"  # "bank" (scales to any N) | "parametric" (the Exemplar CNN's N-way classifier)
     dim: int = 128
-    num_negatives: int = 4096
+    num_negatives: int = 4096  # 0: none drawn, the exact softmax over the whole bank
     temperature: float = 0.07
     bank_momentum: float = 0.5
 
@@ -69,20 +71,22 @@ class Exemplar(Objective):
                 its training set's size. Batches carry each crop's image index in [0, N).
             memory: "bank" or "parametric" (see the module docstring).
             dim: width of the projected, L2-normalised features the bank stores.
-            num_negatives: bank entries drawn per step as negatives.
+            num_negatives: bank entries drawn per step as negatives; 0: none drawn, the softmax runs
+                over every entry of the bank, exactly (the paper's choice where N is small: CIFAR).
             temperature: tau, the softmax's temperature on cosine logits.
             bank_momentum: m in v_i <- normalize(m v_i + (1 - m) f_i).
         """
         super().__init__()
         if memory not in MEMORIES:
             raise ValueError(f"memory must be one of {', '.join(MEMORIES)}, not {memory!r}")
-        if num_negatives < 1 or dim < 1 or temperature <= 0 or not 0.0 <= bank_momentum < 1.0:
-            raise ValueError(f"exemplar needs num_negatives >= 1, dim >= 1, temperature > 0 and bank_momentum in "
+        if num_negatives < 0 or dim < 1 or temperature <= 0 or not 0.0 <= bank_momentum < 1.0:
+            raise ValueError(f"exemplar needs num_negatives >= 0, dim >= 1, temperature > 0 and bank_momentum in "
                              f"[0, 1); got {num_negatives}, {dim}, {temperature}, {bank_momentum}")
         if num_images < 1:
             raise ValueError(f"exemplar needs the number of training images, got {num_images}")
         self.encoder, self.memory, self.num_images = encoder, memory, num_images
         self.num_negatives, self.temperature, self.bank_momentum = num_negatives, temperature, bank_momentum
+        self.whole_bank = memory == "bank" and num_negatives == 0
         if memory == "parametric":
             self.classifier = nn.Linear(encoder.embed_dim, num_images)
         else:
@@ -109,12 +113,20 @@ class Exemplar(Objective):
             acc = (logits.detach().argmax(dim=1) == index).float().mean()
             return {"loss": loss, "acc": acc, "std": embedding_std(h)}
         v = F.normalize(self.projector(h).float(), dim=1)  # (B, dim)
-        negatives = self.bank[self.draw_negatives(x.device)]  # (K, dim), a copy: after_step may write the bank
-        positives = self.bank[index]  # (B, dim)
-        loss = info_nce(v, positives, negatives, self.temperature)
-        with torch.no_grad():
-            pos = (v * positives).sum(dim=1)
-            acc = (pos > (v @ negatives.t()).max(dim=1).values).float().mean()
+        if self.whole_bank:
+            # The exact non-parametric softmax over all N entries (the paper's CIFAR setting): a class
+            # per image, the image's own entry its target. The bank changes only in after_step, after
+            # every micro-batch's backward has read it.
+            logits = v @ self.bank.t() / self.temperature  # (B, N)
+            loss = F.cross_entropy(logits, index)
+            acc = (logits.detach().argmax(dim=1) == index).float().mean()
+        else:
+            negatives = self.bank[self.draw_negatives(x.device)]  # (K, dim), a copy: after_step may write the bank
+            positives = self.bank[index]  # (B, dim)
+            loss = info_nce(v, positives, negatives, self.temperature)
+            with torch.no_grad():
+                pos = (v * positives).sum(dim=1)
+                acc = (pos > (v @ negatives.t()).max(dim=1).values).float().mean()
         if self.training:
             self._pending.append((dist.all_gather_nograd(index), dist.all_gather_nograd(v.detach())))
         return {"loss": loss, "acc": acc, "std": embedding_std(v)}

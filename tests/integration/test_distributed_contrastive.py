@@ -2,8 +2,8 @@
 the loss and (DDP-averaged) gradients of SimCLR, SwAV, Barlow Twins (cross-correlation and
 standardisation all-reduced), VICReg (variance and covariance over the gathered batch) and
 SupCon (positives by label across processes), MoCo's queue, DenseCL's global and dense queues,
-and instance discrimination's memory bank (negatives drawn on process 0, every process's features
-written at their indices).
+and instance discrimination's memory bank (negatives drawn on process 0, or the whole bank, every
+process's features written at their indices).
 
 BatchNorm statistics are per process on CPU (SyncBatchNorm has no CPU kernel),
 so the projectors here are built without BatchNorm; the encoder has none. The
@@ -33,7 +33,7 @@ GLOBAL_BATCH = 8
 
 
 NAMES = ("simclr", "swav", "moco", "moco_shuffle_bn", "densecl", "densecl_shuffle_bn", "barlow_twins", "vicreg",
-         "supcon", "exemplar")
+         "supcon", "exemplar", "exemplar_whole_bank")
 LABELS = torch.tensor([0, 1, 0, 2, 1, 1, 3, 0])  # positives on the same and on the other process
 INDEX = torch.tensor([7, 2, 11, 0, 5, 9, 3, 14])  # the images' indices in a bank of 16
 
@@ -50,6 +50,8 @@ def make(name):
         return objective
     if name == "exemplar":
         return Exemplar(TinyEncoder(), num_images=16, dim=16, num_negatives=10)
+    if name == "exemplar_whole_bank":  # no draws: the exact softmax over every entry
+        return Exemplar(TinyEncoder(), num_images=16, dim=16, num_negatives=0)
     if name == "supcon":
         return SupCon(TinyEncoder(), proj_hidden=32, proj_dim=16, temperature=0.5)
     if name == "moco_shuffle_bn":  # groups of 4: one per process on two, two on one process
@@ -77,7 +79,7 @@ def run(name, rank=0, world=1):
     # Processes' random streams differ; shuffle-BN's permutation is process 0's, broadcast.
     torch.manual_seed(100 + rank)
     local = [v.chunk(world)[rank] for v in views(name)]
-    if name == "exemplar":
+    if name.startswith("exemplar"):
         out = objective({"input": local[0], "index": INDEX.chunk(world)[rank]})
     else:
         out = objective({"views": local, "label": LABELS.chunk(world)[rank]})
@@ -89,7 +91,7 @@ def run(name, rank=0, world=1):
         queue = (objective.queue.clone(), int(objective.queue_ptr))
         if name.startswith("densecl"):
             queue += (objective.dense_queue.clone(), int(objective.dense_queue_ptr))
-    if name == "exemplar":
+    if name.startswith("exemplar"):
         objective.after_step(1, 10)
         queue = objective.bank.clone()
     return out["loss"].detach(), grads, queue
@@ -139,7 +141,7 @@ def test_two_processes_match_one(tmp_path):
                 assert two_queue[1::2] == one_queue[1::2] == (size,) * len(one_queue[1::2])
                 for two, one in zip(two_queue[::2], one_queue[::2]):
                     torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-6)
-        if name == "exemplar":  # every process's bank holds both processes' features
+        if name.startswith("exemplar"):  # every process's bank holds both processes' features
             for two_bank in (r[name][2] for r in ranks):
                 torch.testing.assert_close(two_bank, one_queue, rtol=1e-5, atol=1e-6)
             assert not torch.equal(one_queue, make(name).bank)

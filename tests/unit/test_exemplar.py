@@ -55,6 +55,30 @@ def test_bank_loss_matches_a_per_sample_loop():
     assert set(out) == {"loss", "acc", "std"} and 0 <= out["acc"] <= 1
 
 
+def test_no_negatives_drawn_gives_the_exact_softmax_over_every_entry():
+    objective = bank_objective(num_images=6, num_negatives=0, temperature=0.1)
+
+    def no_draws(device):
+        raise AssertionError("the whole bank is read, nothing is drawn")
+
+    objective.draw_negatives = no_draws
+    batch = batch_of([1, 4, 5])
+    out = objective(batch)
+    enc, losses, hits = objective.encoder, [], []
+    for x, i in zip(batch["input"], batch["index"].tolist()):  # Wu et al.'s P(i | v) over all N entries
+        v = objective.projector(enc.pool(enc.forward_features(x[None]))[0])
+        v = v / v.norm()
+        logits = torch.stack([torch.dot(v, objective.bank[j]) for j in range(6)]) / objective.temperature
+        losses.append(-torch.log_softmax(logits, dim=0)[i])
+        hits.append(float(logits.argmax() == i))
+    ref = torch.stack(losses).mean()
+    torch.testing.assert_close(out["loss"], ref)
+    grad, = torch.autograd.grad(out["loss"], objective.projector.weight)
+    torch.testing.assert_close(grad, torch.autograd.grad(ref, objective.projector.weight)[0])
+    assert out["acc"].item() == pytest.approx(sum(hits) / 3)
+    assert not bank_objective(num_images=6, num_negatives=6).whole_bank  # draws, even as many as N: sampled
+
+
 def test_negatives_are_uniform_draws_from_the_whole_bank():
     objective = bank_objective(num_images=6, num_negatives=6000)
     counts = torch.bincount(objective.draw_negatives(torch.device("cpu")), minlength=6)
@@ -106,7 +130,7 @@ def test_an_index_outside_the_bank_stops_with_one_clear_error():
 
 @pytest.mark.parametrize("settings, message", [
     ({"memory": "queue"}, "memory must be one of parametric, bank"),
-    ({"num_negatives": 0}, "num_negatives >= 1"),
+    ({"num_negatives": -1}, "num_negatives >= 0"),
     ({"bank_momentum": 1.0}, r"bank_momentum in \[0, 1\)"),
     ({"bank_momentum": -0.1}, r"bank_momentum in \[0, 1\)"),
     ({"temperature": 0.0}, "temperature > 0"),
