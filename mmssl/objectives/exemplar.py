@@ -53,6 +53,12 @@ class ExemplarSettings:
     bank_momentum: float = 0.5
 
 
+def name_image(logits: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) logits over the N images, each row's own image ``index`` (B,) -> (mean cross-entropy,
+    the share of rows whose highest logit is their own image)."""
+    return F.cross_entropy(logits, index), (logits.detach().argmax(dim=1) == index).float().mean()
+
+
 @OBJECTIVES.register("exemplar")
 class Exemplar(Objective):
     Settings: ClassVar[type] = ExemplarSettings
@@ -108,18 +114,14 @@ class Exemplar(Objective):
         self._check(index)
         h = self.encoder.pool(self.encoder.forward_features(x))  # (B, D)
         if self.memory == "parametric":
-            logits = self.classifier(h).float()  # (B, N)
-            loss = F.cross_entropy(logits, index)
-            acc = (logits.detach().argmax(dim=1) == index).float().mean()
+            loss, acc = name_image(self.classifier(h).float(), index)  # (B, N) logits
             return {"loss": loss, "acc": acc, "std": embedding_std(h)}
         v = F.normalize(self.projector(h).float(), dim=1)  # (B, dim)
         if self.whole_bank:
             # The exact non-parametric softmax over all N entries (the paper's CIFAR setting): a class
             # per image, the image's own entry its target. The bank changes only in after_step, after
             # every micro-batch's backward has read it.
-            logits = v @ self.bank.t() / self.temperature  # (B, N)
-            loss = F.cross_entropy(logits, index)
-            acc = (logits.detach().argmax(dim=1) == index).float().mean()
+            loss, acc = name_image(v @ self.bank.t() / self.temperature, index)  # (B, N) logits
         else:
             negatives = self.bank[self.draw_negatives(x.device)]  # (K, dim), a copy: after_step may write the bank
             positives = self.bank[index]  # (B, dim)
