@@ -3,7 +3,7 @@
 Most patch tokens are dropped at random (argsort of uniform noise), the
 encoder runs on the visible ones only, and a light decoder fills the rest
 with a learned mask token, adds positions and predicts every patch's values;
-the loss is the squared error on the masked patches, against targets
+the loss is the squared error on the masked patches (``loss_on_visible``: on all), against targets
 normalised per patch. ``masking="tube"`` masks the same spatial positions at
 every time index of a (t, h, w) grid (VideoMAE, arXiv:2203.12602), so a
 masked patch cannot be copied from its neighbour in time.
@@ -64,13 +64,15 @@ def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | Non
 @dataclasses.dataclass(frozen=True)
 class MAESettings:
     """MAE's settings, defaults from the paper (arXiv:2111.06377): 75% of the patches masked, a
-    512-d decoder of 8 blocks with 16 heads, targets normalised per patch (norm_pix_loss)."""
+    512-d decoder of 8 blocks with 16 heads, targets normalised per patch (norm_pix_loss), the loss on
+    the masked patches only (``loss_on_visible`` adds the visible ones: the paper's ablation in Sec. 4)."""
 
     mask_ratio: float = 0.75
     decoder_dim: int = 512
     decoder_depth: int = 8
     decoder_heads: int = 16
     norm_pix_loss: bool = True
+    loss_on_visible: bool = False
 
 
 @OBJECTIVES.register("mae")
@@ -81,13 +83,15 @@ class MAE(Objective):
     def __init__(self, encoder: nn.Module, *, mask_ratio: float = MAESettings.mask_ratio,
                  decoder_dim: int = MAESettings.decoder_dim, decoder_depth: int = MAESettings.decoder_depth,
                  decoder_heads: int = MAESettings.decoder_heads, norm_pix_loss: bool = MAESettings.norm_pix_loss,
-                 masking: str = "random"):
+                 loss_on_visible: bool = MAESettings.loss_on_visible, masking: str = "random"):
         """
         Args:
             encoder: a ViT-like encoder with the hooks in ``HOOKS``.
             mask_ratio: fraction of patches masked, in (0, 1).
             decoder_dim, decoder_depth, decoder_heads: width, blocks and heads of the decoder.
             norm_pix_loss: targets are each patch's values normalised by its own mean and std.
+            loss_on_visible: the loss averages over every patch, the visible ones too, rather than
+                over the masked ones only.
             masking: "random" (per token) or "tube" (per spatial position, over a (t, h, w) grid);
                 not a setting: it follows from the task's input (tube for video, arXiv:2203.12602).
         """
@@ -104,6 +108,7 @@ class MAE(Objective):
             raise ValueError(f"tube masking needs a (t, h, w) patch grid, the encoder has {list(encoder.grid)}")
         self.encoder = encoder
         self.mask_ratio, self.norm_pix_loss, self.masking = mask_ratio, norm_pix_loss, masking
+        self.loss_on_visible = loss_on_visible
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(encoder.grid, decoder_dim)[None],
@@ -177,16 +182,19 @@ class MAE(Objective):
         x = batch["input"]  # (B, C, H, W), (B, 1, F, T) or (B, C, T, H, W)
         target = self.encoder.patchify.to_patches(x)  # (B, N, P)
         latent, _mask, ids_restore = self.forward_encoder(x, target)
-        # Every example masks the same number of tokens: the masked positions in shuffle order.
-        ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
-        keep = latent.shape[1] - getattr(self.encoder, "num_prefix_tokens", 0)  # without the class token
-        masked = ids_shuffle[:, keep:]  # (B, M)
-        pred = self.forward_decoder(latent, ids_restore, masked_only=True, ids_shuffle=ids_shuffle)  # (B, M, P)
-        target = gather_tokens(target, masked)  # (B, M, P)
+        if self.loss_on_visible:  # every patch predicted, in the original order
+            pred = self.forward_decoder(latent, ids_restore)  # (B, N, P)
+        else:
+            # Every example masks the same number of tokens: the masked positions in shuffle order.
+            ids_shuffle = ids_restore.argsort(dim=1)  # (B, N): visible positions, then masked ones
+            keep = latent.shape[1] - getattr(self.encoder, "num_prefix_tokens", 0)  # without the class token
+            masked = ids_shuffle[:, keep:]  # (B, M)
+            pred = self.forward_decoder(latent, ids_restore, masked_only=True, ids_shuffle=ids_shuffle)  # (B, M, P)
+            target = gather_tokens(target, masked)  # (B, M, P)
         if self.norm_pix_loss:
             mean, std = self.patch_stats(target)
             target = (target - mean) / std
-        # the mean over masked patches of each patch's mean squared error (equal counts per example)
+        # the mean over the scored patches of each one's mean squared error (equal counts per example)
         loss = F.mse_loss(pred.float(), target.float())
         return {"loss": loss, "std": embedding_std(self.encoder.pool(latent))}
 

@@ -51,15 +51,16 @@ def test_mae_validates_arguments():
         MAE(ENCODERS.build("resnet"))
 
 
-def reference_mae_loss(x, pred, mask, p):
-    """Loop over samples and masked patches; a patch is x[:, i*p:(i+1)*p, j*p:(j+1)*p] laid out (p, p, c)."""
+def reference_mae_loss(x, pred, mask, p, visible_too=False):
+    """Loop over samples and masked patches (every patch with ``visible_too``); a patch is
+    x[:, i*p:(i+1)*p, j*p:(j+1)*p] laid out (p, p, c)."""
     B, _, H, W = x.shape
     losses = []
     for b in range(B):
         for i in range(H // p):
             for j in range(W // p):
                 n = i * (W // p) + j
-                if mask[b, n] == 1:
+                if mask[b, n] == 1 or visible_too:
                     t = x[b, :, i * p:(i + 1) * p, j * p:(j + 1) * p].permute(1, 2, 0).reshape(-1)
                     t = (t - t.mean()) / (t.var() + 1e-6) ** 0.5
                     losses.append(((pred[b, n] - t) ** 2).mean())
@@ -87,6 +88,21 @@ def test_mae_loss_matches_reference_and_every_parameter_learns():
     for name, param in mae.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, name
     assert mae.export_encoder() is mae.encoder
+
+
+def test_loss_on_visible_patches_scores_every_patch():
+    torch.manual_seed(0)
+    mae = tiny_mae(loss_on_visible=True)
+    x = torch.randn(3, 3, 16, 16)
+    torch.manual_seed(1)
+    out = mae({"input": x})
+    torch.manual_seed(1)
+    latent, mask, ids_restore = mae.forward_encoder(x)
+    pred = mae.forward_decoder(latent, ids_restore)
+    torch.testing.assert_close(out["loss"], reference_mae_loss(x, pred, mask, 4, visible_too=True))
+    assert not torch.allclose(out["loss"], reference_mae_loss(x, pred, mask, 4))
+    out["loss"].backward()
+    assert mae.mask_token.grad.abs().sum() > 0 and mae.encoder.patch_embed.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("norm_pix_loss", [True, False])

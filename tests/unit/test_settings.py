@@ -49,8 +49,8 @@ def test_the_paper_defaults():
     swav = OBJECTIVES.get("swav").Settings()
     assert (swav.num_prototypes, swav.eps, swav.sinkhorn_iters, swav.temperature) == (3000, 0.05, 3, 0.1)
     mae = OBJECTIVES.get("mae").Settings()
-    assert (mae.mask_ratio, mae.decoder_dim, mae.decoder_depth, mae.decoder_heads, mae.norm_pix_loss) == \
-        (0.75, 512, 8, 16, True)
+    assert (mae.mask_ratio, mae.decoder_dim, mae.decoder_depth, mae.decoder_heads, mae.norm_pix_loss,
+            mae.loss_on_visible) == (0.75, 512, 8, 16, True, False)
     assert CPCSettings().steps == 12
     ce = OBJECTIVES.get("context_encoder").Settings()
     assert (ce.mask, ce.mask_area, ce.overlap, ce.overlap_weight) == ("center", 0.25, 4, 10.0)
