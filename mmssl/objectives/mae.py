@@ -65,7 +65,7 @@ def random_masking(tokens: torch.Tensor, ratio: float, noise: torch.Tensor | Non
 class MAESettings:
     """MAE's settings, defaults from the paper (arXiv:2111.06377): 75% of the patches masked, a
     512-d decoder of 8 blocks with 16 heads, targets normalised per patch (norm_pix_loss), the loss on
-    the masked patches only (``loss_on_visible`` adds the visible ones: the paper's ablation in Sec. 4)."""
+    the masked patches only (``loss_on_visible`` adds the visible ones, the variant the paper sets aside)."""
 
     mask_ratio: float = 0.75
     decoder_dim: int = 512
