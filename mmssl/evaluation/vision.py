@@ -155,6 +155,9 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
     return "\n".join(lines)
 
 
+FINETUNE_LR, FINETUNE_BATCH = 1e-4, 64
+
+
 def finetune(
     encoder: nn.Module,
     train: Any,
@@ -163,8 +166,8 @@ def finetune(
     transform_eval: Callable[[torch.Tensor], torch.Tensor],
     num_classes: int,
     steps: int = 1000,
-    lr: float = 1e-4,
-    batch_size: int = 64,
+    lr: float = FINETUNE_LR,
+    batch_size: int = FINETUNE_BATCH,
     weight_decay: float = 0.05,
     seed: int = 0,
     max_test: int | None = None,

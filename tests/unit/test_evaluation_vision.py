@@ -142,6 +142,33 @@ def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
     assert main(["probe", "--checkpoint", str(run), "--readout", "tokens", "--report", str(tmp_path / "r.json")]) in (0, None)
     probed = json.loads((tmp_path / "r.json").read_text())
     assert list(probed["knn"]) == ["mae_image", "random", "mae_image pooled", "random pooled", "pixels"]
+    assert "finetune" not in probed
+    assert main(["probe", "--checkpoint", str(run), "--finetune-steps", "2", "--report", str(tmp_path / "f.json")]) in (0, None)
+    tuned = json.loads((tmp_path / "f.json").read_text())["finetune"]
+    assert 0 <= tuned["mae_image"] <= 1 and 0 <= tuned["random"] <= 1 and "2 steps of 64" in tuned["line"]
+
+
+def test_fine_tuning_in_the_report_runs_the_trained_encoder_beside_its_random_init(tmp_path):
+    from mmssl.config import ConfigError
+    from mmssl.modalities.vision import MAEView
+    from mmssl.run import resolve_config
+
+    dark_and_light_folder(tmp_path / "images", train=6, test=4)
+    flags = {"dataset": str(tmp_path / "images"), "label_column": "label", "output_dir": str(tmp_path / "run")}
+    task, cfg = resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_steps=3", "seed=4"])
+    encoder = task.build_objective(cfg).encoder
+    report = task.evaluate(cfg, encoder)["finetune"]
+    train, test = task.labelled_splits(cfg)
+    # Each figure is the plain fine-tuning of that encoder, same recipe and seed: the trained encoder and
+    # the same architecture from the random initialisation the probes use.
+    for name, enc in (("mae_image", encoder), ("random", task.random_encoder(cfg, encoder))):
+        alone = finetune(enc, train, test, MAEView(16), task.eval_view(cfg), 2, steps=3, seed=4)
+        assert report[name] == alone["accuracy"] and report["train_loss"][name] == alone["train_loss"]
+    assert report["train_loss"]["mae_image"] != report["train_loss"]["random"]
+    assert "3 steps of 64" in report["line"] and "seed 4" in report["line"]
+    assert "mae_image" in report["line"] and "from random init" in report["line"]
+    with pytest.raises(ConfigError, match="finetune_steps must be 0"):
+        resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_steps=-1"])
 
 
 # ---------------------------------------------------------------- probes and fine-tuning
