@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mmssl.bench.learning import _quiet, _rows, learning_config, library_rate, plain_peer
+from mmssl.bench.learning import learning_config, library_rate, metric_rows, plain_peer, quietly
 from mmssl.bench.plain_loop import load_images, train_plain
 
 
@@ -52,8 +52,8 @@ def main() -> None:
 
     def library(seed: int) -> list[float]:
         c = dataclasses.replace(cfg, output_dir=str(tmp / f"lib{seed}"), seed=seed)
-        _quiet(lambda: run_training(task, c))
-        return intervals([r["wall_s"] for r in _rows(Path(c.output_dir)) if "loss" in r])
+        quietly(lambda: run_training(task, c))
+        return intervals([r["wall_s"] for r in metric_rows(Path(c.output_dir)) if "loss" in r])
 
     def plain(seed: int) -> list[float]:
         torch.manual_seed(seed)

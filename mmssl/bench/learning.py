@@ -108,13 +108,14 @@ def learning_config(task_name: str, size: str, dataset: str, out_dir: Path, **fl
     return resolve_config(task_name, None, {**base, **flags}, [])
 
 
-def _quiet(fn: Callable[[], Any]) -> Any:
+def quietly(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` with what it prints sent to stderr, beside the bench's own progress lines."""
     with contextlib.redirect_stdout(sys.stderr):
         return fn()
 
 
-def _rows(out_dir: Path) -> list[dict]:
+def metric_rows(out_dir: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``, in order."""
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
@@ -132,8 +133,8 @@ def library_curve(task: Any, cfg: Any) -> dict:
     """Train through ``run_training``; the kNN points with their training seconds (monitor time removed)."""
     from mmssl.run import run_training
 
-    _quiet(lambda: run_training(task, cfg))
-    rows = _rows(Path(cfg.output_dir))
+    quietly(lambda: run_training(task, cfg))
+    rows = metric_rows(Path(cfg.output_dir))
     logged = {r["step"]: r["wall_s"] for r in rows if "loss" in r}
     points, paused = [], 0.0
     for r in (r for r in rows if "monitor/knn_top1" in r):
@@ -153,8 +154,8 @@ def library_rate(task: Any, cfg: Any, out_dir: Path, steps: int) -> float:
     every = max(1, steps // 4)
     warm = dataclasses.replace(cfg, output_dir=str(out_dir), max_steps=steps, monitor_every=0, log_every=every,
                                save_every=steps)
-    _quiet(lambda: run_training(task, warm))
-    rows = [r for r in _rows(out_dir) if "loss" in r]
+    quietly(lambda: run_training(task, warm))
+    rows = [r for r in metric_rows(out_dir) if "loss" in r]
     first, last = rows[0], rows[-1]
     return (last["samples"] - first["samples"]) / max(1e-6, last["wall_s"] - first["wall_s"])
 
