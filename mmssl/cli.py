@@ -38,7 +38,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("dataset", "dataset_config", "split", "eval_split", "label_column", "audio_column", "image_column",
              "video_column", "output_dir", "max_steps", "log_with", "readout", "init", "utterance_pooling",
-             "linear_protocol", "finetune_steps")
+             "linear_protocol", "finetune_steps", "finetune_lr")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for flag in ("streaming", "compile"):
         if getattr(args, flag, False):
@@ -101,7 +101,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     cfg = config_lib.apply_overrides(task.default_config(), {k: v for k, v in base.items() if v is not None})
     flags = _flag_overrides(args)
     for flag, modality in (("readout", "image"), ("linear_protocol", "image"), ("finetune_steps", "image"),
-                           ("utterance_pooling", "audio")):
+                           ("finetune_lr", "image"), ("utterance_pooling", "audio")):
         if flag in flags and not hasattr(cfg, flag):
             raise MmsslError(f"--{flag.replace('_', '-')} applies to {modality} tasks; {meta['task']} has no {flag}")
     if flags.get("dataset") not in (None, "demo"):  # a new dataset: its own splits and columns
@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--finetune-steps", type=int,
                        help="image tasks: also fine-tune end to end for this many steps, the trained encoder "
                             "beside the same architecture from random initialisation (default: the run's setting)")
+    probe.add_argument("--finetune-lr", type=float, help="image tasks: the fine-tuning's rate (default: the run's setting)")
     probe.add_argument("--report", help="also write the report as JSON here")
     probe.set_defaults(fn=cmd_probe)
     track = sub.add_parser("track", help="DAVIS label propagation with an encoder's features, scored with J&F")

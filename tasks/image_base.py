@@ -49,6 +49,7 @@ class ImageConfig(TrainConfig):
     probe_max_train: int = 10000
     probe_max_test: int = 5000
     finetune_steps: int = 0  # > 0 adds end-to-end fine-tuning to the evaluation, trained and from random init
+    finetune_lr: float = 1e-4  # the fine-tuning's AdamW rate after its warm-up (about MAE's ViT-B rate, 5e-4 x 64 / 256)
     # What the kNN / linear probes, the monitor and the t-SNE read: "pooled" (the encoder's pool,
     # which contrastive and rotation objectives train) or "tokens" (the token map, concatenated).
     readout: str = "pooled"
@@ -120,6 +121,8 @@ class ImageTask(Task):
             raise ConfigError(f"in_memory_mib must be 0 (never hold the images) or more, got {cfg.in_memory_mib}")
         if cfg.finetune_steps < 0:
             raise ConfigError(f"finetune_steps must be 0 (no fine-tuning) or more, got {cfg.finetune_steps}")
+        if not cfg.finetune_lr > 0:
+            raise ConfigError(f"finetune_lr must be a positive rate, got {cfg.finetune_lr}")
         if cfg.working_size is not None and cfg.working_size < 1:
             raise ConfigError(f"working_size must be a positive number of pixels, got {cfg.working_size}")
         crops = sum(v.crops for v in cfg.views)

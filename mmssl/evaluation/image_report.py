@@ -92,20 +92,20 @@ def unlabelled_report(task: Any, cfg: Any, encoders: dict[str, nn.Module]) -> di
 
 def finetune_report(task: Any, cfg: Any, encoders: dict[str, nn.Module], train: Any, test: Any) -> dict:
     """End-to-end fine-tuning (``mmssl.evaluation.vision.finetune``) of each of ``encoders`` for
-    ``cfg.finetune_steps`` steps on MAE's training view, the same recipe and seed for each.
+    ``cfg.finetune_steps`` steps at ``cfg.finetune_lr`` on MAE's training view, the same recipe and seed for each.
 
     The encoders are the trained one and the same architecture at its random initialisation: a
     fine-tuned accuracy says what pre-training gave only beside training from scratch on the same
     labels and budget (the MAE paper's comparison). Returns {name: accuracy}, "train_loss" ({name: the
     last step's loss}), "recipe" (the settings, in words) and "line" (the table's line)."""
-    from mmssl.evaluation.vision import FINETUNE_BATCH, FINETUNE_LR, finetune
+    from mmssl.evaluation.vision import FINETUNE_BATCH, finetune
     from mmssl.modalities.vision import MAEView
 
     classes = getattr(train, "num_classes", None) or int(max(train[i]["label"] for i in range(len(train)))) + 1
     runs = {name: finetune(enc, train, test, MAEView(cfg.image_size), task.eval_view(cfg), classes,
-                           steps=cfg.finetune_steps, seed=cfg.seed)
+                           steps=cfg.finetune_steps, lr=cfg.finetune_lr, seed=cfg.seed)
             for name, enc in encoders.items()}
-    recipe = (f"{cfg.finetune_steps} steps of {FINETUNE_BATCH}, AdamW lr {FINETUNE_LR:g} with warm-up and cosine, "
+    recipe = (f"{cfg.finetune_steps} steps of {FINETUNE_BATCH}, AdamW lr {cfg.finetune_lr:g} with warm-up and cosine, "
               f"crop and flip, seed {cfg.seed}")
     scores = " / ".join(f"{name if name != 'random' else 'from random init'} {100 * r['accuracy']:.1f}%"
                         for name, r in runs.items())

@@ -143,9 +143,11 @@ def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
     probed = json.loads((tmp_path / "r.json").read_text())
     assert list(probed["knn"]) == ["mae_image", "random", "mae_image pooled", "random pooled", "pixels"]
     assert "finetune" not in probed
-    assert main(["probe", "--checkpoint", str(run), "--finetune-steps", "2", "--report", str(tmp_path / "f.json")]) in (0, None)
+    assert main(["probe", "--checkpoint", str(run), "--finetune-steps", "2", "--finetune-lr", "2e-3",
+                 "--report", str(tmp_path / "f.json")]) in (0, None)
     tuned = json.loads((tmp_path / "f.json").read_text())["finetune"]
-    assert 0 <= tuned["mae_image"] <= 1 and 0 <= tuned["random"] <= 1 and "2 steps of 64" in tuned["line"]
+    assert 0 <= tuned["mae_image"] <= 1 and 0 <= tuned["random"] <= 1
+    assert "2 steps of 64" in tuned["line"] and "lr 0.002" in tuned["line"]
 
 
 def test_fine_tuning_in_the_report_runs_the_trained_encoder_beside_its_random_init(tmp_path):
@@ -169,6 +171,13 @@ def test_fine_tuning_in_the_report_runs_the_trained_encoder_beside_its_random_in
     assert "mae_image" in report["line"] and "from random init" in report["line"]
     with pytest.raises(ConfigError, match="finetune_steps must be 0"):
         resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_steps=-1"])
+    with pytest.raises(ConfigError, match="finetune_lr must be a positive rate"):
+        resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_lr=0"])
+    task, fast = resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_steps=2", "finetune_lr=3e-3"])
+    faster = task.evaluate(fast, encoder)["finetune"]
+    alone = finetune(encoder, train, test, MAEView(16), task.eval_view(fast), 2, steps=2, lr=3e-3, seed=0)
+    assert faster["mae_image"] == alone["accuracy"] and faster["train_loss"]["mae_image"] == alone["train_loss"]
+    assert "lr 0.003" in faster["line"]
 
 
 # ---------------------------------------------------------------- probes and fine-tuning
