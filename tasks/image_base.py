@@ -21,6 +21,7 @@ from mmssl.encoders.vit import ViTSettings
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
 from mmssl.evaluation.linear import check_protocol
+from mmssl.evaluation.vision import FINETUNE_LR
 from mmssl.modalities.vision.augment import DecodeAndDraw, ViewSettings, check_views, sized_views, working_size
 from mmssl.modalities.vision.in_memory import draw_view_seeds, held_mib, hold_images
 from mmssl.registry import OBJECTIVES
@@ -49,7 +50,7 @@ class ImageConfig(TrainConfig):
     probe_max_train: int = 10000
     probe_max_test: int = 5000
     finetune_steps: int = 0  # > 0 adds end-to-end fine-tuning to the evaluation, trained and from random init
-    finetune_lr: float = 1e-4  # the fine-tuning's AdamW rate after its warm-up (about MAE's ViT-B rate, 5e-4 x 64 / 256)
+    finetune_lr: float = FINETUNE_LR  # the fine-tuning's AdamW rate after its warm-up
     # What the kNN / linear probes, the monitor and the t-SNE read: "pooled" (the encoder's pool,
     # which contrastive and rotation objectives train) or "tokens" (the token map, concatenated).
     readout: str = "pooled"
