@@ -159,6 +159,15 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
 FINETUNE_LR, FINETUNE_BATCH = 1e-4, 64
 
 
+def train_views(transform: Callable, images: list[torch.Tensor], gen: torch.Generator,
+                device: torch.device) -> torch.Tensor:
+    """One training view per image, (N, 3, S, S) on ``device``: ``transform.batch`` where the transform
+    has it (views made on the device from the whole batch), else ``transform(img, gen)`` image by image."""
+    if hasattr(transform, "batch"):
+        return transform.batch(images, gen, device)
+    return torch.stack([transform(img, gen) for img in images]).to(device)
+
+
 def finetune(
     encoder: nn.Module,
     train: Any,
@@ -177,8 +186,9 @@ def finetune(
 
     AdamW on every parameter, lr warm-up over the first 10% of steps then cosine decay; the
     batches walk seeded permutations of ``train`` and each view is transform_train(img, gen)
-    with one seeded generator, so a run is repeatable. Unlabelled items (-1) are ignored by the
-    loss. The caller's encoder is left untouched.
+    with one seeded generator, so a run is repeatable (a transform with a ``batch(images, gen,
+    device)`` method, such as ``ItemViews``, makes a batch's views at once on the device, the same
+    views). Unlabelled items (-1) are ignored by the loss. The caller's encoder is left untouched.
     Returns {"accuracy": test accuracy, "train_loss": loss of the last step}.
     """
     if steps < 1 or batch_size < 1 or num_classes < 2:
@@ -199,7 +209,7 @@ def finetune(
             order, pos = torch.randperm(len(train), generator=gen), 0
         items = [train[int(i)] for i in order[pos : pos + batch_size]]
         pos += batch_size
-        x = torch.stack([transform_train(it["image"], gen) for it in items]).to(device)  # (b, 3, S, S)
+        x = train_views(transform_train, [it["image"] for it in items], gen, device)  # (b, 3, S, S)
         y = torch.tensor([int(it["label"]) for it in items], device=device)
         if not (y >= 0).any():
             continue  # cross-entropy over no labelled items is NaN

@@ -288,7 +288,8 @@ def make_views(images: torch.Tensor, params: torch.Tensor, views: tuple[ViewSett
 
 class ItemViews:
     """The batched views of one item (for per-item users such as fine-tuning): ``(img, gen)`` ->
-    a list of float32 (3, size, size), or the one view when the settings give a single crop."""
+    a list of float32 (3, size, size), or the one view when the settings give a single crop.
+    ``batch`` makes the views of a list of items at once, the same views."""
 
     def __init__(self, views: tuple[ViewSettings, ...]):
         self.views = views
@@ -297,6 +298,31 @@ class ItemViews:
         check_image(img)
         params = draw_params(self.views, torch.tensor([img.shape[-2:]]), item_seed(gen)[None])
         out = [v[0] for v in make_views(img[None], params, self.views)]
+        return out[0] if len(out) == 1 else out
+
+    def batch(self, images: list[torch.Tensor], gen: torch.Generator,
+              device: torch.device | str = "cpu") -> torch.Tensor | list[torch.Tensor]:
+        """Calling the views on each of ``images`` in turn, stacked, made on ``device`` in one pass
+        per image size: -> a list of float32 (N, 3, size, size), or the one view's tensor.
+
+        ``gen`` gives one seed per image in list order, as the per-item calls draw them, so the
+        views and the generator's state after the call are the same as theirs."""
+        if not images:
+            raise ValueError("ItemViews.batch needs at least one image")
+        for img in images:
+            check_image(img)
+        seeds = torch.stack([item_seed(gen) for _ in images])
+        shapes = [tuple(img.shape[-2:]) for img in images]
+        out: list[torch.Tensor] | None = None
+        for shape in dict.fromkeys(shapes):  # images of one size are made together, in list order
+            rows = torch.tensor([i for i, s in enumerate(shapes) if s == shape])
+            imgs = torch.stack([images[i] for i in rows.tolist()]).to(device)
+            params = draw_params(self.views, torch.tensor([shape] * len(rows)), seeds[rows].to(device))
+            made = make_views(imgs, params, self.views)
+            if out is None:
+                out = [v.new_empty(len(images), *v.shape[1:]) for v in made]
+            for whole, part in zip(out, made):
+                whole[rows.to(device)] = part
         return out[0] if len(out) == 1 else out
 
 

@@ -178,6 +178,11 @@ def test_fine_tuning_in_the_report_runs_the_trained_encoder_beside_its_random_in
     alone = finetune(encoder, train, test, MAEView(16), task.eval_view(fast), 2, steps=2, lr=3e-3, seed=0)
     assert faster["mae_image"] == alone["accuracy"] and faster["train_loss"]["mae_image"] == alone["train_loss"]
     assert "lr 0.003" in faster["line"]
+    # The batched views fine-tuning makes are the views of the same transform called image by image.
+    view = MAEView(16)
+    one_by_one = finetune(encoder, train, test, lambda img, gen: view(img, gen), task.eval_view(fast), 2, steps=2,
+                          lr=3e-3, seed=0)
+    assert one_by_one == alone
 
 
 # ---------------------------------------------------------------- probes and fine-tuning

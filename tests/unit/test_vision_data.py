@@ -269,6 +269,26 @@ def test_recipe_randomness_comes_only_from_the_generator(name):
         assert not torch.equal(a[0], a[1])  # the two views of one item differ
 
 
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "eval"])
+def test_item_views_of_a_batch_equal_its_items_views_one_by_one(name):
+    """``ItemViews.batch`` (fine-tuning's path) makes, for images of mixed sizes, exactly the views
+    that calling the recipe on each image in turn makes, and leaves the generator where they do."""
+    recipe = RECIPES[name][0]()
+    images = [torch.from_numpy(picture(k, size)).permute(2, 0, 1).contiguous()
+              for k, size in enumerate([(24, 24), (12, 10), (24, 24), (40, 24), (12, 10)])]
+    one, many = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    singles = [views(recipe(img, one)) for img in images]
+    batched = views(recipe.batch(images, many))
+    assert len(batched) == len(singles[0])
+    for v, made in enumerate(batched):
+        assert torch.equal(made, torch.stack([s[v] for s in singles]))
+    assert torch.equal(one.get_state(), many.get_state())
+    with pytest.raises(ValueError, match="at least one image"):
+        recipe.batch([], many)
+    with pytest.raises(ValueError, match="uint8"):
+        recipe.batch([images[0].float()], many)
+
+
 def test_normalisation():
     img = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
     z = normalize(img)
