@@ -107,6 +107,16 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if flags.get("dataset") not in (None, "demo"):  # a new dataset: its own splits and columns
         cfg = dataclasses.replace(cfg, split="train", eval_split=None, label_column=None)
     cfg = config_lib.apply_overrides(cfg, flags)
+    settings = dict(config_lib.parse_override(o) for o in args.settings)
+    for key in settings:
+        if not key.startswith("finetune_") or not hasattr(cfg, key):
+            raise MmsslError(f"probe takes key=value only for an image task's fine-tuning settings (finetune_*); "
+                             f"{meta['task']} has no {key}")
+    cfg = config_lib.apply_overrides(cfg, settings)
+    if task.modality == "image":
+        from mmssl.tasks.image_base import check_finetune
+
+        check_finetune(cfg)
     cfg, notes = check_data(task, cfg)  # the data checked and its label column chosen
     if task.modality in ("audio", "image") and cfg.dataset != "demo" and cfg.label_column is None:
         raise MmsslError(f"{cfg.dataset}: no label column found (none named label, speaker_id or speaker, and "
@@ -209,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                             "beside the same architecture from random initialisation (default: the run's setting)")
     probe.add_argument("--finetune-lr", type=float, help="image tasks: the fine-tuning's rate (default: the run's setting)")
     probe.add_argument("--report", help="also write the report as JSON here")
+    probe.add_argument("settings", nargs="*", metavar="finetune_KEY=value",
+                       help="image tasks: the fine-tuning's other settings (finetune_layer_decay, finetune_drop_path, "
+                            "finetune_mixup, finetune_cutmix, finetune_label_smoothing)")
     probe.set_defaults(fn=cmd_probe)
     track = sub.add_parser("track", help="DAVIS label propagation with an encoder's features, scored with J&F")
     track.add_argument("--checkpoint", help="a run directory, 'random' (the colorize_video encoder untrained) "

@@ -21,7 +21,7 @@ from mmssl.encoders.vit import ViTSettings
 from mmssl.errors import DataError
 from mmssl.evaluation.knn import check_readout
 from mmssl.evaluation.linear import check_protocol
-from mmssl.evaluation.vision import FINETUNE_LR
+from mmssl.evaluation.vision import FinetuneRecipe
 from mmssl.modalities.vision.augment import DecodeAndDraw, ViewSettings, check_views, sized_views, working_size
 from mmssl.modalities.vision.in_memory import draw_view_seeds, held_mib, hold_images
 from mmssl.registry import OBJECTIVES
@@ -49,8 +49,15 @@ class ImageConfig(TrainConfig):
     monitor_items: int = 1000  # images per split used by the online monitor
     probe_max_train: int = 10000
     probe_max_test: int = 5000
-    finetune_steps: int = 0  # > 0 adds end-to-end fine-tuning to the evaluation, trained and from random init
-    finetune_lr: float = FINETUNE_LR  # the fine-tuning's AdamW rate after its warm-up
+    # End-to-end fine-tuning in the evaluation (``finetune_steps`` > 0), the trained encoder beside its
+    # random init, MAE's recipe (mmssl.evaluation.vision.FinetuneRecipe); each setting can be changed.
+    finetune_steps: int = 0
+    finetune_lr: float = FinetuneRecipe.lr  # the AdamW rate after the warm-up, for the head and the last layer
+    finetune_layer_decay: float = FinetuneRecipe.layer_decay
+    finetune_drop_path: float = FinetuneRecipe.drop_path
+    finetune_mixup: float = FinetuneRecipe.mixup
+    finetune_cutmix: float = FinetuneRecipe.cutmix
+    finetune_label_smoothing: float = FinetuneRecipe.label_smoothing
     # What the kNN / linear probes, the monitor and the t-SNE read: "pooled" (the encoder's pool,
     # which contrastive and rotation objectives train) or "tokens" (the token map, concatenated).
     readout: str = "pooled"
@@ -120,10 +127,7 @@ class ImageTask(Task):
         check_views(cfg.views)
         if cfg.in_memory_mib < 0:
             raise ConfigError(f"in_memory_mib must be 0 (never hold the images) or more, got {cfg.in_memory_mib}")
-        if cfg.finetune_steps < 0:
-            raise ConfigError(f"finetune_steps must be 0 (no fine-tuning) or more, got {cfg.finetune_steps}")
-        if not cfg.finetune_lr > 0:
-            raise ConfigError(f"finetune_lr must be a positive rate, got {cfg.finetune_lr}")
+        check_finetune(cfg)
         if cfg.working_size is not None and cfg.working_size < 1:
             raise ConfigError(f"working_size must be a positive number of pixels, got {cfg.working_size}")
         crops = sum(v.crops for v in cfg.views)
@@ -237,3 +241,18 @@ class ImageTask(Task):
         x = torch.stack([view(source[i]["image"]) for i in picks])
         plot_reconstructions(objective, x, cfg.seed, out_dir / "plots" / "reconstruction.png",
                              denormalize=denormalize, title=title)
+
+
+def check_finetune(cfg: ImageConfig) -> None:
+    """One ``ConfigError`` for the first bad ``finetune_*`` setting."""
+    if cfg.finetune_steps < 0:
+        raise ConfigError(f"finetune_steps must be 0 (no fine-tuning) or more, got {cfg.finetune_steps}")
+    for field, why in dataclasses.replace(finetune_recipe(cfg), steps=1).problems():
+        raise ConfigError(f"finetune_{field} {why}, got {getattr(cfg, 'finetune_' + field)}")
+
+
+def finetune_recipe(cfg: ImageConfig) -> FinetuneRecipe:
+    """The fine-tuning's recipe from the config's ``finetune_*`` keys."""
+    return FinetuneRecipe(steps=cfg.finetune_steps, lr=cfg.finetune_lr, layer_decay=cfg.finetune_layer_decay,
+                          drop_path=cfg.finetune_drop_path, mixup=cfg.finetune_mixup, cutmix=cfg.finetune_cutmix,
+                          label_smoothing=cfg.finetune_label_smoothing)

@@ -76,6 +76,9 @@ class Block(nn.Module):
         self.proj = nn.Linear(dim, dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        # Stochastic depth while training (fine-tuning sets it): each sample skips a residual branch with
+        # this probability, the kept ones scaled by 1 / (1 - p). 0 leaves the block deterministic.
+        self.drop_path = 0.0
         if mae_init:
             init_weights(self)
 
@@ -88,5 +91,13 @@ class Block(nn.Module):
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.branch(self.attention(self.norm1(x)))
+        return x + self.branch(self.mlp(self.norm2(x)))
+
+    def branch(self, y: torch.Tensor) -> torch.Tensor:
+        """A residual branch's output (B, ...), dropped per sample at rate ``drop_path`` while training."""
+        if not (self.training and self.drop_path > 0):
+            return y
+        keep = 1.0 - self.drop_path
+        mask = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), device=y.device, dtype=y.dtype).bernoulli_(keep)
+        return y * mask / keep

@@ -91,27 +91,30 @@ def unlabelled_report(task: Any, cfg: Any, encoders: dict[str, nn.Module]) -> di
 
 
 def finetune_report(task: Any, cfg: Any, encoders: dict[str, nn.Module], train: Any, test: Any) -> dict:
-    """End-to-end fine-tuning (``mmssl.evaluation.vision.finetune``) of each of ``encoders`` for
-    ``cfg.finetune_steps`` steps at ``cfg.finetune_lr`` on MAE's training view, the same recipe and seed for each.
+    """End-to-end fine-tuning (``mmssl.evaluation.vision.finetune``) of each of ``encoders`` with the
+    config's recipe (``finetune_*``, MAE's by default) on MAE's training view, the same recipe and seed for each.
 
     The encoders are the trained one and the same architecture at its random initialisation: a
     fine-tuned accuracy says what pre-training gave only beside training from scratch on the same
     labels and budget (the MAE paper's comparison). Returns {name: accuracy}, "train_loss" ({name: the
     last step's loss}), "recipe" (the settings, in words) and "line" (the table's line)."""
-    from mmssl.evaluation.vision import FINETUNE_BATCH, finetune
+    from mmssl.evaluation.vision import finetune, layer_ids
     from mmssl.modalities.vision import MAEView
+    from mmssl.tasks.image_base import finetune_recipe
 
     classes = getattr(train, "num_classes", None) or int(max(train[i]["label"] for i in range(len(train)))) + 1
-    runs = {name: finetune(enc, train, test, MAEView(cfg.image_size), task.eval_view(cfg), classes,
-                           steps=cfg.finetune_steps, lr=cfg.finetune_lr, seed=cfg.seed)
+    recipe = finetune_recipe(cfg)
+    runs = {name: finetune(enc, train, test, MAEView(cfg.image_size), task.eval_view(cfg), classes, recipe,
+                           seed=cfg.seed)
             for name, enc in encoders.items()}
-    recipe = (f"{cfg.finetune_steps} steps of {FINETUNE_BATCH}, AdamW lr {cfg.finetune_lr:g} with warm-up and cosine, "
-              f"crop and flip, seed {cfg.seed}")
+    layered = layer_ids(next(iter(encoders.values()))) is not None
+    words = recipe.describe(layered) + f", seed {cfg.seed}" + (
+        "" if layered else " (no layer decay or drop path: the encoder is not a ViT)")
     scores = " / ".join(f"{name if name != 'random' else 'from random init'} {100 * r['accuracy']:.1f}%"
                         for name, r in runs.items())
     return {**{name: r["accuracy"] for name, r in runs.items()},
             "train_loss": {name: r["train_loss"] for name, r in runs.items()},
-            "recipe": recipe, "line": f"fine-tuned end to end ({recipe}): {scores}"}
+            "recipe": words, "line": f"fine-tuned end to end ({words}): {scores}"}
 
 
 def plot_embeddings(task: Any, cfg: Any, encoder: nn.Module, test: Any, view: Callable, out_dir: Path) -> list[str]:

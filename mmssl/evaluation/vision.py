@@ -13,10 +13,13 @@ without affine parameters; pixels enter as the same normalised view the encoders
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -155,8 +158,126 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
     return "\n".join(lines)
 
 
-# About MAE's ViT-B fine-tuning rate scaled to the batch (5e-4 x 64 / 256).
-FINETUNE_LR, FINETUNE_BATCH = 1e-4, 64
+# MAE's fine-tuning base rate scaled to the batch by its rule: 5e-4 x 64 / 256.
+FINETUNE_BATCH = 64
+FINETUNE_LR = 5e-4 * FINETUNE_BATCH / 256
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRecipe:
+    """End-to-end fine-tuning as MAE runs it (arXiv:2111.06377, appendix A.2, Table 9): AdamW with
+    weight decay 0.05 on weights (none on biases, norms, positions and the class token), layer-wise
+    rate decay 0.75, drop path 0.1, mixup 0.8 and cutmix 1.0 (one of the two per batch, evenly),
+    label smoothing 0.1; a 10% warm-up, then a cosine. Not done: RandAugment and random erasing (the
+    view is MAE's pre-training crop and flip). Layer decay and drop path apply to a ViT (its blocks
+    are the layers); another encoder is fine-tuned with one rate and no drop path. 0 turns an
+    item off (1 for ``layer_decay``)."""
+
+    steps: int = 1000
+    lr: float = FINETUNE_LR
+    batch_size: int = FINETUNE_BATCH
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    label_smoothing: float = 0.1
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, what is wrong with it) for each bad setting; empty when every one is usable."""
+        bad = [(f, "must be 1 or more") for f in ("steps", "batch_size") if getattr(self, f) < 1]
+        bad += [(f, "must be a positive rate") for f in ("lr",) if not self.lr > 0]
+        bad += [(f, "must be 0 or more") for f in ("weight_decay", "mixup", "cutmix") if not getattr(self, f) >= 0]
+        bad += [(f, "must be in (0, 1]") for f in ("layer_decay",) if not 0 < self.layer_decay <= 1]
+        bad += [(f, "must be in [0, 1)") for f in ("drop_path", "label_smoothing") if not 0 <= getattr(self, f) < 1]
+        return bad
+
+    def describe(self, layered: bool = True) -> str:
+        """The recipe in words, as the report prints it; ``layered``: the encoder takes layer decay
+        and drop path."""
+        parts = [f"{self.steps} steps of {self.batch_size}", f"AdamW lr {self.lr:g} with warm-up and cosine",
+                 f"weight decay {self.weight_decay:g}"]
+        if layered:
+            parts += [f"layer decay {self.layer_decay:g}", f"drop path {self.drop_path:g}"]
+        mixing = [f"{name} {alpha:g}" for name, alpha in (("mixup", self.mixup), ("cutmix", self.cutmix)) if alpha > 0]
+        parts += [" / ".join(mixing) if mixing else "no mixup or cutmix", f"label smoothing {self.label_smoothing:g}",
+                  "crop and flip"]
+        return ", ".join(parts)
+
+
+def layer_ids(model: nn.Module) -> tuple[dict[str, int], int] | None:
+    """({parameter name: layer}, number of layers) for layer-wise rate decay, as MAE counts them: the
+    patch embedding, positions and class token are layer 0, block i is layer i + 1, the final norm
+    (and the head) the last layer; None for an encoder without a ViT's ``blocks`` and ``patch_embed``."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or not hasattr(model, "patch_embed"):
+        return None
+    last = len(blocks) + 1
+    ids = {}
+    for name, _ in model.named_parameters():
+        if name.startswith("blocks."):
+            ids[name] = int(name.split(".")[1]) + 1
+        elif name.startswith(("patch_embed", "pos_embed", "cls_token")):
+            ids[name] = 0
+        else:
+            ids[name] = last
+    return ids, last
+
+
+def param_groups(model: nn.Module, head: nn.Module, recipe: FinetuneRecipe) -> list[dict]:
+    """AdamW groups: each parameter's rate scale (``layer_decay`` ** (layers - its layer) on a ViT, else
+    1) and weight decay (none on one-dimensional parameters, positions and the class token)."""
+    layered = layer_ids(model)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    named = [*model.named_parameters(), *((None, p) for p in head.parameters())]  # the head: name None
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if layered is None:
+            scale = 1.0
+        else:
+            ids, last = layered
+            scale = recipe.layer_decay ** (last - (ids[name] if name is not None else last))
+        plain = p.ndim == 1 or (name or "").startswith(("pos_embed", "cls_token"))
+        groups.setdefault((scale, 0.0 if plain else recipe.weight_decay), []).append(p)
+    return [{"params": ps, "lr_scale": scale, "weight_decay": wd} for (scale, wd), ps in groups.items()]
+
+
+def set_drop_path(model: nn.Module, rate: float) -> bool:
+    """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (timm's and
+    MAE's rule) on a model with ``blocks`` that take it; False (nothing set) for any other model."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or not all(hasattr(b, "drop_path") for b in blocks):
+        return False
+    for i, block in enumerate(blocks):
+        block.drop_path = rate * i / max(len(blocks) - 1, 1)
+    return True
+
+
+def mix_batch(x: torch.Tensor, targets: torch.Tensor, recipe: FinetuneRecipe,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix of a batch with itself reversed (one of the two per batch, evenly when both are
+    on; one weight lambda ~ Beta(alpha, alpha) per batch, as MAE's fine-tuning runs timm's ``Mixup``):
+    (x (B, C, H, W), soft targets (B, K)) -> the mixed pair. Cutmix pastes a box of area
+    (1 - lambda) H W (clipped at the border) and weighs the targets by the area it really took."""
+    kinds = [k for k, alpha in (("mixup", recipe.mixup), ("cutmix", recipe.cutmix)) if alpha > 0]
+    if not kinds or len(x) < 2:
+        return x, targets
+    kind = kinds[int(rng.integers(len(kinds)))]
+    lam = float(rng.beta(getattr(recipe, kind), getattr(recipe, kind)))
+    other = x.flip(0)
+    if kind == "mixup":
+        x = lam * x + (1 - lam) * other
+    else:
+        H, W = x.shape[-2:]
+        cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
+        cy, cx = int(rng.integers(H)), int(rng.integers(W))
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, H)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, W)
+        x = x.clone()
+        x[..., top:bottom, left:right] = other[..., top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (H * W)
+    return x, lam * targets + (1 - lam) * targets.flip(0)
 
 
 def train_views(transform: Callable, images: list[torch.Tensor], gen: torch.Generator,
@@ -175,50 +296,29 @@ def finetune(
     transform_train: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     transform_eval: Callable[[torch.Tensor], torch.Tensor],
     num_classes: int,
-    steps: int = 1000,
-    lr: float = FINETUNE_LR,
-    batch_size: int = FINETUNE_BATCH,
-    weight_decay: float = 0.05,
+    recipe: FinetuneRecipe = FinetuneRecipe(),
     seed: int = 0,
     max_test: int | None = None,
 ) -> dict[str, float]:
-    """Fine-tune a copy of ``encoder`` with a linear head on pooled features, score on ``test``.
+    """Fine-tune a copy of ``encoder`` with a linear head on pooled features (``recipe``), score on ``test``.
 
-    AdamW on every parameter, lr warm-up over the first 10% of steps then cosine decay; the
-    batches walk seeded permutations of ``train`` and each view is transform_train(img, gen)
-    with one seeded generator, so a run is repeatable (a transform with a ``batch(images, gen,
-    device)`` method, such as ``ItemViews``, makes a batch's views at once on the device, the same
-    views). Unlabelled items (-1) are ignored by the loss. The caller's encoder is left untouched.
-    Returns {"accuracy": test accuracy, "train_loss": loss of the last step}.
+    The batches walk seeded permutations of ``train`` and each view is transform_train(img, gen)
+    with one seeded generator (a transform with a ``batch(images, gen, device)`` method, such as
+    ``ItemViews``, makes a batch's views at once on the device, the same views); mixing, drop path
+    and the rest draw from streams of their own seeded from ``seed``, so a run is repeatable and the
+    views do not depend on the other settings. Unlabelled items (-1) are left out of each batch. The
+    caller's encoder is left untouched. Returns {"accuracy": test accuracy, "train_loss": loss of the
+    last step}.
     """
-    if steps < 1 or batch_size < 1 or num_classes < 2:
-        raise ValueError(f"need steps >= 1, batch_size >= 1 and num_classes >= 2, got {steps}, {batch_size}, {num_classes}")
+    if num_classes < 2:
+        raise ValueError(f"need num_classes >= 2, got {num_classes}")
+    if recipe.problems():
+        raise ValueError("fine-tuning recipe: " + "; ".join(f"{f} {why}" for f, why in recipe.problems()))
     model = copy.deepcopy(encoder).train()
     device = next(model.parameters()).device
-    head = nn.Linear(model.embed_dim, num_classes).to(device)
-    # A zero head starts at uniform predictions, so the first steps do not push random
-    # gradients into the pre-trained encoder.
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    params = list(model.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    order, pos, loss = torch.randperm(len(train), generator=gen), 0, torch.tensor(float("nan"))
-    for step in range(steps):
-        if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(train), generator=gen), 0
-        items = [train[int(i)] for i in order[pos : pos + batch_size]]
-        pos += batch_size
-        x = train_views(transform_train, [it["image"] for it in items], gen, device)  # (b, 3, S, S)
-        y = torch.tensor([int(it["label"]) for it in items], device=device)
-        if not (y >= 0).any():
-            continue  # cross-entropy over no labelled items is NaN
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, max(1, steps // 10))
-        loss = F.cross_entropy(head(model.pool(model.forward_features(x))), y, ignore_index=-1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with torch.random.fork_rng(devices=None if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # drop path's draws; the caller's stream is left where it was
+        head, loss = _finetune_steps(model, train, transform_train, num_classes, recipe, seed, device)
     feats, labels = extract_features(model, RandomSubset(test, max_test), transform_eval)
     keep = labels >= 0
     if not keep.any():
@@ -226,3 +326,39 @@ def finetune(
     with torch.no_grad():
         pred = head(feats[keep].to(device)).argmax(1).cpu()
     return {"accuracy": (pred == labels[keep]).float().mean().item(), "train_loss": loss.item()}
+
+
+def _finetune_steps(model: nn.Module, train: Any, transform_train: Callable, num_classes: int,
+                    recipe: FinetuneRecipe, seed: int, device: torch.device) -> tuple[nn.Linear, torch.Tensor]:
+    """``finetune``'s training loop on ``model`` (changed in place) -> (the head, the last step's loss)."""
+    set_drop_path(model, recipe.drop_path)
+    head = nn.Linear(model.embed_dim, num_classes).to(device)
+    # A zero head starts at uniform predictions, so the first steps do not push random
+    # gradients into the pre-trained encoder.
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.AdamW(param_groups(model, head, recipe), lr=recipe.lr)
+    gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng([seed, 1])
+    order, pos, loss = torch.randperm(len(train), generator=gen), 0, torch.tensor(float("nan"))
+    smooth = recipe.label_smoothing
+    for step in range(recipe.steps):
+        if pos + recipe.batch_size > len(order):
+            order, pos = torch.randperm(len(train), generator=gen), 0
+        items = [train[int(i)] for i in order[pos : pos + recipe.batch_size]]
+        pos += recipe.batch_size
+        x = train_views(transform_train, [it["image"] for it in items], gen, device)  # (b, 3, S, S)
+        y = torch.tensor([int(it["label"]) for it in items], device=device)
+        if not (y >= 0).any():
+            continue  # no labelled items to learn from
+        x, y = x[y >= 0], y[y >= 0]
+        targets = F.one_hot(y, num_classes).float() * (1 - smooth) + smooth / num_classes
+        x, targets = mix_batch(x, targets, recipe, rng)
+        rate = lr_at(step, recipe.steps, recipe.lr, max(1, recipe.steps // 10))
+        for group in opt.param_groups:
+            group["lr"] = rate * group["lr_scale"]
+        logits = head(model.pool(model.forward_features(x)))
+        loss = -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return head, loss

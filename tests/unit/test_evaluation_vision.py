@@ -1,6 +1,7 @@
 """kNN against a plain loop, feature extraction, image probes, fine-tuning, and the plots."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from tiny_images import TINY_MAE, ColourImages, DiagonalImages, TinyEncoder, dar
 
 from mmssl.evaluation.knn import extract_features, knn_classify, knn_predict, pixels
 from mmssl.evaluation.plots import embed_2d, embedding_plot, loss_curve, reconstruction_grid
-from mmssl.evaluation.vision import finetune, image_probes, lr_at
+from mmssl.evaluation.vision import FinetuneRecipe, finetune, image_probes, lr_at
 
 # ---------------------------------------------------------------- kNN
 
@@ -112,7 +113,7 @@ def test_token_readout_keeps_where_features_are_which_pooling_averages_away():
         image_probes({"tiny": encoder}, train, test, to_float, readouts={"other": "tokens"})
 
 
-def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
+def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path, capsys):
     from mmssl.config import ConfigError
     from mmssl.run import resolve_config
 
@@ -144,10 +145,15 @@ def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path):
     assert list(probed["knn"]) == ["mae_image", "random", "mae_image pooled", "random pooled", "pixels"]
     assert "finetune" not in probed
     assert main(["probe", "--checkpoint", str(run), "--finetune-steps", "2", "--finetune-lr", "2e-3",
-                 "--report", str(tmp_path / "f.json")]) in (0, None)
+                 "--report", str(tmp_path / "f.json"), "finetune_mixup=0", "finetune_layer_decay=0.5"]) in (0, None)
     tuned = json.loads((tmp_path / "f.json").read_text())["finetune"]
     assert 0 <= tuned["mae_image"] <= 1 and 0 <= tuned["random"] <= 1
     assert "2 steps of 64" in tuned["line"] and "lr 0.002" in tuned["line"]
+    assert "layer decay 0.5" in tuned["line"] and "cutmix 1" in tuned["line"] and "mixup" not in tuned["line"]
+    for bad, says in ((["finetune_drop_path=1"], "finetune_drop_path must be in [0, 1)"),
+                      (["seed=3"], "has no seed"), (["finetune_mixup=x"], "finetune_mixup")):
+        assert main(["probe", "--checkpoint", str(run), *bad]) == 2
+        assert says in capsys.readouterr().err
 
 
 def test_fine_tuning_in_the_report_runs_the_trained_encoder_beside_its_random_init(tmp_path):
@@ -164,24 +170,33 @@ def test_fine_tuning_in_the_report_runs_the_trained_encoder_beside_its_random_in
     # Each figure is the plain fine-tuning of that encoder, same recipe and seed: the trained encoder and
     # the same architecture from the random initialisation the probes use.
     for name, enc in (("mae_image", encoder), ("random", task.random_encoder(cfg, encoder))):
-        alone = finetune(enc, train, test, MAEView(16), task.eval_view(cfg), 2, steps=3, seed=4)
+        alone = finetune(enc, train, test, MAEView(16), task.eval_view(cfg), 2, FinetuneRecipe(steps=3), seed=4)
         assert report[name] == alone["accuracy"] and report["train_loss"][name] == alone["train_loss"]
     assert report["train_loss"]["mae_image"] != report["train_loss"]["random"]
     assert "3 steps of 64" in report["line"] and "seed 4" in report["line"]
+    for words in ("layer decay 0.75", "drop path 0.1", "mixup 0.8 / cutmix 1", "label smoothing 0.1"):
+        assert words in report["line"]
     assert "mae_image" in report["line"] and "from random init" in report["line"]
     with pytest.raises(ConfigError, match="finetune_steps must be 0"):
         resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_steps=-1"])
-    with pytest.raises(ConfigError, match="finetune_lr must be a positive rate"):
-        resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_lr=0"])
-    task, fast = resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_steps=2", "finetune_lr=3e-3"])
+    for bad, says in (("finetune_lr=0", "finetune_lr must be a positive rate"),
+                      ("finetune_layer_decay=0", "finetune_layer_decay must be in (0, 1]"),
+                      ("finetune_label_smoothing=1", "finetune_label_smoothing must be in [0, 1)"),
+                      ("finetune_cutmix=-1", "finetune_cutmix must be 0 or more")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            resolve_config("mae_image", None, flags, [*TINY_MAE, bad])
+    plain = ["finetune_mixup=0", "finetune_cutmix=0", "finetune_drop_path=0", "finetune_layer_decay=1",
+             "finetune_label_smoothing=0"]
+    task, fast = resolve_config("mae_image", None, flags, [*TINY_MAE, "finetune_steps=2", "finetune_lr=3e-3", *plain])
     faster = task.evaluate(fast, encoder)["finetune"]
-    alone = finetune(encoder, train, test, MAEView(16), task.eval_view(fast), 2, steps=2, lr=3e-3, seed=0)
+    recipe = FinetuneRecipe(steps=2, lr=3e-3, layer_decay=1, drop_path=0, mixup=0, cutmix=0, label_smoothing=0)
+    alone = finetune(encoder, train, test, MAEView(16), task.eval_view(fast), 2, recipe, seed=0)
     assert faster["mae_image"] == alone["accuracy"] and faster["train_loss"]["mae_image"] == alone["train_loss"]
-    assert "lr 0.003" in faster["line"]
+    assert "lr 0.003" in faster["line"] and "no mixup or cutmix" in faster["line"]
     # The batched views fine-tuning makes are the views of the same transform called image by image.
     view = MAEView(16)
-    one_by_one = finetune(encoder, train, test, lambda img, gen: view(img, gen), task.eval_view(fast), 2, steps=2,
-                          lr=3e-3, seed=0)
+    one_by_one = finetune(encoder, train, test, lambda img, gen: view(img, gen), task.eval_view(fast), 2, recipe,
+                          seed=0)
     assert one_by_one == alone
 
 
@@ -218,11 +233,82 @@ def test_finetune_learns_on_tiny_data_and_leaves_encoder_alone():
         seen.append(isinstance(gen, torch.Generator))
         return to_float(img).flip(-1) if torch.rand(1, generator=gen) < 0.5 else to_float(img)
 
-    res = finetune(encoder, train, test, flip, to_float, num_classes=3, steps=40, lr=3e-2, batch_size=16)
+    res = finetune(encoder, train, test, flip, to_float, num_classes=3,
+                   recipe=FinetuneRecipe(steps=40, lr=3e-2, batch_size=16))
     assert all(seen) and len(seen) == 40 * 16
     assert res["accuracy"] > 0.8 and math.isfinite(res["train_loss"])
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1) and lr_at(100, 100, 1.0, 10) == pytest.approx(0.0)
+
+
+def test_finetune_recipe_layer_decay_weight_decay_and_drop_path_follow_mae():
+    from mmssl.encoders.transformer import Block
+    from mmssl.encoders.vit import ViT
+    from mmssl.evaluation.vision import layer_ids, param_groups, set_drop_path
+
+    vit = ViT(input_size=(16, 16), patch=(4, 4), dim=32, depth=3, heads=2, cls_token=True)
+    head = torch.nn.Linear(32, 5)
+    groups = param_groups(vit, head, FinetuneRecipe(layer_decay=0.5, weight_decay=0.05))
+    where = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert len(where) == len(list(vit.parameters())) + 2  # every parameter, once
+    # MAE's layers: embedding, class token and positions 0, block i is i + 1, the final norm and head last (4).
+    assert where[id(vit.patch_embed.weight)] == (0.5**4, 0.05) and where[id(vit.cls_token)] == (0.5**4, 0.0)
+    assert where[id(vit.blocks[0].qkv.weight)] == (0.5**3, 0.05) and where[id(vit.blocks[2].proj.weight)] == (0.5, 0.05)
+    assert where[id(vit.blocks[1].qkv.bias)] == (0.25, 0.0) and where[id(vit.blocks[1].norm1.weight)] == (0.25, 0.0)
+    assert where[id(vit.norm.weight)] == (1.0, 0.0) and where[id(head.weight)] == (1.0, 0.05)
+    conv = TinyEncoder()
+    assert layer_ids(conv) is None and not set_drop_path(conv, 0.1)
+    assert {g["lr_scale"] for g in param_groups(conv, head, FinetuneRecipe(layer_decay=0.5))} == {1.0}
+    assert set_drop_path(vit, 0.2) and [b.drop_path for b in vit.blocks] == pytest.approx([0.0, 0.1, 0.2])
+
+    # Drop path: each sample keeps its branch (scaled by 1 / keep) or drops it; none of it in eval mode.
+    block = Block(8, 2)
+    block.drop_path = 0.25
+    y = torch.randn(4000, 3, 8)
+    kept = block.branch(y)
+    scale = (kept / y)[:, 0, 0]
+    assert torch.allclose(kept, y * scale[:, None, None])
+    assert ((scale == 0) | torch.isclose(scale, torch.tensor(1 / 0.75))).all()
+    assert abs((scale == 0).float().mean().item() - 0.25) < 0.03
+    assert torch.equal(block.eval().branch(y), y)
+
+
+def test_mixup_and_cutmix_mix_images_and_targets_by_one_weight():
+    from mmssl.evaluation.vision import mix_batch
+
+    x = torch.rand(6, 3, 10, 10)
+    t = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+    mixed, mt = mix_batch(x, t, FinetuneRecipe(mixup=0.8, cutmix=0), np.random.default_rng(0))
+    lam = float(np.random.default_rng(0).beta(0.8, 0.8))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x.flip(0)) and torch.allclose(mt, lam * t + (1 - lam) * t.flip(0))
+    for seed in range(20):  # cutmix: the targets weigh each image by the share of pixels it keeps
+        cut, ct = mix_batch(x, t, FinetuneRecipe(mixup=0, cutmix=1.0), np.random.default_rng(seed))
+        own = (cut == x).all(1).float().mean((1, 2))  # (B,) share of each image's own pixels
+        assert torch.allclose(ct, own[:, None] * t + (1 - own[:, None]) * t.flip(0), atol=1e-6)
+    both = {mix_batch(x, t, FinetuneRecipe(), np.random.default_rng(s))[0].eq(x).any().item() for s in range(20)}
+    assert both == {True, False}  # cutmix keeps some pixels as they were, mixup none
+    same, st = mix_batch(x, t, FinetuneRecipe(mixup=0, cutmix=0), np.random.default_rng(0))
+    assert same is x and st is t
+    assert [f for f, _ in FinetuneRecipe(steps=0, lr=0, layer_decay=1.5, drop_path=-0.1, mixup=-1).problems()] == [
+        "steps", "lr", "mixup", "layer_decay", "drop_path"]
+
+
+def test_finetune_of_a_vit_is_repeatable_and_leaves_the_global_stream_alone():
+    from mmssl.encoders.vit import ViT
+    from mmssl.modalities.vision import MAEView
+
+    train, test = ColourImages(24, "train"), ColourImages(12, "test", seed=1)
+    vit = ViT(input_size=(16, 16), patch=(4, 4), dim=32, depth=2, heads=2)
+    recipe = FinetuneRecipe(steps=4, batch_size=8, lr=1e-3, drop_path=0.5)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = finetune(vit, train, test, MAEView(16), to_float, 3, recipe, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert finetune(vit, train, test, MAEView(16), to_float, 3, recipe, seed=1) == a
+    assert finetune(vit, train, test, MAEView(16), to_float, 3, recipe, seed=2) != a
+    assert all(b.drop_path == 0.0 for b in vit.blocks)  # set on the copy only
+    with pytest.raises(ValueError, match="lr must be a positive rate"):
+        finetune(vit, train, test, MAEView(16), to_float, 3, FinetuneRecipe(lr=0))
 
 
 # ---------------------------------------------------------------- plots
