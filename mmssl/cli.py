@@ -110,8 +110,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     settings = dict(config_lib.parse_override(o) for o in args.settings)
     for key in settings:
         if not key.startswith("finetune_") or not hasattr(cfg, key):
-            raise MmsslError(f"probe takes key=value only for an image task's fine-tuning settings (finetune_*); "
-                             f"{meta['task']} has no {key}")
+            raise MmsslError(f"probe takes key=value only for an image task's fine-tuning settings (finetune_*), "
+                             f"and {key} is not one of {meta['task']}'s")
     cfg = config_lib.apply_overrides(cfg, settings)
     if task.modality == "image":
         from mmssl.tasks.image_base import check_finetune

@@ -151,7 +151,7 @@ def test_image_task_probes_the_token_map_beside_the_pooled_features(tmp_path, ca
     assert "2 steps of 64" in tuned["line"] and "lr 0.002" in tuned["line"]
     assert "layer decay 0.5" in tuned["line"] and "cutmix 1" in tuned["line"] and "mixup" not in tuned["line"]
     for bad, says in ((["finetune_drop_path=1"], "finetune_drop_path must be in [0, 1)"),
-                      (["seed=3"], "has no seed"), (["finetune_mixup=x"], "finetune_mixup")):
+                      (["seed=3"], "seed is not one of mae_image's"), (["finetune_mixup=x"], "finetune_mixup")):
         assert main(["probe", "--checkpoint", str(run), *bad]) == 2
         assert says in capsys.readouterr().err
 
