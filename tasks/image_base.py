@@ -72,7 +72,8 @@ class ImageConfig(TrainConfig):
     # Hold the training images in memory, decoded once at the working size, when they take at most
     # this many MiB per process (N x 3 x S x S bytes): batches are then gathered by index in the
     # training process, without DataLoader workers. Larger sets (and view_placement=workers) decode
-    # every batch in the workers. 0: always the workers. The batches are the same either way.
+    # every batch in the workers. 0: always the workers. The batches are the same either way. The
+    # evaluation's fine-tuning keeps the labelled training items it reads within the same budget.
     in_memory_mib: int = 2048
 
     renamed: ClassVar[dict[str, str]] = {

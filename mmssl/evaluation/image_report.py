@@ -98,10 +98,11 @@ def finetune_report(task: Any, cfg: Any, encoders: dict[str, nn.Module], train: 
     fine-tuned accuracy says what pre-training gave only beside training from scratch on the same
     labels and budget (the MAE paper's comparison). Returns {name: accuracy}, "train_loss" ({name: the
     last step's loss}), "recipe" (the settings, in words) and "line" (the table's line)."""
-    from mmssl.evaluation.vision import finetune, layer_ids
+    from mmssl.evaluation.vision import HeldItems, finetune, layer_ids
     from mmssl.modalities.vision import MAEView
     from mmssl.tasks.image_base import finetune_recipe
 
+    train = HeldItems(train, cfg.in_memory_mib)  # read once for both encoders' epochs, as training holds its set
     classes = getattr(train, "num_classes", None) or int(max(train[i]["label"] for i in range(len(train)))) + 1
     recipe = finetune_recipe(cfg)
     runs = {name: finetune(enc, train, test, MAEView(cfg.image_size), task.eval_view(cfg), classes, recipe,

@@ -53,6 +53,34 @@ class RandomSubset:
         return self.source[self.indices[i]]
 
 
+class HeldItems:
+    """A source whose items are kept once read, while their images fit in ``max_mib``: fine-tuning walks
+    its training set once an epoch, for the trained and the random encoder in turn, and without this
+    every visit decodes the image again. Items are returned as read (callers must not change them); any
+    other attribute is the source's."""
+
+    def __init__(self, source: Any, max_mib: float):
+        self.source, self.budget, self.used = source, max_mib * 2**20, 0
+        self.items: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items.get(i)
+        if item is None:
+            item = self.source[i]
+            size = item["image"].numel() * item["image"].element_size()
+            if self.used + size <= self.budget:
+                self.items[i], self.used = item, self.used + size
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
 def image_probes(
     encoders: dict[str, nn.Module],
     train: Any,

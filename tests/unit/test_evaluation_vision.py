@@ -241,6 +241,35 @@ def test_finetune_learns_on_tiny_data_and_leaves_encoder_alone():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1) and lr_at(100, 100, 1.0, 10) == pytest.approx(0.0)
 
 
+def test_held_items_read_each_item_once_within_their_budget():
+    from mmssl.evaluation.vision import HeldItems
+
+    class Counted(ColourImages):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+    source = Counted(10, "train")
+    held = HeldItems(source, max_mib=3 * 8 * 8 * 4 / 2**20)  # room for four 8 x 8 images
+    first = [held[i] for i in range(10)]
+    again = [held[i] for i in range(10)]
+    assert Counted.reads == 10 + 6 and held.used == 4 * 3 * 8 * 8  # the first four kept, the rest read again
+    assert all(torch.equal(a["image"], b["image"]) and a["label"] == b["label"] for a, b in zip(first, again))
+    assert len(held) == 10 and held.vocab == source.vocab and held.name == "train"
+    Counted.reads = 0
+    nothing = HeldItems(source, max_mib=0)
+    _ = [nothing[0] for _ in range(3)]
+    assert Counted.reads == 3 and not nothing.items
+    # Fine-tuning on held items gives the figures of the source read every time.
+    recipe = FinetuneRecipe(steps=6, batch_size=4, lr=1e-2)
+    assert (finetune(TinyEncoder(), HeldItems(source, 1), ColourImages(6, "test", seed=1), lambda x, g: to_float(x),
+                     to_float, 3, recipe)
+            == finetune(TinyEncoder(), source, ColourImages(6, "test", seed=1), lambda x, g: to_float(x), to_float, 3,
+                        recipe))
+
+
 def test_finetune_recipe_layer_decay_weight_decay_and_drop_path_follow_mae():
     from mmssl.encoders.transformer import Block
     from mmssl.encoders.vit import ViT
