@@ -98,7 +98,7 @@ def finetune_report(task: Any, cfg: Any, encoders: dict[str, nn.Module], train: 
     fine-tuned accuracy says what pre-training gave only beside training from scratch on the same
     labels and budget (the MAE paper's comparison). Returns {name: accuracy}, "train_loss" ({name: the
     last step's loss}), "recipe" (the settings, in words) and "line" (the table's line)."""
-    from mmssl.evaluation.vision import HeldItems, finetune, layer_ids
+    from mmssl.evaluation.vision import HeldItems, finetune, vit_blocks
     from mmssl.modalities.vision import MAEView
     from mmssl.tasks.image_base import finetune_recipe
 
@@ -108,7 +108,7 @@ def finetune_report(task: Any, cfg: Any, encoders: dict[str, nn.Module], train: 
     runs = {name: finetune(enc, train, test, MAEView(cfg.image_size), task.eval_view(cfg), classes, recipe,
                            seed=cfg.seed)
             for name, enc in encoders.items()}
-    layered = layer_ids(next(iter(encoders.values()))) is not None
+    layered = vit_blocks(next(iter(encoders.values()))) is not None
     words = recipe.describe(layered) + f", seed {cfg.seed}" + (
         "" if layered else " (no layer decay or drop path: the encoder is not a ViT)")
     scores = " / ".join(f"{name if name != 'random' else 'from random init'} {100 * r['accuracy']:.1f}%"

@@ -233,12 +233,23 @@ class FinetuneRecipe:
         return ", ".join(parts)
 
 
+def vit_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """A ViT's blocks, the layers of layer-wise rate decay and drop path (``patch_embed``, then
+    ``blocks`` that take ``drop_path``); None for any other encoder, which fine-tuning trains at one
+    rate without drop path."""
+    blocks = getattr(model, "blocks", None)
+    if not hasattr(model, "patch_embed") or not isinstance(blocks, nn.ModuleList) or not all(
+            hasattr(b, "drop_path") for b in blocks):
+        return None
+    return blocks
+
+
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int] | None:
     """({parameter name: layer}, number of layers) for layer-wise rate decay, as MAE counts them: the
     patch embedding, positions and class token are layer 0, block i is layer i + 1, the final norm
-    (and the head) the last layer; None for an encoder without a ViT's ``blocks`` and ``patch_embed``."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList) or not hasattr(model, "patch_embed"):
+    (and the head) the last layer; None for an encoder that is not a ViT (``vit_blocks``)."""
+    blocks = vit_blocks(model)
+    if blocks is None:
         return None
     last = len(blocks) + 1
     ids = {}
@@ -273,9 +284,9 @@ def param_groups(model: nn.Module, head: nn.Module, recipe: FinetuneRecipe) -> l
 
 def set_drop_path(model: nn.Module, rate: float) -> bool:
     """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last (timm's and
-    MAE's rule) on a model with ``blocks`` that take it; False (nothing set) for any other model."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList) or not all(hasattr(b, "drop_path") for b in blocks):
+    MAE's rule) on a ViT (``vit_blocks``); False (nothing set) for any other model."""
+    blocks = vit_blocks(model)
+    if blocks is None:
         return False
     for i, block in enumerate(blocks):
         block.drop_path = rate * i / max(len(blocks) - 1, 1)
@@ -340,8 +351,9 @@ def finetune(
     """
     if num_classes < 2:
         raise ValueError(f"need num_classes >= 2, got {num_classes}")
-    if recipe.problems():
-        raise ValueError("fine-tuning recipe: " + "; ".join(f"{f} {why}" for f, why in recipe.problems()))
+    problems = recipe.problems()
+    if problems:
+        raise ValueError("fine-tuning recipe: " + "; ".join(f"{f} {why}" for f, why in problems))
     model = copy.deepcopy(encoder).train()
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=None if device.type == "cuda" else []):

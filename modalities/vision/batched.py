@@ -295,10 +295,8 @@ class ItemViews:
         self.views = views
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
-        check_image(img)
-        params = draw_params(self.views, torch.tensor([img.shape[-2:]]), item_seed(gen)[None])
-        out = [v[0] for v in make_views(img[None], params, self.views)]
-        return out[0] if len(out) == 1 else out
+        out = self.batch([img], gen)
+        return out[0] if torch.is_tensor(out) else [v[0] for v in out]
 
     def batch(self, images: list[torch.Tensor], gen: torch.Generator,
               device: torch.device | str = "cpu") -> torch.Tensor | list[torch.Tensor]:
