@@ -6,15 +6,16 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     (kNN at k = 20 on the task's labelled splits, ``monitor_items`` of each) at ``points`` evenly
     spaced steps, and a checkpoint only at the end. The times come from ``DIR/metrics.jsonl``.
 (b) The plain loop, the peer: the task's method written out in ``plain_loop.py`` with the task's
-    objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV and RotNet; SimCLR's objective for MAE,
-    which has no plain peer, and the row says so), the encoder built from the task's encoder spec,
+    objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV, RotNet, Barlow Twins and VICReg; SimCLR's
+    objective for MAE, which has no plain peer, and the row says so), the encoder built from the task's encoder spec,
     the task's batch size, lr, weight decay and crop scale, measured by the same ``task.monitor``
     when its training clock first passes each of (a)'s points, and stopped after the last. Its rate
     has (a)'s shape over the same seconds: the task's warm-up steps, then half a cosine down to
     ``min_lr_ratio * lr`` at (a)'s last point (a run that stops by the clock cannot count its steps
     ahead, so the cosine runs over training seconds).
 (c) A reference: SimCLR's per-item torchvision views in DataLoader workers (``peers.py``) feeding
-    the peer's training step where the peer reads two views (SimCLR, BYOL, SimSiam, MoCo), else a
+    the peer's training step where the peer reads two views (SimCLR, BYOL, SimSiam, MoCo, Barlow
+    Twins, VICReg), else a
     plain SimCLR model's; images/s only.
 
 The clock is paused while kNN is measured, in both: (a)'s monitor time is its monitor row's
@@ -43,12 +44,14 @@ from torch import nn
 
 from mmssl.bench.peers import PerItemDataset, PerItemSimCLRViews
 from mmssl.bench.plain_loop import (
+    PlainBarlowTwins,
     PlainBYOL,
     PlainMoCo,
     PlainRotNet,
     PlainSimCLR,
     PlainSimSiam,
     PlainSwAV,
+    PlainVICReg,
     load_images,
     train_plain,
 )
@@ -56,7 +59,7 @@ from mmssl.encoders.io import build_encoder
 from mmssl.errors import MmsslError
 
 LEARNING_TASKS = ("simclr_image", "byol_image", "moco_image", "simsiam_image", "swav_image", "rotnet_image",
-                  "mae_image")
+                  "barlow_twins_image", "vicreg_image", "mae_image")
 # --size tiny (tests): a small network and batch on any dataset; other sizes keep the task's defaults
 _TINY_RUN = {"batch_size": 16, "monitor_items": 200, "warmup_steps": 2, "num_workers": 0}
 TINY = {**_TINY_RUN, "encoder.name": "convnet", "encoder.convnet.widths": "8,16,16,32"}
@@ -87,6 +90,10 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
                           o.sinkhorn_iters, o.projector_bn, crops, global_crops=cfg.views[0].crops)
     elif task_name == "rotnet_image":
         model = PlainRotNet(spec)
+    elif task_name == "barlow_twins_image":
+        model = PlainBarlowTwins(spec, o.proj_hidden, o.proj_dim, o.lambd, o.scale_loss)
+    elif task_name == "vicreg_image":
+        model = PlainVICReg(spec, o.proj_hidden, o.proj_dim, o.sim_coeff, o.std_coeff, o.cov_coeff, o.gamma, o.eps)
     else:
         s = simclr.objective
         model = PlainSimCLR(spec, s.proj_hidden, s.proj_dim, s.temperature)
@@ -242,7 +249,7 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
                                 cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
             log(f"  plain loop, seed {seed}: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
             # the per-item views feed the same method's step where the peer reads two views (SimCLR, BYOL,
-            # SimSiam, MoCo: its weights do not change the speed), so the ratio compares pipelines, not models;
+            # SimSiam, MoCo, Barlow Twins, VICReg: its weights do not change the speed), so the ratio compares pipelines, not models;
             # else (RotNet's one view, SwAV's multi-crop) a SimCLR model built for the purpose
             reference_model = model if model.num_views == 2 else PlainSimCLR(
                 spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)

@@ -1,7 +1,7 @@
 """Plain training loops, the peers of the bench's learning rows: SimCLR (arXiv:2002.05709), BYOL
 (arXiv:2006.07733), SimSiam (arXiv:2011.10566), MoCo v2 (arXiv:2003.04297), SwAV (arXiv:2006.09882,
-multi-crop, no queue) and RotNet (arXiv:1803.07728), each written out here with the settings of the
-library's task.
+multi-crop, no queue), RotNet (arXiv:1803.07728), Barlow Twins (arXiv:2103.03230) and VICReg
+(arXiv:2105.04906), each written out here with the settings of the library's task.
 
 What a careful user writes without a library: the whole dataset is one uint8 tensor on the device,
 a batch is a draw of indices from it, the views are made on the whole batch with torch ops
@@ -176,6 +176,55 @@ class PlainSimSiam(nn.Module):
         p0, p1 = self.predictor(z).chunk(2)
         z0, z1 = z.chunk(2)
         return (negative_cosine(p0, z1) + negative_cosine(p1, z0)) / 2
+
+
+class PlainBarlowTwins(nn.Module):
+    """Barlow Twins: a 3-layer projector (Linear, BatchNorm, ReLU twice, then Linear); each projection
+    dimension standardised over the batch (biased variance + eps, as BatchNorm), the cross-correlation
+    of the two views' projections pulled to the identity: sum_i (1 - C_ii)^2 + lambd sum_{i != j} C_ij^2,
+    times ``scale_loss``."""
+
+    num_views, colour = 2, True
+
+    def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, lambd: float, scale_loss: float):
+        super().__init__()
+        self.encoder = build_encoder(spec)
+        self.projector = head([self.encoder.embed_dim, proj_hidden, proj_hidden, proj_dim])
+        self.lambd, self.scale_loss = lambd, scale_loss
+
+    def forward(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        z0, z1 = (F.batch_norm(z, None, None, training=True, eps=1e-5)
+                  for z in self.projector(embed(self.encoder, torch.cat([v0, v1]))).chunk(2))
+        c = z0.T @ z1 / len(z0)  # (P, P)
+        off = ~torch.eye(len(c), dtype=torch.bool, device=c.device)
+        return self.scale_loss * ((c.diagonal() - 1).pow(2).sum() + self.lambd * c[off].pow(2).sum())
+
+
+class PlainVICReg(nn.Module):
+    """VICReg: a 3-layer expander (Linear, BatchNorm, ReLU twice, then Linear); sim_coeff x the mean
+    squared distance between the two views' embeddings, std_coeff x each view's mean hinge
+    relu(gamma - sqrt(var + eps)) over dimensions (unbiased variance), cov_coeff x each view's squared
+    off-diagonal covariances / D (the paper's eq. 6, the variance term not halved)."""
+
+    num_views, colour = 2, True
+
+    def __init__(self, spec: dict, proj_hidden: int, proj_dim: int, sim_coeff: float, std_coeff: float,
+                 cov_coeff: float, gamma: float, eps: float):
+        super().__init__()
+        self.encoder = build_encoder(spec)
+        self.projector = head([self.encoder.embed_dim, proj_hidden, proj_hidden, proj_dim])
+        self.coeffs, self.gamma, self.eps = (sim_coeff, std_coeff, cov_coeff), gamma, eps
+
+    def forward(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        z0, z1 = self.projector(embed(self.encoder, torch.cat([v0, v1]))).chunk(2)
+        spread = shared = 0.0
+        for z in (z0, z1):
+            spread = spread + F.relu(self.gamma - torch.sqrt(z.var(dim=0) + self.eps)).mean()
+            zc = z - z.mean(dim=0)
+            cov = zc.T @ zc / (len(z) - 1)  # (D, D)
+            shared = shared + (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / z.shape[1]
+        sim, std, cov_w = self.coeffs
+        return sim * F.mse_loss(z0, z1) + std * spread + cov_w * shared
 
 
 class PlainMoCo(nn.Module):

@@ -151,7 +151,7 @@ def test_learning_expands_to_every_image_task():
     from mmssl.bench.learning import LEARNING_TASKS
 
     assert expand_tasks(["learning"]) == [f"learning:{t}" for t in LEARNING_TASKS]
-    assert len(LEARNING_TASKS) == 7
+    assert len(LEARNING_TASKS) == 9
 
 
 def test_plain_nt_xent_equals_the_library_loss():
@@ -191,6 +191,14 @@ def _peer_and_objective(name: str, **settings):
                                     settings["shuffle_bn"])
         pairs = [(peer.key[0], objective.momentum_encoder), (peer.key[1], objective.momentum_projector)]
         peer.queue.copy_(objective.queue)
+    elif name == "barlow_twins":
+        peer = plain_loop.PlainBarlowTwins(spec, settings["proj_hidden"], settings["proj_dim"], settings["lambd"],
+                                           settings["scale_loss"])
+        pairs = []
+    elif name == "vicreg":
+        peer = plain_loop.PlainVICReg(spec, settings["proj_hidden"], settings["proj_dim"], settings["sim_coeff"],
+                                      settings["std_coeff"], settings["cov_coeff"], settings["gamma"], settings["eps"])
+        pairs = []
     else:
         peer = plain_loop.PlainRotNet(spec)
         pairs = [(peer.head, objective.head)]
@@ -208,6 +216,9 @@ def _peer_and_objective(name: str, **settings):
     ("moco", {"proj_hidden": 24, "proj_dim": 8, "queue_size": 20, "momentum": 0.9, "temperature": 0.2,
               "symmetric": False, "shuffle_bn": 0}),
     ("rotnet", {}),
+    ("barlow_twins", {"proj_hidden": 24, "proj_dim": 12, "lambd": 0.02, "scale_loss": 0.5}),
+    ("vicreg", {"proj_hidden": 24, "proj_dim": 12, "sim_coeff": 25.0, "std_coeff": 20.0, "cov_coeff": 2.0,
+                "gamma": 1.0, "eps": 1e-4}),
 ])
 def test_plain_peers_match_the_library_objectives_over_two_steps(name, settings):
     """The bench's plain loops are written apart from the library: with the same weights and views
