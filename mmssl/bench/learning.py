@@ -6,17 +6,16 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     (kNN at k = 20 on the task's labelled splits, ``monitor_items`` of each) at ``points`` evenly
     spaced steps, and a checkpoint only at the end. The times come from ``DIR/metrics.jsonl``.
 (b) The plain loop, the peer: the task's method written out in ``plain_loop.py`` with the task's
-    objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV, RotNet, Barlow Twins and VICReg; SimCLR's
-    objective for MAE, which has no plain peer, and the row says so), the encoder built from the task's encoder spec,
-    the task's batch size, lr, weight decay and crop scale, measured by the same ``task.monitor``
-    when its training clock first passes each of (a)'s points, and stopped after the last. Its rate
-    has (a)'s shape over the same seconds: the task's warm-up steps, then half a cosine down to
-    ``min_lr_ratio * lr`` at (a)'s last point (a run that stops by the clock cannot count its steps
-    ahead, so the cosine runs over training seconds).
+    objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV, RotNet, Barlow Twins, VICReg and DINO;
+    SimCLR's objective for MAE, which has no plain peer, and the row says so), the encoder built from
+    the task's encoder spec, the task's batch size, lr, weight decay and crop scale, measured by the
+    same ``task.monitor`` when its training clock first passes each of (a)'s points, and stopped after
+    the last. Its rate has (a)'s shape over the same seconds: the task's warm-up steps, then half a
+    cosine down to ``min_lr_ratio * lr`` at (a)'s last point (a run that stops by the clock cannot
+    count its steps ahead, so the cosine runs over training seconds).
 (c) A reference: SimCLR's per-item torchvision views in DataLoader workers (``peers.py``) feeding
     the peer's training step where the peer reads two views (SimCLR, BYOL, SimSiam, MoCo, Barlow
-    Twins, VICReg), else a
-    plain SimCLR model's; images/s only.
+    Twins, VICReg), else a plain SimCLR model's; images/s only.
 
 The clock is paused while kNN is measured, in both: (a)'s monitor time is its monitor row's
 ``wall_s`` less the log row's of the same step, taken out of every later time. Start-up (building
@@ -46,6 +45,7 @@ from mmssl.bench.peers import PerItemDataset, PerItemSimCLRViews
 from mmssl.bench.plain_loop import (
     PlainBarlowTwins,
     PlainBYOL,
+    PlainDINO,
     PlainMoCo,
     PlainRotNet,
     PlainSimCLR,
@@ -59,7 +59,7 @@ from mmssl.encoders.io import build_encoder
 from mmssl.errors import MmsslError
 
 LEARNING_TASKS = ("simclr_image", "byol_image", "moco_image", "simsiam_image", "swav_image", "rotnet_image",
-                  "barlow_twins_image", "vicreg_image", "mae_image")
+                  "barlow_twins_image", "vicreg_image", "dino_image", "mae_image")
 # --size tiny (tests): a small network and batch on any dataset; other sizes keep the task's defaults
 _TINY_RUN = {"batch_size": 16, "monitor_items": 200, "warmup_steps": 2, "num_workers": 0}
 TINY = {**_TINY_RUN, "encoder.name": "convnet", "encoder.convnet.widths": "8,16,16,32"}
@@ -90,6 +90,14 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
                           o.sinkhorn_iters, o.projector_bn, crops, global_crops=cfg.views[0].crops)
     elif task_name == "rotnet_image":
         model = PlainRotNet(spec)
+    elif task_name == "dino_image":
+        crops = [(v.size or cfg.image_size, v.min_scale, v.max_scale) for v in cfg.views for _ in range(v.crops)]
+        global_crops = next((i for i, c in enumerate(crops) if c[0] != cfg.image_size), len(crops))
+        model = PlainDINO(spec, {"out_dim": o.out_dim, "hidden_dim": o.hidden_dim, "bottleneck_dim": o.bottleneck_dim,
+                                 "nlayers": o.nlayers, "use_bn": o.use_bn_in_head, "norm_last_layer": o.norm_last_layer},
+                          (o.student_temp, o.teacher_temp, o.warmup_teacher_temp), o.warmup_teacher_temp_steps,
+                          o.center_momentum, o.momentum_teacher, o.freeze_last_layer_steps, crops, global_crops,
+                          cfg.max_steps)
     elif task_name == "barlow_twins_image":
         model = PlainBarlowTwins(spec, o.proj_hidden, o.proj_dim, o.lambd, o.scale_loss)
     elif task_name == "vicreg_image":
@@ -250,7 +258,7 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
             log(f"  plain loop, seed {seed}: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
             # the per-item views feed the same method's step where the peer reads two views (SimCLR, BYOL,
             # SimSiam, MoCo, Barlow Twins, VICReg: its weights do not change the speed), so the ratio compares pipelines, not models;
-            # else (RotNet's one view, SwAV's multi-crop) a SimCLR model built for the purpose
+            # else (RotNet's one view, SwAV's and DINO's multi-crop) a SimCLR model built for the purpose
             reference_model = model if model.num_views == 2 else PlainSimCLR(
                 spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
             ref = reference_rate(reference_model, images.cpu(), dataclasses.replace(cfg, seed=seed),

@@ -1,7 +1,8 @@
 """Plain training loops, the peers of the bench's learning rows: SimCLR (arXiv:2002.05709), BYOL
 (arXiv:2006.07733), SimSiam (arXiv:2011.10566), MoCo v2 (arXiv:2003.04297), SwAV (arXiv:2006.09882,
-multi-crop, no queue), RotNet (arXiv:1803.07728), Barlow Twins (arXiv:2103.03230) and VICReg
-(arXiv:2105.04906), each written out here with the settings of the library's task.
+multi-crop, no queue), RotNet (arXiv:1803.07728), Barlow Twins (arXiv:2103.03230), VICReg
+(arXiv:2105.04906) and DINO (arXiv:2104.14294, multi-crop), each written out here with the settings of
+the library's task.
 
 What a careful user writes without a library: the whole dataset is one uint8 tensor on the device,
 a batch is a draw of indices from it, the views are made on the whole batch with torch ops
@@ -326,6 +327,86 @@ class PlainSwAV(nn.Module):
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+
+class DINOHeadPlain(nn.Module):
+    """DINO's head: Linear layers to ``hidden_dim`` (GELU between, BatchNorm before it with ``use_bn``) and a
+    ``bottleneck_dim`` output, weights trunc-normal(0.02) and zero biases; the output L2-normalised, then
+    a last layer w_k = g_k v_k / ||v_k|| (g fixed at 1 with ``norm_last_layer``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int,
+                 use_bn: bool, norm_last_layer: bool):
+        super().__init__()
+        widths = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        mods: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            linear = nn.Linear(a, b)
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+            mods += [linear, *([nn.BatchNorm1d(b)] if use_bn else []), nn.GELU()]
+        self.mlp = nn.Sequential(*mods[:-1])  # no GELU after the bottleneck
+        self.last_v = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.kaiming_uniform_(self.last_v, a=math.sqrt(5))  # nn.Linear's own initialisation
+        self.last_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
+
+    def forward(self, h: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        v = self.last_v.detach() if frozen else self.last_v
+        return F.normalize(self.mlp(h), dim=1) @ (self.last_g * F.normalize(v, dim=1)).T
+
+
+class PlainDINO(nn.Module):
+    """DINO with multi-crop: crops of the sizes and scales in ``crops`` [(size, min_scale, max_scale)], the
+    first ``global_crops`` global; crops of one size encoded together. The teacher, an EMA copy of the
+    encoder and head whose momentum rises on a cosine from ``momentum_teacher`` to 1 over ``total_steps``,
+    sees the global crops; its logits are centred (an EMA, ``center_momentum``, of their batch mean) and
+    sharpened at a temperature rising linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over
+    ``warmup_teacher_temp_steps``; every student crop at ``student_temp`` is trained on every other global
+    crop's target (cross-entropy). The last layer is frozen for ``freeze_last_layer_steps`` steps."""
+
+    colour = True
+
+    def __init__(self, spec: dict, head_sizes: dict, temps: tuple[float, float, float], warmup_teacher_temp_steps: int,
+                 center_momentum: float, momentum_teacher: float, freeze_last_layer_steps: int,
+                 crops: list[tuple[int, float, float]], global_crops: int, total_steps: int):
+        """``head_sizes``: DINOHeadPlain's out_dim, hidden_dim, bottleneck_dim, nlayers, use_bn and
+        norm_last_layer; ``temps``: (student_temp, teacher_temp, warmup_teacher_temp)."""
+        if any(a[0] < b[0] for a, b in itertools.pairwise(crops)):
+            raise ValueError(f"PlainDINO needs its crops listed largest first (the global ones), got {crops}")
+        super().__init__()
+        self.encoder = build_encoder(spec)
+        self.head = DINOHeadPlain(self.encoder.embed_dim, **head_sizes)
+        self.teacher = copy.deepcopy(nn.ModuleList([self.encoder, self.head])).requires_grad_(False)
+        self.register_buffer("center", torch.zeros(head_sizes["out_dim"]))
+        self.crops, self.num_views, self.global_crops, self.total_steps = crops, len(crops), global_crops, total_steps
+        self.student_temp, self.teacher_temp, self.warmup_teacher_temp = temps
+        self.warmup_steps, self.center_momentum = warmup_teacher_temp_steps, center_momentum
+        self.momentum_teacher, self.freeze_steps = momentum_teacher, freeze_last_layer_steps
+        self.steps, self.pending = 0, None
+
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        sizes = sorted({v.shape[-1] for v in views}, reverse=True)
+        feats = torch.cat([embed(self.encoder, torch.cat([v for v in views if v.shape[-1] == s])) for s in sizes])
+        student = F.log_softmax(self.head(feats, frozen=self.steps < self.freeze_steps) / self.student_temp,
+                                dim=1).chunk(len(views))
+        with torch.no_grad():
+            teacher = self.teacher[1](embed(self.teacher[0], torch.cat(views[:self.global_crops])))
+            self.pending = teacher.mean(dim=0)
+            temp = self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * min(
+                1.0, self.steps / max(self.warmup_steps, 1))
+            targets = F.softmax((teacher - self.center) / temp, dim=1).chunk(self.global_crops)
+        terms = [-(q * student[v]).sum(dim=1).mean() for i, q in enumerate(targets)
+                 for v in range(len(views)) if v != i]
+        return sum(terms) / len(terms)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        progress = min(step / max(self.total_steps, 1), 1.0)
+        tau = 1 - (1 - self.momentum_teacher) * (math.cos(math.pi * progress) + 1) / 2
+        follow(self.teacher, nn.ModuleList([self.encoder, self.head]), tau)
+        if self.pending is not None:
+            self.center.mul_(self.center_momentum).add_(self.pending, alpha=1 - self.center_momentum)
+            self.pending = None
+        self.steps = step
 
 
 class PlainRotNet(nn.Module):

@@ -151,7 +151,7 @@ def test_learning_expands_to_every_image_task():
     from mmssl.bench.learning import LEARNING_TASKS
 
     assert expand_tasks(["learning"]) == [f"learning:{t}" for t in LEARNING_TASKS]
-    assert len(LEARNING_TASKS) == 9
+    assert len(LEARNING_TASKS) == 10
 
 
 def test_plain_nt_xent_equals_the_library_loss():
@@ -287,6 +287,58 @@ def test_plain_swav_matches_the_library_objective_over_two_steps():
         torch.testing.assert_close(peer.prototypes.weight, objective.prototypes.weight)
     with pytest.raises(ValueError, match="largest first"):
         PlainSwAV(spec, 24, 8, 5, 0.1, 0.05, 3, True, [(8, 0.05, 0.14), (16, 0.14, 1.0)], global_crops=1)
+
+
+@pytest.mark.parametrize("freeze, warmup", [(0, 0), (1, 3)])
+def test_plain_dino_matches_the_library_objective_over_two_steps(freeze, warmup):
+    """DINO's plain peer (multi-crop, centring, sharpening, EMA teacher) against the library's objective:
+    loss, encoder and head gradients, the teacher and the centre after each step; with the last layer
+    frozen for the first step and the teacher's temperature warming up over three."""
+    from mmssl.bench.plain_loop import PlainDINO
+    from mmssl.encoders.io import build_encoder
+    from mmssl.registry import OBJECTIVES
+
+    spec = {"name": "convnet", "kwargs": {"widths": [8, 16]}}
+    settings = {"out_dim": 10, "hidden_dim": 24, "bottleneck_dim": 8, "nlayers": 3, "use_bn_in_head": False,
+                "norm_last_layer": True}
+    torch.manual_seed(0)
+    objective = OBJECTIVES.build("dino", encoder=build_encoder(spec), **settings, student_temp=0.1, teacher_temp=0.07,
+                                 warmup_teacher_temp=0.04, warmup_teacher_temp_steps=warmup, center_momentum=0.9,
+                                 momentum_teacher=0.9, freeze_last_layer_steps=freeze, global_crops=2)
+    head = {**{k: v for k, v in settings.items() if k != "use_bn_in_head"}, "use_bn": False}
+    peer = PlainDINO(spec, head, (0.1, 0.07, 0.04), warmup, 0.9, 0.9, freeze,
+                     [(16, 0.4, 1.0)] * 2 + [(8, 0.05, 0.4)] * 3, global_crops=2, total_steps=10)
+    for mine, theirs in ((peer.encoder, objective.encoder), (peer.head, objective.head),
+                         (peer.teacher[0], objective.teacher_encoder), (peer.teacher[1], objective.teacher_head)):
+        mine.load_state_dict(theirs.state_dict())
+    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5) for m in (peer, objective)]
+    torch.manual_seed(1)
+    for step in (1, 2):
+        views = [*torch.randn(2, 6, 3, 16, 16), *torch.randn(3, 6, 3, 8, 8)]
+        losses = peer(*views), objective({"views": views})["loss"]
+        assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5), step
+        for opt, loss in zip(opts, losses):
+            opt.zero_grad()
+            loss.backward()
+        for a, b in zip([*peer.encoder.parameters(), *peer.head.parameters()],
+                        [*objective.encoder.parameters(), *objective.head.parameters()]):
+            if not b.requires_grad:
+                continue
+            # a frozen last layer: a zero gradient in the library (kept in DDP's graph), none in the peer
+            ga, gb = (torch.zeros_like(b) if g is None else g for g in (a.grad, b.grad))
+            torch.testing.assert_close(ga, gb, rtol=1e-4, atol=max(1e-6, 1e-5 * gb.abs().max().item()))
+        if step <= freeze:
+            assert not objective.head.last_v.grad.any()
+        for opt in opts:
+            opt.step()
+        peer.after_step(step)
+        objective.after_step(step, 10)
+        torch.testing.assert_close(peer.center, objective.center)
+        for a, b in zip(peer.teacher.parameters(), [*objective.teacher_encoder.parameters(),
+                                                    *objective.teacher_head.parameters()]):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="largest first"):
+        PlainDINO(spec, head, (0.1, 0.07, 0.04), 0, 0.9, 0.9, 0, [(8, 0.05, 0.4), (16, 0.4, 1.0)], 1, 10)
 
 
 def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_path):
