@@ -7,7 +7,8 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     spaced steps, and a checkpoint only at the end. The times come from ``DIR/metrics.jsonl``.
 (b) The plain loop, the peer: the task's method written out in ``plain_loop.py`` with the task's
     objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV, RotNet, Barlow Twins, VICReg and DINO;
-    SimCLR's objective for MAE, which has no plain peer, and the row says so), the encoder built from
+    SimCLR's objective for the other image tasks, which have no plain peer of their own, and the row
+    says so: it then compares methods as well as pipelines), the encoder built from
     the task's encoder spec, the task's batch size, lr, weight decay and crop scale, measured by the
     same ``task.monitor`` when its training clock first passes each of (a)'s points, and stopped after
     the last. Its rate has (a)'s shape over the same seconds: the task's warm-up steps, then half a
@@ -58,8 +59,11 @@ from mmssl.bench.plain_loop import (
 from mmssl.encoders.io import build_encoder
 from mmssl.errors import MmsslError
 
-LEARNING_TASKS = ("simclr_image", "byol_image", "moco_image", "simsiam_image", "swav_image", "rotnet_image",
-                  "barlow_twins_image", "vicreg_image", "dino_image", "mae_image")
+# every image task: those with a plain peer of their own method first, then those measured against plain SimCLR
+PEERED_TASKS = ("simclr_image", "byol_image", "moco_image", "simsiam_image", "swav_image", "rotnet_image",
+                "barlow_twins_image", "vicreg_image", "dino_image")
+LEARNING_TASKS = (*PEERED_TASKS, "mae_image", "supcon_image", "exemplar_image", "deepcluster_image", "densecl_image",
+                  "jigsaw_image", "relative_position_image", "context_encoder_image", "split_brain_image", "cpc_image")
 # --size tiny (tests): a small network and batch on any dataset; other sizes keep the task's defaults
 _TINY_RUN = {"batch_size": 16, "monitor_items": 200, "warmup_steps": 2, "num_workers": 0}
 TINY = {**_TINY_RUN, "encoder.name": "convnet", "encoder.convnet.widths": "8,16,16,32"}

@@ -93,7 +93,8 @@ def learning_table(r: dict) -> str:
                      + ", ".join(f"{q['final_ratio']:.3f}" for q in each) + ", mmssl / per-item "
                      + ", ".join(f"{q['speedup_vs_per_item']:.2f}" for q in each) + ", curve at or above: "
                      + ", ".join("yes" if q["curve_at_or_above_plain"] else "no" for q in each))
-    lines.append(f"training views/s (kNN excluded): mmssl {v['mmssl']:.0f} ({r['views']} views per image), "
+    per_image = f"{r['views']} view{'s' if r['views'] != 1 else ''} per image"
+    lines.append(f"training views/s (kNN excluded): mmssl {v['mmssl']:.0f} ({per_image}), "
                  f"plain loop {v['plain']:.0f}, per-item torchvision reference {v['per_item_reference']:.0f} "
                  f"({r['per_item_reference']}); mmssl / per-item {r['speedup_vs_per_item']:.2f}")
     met = r["targets"]
