@@ -9,7 +9,8 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV, RotNet, Barlow Twins, VICReg and DINO;
     SimCLR's objective for the other image tasks, which have no plain peer of their own, and the row
     says so: it then compares methods as well as pipelines), the encoder built from
-    the task's encoder spec, the task's batch size, lr, weight decay and crop scale, measured by the
+    the task's encoder spec, the task's batch size, lr, weight decay, crop scale and each view's colour,
+    blur and solarization recipe (SimCLR's views for a SimCLR stand-in), measured by the
     same ``task.monitor`` when its training clock first passes each of (a)'s points, and stopped after
     the last. Its rate has (a)'s shape over the same seconds: the task's warm-up steps, then half a
     cosine down to ``min_lr_ratio * lr`` at (a)'s last point (a run that stops by the clock cannot
@@ -44,6 +45,7 @@ from torch import nn
 
 from mmssl.bench.peers import PerItemDataset, PerItemSimCLRViews
 from mmssl.bench.plain_loop import (
+    Colour,
     PlainBarlowTwins,
     PlainBYOL,
     PlainDINO,
@@ -110,9 +112,17 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
         s = simclr.objective
         model = PlainSimCLR(spec, s.proj_hidden, s.proj_dim, s.temperature)
         if task_name != "simclr_image":
+            model.view_colours = task_colours(simclr)
             return model, simclr.views[0].min_scale, ("plain loop, SimCLR objective (no plain peer is written for "
                                                       f"{task_name}: the row compares methods as well as pipelines)")
+    if model.colour:
+        model.view_colours = task_colours(cfg)
     return model, cfg.views[0].min_scale, f"plain loop, the same method ({model.__class__.__name__})"
+
+
+def task_colours(cfg: Any) -> list[Colour]:
+    """The colour recipe of each view a task's config makes, in order (a group of N crops gives N)."""
+    return [Colour.of(v) for v in cfg.views for _ in range(v.crops)]
 
 
 def learning_config(task_name: str, size: str, dataset: str, out_dir: Path, **flags: Any) -> tuple[Any, Any]:

@@ -6,16 +6,19 @@ the library's task.
 
 What a careful user writes without a library: the whole dataset is one uint8 tensor on the device,
 a batch is a draw of indices from it, the views are made on the whole batch with torch ops
-(``affine_grid`` crop and flip, brightness / contrast / saturation jitter, grayscale), and the loss,
-heads, momentum networks and AdamW step are written out here. No DataLoader, no library code but
-the encoder builder (the network is the one the task's encoder spec describes) and, outside this
-module, the kNN measurement. The views are SimCLR's colour distortion for every contrastive and
-joint-embedding peer (no hue jitter, which needs an HSV round trip, and none of BYOL's solarization)
-at the task's crop scale; RotNet's are crops and flips only, as its task's.
+(``affine_grid`` crop and flip, brightness / contrast / saturation / hue jitter, grayscale, Gaussian
+blur, solarization), and the loss, heads, momentum networks and AdamW step are written out here. No
+DataLoader, no library code but the encoder builder (the network is the one the task's encoder spec
+describes) and, outside this module, the kNN measurement. Each view's colour recipe is a ``Colour``:
+the bench gives a peer its task's (``Colour.of`` each view group's settings), so that a row compares
+pipelines rather than augmentations; without one a peer reads SimCLR's distortion without hue, blur or
+solarization (``SIMCLR_COLOUR``), as the bench's rows before 2026-12-06 did. RotNet's views are crops
+and flips only, as its task's.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import time
@@ -50,18 +53,83 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,c->bhw", x, x.new_tensor(GRAY))[:, None]
 
 
+@dataclasses.dataclass(frozen=True)
+class Colour:
+    """A view's colour recipe: with ``jitter_prob`` brightness, contrast and saturation factors uniform in
+    [1 - x, 1 + x] and a hue shift uniform in [-hue, hue] turns of the colour wheel (applied in that
+    order), then grayscale with ``gray_prob``, a Gaussian blur with ``blur_prob`` (sigma uniform in
+    [blur_sigma_min, blur_sigma_max] output pixels, an odd kernel of about a tenth of the side, at least
+    3) and solarization (1 - x above 0.5) with ``solarize_prob``."""
+
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.0
+    jitter_prob: float = 0.8
+    gray_prob: float = 0.2
+    blur_prob: float = 0.0
+    blur_sigma_min: float = 0.1
+    blur_sigma_max: float = 2.0
+    solarize_prob: float = 0.0
+
+    @classmethod
+    def of(cls, view: object) -> Colour:
+        """The recipe of a task's view group (any object with these fields, e.g. its ``ViewSettings``)."""
+        return cls(**{f.name: getattr(view, f.name) for f in dataclasses.fields(cls)})
+
+
+SIMCLR_COLOUR = Colour()  # SimCLR's distortion without hue: the peers' views before they read their task's
+
+
+def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> the same with every pixel's hue turned by shift (B,) of the colour
+    wheel, saturation and value kept: RGB -> HSV -> RGB."""
+    value, _ = x.max(dim=1)  # (B, H, W)
+    chroma = value - x.min(dim=1).values
+    sat = torch.where(value > 0, chroma / value.clamp_min(1e-12), torch.zeros_like(value))
+    r, g, b = ((value - c) / chroma.clamp_min(1e-12) for c in x.unbind(1))  # distances from the max channel
+    sector = torch.where(x[:, 0] == value, b - g, torch.where(x[:, 1] == value, 2 + r - b, 4 + g - r))
+    hue = torch.where(chroma > 0, sector / 6, torch.zeros_like(sector))
+    hue = torch.remainder(hue + shift[:, None, None], 1.0) * 6
+    i = hue.floor()
+    f = hue - i
+    p, q, t = value * (1 - sat), value * (1 - sat * f), value * (1 - sat * (1 - f))
+    i = i.long().remainder(6)[:, None]  # (B, 1, H, W): which of the six sectors
+    choices = {0: (value, t, p), 1: (q, value, p), 2: (p, value, t), 3: (p, q, value), 4: (t, p, value),
+               5: (value, p, q)}
+    out = torch.zeros_like(x)
+    for k, rgb in choices.items():
+        out = torch.where(i == k, torch.stack(rgb, dim=1), out)
+    return out
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> Gaussian-blurred with sigma (B,) per image, separable, reflected borders."""
+    B, C, H, W = x.shape
+    size = max(3, int(0.1 * H) // 2 * 2 + 1)
+    taps = torch.arange(size, device=x.device, dtype=x.dtype) - size // 2
+    k = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(C, dim=0)  # (B C, size)
+    y = F.pad(x.reshape(1, B * C, H, W), [size // 2] * 4, mode="reflect")
+    y = F.conv2d(F.conv2d(y, k[:, None, :, None], groups=B * C), k[:, None, None, :], groups=B * C)
+    return y.reshape(B, C, H, W)
+
+
 def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Generator,
-                colour: bool = True, max_scale: float = 1.0) -> torch.Tensor:
-    """One SimCLR view of every image: uint8 (B, 3, H, W) -> normalised float32 (B, 3, size, size).
+                colour: Colour | None = SIMCLR_COLOUR, max_scale: float = 1.0) -> torch.Tensor:
+    """One view of every image: uint8 (B, 3, H, W) -> normalised float32 (B, 3, size, size).
 
     Random resized crop (area share min_scale..max_scale, aspect 3/4..4/3, clipped to the image) and a
-    horizontal flip in one affine grid; with ``colour``, with p = 0.8 brightness, contrast and
-    saturation factors in 0.6..1.4, and grayscale with p = 0.2.
+    horizontal flip in one affine grid; then ``colour``'s recipe, or nothing more with None. A recipe
+    without hue, blur or solarization draws exactly what ``SIMCLR_COLOUR`` did before those existed.
     """
     B, dev = len(images), images.device
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen, device=dev)
+
+    def chance(p: float) -> torch.Tensor:
+        return rand(B, 1, 1, 1) < p
 
     area = min_scale + (max_scale - min_scale) * rand(B)
     aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand(B))
@@ -72,15 +140,25 @@ def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Ge
     theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, [B, 3, size, size], align_corners=False)
     x = F.grid_sample(images.float() / 255, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if colour:
-        jitter = rand(B, 1, 1, 1) < 0.8
-        b, c, s = (torch.where(jitter, 0.6 + 0.8 * rand(B, 1, 1, 1), 1.0) for _ in range(3))
+    if colour is not None:
+        c = colour
+        jitter = chance(c.jitter_prob)
+        b, k, s = (torch.where(jitter, max(0.0, 1 - x_) + (1 + x_ - max(0.0, 1 - x_)) * rand(B, 1, 1, 1), 1.0)
+                   for x_ in (c.brightness, c.contrast, c.saturation))
         x = (x * b).clamp(0, 1)
         mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = ((x - mean) * c + mean).clamp(0, 1)
+        x = ((x - mean) * k + mean).clamp(0, 1)
         g = _gray(x)
         x = ((x - g) * s + g).clamp(0, 1)
-        x = torch.where(rand(B, 1, 1, 1) < 0.2, _gray(x).expand_as(x), x)
+        if c.hue > 0:
+            shift = torch.where(jitter.flatten(), c.hue * (2 * rand(B) - 1), 0.0)
+            x = _hue_shift(x, shift)
+        x = torch.where(chance(c.gray_prob), _gray(x).expand_as(x), x)
+        if c.blur_prob > 0:
+            sigma = c.blur_sigma_min + (c.blur_sigma_max - c.blur_sigma_min) * rand(B)
+            x = torch.where(chance(c.blur_prob), _blur(x, sigma), x)
+        if c.solarize_prob > 0:
+            x = torch.where(chance(c.solarize_prob), torch.minimum(x, 1 - x), x)
     return (x - x.new_tensor(MEAN)[:, None, None]) / x.new_tensor(STD)[:, None, None]
 
 
@@ -441,6 +519,13 @@ def rate(step: int, lr: float, warmup_steps: int, cosine_steps: int = 0, min_lr_
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress)))))
 
 
+def peer_colours(model: nn.Module) -> list[Colour | None]:
+    """The colour recipe of each view ``model`` reads: its own ``view_colours`` where it has them (the
+    bench gives a peer its task's), else ``SIMCLR_COLOUR`` for a peer that reads colour-distorted views
+    and None (crop and flip only) for one that does not."""
+    return getattr(model, "view_colours", None) or [SIMCLR_COLOUR if model.colour else None] * model.num_views
+
+
 def peer_crops(model: nn.Module, size: int, min_scale: float) -> list[tuple[int, float, float]]:
     """The (size, min_scale, max_scale) of each view ``model`` reads: its own ``crops`` list where it
     has one (multi-crop), else ``model.num_views`` crops of ``size`` px from ``min_scale``-100%."""
@@ -473,7 +558,9 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     by_step = at_steps is not None
     pending, points = sorted(at_steps if by_step else at_seconds), []
     clock, step, seen, order, pos, warm_clock = 0.0, 0, 0, None, len(images), 0.0
-    crops = peer_crops(model, size, min_scale)
+    crops, colours = peer_crops(model, size, min_scale), peer_colours(model)
+    if len(colours) != len(crops):
+        raise ValueError(f"{type(model).__name__} reads {len(crops)} views but has {len(colours)} colour recipes")
     model.train()
     while pending:
         start = time.perf_counter()
@@ -486,7 +573,7 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
         progress = None if not cosine_seconds or step < warmup_steps else (
             (clock - warm_clock) / max(1e-9, cosine_seconds - warm_clock))
         with torch.no_grad():
-            views = [batch_views(x, s, lo, gen, colour=model.colour, max_scale=hi) for s, lo, hi in crops]
+            views = [batch_views(x, s, lo, gen, colour=c, max_scale=hi) for (s, lo, hi), c in zip(crops, colours)]
         for group in opt.param_groups:
             group["lr"] = rate(step, lr, warmup_steps, cosine_steps, min_lr_ratio, progress)
         loss = model(*views)

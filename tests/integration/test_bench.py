@@ -369,6 +369,63 @@ def test_per_item_reference_and_batched_views_have_the_task_views_shapes(tmp_pat
     torch.testing.assert_close(item_views[0], again[0])  # the item's generator alone decides its views
 
 
+def test_plain_hue_shift_and_blur_equal_torchvision_image_by_image():
+    """The peers' batched hue shift and blur, written apart from the library, against torchvision's
+    per-image adjust_hue and gaussian_blur (reflected borders, a 3-tap kernel at 32 px)."""
+    import torchvision.transforms.v2.functional as TF
+
+    from mmssl.bench.plain_loop import _blur, _hue_shift
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 32, 32, generator=gen)
+    x[0] = x[0, :1]  # a gray image: no hue to turn
+    shift = torch.tensor([0.3, -0.5, 0.1, -0.05, 0.5, 0.0])
+    sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.7])
+    hued, blurred = _hue_shift(x, shift), _blur(x, sigma)
+    for i in range(len(x)):
+        torch.testing.assert_close(hued[i], TF.adjust_hue(x[i], shift[i].item()), atol=2e-5, rtol=0)
+        want = TF.gaussian_blur(x[i], kernel_size=[3, 3], sigma=[sigma[i].item()] * 2)
+        torch.testing.assert_close(blurred[i], want, atol=2e-6, rtol=0)
+    assert not torch.allclose(hued[1], x[1]) and not torch.allclose(blurred[4], x[4])
+
+
+def test_plain_views_follow_the_recipe_they_are_given():
+    """With the SimCLR recipe the views are what they were before hue, blur and solarization existed
+    (the same draws), solarization folds the same views about 0.5, and each peer gets its task's
+    recipe view by view (BYOL's two views differ in solarization)."""
+    import tempfile
+    from pathlib import Path
+
+    from mmssl.bench.learning import learning_config, plain_peer
+    from mmssl.bench.peers import MEAN, STD
+    from mmssl.bench.plain_loop import SIMCLR_COLOUR, Colour, batch_views
+
+    images = torch.randint(0, 256, (8, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+    def views(colour):
+        return batch_views(images, 32, 0.3, torch.Generator().manual_seed(5), colour=colour)
+
+    def unnormalise(v):
+        return v * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+
+    torch.testing.assert_close(views(SIMCLR_COLOUR), views(Colour(hue=0.0, blur_prob=0.0, solarize_prob=0.0)))
+    plain, folded = unnormalise(views(Colour(solarize_prob=1.0))), unnormalise(views(SIMCLR_COLOUR))
+    torch.testing.assert_close(plain, torch.minimum(folded, 1 - folded), atol=1e-5, rtol=0)
+    assert not torch.allclose(views(Colour(hue=0.5)), views(SIMCLR_COLOUR))
+
+    out = Path(tempfile.mkdtemp())
+    simclr = learning_config("simclr_image", "default", "demo", out)[1]
+    for name in ("byol_image", "vicreg_image", "dino_image", "jigsaw_image"):
+        task, cfg = learning_config(name, "default", "demo", out)
+        model = plain_peer(name, cfg, simclr, task.encoder_spec(cfg))[0]
+        source = simclr if name == "jigsaw_image" else cfg  # a task without a peer of its own: SimCLR's views
+        want = [Colour.of(v) for v in source.views for _ in range(v.crops)]
+        assert model.view_colours == want and len(want) == model.num_views, name
+    byol = learning_config("byol_image", "default", "demo", out)[1]
+    first, second = (Colour.of(v) for v in byol.views)
+    assert (first.solarize_prob, second.solarize_prob) == (0.0, 0.2)  # BYOL's asymmetric pair (no blur at 32 px)
+
+
 @pytest.mark.parametrize("warmup, cosine_steps", [(0, 40), (5, 40), (5, 0)])
 def test_plain_rate_follows_the_library_schedule(warmup, cosine_steps):
     from mmssl.bench.plain_loop import rate
