@@ -10,7 +10,10 @@ crop scale, as in the bench; its rate follows the task's warm-up and cosine sche
 library's run does), or stays constant after the warm-up with ``--constant-lr`` (as the bench's
 plain loop does).
 
-    python benchmarks/plain_peer_steps.py TASK FOLDER STEPS [--points 4] [--seed 0] [--constant-lr]
+    python benchmarks/plain_peer_steps.py TASK FOLDER STEPS [--points 4] [--seed 0] [--constant-lr] [KEY=VALUE ...]
+
+KEY=VALUE settings change the task's config as on ``train.py``'s command line (``views.0.hue=0``), for
+the peer and the evaluation alike.
 
 Compare with ``python train.py --task TASK --dataset FOLDER --label-column label max_steps=STEPS
 monitor_every=STEPS/points`` (``--dataset demo`` without ``--label-column`` for the embedded shapes).
@@ -24,6 +27,7 @@ import torch
 
 from mmssl.bench.learning import learning_config, plain_peer
 from mmssl.bench.plain_loop import load_images, train_plain
+from mmssl.config import parse_override
 
 
 def main() -> None:
@@ -34,10 +38,16 @@ def main() -> None:
     p.add_argument("--points", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--constant-lr", action="store_true", help="no cosine decay after the warm-up")
-    args = p.parse_args()
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="task settings, as on train.py's command line")
+    args = p.parse_intermixed_args()
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        p.error(f"settings are KEY=VALUE, not {bad[0]!r}")
+    overrides = dict(parse_override(o) for o in args.overrides)
 
     scratch = Path("/nonexistent-output")  # nothing is written: the configs only name the data
-    task, cfg = learning_config(args.task, "default", args.dataset, scratch, max_steps=args.steps, seed=args.seed)
+    task, cfg = learning_config(args.task, "default", args.dataset, scratch, **overrides, max_steps=args.steps,
+                                seed=args.seed)
     simclr = learning_config("simclr_image", "default", args.dataset, scratch)[1]
     torch.manual_seed(args.seed)  # the peer's initial weights
     model, min_scale, name = plain_peer(args.task, cfg, simclr, task.encoder_spec(cfg))
