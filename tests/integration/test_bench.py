@@ -260,6 +260,17 @@ def test_plain_peers_match_the_library_objectives_over_two_steps(name, settings)
         torch.testing.assert_close(peer.queue, objective.queue)
 
 
+def _multicrop_backward(peer, objective, opts, step: int) -> None:
+    """One batch of two 16 px and three 8 px crops through a multi-crop peer and its library objective: the
+    losses agree, and each side's gradients are computed (its optimizer's zeroed first)."""
+    views = [*torch.randn(2, 6, 3, 16, 16), *torch.randn(3, 6, 3, 8, 8)]
+    losses = peer(*views), objective({"views": views})["loss"]
+    assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5), step
+    for opt, loss in zip(opts, losses):
+        opt.zero_grad()
+        loss.backward()
+
+
 def test_plain_swav_matches_the_library_objective_over_two_steps():
     """SwAV's plain peer (multi-crop, Sinkhorn written as the paper's Algorithm 1) against the library's
     objective, as the test above: loss, encoder gradients, prototypes after their renormalisation."""
@@ -278,12 +289,7 @@ def test_plain_swav_matches_the_library_objective_over_two_steps():
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (peer, objective)]
     torch.manual_seed(1)
     for step in (1, 2):
-        views = [*torch.randn(2, 6, 3, 16, 16), *torch.randn(3, 6, 3, 8, 8)]
-        losses = peer(*views), objective({"views": views})["loss"]
-        assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5), step
-        for opt, loss in zip(opts, losses):
-            opt.zero_grad()
-            loss.backward()
+        _multicrop_backward(peer, objective, opts, step)
         for a, b in zip(peer.encoder.parameters(), objective.encoder.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)  # Sinkhorn in exp and in log form
         for opt in opts:
@@ -320,12 +326,7 @@ def test_plain_dino_matches_the_library_objective_over_two_steps(freeze, warmup)
     opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5) for m in (peer, objective)]
     torch.manual_seed(1)
     for step in (1, 2):
-        views = [*torch.randn(2, 6, 3, 16, 16), *torch.randn(3, 6, 3, 8, 8)]
-        losses = peer(*views), objective({"views": views})["loss"]
-        assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5), step
-        for opt, loss in zip(opts, losses):
-            opt.zero_grad()
-            loss.backward()
+        _multicrop_backward(peer, objective, opts, step)
         for a, b in zip([*peer.encoder.parameters(), *peer.head.parameters()],
                         [*objective.encoder.parameters(), *objective.head.parameters()]):
             if not b.requires_grad:
