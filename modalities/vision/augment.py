@@ -59,6 +59,14 @@ class ViewSettings:
     blur_sigma_min: float = 0.1  # in pixels of the output crop
     blur_sigma_max: float = 2.0
     solarize_prob: float = 0.0
+    # "torchvision": RandomResizedCrop's box, whole source pixels, rejected when it does not fit (ten
+    # tries, then a centred crop); "continuous": the first try's box in fractions of a pixel, clamped to
+    # the image, placed uniformly (the crop of affine-grid loops; on 32 px sources it keeps more distinct
+    # crops and resamples every one: docs/results/image.md)
+    crop: str = "torchvision"
+
+
+CROP_SAMPLERS = ("torchvision", "continuous")
 
 
 def check_views(views: tuple[ViewSettings, ...], key: str = "views") -> None:
@@ -82,6 +90,8 @@ def check_views(views: tuple[ViewSettings, ...], key: str = "views") -> None:
                 raise ConfigError(f"{name}.{field} must be >= 0, got {getattr(v, field)}")
         if not 0.0 <= v.hue <= 0.5:
             raise ConfigError(f"{name}.hue must be in [0, 0.5], got {v.hue}")
+        if v.crop not in CROP_SAMPLERS:
+            raise ConfigError(f"{name}.crop is one of {', '.join(CROP_SAMPLERS)}, not {v.crop!r}")
         if not 0.0 < v.blur_sigma_min <= v.blur_sigma_max:
             raise ConfigError(f"{name}: need 0 < blur_sigma_min <= blur_sigma_max, got "
                               f"{v.blur_sigma_min} and {v.blur_sigma_max}")
@@ -105,17 +115,23 @@ DRAWS_PER_CROP = 4 * TRIES + 14
 
 
 def crop_boxes(heights: torch.Tensor, widths: torch.Tensor, scale: tuple[float, float],
-               u: torch.Tensor) -> torch.Tensor:
+               u: torch.Tensor, continuous: bool = False) -> torch.Tensor:
     """Random crops (top, left, h, w) in pixels, drawn as RandomResizedCrop does, for N images at once.
 
     heights, widths: (N,) image sides; u: float64 (N, 4 * TRIES) uniforms laid out as
     (area, aspect, top, left) x TRIES. Of the TRIES tries (an area share uniform in ``scale`` and a log
     aspect ratio uniform in [log 3/4, log 4/3]) the first box that fits is placed uniformly; if none
     fits, the largest centred box whose aspect ratio lies in [3/4, 4/3]. Returns int64 (N, 4).
+    With ``continuous``, the first try's box unrounded, each side clamped to the image's, its top-left
+    corner uniform over the places where it fits: float64 (N, 4).
     """
     H, W = heights.double()[:, None], widths.double()[:, None]  # (N, 1)
     target = H * W * (scale[0] + (scale[1] - scale[0]) * u[:, _AREA])
     aspect = torch.exp(_LOG_RATIO[0] + (_LOG_RATIO[1] - _LOG_RATIO[0]) * u[:, _ASPECT])
+    if continuous:
+        h = torch.sqrt(target[:, 0] / aspect[:, 0]).minimum(H[:, 0])
+        w = torch.sqrt(target[:, 0] * aspect[:, 0]).minimum(W[:, 0])
+        return torch.stack([u[:, _TOP][:, 0] * (H[:, 0] - h), u[:, _LEFT][:, 0] * (W[:, 0] - w), h, w], dim=1)
     w, h = torch.round(torch.sqrt(target * aspect)), torch.round(torch.sqrt(target / aspect))  # half to even, as round()
     fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)  # (N, TRIES)
     first = fits.long().argmax(dim=1, keepdim=True)  # the first try that fits (0 when none does)
@@ -154,7 +170,7 @@ def draw_params(views: tuple[ViewSettings, ...], sizes: torch.Tensor, seeds: tor
     for v in views:
         g = u[:, first:first + v.crops].reshape(-1, DRAWS_PER_CROP)  # (N * crops, draws), image-major
         H, W = heights.repeat_interleave(v.crops), widths.repeat_interleave(v.crops)
-        top, left, h, w = crop_boxes(H, W, (v.min_scale, v.max_scale), g).double().unbind(1)
+        top, left, h, w = crop_boxes(H, W, (v.min_scale, v.max_scale), g, v.crop == "continuous").double().unbind(1)
         H, W = H.double(), W.double()
         lo = torch.tensor([max(0.0, 1 - v.brightness), max(0.0, 1 - v.contrast), max(0.0, 1 - v.saturation), -v.hue],
                           dtype=torch.float64, device=u.device)
