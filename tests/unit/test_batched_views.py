@@ -307,6 +307,33 @@ def test_crop_boxes_are_distributed_as_random_resized_crop():
     torch.testing.assert_close(p, torch.tensor([t / H, lft / W, (t + h) / H, (lft + w) / W]))
 
 
+def test_continuous_crop_boxes_are_the_first_try_clamped_and_placed_anywhere():
+    """``crop=continuous``: each box is the first try's area and aspect, unrounded, each side clamped to
+    the image's, its corner uniform over where it fits, written out here from the same uniforms."""
+    H, W, scale = 30, 40, (0.3, 1.0)
+    u = hashed_uniform(torch.arange(N), 4 * TRIES)
+    boxes = crop_boxes(torch.full((N,), H), torch.full((N,), W), scale, u, continuous=True)
+    assert boxes.dtype == torch.float64
+    for n in (0, 1, 7, N - 1):
+        area = H * W * (scale[0] + (scale[1] - scale[0]) * u[n, 0].item())
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[n, TRIES].item())
+        h, w = min(math.sqrt(area / ratio), H), min(math.sqrt(area * ratio), W)
+        want = [u[n, 2 * TRIES].item() * (H - h), u[n, 3 * TRIES].item() * (W - w), h, w]
+        assert boxes[n].tolist() == pytest.approx(want, rel=1e-12)
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= H + 1e-9).all() and (left + w <= W + 1e-9).all()
+    free = h < H  # sides not clamped to the image's are fractions of a pixel, where torchvision's are whole
+    assert free.float().mean() > 0.5 and (h[free] != h[free].round()).all()
+    whole = crop_boxes(torch.full((N,), H), torch.full((N,), W), scale, u)
+    assert torch.equal(whole, whole.round()) and whole.dtype == torch.int64
+    # the setting reaches the drawn parameters; nothing else drawn changes
+    seeds = torch.arange(6)
+    p_whole = draw_params((ViewSettings(),), sizes(6, H, W), seeds)
+    p_cont = draw_params((ViewSettings(crop="continuous"),), sizes(6, H, W), seeds)
+    assert not torch.equal(p_whole[..., BOX], p_cont[..., BOX])
+    torch.testing.assert_close(p_whole[..., 4:], p_cont[..., 4:])
+
+
 def _mix32(x: int) -> int:
     x ^= x >> 16
     x = (x * 0x7FEB352D) & 0xFFFFFFFF
@@ -473,6 +500,7 @@ def test_every_view_key_reaches_the_view_maker(tmp_path):
     assert first_views(tmp_path, "views.0.size=8")[0].shape == (4, 3, 8, 8)
     assert first_views(tmp_path, "image_size=24")[0].shape == (4, 3, 24, 24)  # size None follows image_size
     assert not torch.equal(first_views(tmp_path, "views.0.min_scale=0.1", "views.0.max_scale=0.2")[0], base)
+    assert not torch.equal(first_views(tmp_path, "views.0.crop=continuous")[0], base)
     torch.testing.assert_close(first_views(tmp_path, "views.0.flip_prob=1")[0], base.flip(-1))
     jitter = {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.2}
     for key, value in jitter.items():
@@ -527,6 +555,7 @@ def test_task_recipes_keep_their_papers_views():
     ("simclr_image", ["views.0.size=0"], "views.0.size must be a positive"),
     ("simclr_image", ["views.0.blur_sigma_min=2", "views.0.blur_sigma_max=1"], "blur_sigma_min <= blur_sigma_max"),
     ("simclr_image", ["views.0.hue=0.7"], "views.0.hue"),
+    ("simclr_image", ["views.0.crop=kornia"], "views.0.crop is one of torchvision, continuous, not 'kornia'"),
     ("simclr_image", ["working_size=0"], "working_size"),
     ("simclr_image", ["views.0.crops=1"], "need 2 or more"),
     ("mae_image", ["views.0.crops=2"], "one crop"),
