@@ -157,7 +157,8 @@ def test_learning_expands_to_every_image_task():
     from mmssl.registry import TASKS
 
     assert expand_tasks(["learning"]) == [f"learning:{t}" for t in LEARNING_TASKS]
-    assert sorted(LEARNING_TASKS) == sorted(n for n in TASKS if TASKS.get(n).modality == "image")
+    library = [n for n in TASKS if TASKS.get(n).__module__.startswith("mmssl.tasks.")]  # not tests' own tasks
+    assert sorted(LEARNING_TASKS) == sorted(n for n in library if TASKS.get(n).modality == "image")
 
 
 def test_plain_nt_xent_equals_the_library_loss():
@@ -231,10 +232,14 @@ def test_plain_peers_match_the_library_objectives_over_two_steps(name, settings)
     their losses, encoder gradients, momentum networks and queues agree with the objectives'."""
     peer, objective = _peer_and_objective(name, **settings)
     peer.train(), objective.train()
+    # The batch-standardised methods standardise in two ways (BatchNorm's kernel in the peer, sums in the
+    # library), which round apart in float32 by more than the thread count's reordering: compare in float64.
+    dtype = torch.float64 if name in ("barlow_twins", "vicreg") else torch.float32
+    peer.to(dtype), objective.to(dtype)
     opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (peer, objective)]
     torch.manual_seed(1)
     for step in (1, 2):
-        v0, v1 = torch.randn(2, 6, 3, 16, 16)
+        v0, v1 = torch.randn(2, 6, 3, 16, 16, dtype=dtype)
         batch = {"input": v0} if name == "rotnet" else {"views": [v0, v1]}
         losses = (peer(v0) if name == "rotnet" else peer(v0, v1)), objective(batch)["loss"]
         assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5, abs=1e-6), step
