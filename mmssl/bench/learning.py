@@ -91,19 +91,20 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
         if o.queue_size or o.freeze_prototypes_steps:
             raise MmsslError("the plain SwAV peer has no queue and never freezes its prototypes; "
                              "drop objective.queue_size and objective.freeze_prototypes_steps")
-        crops = [(v.size or cfg.image_size, v.min_scale, v.max_scale) for v in cfg.views for _ in range(v.crops)]
         model = PlainSwAV(spec, o.proj_hidden, o.proj_dim, o.num_prototypes, o.temperature, o.eps,
-                          o.sinkhorn_iters, o.projector_bn, crops, global_crops=cfg.views[0].crops)
+                          o.sinkhorn_iters, o.projector_bn, task_crops(cfg), global_crops=cfg.views[0].crops)
     elif task_name == "rotnet_image":
         model = PlainRotNet(spec)
     elif task_name == "dino_image":
-        crops = [(v.size or cfg.image_size, v.min_scale, v.max_scale) for v in cfg.views for _ in range(v.crops)]
-        global_crops = next((i for i, c in enumerate(crops) if c[0] != cfg.image_size), len(crops))
+        from mmssl.modalities.vision.augment import sized_views
+        from mmssl.tasks.dino_image import global_crops
+
+        teacher_crops = global_crops(sized_views(cfg.views, cfg.image_size), cfg.image_size)
         model = PlainDINO(spec, {"out_dim": o.out_dim, "hidden_dim": o.hidden_dim, "bottleneck_dim": o.bottleneck_dim,
                                  "nlayers": o.nlayers, "use_bn": o.use_bn_in_head, "norm_last_layer": o.norm_last_layer},
                           (o.student_temp, o.teacher_temp, o.warmup_teacher_temp), o.warmup_teacher_temp_steps,
-                          o.center_momentum, o.momentum_teacher, o.freeze_last_layer_steps, crops, global_crops,
-                          cfg.max_steps)
+                          o.center_momentum, o.momentum_teacher, o.freeze_last_layer_steps, task_crops(cfg),
+                          teacher_crops, cfg.max_steps)
     elif task_name == "barlow_twins_image":
         model = PlainBarlowTwins(spec, o.proj_hidden, o.proj_dim, o.lambd, o.scale_loss)
     elif task_name == "vicreg_image":
@@ -118,6 +119,11 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
     if model.colour:
         model.view_colours = task_colours(cfg)
     return model, cfg.views[0].min_scale, f"plain loop, the same method ({model.__class__.__name__})"
+
+
+def task_crops(cfg: Any) -> list[tuple[int, float, float]]:
+    """The (size, min_scale, max_scale) of each view a task's config makes, in order (a group of N crops gives N)."""
+    return [(v.size or cfg.image_size, v.min_scale, v.max_scale) for v in cfg.views for _ in range(v.crops)]
 
 
 def task_colours(cfg: Any) -> list[Colour]:
@@ -271,8 +277,8 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
                                 cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
             log(f"  plain loop, seed {seed}: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
             # the per-item views feed the same method's step where the peer reads two views (SimCLR, BYOL,
-            # SimSiam, MoCo, Barlow Twins, VICReg: its weights do not change the speed), so the ratio compares pipelines, not models;
-            # else (RotNet's one view, SwAV's and DINO's multi-crop) a SimCLR model built for the purpose
+            # SimSiam, MoCo, Barlow Twins, VICReg: its weights do not change the speed), so the ratio compares
+            # pipelines, not models; else (RotNet's one view, SwAV's and DINO's multi-crop) a SimCLR model built for the purpose
             reference_model = model if model.num_views == 2 else PlainSimCLR(
                 spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
             ref = reference_rate(reference_model, images.cpu(), dataclasses.replace(cfg, seed=seed),
