@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from mmssl.bench.learning import learning_config, library_rate, plain_peer
-from mmssl.bench.plain_loop import batch_views, load_images, peer_colours, peer_crops
+from mmssl.bench.plain_loop import batch_views, load_images, peer_colours, peer_crops, peer_samplers
 from mmssl.host_memory import keep_freed_memory
 
 
@@ -101,14 +101,15 @@ def main() -> None:
         model, min_scale, peer = plain_peer(args.task, cfg, simclr, task.build_objective(cfg).export_encoder().spec)
         images = load_images(args.dataset, cfg.split, cfg.image_size)
         gen = torch.Generator().manual_seed(cfg.seed)
-        crops, colours = peer_crops(model, cfg.image_size, min_scale), peer_colours(model)
+        crops, colours, samplers = peer_crops(model, cfg.image_size, min_scale), peer_colours(model), peer_samplers(model)
         plain_opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=cfg.lr)
         model.train()
 
         def plain_views(i: int) -> list[torch.Tensor]:
             x = images[torch.randint(len(images), (B,), generator=gen)]
             with torch.no_grad():
-                return [batch_views(x, s, lo, gen, colour=c, max_scale=hi) for (s, lo, hi), c in zip(crops, colours)]
+                return [batch_views(x, s, lo, gen, colour=c, max_scale=hi, crop=k)
+                        for (s, lo, hi), c, k in zip(crops, colours, samplers)]
 
         def plain_step(views: list[torch.Tensor]) -> None:
             loss = model(*views)

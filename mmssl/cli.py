@@ -190,7 +190,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     report = bench.run(args.tasks, size=args.size, device=args.device, steps=args.steps, warmup=args.warmup,
                        repeats=args.repeats, compile=args.compile, seconds=args.seconds, dataset=args.dataset,
-                       points=args.points, pairs=args.pairs, log=lambda line: print(line, file=sys.stderr))
+                       points=args.points, pairs=args.pairs, log=lambda line: print(line, file=sys.stderr),
+                       overrides=args.set)
     print(report["table"])
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--points", type=int, default=6, help="learning rows: kNN points per curve (default 6)")
     bench.add_argument("--pairs", type=int, default=1, help="learning rows: run the library and the plain loop this "
                        "many times in turn and report the means, each pair beside them (default 1)")
+    bench.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="learning rows: task settings changed from the defaults (e.g. views.0.crop=continuous); "
+                            "the peers read theirs from the task's")
     bench.add_argument("--report", help="also write the results as JSON here")
     bench.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)

@@ -9,7 +9,7 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     objective settings (SimCLR, BYOL, SimSiam, MoCo, SwAV, RotNet, Barlow Twins, VICReg and DINO;
     SimCLR's objective for the other image tasks, which have no plain peer of their own, and the row
     says so: it then compares methods as well as pipelines), the encoder built from
-    the task's encoder spec, the task's batch size, lr, weight decay, crop scale and each view's colour,
+    the task's encoder spec, the task's batch size, lr, weight decay, crop scale and sampler and each view's colour,
     blur and solarization recipe (SimCLR's views for a SimCLR stand-in), measured by the
     same ``task.monitor`` when its training clock first passes each of (a)'s points, and stopped after
     the last. Its rate has (a)'s shape over the same seconds: the task's warm-up steps, then half a
@@ -113,11 +113,12 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
         s = simclr.objective
         model = PlainSimCLR(spec, s.proj_hidden, s.proj_dim, s.temperature)
         if task_name != "simclr_image":
-            model.view_colours = task_colours(simclr)
+            model.view_colours, model.crop_samplers = task_colours(simclr), task_samplers(simclr)
             return model, simclr.views[0].min_scale, ("plain loop, SimCLR objective (no plain peer is written for "
                                                       f"{task_name}: the row compares methods as well as pipelines)")
     if model.colour:
         model.view_colours = task_colours(cfg)
+    model.crop_samplers = task_samplers(cfg)
     return model, cfg.views[0].min_scale, f"plain loop, the same method ({model.__class__.__name__})"
 
 
@@ -131,8 +132,15 @@ def task_colours(cfg: Any) -> list[Colour]:
     return [Colour.of(v) for v in cfg.views for _ in range(v.crops)]
 
 
-def learning_config(task_name: str, size: str, dataset: str, out_dir: Path, **flags: Any) -> tuple[Any, Any]:
-    """The task at its defaults on ``dataset`` (labels read from class folders unless demo), writing to out_dir."""
+def task_samplers(cfg: Any) -> list[str]:
+    """The crop sampler (``views.N.crop``) of each view a task's config makes, in order."""
+    return [v.crop for v in cfg.views for _ in range(v.crops)]
+
+
+def learning_config(task_name: str, size: str, dataset: str, out_dir: Path, overrides: list[str] | None = None,
+                    **flags: Any) -> tuple[Any, Any]:
+    """The task at its defaults on ``dataset`` (labels read from class folders unless demo), writing to
+    out_dir, with ``overrides`` (KEY=VALUE) after the defaults."""
     from mmssl.run import resolve_config
 
     base = {"dataset": dataset, "output_dir": str(out_dir), "evaluate": False}
@@ -140,7 +148,7 @@ def learning_config(task_name: str, size: str, dataset: str, out_dir: Path, **fl
         base["label_column"] = "label"
     if size == "tiny":
         base.update(TINY_MAE if task_name == "mae_image" else TINY)
-    return resolve_config(task_name, None, {**base, **flags}, [])
+    return resolve_config(task_name, None, {**base, **flags}, list(overrides or []))
 
 
 def quietly(fn: Callable[[], Any]) -> Any:
@@ -227,7 +235,7 @@ def reference_rate(model: torch.nn.Module, images: torch.Tensor, cfg: Any, views
 
 
 def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "demo", points: int = 6,
-                   log: Callable[[str], None] = print, pairs: int = 1) -> dict:
+                   log: Callable[[str], None] = print, pairs: int = 1, overrides: list[str] | None = None) -> dict:
     """(a), (b) and (c) of the module docstring for one image task; a JSON-able row.
 
     ``pairs`` > 1 runs (a), (b) and (c) that many times in turn (a, b, c, a, b, c, ...) with the same
@@ -235,12 +243,14 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
     from seed ``cfg.seed + i`` (weights, data order, views), because a few hundred steps from one seed
     differ from another's by more than the two sides do (RotNet's first point: docs/results/image.md).
     The row's figures are the means over the pairs, each pair's kept beside them with its seed, and the
-    curve target is read on the means."""
+    curve target is read on the means. ``overrides`` (KEY=VALUE) set the task's config, which the peer
+    reads its settings from (its objective, views and crop sampler); a stand-in SimCLR peer keeps
+    SimCLR's defaults."""
     if pairs < 1:
         raise MmsslError(f"need pairs >= 1, not {pairs}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        task, cfg = learning_config(task_name, size, dataset, tmp / "run")
+        task, cfg = learning_config(task_name, size, dataset, tmp / "run", overrides=overrides)
         simclr = learning_config("simclr_image", size, dataset, tmp / "unused")[1]  # the peer's objective settings
         spec = task.build_objective(cfg).export_encoder().spec
         torch.manual_seed(cfg.seed)
@@ -288,7 +298,7 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         reference = f"{type(reference_model).__name__}'s step on SimCLR's per-item views (2 per image)"
     return {
         "task": f"learning:{task_name}", "dataset": dataset, "seconds": seconds, "device": str(dev),
-        "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
+        "overrides": list(overrides or []), "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
         "clock": "kNN measurement paused in both", "peer": peer, "random_init_knn_top1": random_knn,
         "per_item_reference": reference,
         **mean_of_pairs(runs),

@@ -13,7 +13,9 @@ describes) and, outside this module, the kNN measurement. Each view's colour rec
 the bench gives a peer its task's (``Colour.of`` each view group's settings), so that a row compares
 pipelines rather than augmentations; without one a peer reads SimCLR's distortion without hue, blur or
 solarization (``SIMCLR_COLOUR``), as the bench's rows before 2026-12-06 did. RotNet's views are crops
-and flips only, as its task's.
+and flips only, as its task's. The crop is the task's sampler too (``views.N.crop``: torchvision's
+whole-pixel boxes with rejection, or a continuous box clipped to the image; ``crop_samplers``); without
+one a peer crops continuously, as every peer did before 2026-12-06 (later).
 """
 from __future__ import annotations
 
@@ -115,15 +117,42 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape(B, C, H, W)
 
 
+CROPS = ("continuous", "torchvision")  # the peers' crop samplers, named as the tasks' ``views.N.crop``
+
+
+def _pixel_boxes(B: int, H: int, W: int, min_scale: float, max_scale: float,
+                 rand: Callable[..., torch.Tensor], tries: int = 10) -> tuple[torch.Tensor, ...]:
+    """RandomResizedCrop's sampler for B images of H x W px: of ``tries`` boxes in whole pixels (area
+    share uniform in [min_scale, max_scale], log aspect uniform in [log 3/4, log 4/3]) the first that
+    fits, placed at a uniform whole-pixel offset; if none fits, the whole image trimmed to the nearest
+    aspect in [3/4, 4/3], centred. Returns (w, h, cx, cy) as shares of the side and centres in [-1, 1]."""
+    area = H * W * (min_scale + (max_scale - min_scale) * rand(B, tries))
+    aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand(B, tries))
+    w, h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first box that fits, 0 when none does
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    left, top = (rand(B) * (W - w + 1)).floor(), (rand(B) * (H - h + 1)).floor()
+    fw, fh = min(W, round(H * 4 / 3)), min(H, round(W * 4 / 3))
+    ok = fits.any(dim=1)
+    w, h = torch.where(ok, w, float(fw)), torch.where(ok, h, float(fh))
+    left, top = torch.where(ok, left, float((W - fw) // 2)), torch.where(ok, top, float((H - fh) // 2))
+    return w / W, h / H, (2 * left + w) / W - 1, (2 * top + h) / H - 1
+
+
 def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Generator,
-                colour: Colour | None = SIMCLR_COLOUR, max_scale: float = 1.0) -> torch.Tensor:
+                colour: Colour | None = SIMCLR_COLOUR, max_scale: float = 1.0, crop: str = "continuous") -> torch.Tensor:
     """One view of every image: uint8 (B, 3, H, W) -> normalised float32 (B, 3, size, size).
 
-    Random resized crop (area share min_scale..max_scale, aspect 3/4..4/3, clipped to the image) and a
-    horizontal flip in one affine grid; then ``colour``'s recipe, or nothing more with None. A recipe
-    without hue, blur or solarization draws exactly what ``SIMCLR_COLOUR`` did before those existed.
+    Random resized crop (area share min_scale..max_scale, aspect 3/4..4/3) and a horizontal flip in one
+    affine grid; then ``colour``'s recipe, or nothing more with None. A recipe without hue, blur or
+    solarization draws exactly what ``SIMCLR_COLOUR`` did before those existed. ``crop``: "continuous",
+    one box in fractions of a pixel with each side clipped to the image, or "torchvision", whole-pixel
+    boxes rejected when they do not fit (``_pixel_boxes``).
     """
     B, dev = len(images), images.device
+    if crop not in CROPS:
+        raise ValueError(f"crop is one of {', '.join(CROPS)}, not {crop!r}")
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen, device=dev)
@@ -131,10 +160,13 @@ def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Ge
     def chance(p: float) -> torch.Tensor:
         return rand(B, 1, 1, 1) < p
 
-    area = min_scale + (max_scale - min_scale) * rand(B)
-    aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand(B))
-    w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # shares of the side
-    cx, cy = (1 - w) * (2 * rand(B) - 1), (1 - h) * (2 * rand(B) - 1)  # centres in [-1, 1] coordinates
+    if crop == "torchvision":
+        w, h, cx, cy = _pixel_boxes(B, images.shape[2], images.shape[3], min_scale, max_scale, rand)
+    else:
+        area = min_scale + (max_scale - min_scale) * rand(B)
+        aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * rand(B))
+        w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # shares of the side
+        cx, cy = (1 - w) * (2 * rand(B) - 1), (1 - h) * (2 * rand(B) - 1)  # centres in [-1, 1] coordinates
     flip = torch.where(rand(B) < 0.5, -1.0, 1.0)
     zero = torch.zeros_like(w)
     theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)  # (B, 2, 3)
@@ -526,6 +558,12 @@ def peer_colours(model: nn.Module) -> list[Colour | None]:
     return getattr(model, "view_colours", None) or [SIMCLR_COLOUR if model.colour else None] * model.num_views
 
 
+def peer_samplers(model: nn.Module) -> list[str]:
+    """The crop sampler of each view ``model`` reads: its own ``crop_samplers`` where it has them (the
+    bench gives a peer its task's ``views.N.crop``), else "continuous" for every view."""
+    return getattr(model, "crop_samplers", None) or ["continuous"] * model.num_views
+
+
 def peer_crops(model: nn.Module, size: int, min_scale: float) -> list[tuple[int, float, float]]:
     """The (size, min_scale, max_scale) of each view ``model`` reads: its own ``crops`` list where it
     has one (multi-crop), else ``model.num_views`` crops of ``size`` px from ``min_scale``-100%."""
@@ -558,9 +596,10 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     by_step = at_steps is not None
     pending, points = sorted(at_steps if by_step else at_seconds), []
     clock, step, seen, order, pos, warm_clock = 0.0, 0, 0, None, len(images), 0.0
-    crops, colours = peer_crops(model, size, min_scale), peer_colours(model)
-    if len(colours) != len(crops):
-        raise ValueError(f"{type(model).__name__} reads {len(crops)} views but has {len(colours)} colour recipes")
+    crops, colours, samplers = peer_crops(model, size, min_scale), peer_colours(model), peer_samplers(model)
+    if not len(crops) == len(colours) == len(samplers):
+        raise ValueError(f"{type(model).__name__} reads {len(crops)} views but has {len(colours)} colour recipes "
+                         f"and {len(samplers)} crop samplers")
     model.train()
     while pending:
         start = time.perf_counter()
@@ -573,7 +612,8 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
         progress = None if not cosine_seconds or step < warmup_steps else (
             (clock - warm_clock) / max(1e-9, cosine_seconds - warm_clock))
         with torch.no_grad():
-            views = [batch_views(x, s, lo, gen, colour=c, max_scale=hi) for (s, lo, hi), c in zip(crops, colours)]
+            views = [batch_views(x, s, lo, gen, colour=c, max_scale=hi, crop=k)
+                     for (s, lo, hi), c, k in zip(crops, colours, samplers)]
         for group in opt.param_groups:
             group["lr"] = rate(step, lr, warmup_steps, cosine_steps, min_lr_ratio, progress)
         loss = model(*views)

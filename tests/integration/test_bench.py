@@ -45,6 +45,7 @@ def test_tiny_mae_image_bench_writes_report(tmp_path, capsys):
     (["--tasks", "learning:cpc_audio"], "unknown bench task 'learning:cpc_audio'"),
     (["--tasks", "learning:simclr_image", "--dataset", "/no/such/folder"], "--dataset for the learning rows"),
     (["--tasks", "learning:simclr_image", "--pairs", "0"], "--pairs >= 1"),
+    (["--tasks", "learning:simclr_image", "--set", "views.0.crop=pixels"], "views.0.crop is one of"),
 ])
 def test_bad_input_is_one_line(args, needle, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
@@ -132,8 +133,9 @@ def test_learning_row_pairs_report_the_means_of_runs_taken_in_turn(tmp_path, cap
     data = _image_folder(tmp_path / "images")
     out = tmp_path / "r.json"
     assert main(["bench", "--tasks", "learning:simclr_image", "--size", "tiny", "--seconds", "2", "--points", "2",
-                 "--pairs", "2", "--dataset", str(data), "--report", str(out)]) == 0
+                 "--pairs", "2", "--dataset", str(data), "--report", str(out), "--set", "views.0.crop=continuous"]) == 0
     row = json.loads(out.read_text())["tasks"]["learning:simclr_image"]
+    assert row["overrides"] == ["views.0.crop=continuous"]
     pairs = row["pairs"]
     assert len(pairs) == 2 and all(len(q["curve"]) == 2 for q in pairs)
     assert [q["seed"] for q in pairs] == [0, 1]  # pair i trains both sides from seed + i
@@ -430,6 +432,71 @@ def test_plain_views_follow_the_recipe_they_are_given():
     byol = learning_config("byol_image", "default", "demo", out)[1]
     first, second = (Colour.of(v) for v in byol.views)
     assert (first.solarize_prob, second.solarize_prob) == (0.0, 0.2)  # BYOL's asymmetric pair (no blur at 32 px)
+
+
+@pytest.mark.parametrize("H, W, scale", [(32, 32, (0.08, 1.0)), (24, 40, (0.08, 1.0)), (32, 32, (0.14, 1.0)),
+                                         (16, 16, (0.05, 0.14))])
+def test_plain_pixel_boxes_draw_as_random_resized_crop(H, W, scale):
+    """The peers' torchvision crop, written apart from the library, against torchvision's own
+    RandomResizedCrop.get_params over 20,000 draws each: whole-pixel boxes inside the image, and the
+    same mean and spread of area and aspect and the same share of whole-image boxes."""
+    from torchvision.transforms import RandomResizedCrop
+
+    from mmssl.bench.plain_loop import _pixel_boxes
+
+    n = 20_000
+    gen = torch.Generator().manual_seed(0)
+    w, h, cx, cy = _pixel_boxes(n, H, W, *scale, lambda *shape: torch.rand(*shape, generator=gen, dtype=torch.float64))
+    pw, ph = w * W, h * H  # sides in pixels
+    left, top = (cx + 1) * W / 2 - pw / 2, (cy + 1) * H / 2 - ph / 2
+    for x in (pw, ph, left, top):
+        torch.testing.assert_close(x, x.round(), atol=1e-9, rtol=0)
+    pw, ph, left, top = pw.round(), ph.round(), left.round(), top.round()
+    assert (left >= 0).all() and (top >= 0).all() and (left + pw <= W).all() and (top + ph <= H).all()
+    torch.manual_seed(0)
+    ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, H, W), list(scale), [3 / 4, 4 / 3])
+                        for _ in range(n)], dtype=torch.float64)  # (top, left, h, w)
+    ours = torch.stack([top, left, ph, pw], 1)
+
+    def stats(b):
+        area, aspect = b[:, 2] * b[:, 3] / (H * W), (b[:, 3] / b[:, 2]).log()
+        whole = ((b[:, 2] == H) & (b[:, 3] == W)).double()
+        return torch.stack([area.mean(), area.std(), aspect.mean(), aspect.std(), whole.mean(),
+                            (b[:, 1] + b[:, 3] / 2).mean() / W, (b[:, 0] + b[:, 2] / 2).mean() / H])
+
+    torch.testing.assert_close(stats(ours), stats(ref), atol=0.01, rtol=0)
+
+
+def test_plain_torchvision_crop_of_the_whole_image_resamples_nothing():
+    """A box that spans the image maps to the identity grid: the view is the image, or its mirror."""
+    from mmssl.bench.peers import MEAN, STD
+    from mmssl.bench.plain_loop import batch_views
+
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    views = batch_views(images, 32, 1.0, torch.Generator().manual_seed(3), colour=None, crop="torchvision")
+    views = views * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+    x = images.float() / 255
+    same = [torch.allclose(v, a, atol=1e-5) for v, a in zip(views, x)]
+    mirrored = [torch.allclose(v, a.flip(-1), atol=1e-5) for v, a in zip(views, x)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+    with pytest.raises(ValueError, match="crop is one of"):
+        batch_views(images, 32, 0.5, torch.Generator(), crop="pixels")
+
+
+def test_peers_crop_as_their_task_and_bench_settings_reach_them(tmp_path):
+    """Each peer crops with its task's sampler (torchvision's by default), a stand-in SimCLR peer with
+    SimCLR's; a bench override reaches the task's config and, through it, the peer."""
+    from mmssl.bench.learning import learning_config, plain_peer
+
+    simclr = learning_config("simclr_image", "default", "demo", tmp_path)[1]
+    for name, overrides, want in [("vicreg_image", [], ["torchvision"] * 2),
+                                  ("vicreg_image", ["views.0.crop=continuous"], ["continuous"] * 2),
+                                  ("swav_image", ["views.1.crop=continuous"], ["torchvision"] * 2 + ["continuous"] * 4),
+                                  ("rotnet_image", ["views.0.crop=continuous"], ["continuous"]),
+                                  ("jigsaw_image", ["views.0.crop=continuous"], ["torchvision"] * 2)]:
+        task, cfg = learning_config(name, "default", "demo", tmp_path, overrides=overrides)
+        model = plain_peer(name, cfg, simclr, task.encoder_spec(cfg))[0]
+        assert model.crop_samplers == want and len(want) == model.num_views, (name, overrides)
 
 
 @pytest.mark.parametrize("warmup, cosine_steps", [(0, 40), (5, 40), (5, 0)])
