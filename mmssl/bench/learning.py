@@ -323,7 +323,9 @@ def _at_or_above(curve: list[dict]) -> bool:
 def mean_of_pairs(runs: list[dict]) -> dict:
     """The row's figures from ``pair_figures`` of every pair: means (steps are the first pair's for
     (a), which are the same in every pair, and rounded means for the plain loop), the targets read on
-    the means, and with more than one pair each pair's own curve, ratios and views/s under "pairs"."""
+    the means, and with more than one pair each pair's own curve, ratios and views/s under "pairs" and
+    the mean gap (mmssl - plain kNN over every point of a pair; its mean over pairs and standard error)
+    under "mean_gap"."""
     curve = []
     for at in zip(*(r["curve"] for r in runs)):
         curve.append({"seconds": round(fmean([p["seconds"] for p in at]), 3), "mmssl": fmean([p["mmssl"] for p in at]),
@@ -340,6 +342,11 @@ def mean_of_pairs(runs: list[dict]) -> dict:
                     "views_per_s_2x_per_item": rates["mmssl"] >= 2 * rates["per_item_reference"]},
     }
     if len(runs) > 1:
+        # how far apart the two sides are, beside the every-point target, which a pair's noise can tip
+        gaps = [fmean([p["mmssl"] - p["plain"] for p in r["curve"]]) for r in runs]
+        row["mean_gap"] = {"mean": fmean(gaps), "per_pair": [round(g, 4) for g in gaps],
+                           "standard_error": (sum((g - fmean(gaps)) ** 2 for g in gaps) / (len(gaps) - 1)) ** 0.5
+                           / len(gaps) ** 0.5}
         row["pairs"] = [{"seed": r["seed"], "curve": r["curve"], "final_ratio": round(r["final_ratio"], 3),
                          "views_per_s": {k: round(v, 1) for k, v in r["views_per_s"].items()},
                          "speedup_vs_per_item": round(r["speedup_vs_per_item"], 3),

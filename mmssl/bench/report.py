@@ -93,6 +93,10 @@ def learning_table(r: dict) -> str:
                      + ", ".join(f"{q['final_ratio']:.3f}" for q in each) + ", mmssl / per-item "
                      + ", ".join(f"{q['speedup_vs_per_item']:.2f}" for q in each) + ", curve at or above: "
                      + ", ".join("yes" if q["curve_at_or_above_plain"] else "no" for q in each))
+        gap = r["mean_gap"]
+        lines.append(f"mmssl - plain kNN over every point: {100 * gap['mean']:+.1f} points (each pair "
+                     + ", ".join(f"{100 * g:+.1f}" for g in gap["per_pair"])
+                     + f"; standard error {100 * gap['standard_error']:.1f})")
     per_image = f"{r['views']} view{'s' if r['views'] != 1 else ''} per image"
     lines.append(f"training views/s (kNN excluded): mmssl {v['mmssl']:.0f} ({per_image}), "
                  f"plain loop {v['plain']:.0f}, per-item torchvision reference {v['per_item_reference']:.0f} "

@@ -149,6 +149,10 @@ def test_learning_row_pairs_report_the_means_of_runs_taken_in_turn(tmp_path, cap
                                                         abs=0.11)
     assert row["targets"]["curve_at_or_above_plain"] == all(p["mmssl"] >= p["plain"] for p in row["curve"])
     assert row["final_ratio"] == pytest.approx(row["curve"][-1]["mmssl"] / row["curve"][-1]["plain"])
+    gaps = [sum(p["mmssl"] - p["plain"] for p in q["curve"]) / 2 for q in pairs]
+    assert row["mean_gap"]["per_pair"] == pytest.approx(gaps, abs=1e-4)
+    assert row["mean_gap"]["mean"] == pytest.approx(sum(gaps) / 2)
+    assert row["mean_gap"]["standard_error"] == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
     assert "means of 2 pairs of runs (mmssl, plain, mmssl, plain, ...), seeds 0, 1" in capsys.readouterr().out
 
 
