@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, stdev
 from typing import Any
 
 import torch
@@ -345,8 +345,7 @@ def mean_of_pairs(runs: list[dict]) -> dict:
         # how far apart the two sides are, beside the every-point target, which a pair's noise can tip
         gaps = [fmean([p["mmssl"] - p["plain"] for p in r["curve"]]) for r in runs]
         row["mean_gap"] = {"mean": fmean(gaps), "per_pair": [round(g, 4) for g in gaps],
-                           "standard_error": (sum((g - fmean(gaps)) ** 2 for g in gaps) / (len(gaps) - 1)) ** 0.5
-                           / len(gaps) ** 0.5}
+                           "standard_error": stdev(gaps) / len(gaps) ** 0.5}
         row["pairs"] = [{"seed": r["seed"], "curve": r["curve"], "final_ratio": round(r["final_ratio"], 3),
                          "views_per_s": {k: round(v, 1) for k, v in r["views_per_s"].items()},
                          "speedup_vs_per_item": round(r["speedup_vs_per_item"], 3),
