@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--utterance-pooling", choices=POOLINGS,
                        help="audio tasks: pool an utterance's frames by mean+std (meanstd) or mean (default: the run's)")
     probe.add_argument("--linear-protocol", choices=LINEAR_PROTOCOLS,
-                       help="image tasks: the linear probe, L-BFGS (lbfgs) or MAE's (mae) (default: the run's)")
+                       help="image tasks: the linear probe, L-BFGS with its L2 chosen on held-out train (lbfgs), "
+                            "at a fixed L2 (lbfgs_fixed) or MAE's (mae) (default: the run's)")
     probe.add_argument("--finetune-steps", type=int,
                        help="image tasks: also fine-tune end to end for this many steps, the trained encoder "
                             "beside the same architecture from random initialisation (default: the run's setting)")

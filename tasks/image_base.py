@@ -66,8 +66,9 @@ class ImageConfig(TrainConfig):
     # Side of the square picture the workers resize every image to (so a batch stacks) and crops are
     # cut from; None: the largest crop side (see augment.working_size).
     working_size: int | None = None
-    # The linear probe: "lbfgs" (standardised features, L-BFGS logistic regression) or "mae"
-    # (MAE's protocol: BatchNorm without affine, then SGD on a linear layer).
+    # The linear probe: "lbfgs" (standardised features, L-BFGS logistic regression, its L2 chosen on a
+    # held-out part of train), "lbfgs_fixed" (the same at L2 1e-4) or "mae" (MAE's protocol: BatchNorm
+    # without affine, then SGD on a linear layer).
     linear_protocol: str = "lbfgs"
     # Hold the training images in memory, decoded once at the working size, when they take at most
     # this many MiB per process (N x 3 x S x S bytes): batches are then gathered by index in the

@@ -105,13 +105,14 @@ def image_probes(
         max_train, max_test: a fixed random subset of at most this many items of each split.
         readouts: name -> ``pooled`` (the default for a name left out) or ``tokens``, see
             ``mmssl.evaluation.knn.read_out``.
-        linear_protocol: ``lbfgs`` or ``mae`` (see ``mmssl.evaluation.linear``).
-        seed: draws the subsets and the MAE probe's batches and initial weight.
+        linear_protocol: ``lbfgs``, ``lbfgs_fixed`` or ``mae`` (see ``mmssl.evaluation.linear``).
+        seed: draws the subsets, the part of train held out to choose the L-BFGS probe's L2, and the
+            MAE probe's batches and initial weight.
         random_init_seed: the seed the caller initialised its random encoder with, for the table.
     Returns:
         {"train": name, "test": name, "num_train": n, "num_test": m, "seed": seed,
          "knn": {column: {k: accuracy}}, "linear": {column: accuracy} (when linear=True),
-         "linear_protocol": str, "majority": accuracy, "rankme": {column: effective rank of the
+         "linear_protocol": str, "linear_l2": {column: the L-BFGS probe's L2} (lbfgs protocols), "majority": accuracy, "rankme": {column: effective rank of the
          test features} (label-free, ``mmssl.evaluation.collapse.rankme``), "table": str}; columns are
          the encoder names and "pixels".
     """
@@ -145,6 +146,8 @@ def image_probes(
         if linear:
             res = probe(linear_protocol, train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed)
             report.setdefault("linear", {})[name] = res["accuracy"]
+            if "l2" in res:
+                report.setdefault("linear_l2", {})[name] = res["l2"]
         report["majority"] = majority(test_y)
     report["table"] = format_table(report, list(featurizers), ks)
     return report
@@ -156,14 +159,15 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
         return (f"no labelled images in train {report['train']} ({report['num_train']}) or test "
                 f"{report['test']} ({report['num_test']}): nothing to probe (pass --label-column)")
     width = max(10, *(len(n) + 2 for n in names))
-    seeds = f"seed {report.get('seed', 0)} (subsets" + (", MAE probe)" if report.get("linear_protocol") == "mae" else ")")
+    protocol = report.get("linear_protocol", "lbfgs")
+    seeds = f"seed {report.get('seed', 0)} (subsets" + {"mae": ", MAE probe)", "lbfgs": ", L2's held-out part)"}.get(protocol, ")")
     if report.get("random_init_seed") is not None:
         seeds += f", random encoder initialised with seed {report['random_init_seed']}"
     lines = [(f"frozen features, accuracy % (train {report['train']}: {report['num_train']} images -> "
               f"test {report['test']}: {report['num_test']} images; {seeds})"),
              f"knn: cosine similarity of L2-normalised features, top-k votes weighted exp(sim / {TEMPERATURE})"]
     if "linear" in report:
-        lines.append(f"linear: {PROTOCOLS[report.get('linear_protocol', 'lbfgs')]}")
+        lines.append(f"linear: {PROTOCOLS[protocol]}")
     lines.append("every column alike; pixels are the encoders' normalised input view, at most "
                  f"{PIXEL_SIZE} x {PIXEL_SIZE}")
     if "rankme" in report:
@@ -181,6 +185,8 @@ def format_table(report: dict[str, Any], names: list[str], ks: Sequence[int]) ->
     for label, accs in rows:
         cells = "".join(f"{100 * accs[n]:>{width}.1f}" for n in names)
         lines.append(f"{label:<18}{cells}{100 * report['majority']:>{width}.1f}")
+    if "linear_l2" in report and protocol == "lbfgs":  # the penalty each column's probe was fitted with
+        lines.append(f"{'linear L2 chosen':<18}" + "".join(f"{report['linear_l2'][n]:>{width}g}" for n in names))
     if "rankme" in report:  # not an accuracy: the effective rank of the test features, no labels used
         lines.append(f"{'RankMe (no labels)':<18}" + "".join(f"{report['rankme'][n]:>{width}.1f}" for n in names))
     return "\n".join(lines)

@@ -182,9 +182,17 @@ def test_image_table_states_protocol_sizes_and_seed_and_offers_the_mae_probe():
     for words in ("60 images", "30 images", "seed 2", "random encoder initialised with seed 3", "L2-normalised",
                   "exp(sim / 0.07)", "BatchNorm without affine", "linear (MAE)", "every column alike"):
         assert words in table, words
-    lbfgs = image_probes({"tiny": TinyEncoder()}, train, test, to_float, ks=(5,))["table"]
-    assert "standardised with the train mean and std" in lbfgs and "seed 0" in lbfgs
-    with pytest.raises(ConfigError, match="linear_protocol must be lbfgs or mae, not 'sgd'"):
+    lbfgs = image_probes({"tiny": TinyEncoder()}, train, test, to_float, ks=(5,))
+    for words in ("standardised with the train mean and std", "seed 0 (subsets, L2's held-out part)",
+                  "L2 chosen from 1e-6..1e5", "20% of train held out"):
+        assert words in lbfgs["table"], words
+    chosen = lbfgs["table"].splitlines()[-2].split()  # the row of each column's penalty, above RankMe's
+    assert chosen[:3] == ["linear", "L2", "chosen"] and [float(v) for v in chosen[3:]] == [
+        lbfgs["linear_l2"]["tiny"], lbfgs["linear_l2"]["pixels"]]
+    fixed = image_probes({"tiny": TinyEncoder()}, train, test, to_float, ks=(5,), linear_protocol="lbfgs_fixed")
+    assert "at L2 0.0001" in fixed["table"] and "L2 chosen" not in fixed["table"]
+    assert set(fixed["linear_l2"].values()) == {1e-4}
+    with pytest.raises(ConfigError, match="linear_protocol must be one of lbfgs, lbfgs_fixed, mae, not 'sgd'"):
         image_probes({"tiny": TinyEncoder()}, train, test, to_float, linear_protocol="sgd")
 
 
