@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from mmssl.config import ConfigError
-from mmssl.evaluation.linear import linear_probe
+from mmssl.evaluation.linear import LBFGS, linear_probe
 
 FRAME_HOP = 160  # 10 ms at 16 kHz
 N_MFCC = 40
 POOLINGS = {"meanstd": "mean+std pooled", "mean": "mean pooled"}
 UTTERANCE_L2, FRAME_L2 = 1e-3, 1e-4  # l2 of the speaker and the phone probe (see docs of linear_probe)
-LINEAR = "features standardised with the train mean and std, logistic regression by L-BFGS"
 PAPER = "CPC paper, LibriSpeech-100: phone 64.6 CPC / 39.7 MFCC / 27.6 random; speaker 97.4 / 17.6 / 1.87"
 
 
@@ -206,7 +205,7 @@ def format_table(report: dict[str, Any], names: list[str]) -> str:
     if report.get("random_init_seed") is not None:
         seeds += f", random encoder initialised with seed {report['random_init_seed']}"
     lines = [
-        f"linear probes on frozen features, accuracy % ({LINEAR})",
+        f"linear probes on frozen features, accuracy % ({LBFGS})",
         f"train {report['train']} -> test {report['test']}: {'; '.join(parts)}; {seeds}",
     ]
     labels = {p: probe_label(p, report["pooling"]) for p in probes}

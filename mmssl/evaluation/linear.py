@@ -33,10 +33,11 @@ L2_GRID = tuple(10.0**e for e in range(-6, 6))
 VAL_FRACTION = 0.2  # of each class's training items, held out to choose the L2
 FIXED_L2 = 1e-4
 
+LBFGS = "features standardised with the train mean and std, logistic regression by L-BFGS"
 PROTOCOLS = {
-    "lbfgs": ("features standardised with the train mean and std, logistic regression by L-BFGS, its L2 chosen "
-              f"from 1e-6..1e5 (a decade apart) on {VAL_FRACTION:.0%} of train held out, then refitted on all of train"),
-    "lbfgs_fixed": f"features standardised with the train mean and std, logistic regression by L-BFGS at L2 {FIXED_L2:g}",
+    "lbfgs": (f"{LBFGS}, its L2 chosen from 1e-6..1e5 (a decade apart) on {VAL_FRACTION:.0%} of train held out, "
+              "then refitted on all of train"),
+    "lbfgs_fixed": f"{LBFGS} at L2 {FIXED_L2:g}",
     "mae": "MAE protocol: BatchNorm without affine, then a linear layer by SGD (momentum 0.9, cosine schedule)",
 }
 
