@@ -104,7 +104,7 @@ def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Mo
                                  "nlayers": o.nlayers, "use_bn": o.use_bn_in_head, "norm_last_layer": o.norm_last_layer},
                           (o.student_temp, o.teacher_temp, o.warmup_teacher_temp), o.warmup_teacher_temp_steps,
                           o.center_momentum, o.momentum_teacher, o.freeze_last_layer_steps, task_crops(cfg),
-                          teacher_crops, cfg.max_steps)
+                          teacher_crops, cfg.max_steps, centering=o.centering, sinkhorn_iters=o.sinkhorn_iters)
     elif task_name == "barlow_twins_image":
         model = PlainBarlowTwins(spec, o.proj_hidden, o.proj_dim, o.lambd, o.scale_loss)
     elif task_name == "vicreg_image":

@@ -471,13 +471,16 @@ class PlainDINO(nn.Module):
     sees the global crops; its logits are centred (an EMA, ``center_momentum``, of their batch mean) and
     sharpened at a temperature rising linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over
     ``warmup_teacher_temp_steps``; every student crop at ``student_temp`` is trained on every other global
-    crop's target (cross-entropy). The last layer is frozen for ``freeze_last_layer_steps`` steps."""
+    crop's target (cross-entropy). The last layer is frozen for ``freeze_last_layer_steps`` steps. With
+    ``centering="sinkhorn"`` the targets are instead ``sinkhorn_codes`` of the global crops' logits at that
+    temperature (DINOv2's Sinkhorn-Knopp centring) and the centre stays where it is."""
 
     colour = True
 
     def __init__(self, spec: dict, head_sizes: dict, temps: tuple[float, float, float], warmup_teacher_temp_steps: int,
                  center_momentum: float, momentum_teacher: float, freeze_last_layer_steps: int,
-                 crops: list[tuple[int, float, float]], global_crops: int, total_steps: int):
+                 crops: list[tuple[int, float, float]], global_crops: int, total_steps: int,
+                 centering: str = "ema", sinkhorn_iters: int = 3):
         """``head_sizes``: DINOHeadPlain's out_dim, hidden_dim, bottleneck_dim, nlayers, use_bn and
         norm_last_layer; ``temps``: (student_temp, teacher_temp, warmup_teacher_temp)."""
         if any(a[0] < b[0] for a, b in itertools.pairwise(crops)):
@@ -492,6 +495,7 @@ class PlainDINO(nn.Module):
         self.warmup_steps, self.center_momentum = warmup_teacher_temp_steps, center_momentum
         self.momentum_teacher, self.freeze_steps = momentum_teacher, freeze_last_layer_steps
         self.steps, self.pending = 0, None
+        self.centering, self.sinkhorn_iters = centering, sinkhorn_iters
 
     def forward(self, *views: torch.Tensor) -> torch.Tensor:
         sizes = sorted({v.shape[-1] for v in views}, reverse=True)
@@ -500,10 +504,13 @@ class PlainDINO(nn.Module):
                                 dim=1).chunk(len(views))
         with torch.no_grad():
             teacher = self.teacher[1](embed(self.teacher[0], torch.cat(views[:self.global_crops])))
-            self.pending = teacher.mean(dim=0)
             temp = self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * min(
                 1.0, self.steps / max(self.warmup_steps, 1))
-            targets = F.softmax((teacher - self.center) / temp, dim=1).chunk(self.global_crops)
+            if self.centering == "sinkhorn":
+                targets = sinkhorn_codes(teacher, temp, self.sinkhorn_iters).chunk(self.global_crops)
+            else:
+                self.pending = teacher.mean(dim=0)
+                targets = F.softmax((teacher - self.center) / temp, dim=1).chunk(self.global_crops)
         terms = [-(q * student[v]).sum(dim=1).mean() for i, q in enumerate(targets)
                  for v in range(len(views)) if v != i]
         return sum(terms) / len(terms)

@@ -6,6 +6,12 @@ head) and sees only the global crops; its outputs are centred (minus ``center``,
 of their batch mean over all processes) and sharpened (a low temperature), which keeps the two
 from collapsing. The teacher and the centre change only in ``after_step``. Multi-crop:
 ``batch["views"] = [g0, .., g_{G-1}, l0, ...]``, global crops first.
+
+``centering="sinkhorn"`` replaces the centre by DINOv2's Sinkhorn-Knopp centring (arXiv:2304.07193,
+Sec. 4, from SwAV): the sharpened teacher outputs of the batch's global crops, on all processes, are
+scaled so that every output gets the same share of the batch. The moving-average centre only keeps a
+single output from taking every crop; a batch can still settle on a few outputs, each taking a large
+share (what the demo's runs showed on the shapes: docs/results/image.md, "DINO's targets").
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl import dist
+from mmssl.losses import sinkhorn
 from mmssl.objectives.base import Objective
 from mmssl.objectives.heads import ema_update, embedding_std, encode_views, target_monitors, views_of
 from mmssl.optim import cosine
@@ -91,7 +98,8 @@ class DINOSettings:
     weight-normalised last layer of unit norm (``norm_last_layer``), no BatchNorm in the head,
     tau_s = 0.1, tau_t = 0.04 (the paper's implementation details warm tau_t up from 0.04 to 0.07
     over 30 epochs: ``teacher_temp=0.07`` with ``warmup_teacher_temp_steps``), centre momentum m = 0.9 and a teacher
-    momentum rising from 0.996 to 1 on a cosine. The paper counts the temperature warm-up and the
+    momentum rising from 0.996 to 1 on a cosine. ``centering``: "ema" (the paper's moving-average centre) or
+    "sinkhorn" (DINOv2's Sinkhorn-Knopp, ``sinkhorn_iters`` rounds; its reference code runs 3). The paper counts the temperature warm-up and the
     frozen last layer (1 epoch) in epochs; an epoch's length in steps depends on the data, so here
     both are counted in optimizer steps and a recipe sets them (0: none)."""
 
@@ -108,6 +116,8 @@ class DINOSettings:
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996
     freeze_last_layer_steps: int = 0
+    centering: str = "ema"
+    sinkhorn_iters: int = 3
 
 
 _S = DINOSettings  # the constructor's defaults are the settings' own
@@ -125,7 +135,8 @@ class DINO(Objective):
                  warmup_teacher_temp: float = _S.warmup_teacher_temp,
                  warmup_teacher_temp_steps: int = _S.warmup_teacher_temp_steps,
                  center_momentum: float = _S.center_momentum, momentum_teacher: float = _S.momentum_teacher,
-                 freeze_last_layer_steps: int = _S.freeze_last_layer_steps, global_crops: int = 2):
+                 freeze_last_layer_steps: int = _S.freeze_last_layer_steps, centering: str = _S.centering,
+                 sinkhorn_iters: int = _S.sinkhorn_iters, global_crops: int = 2):
         """
         Args:
             encoder: exposes ``forward_features``, ``pool`` and ``embed_dim``.
@@ -137,6 +148,9 @@ class DINO(Objective):
             momentum_teacher: lambda at step 0 of teacher <- lambda teacher + (1 - lambda) student,
                 rising to 1 on a cosine over the run.
             freeze_last_layer_steps: the last layer gets a zero gradient for this many optimizer steps.
+            centering: "ema" (subtract the moving-average centre, then softmax at tau_t) or "sinkhorn"
+                (``sinkhorn_iters`` Sinkhorn-Knopp rounds on the logits / tau_t of the batch's global
+                crops on every process; the centre is then neither read nor moved).
             global_crops: how many leading views are global crops (the teacher's inputs).
         """
         super().__init__()
@@ -150,6 +164,9 @@ class DINO(Objective):
             raise ValueError(f"DINO needs center_momentum and momentum_teacher in [0, 1] and step counts >= 0; got "
                              f"{center_momentum}, {momentum_teacher}, {warmup_teacher_temp_steps}, "
                              f"{freeze_last_layer_steps}")
+        if centering not in ("ema", "sinkhorn") or sinkhorn_iters < 1:
+            raise ValueError(f"DINO needs centering 'ema' or 'sinkhorn' and sinkhorn_iters >= 1; got "
+                             f"'{centering}', {sinkhorn_iters}")
         self.encoder = encoder
         self.head = DINOHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim, nlayers, use_bn_in_head,
                              norm_last_layer)
@@ -159,6 +176,7 @@ class DINO(Objective):
         self.warmup_teacher_temp, self.warmup_teacher_temp_steps = warmup_teacher_temp, warmup_teacher_temp_steps
         self.center_momentum, self.momentum_teacher = center_momentum, momentum_teacher
         self.freeze_last_layer_steps, self.global_crops = freeze_last_layer_steps, global_crops
+        self.centering, self.sinkhorn_iters = centering, sinkhorn_iters
         self.register_buffer("center", torch.zeros(out_dim))
         # Optimizer steps taken; a buffer, so a resumed run keeps its schedules, read on the device.
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -182,9 +200,13 @@ class DINO(Objective):
         student = list(self.head(torch.cat(encode_views(self.encoder, views)), last_v).chunk(len(views)))
         with torch.no_grad():
             t = self.teacher_head(torch.cat(encode_views(self.teacher_encoder, views[: self.global_crops])))
-        targets = dino_targets(t, self.center, self.teacher_temp_now())  # once, for the loss and the monitors
+        # once, for the loss and the monitors
+        if self.centering == "sinkhorn":  # tau_t divides the logits, so it stays a tensor on the device
+            targets = sinkhorn(t.detach().float() / self.teacher_temp_now(), 1.0, self.sinkhorn_iters)
+        else:
+            targets = dino_targets(t, self.center, self.teacher_temp_now())
         loss = dino_cross_entropy(student, list(targets.chunk(self.global_crops)), self.student_temp)
-        if self.training:
+        if self.training and self.centering == "ema":
             self._pending.append((t.float().sum(0), len(t)))
         return {"loss": loss, "std": embedding_std(student[0]), **target_monitors(targets)}
 

@@ -312,11 +312,12 @@ def test_plain_swav_matches_the_library_objective_over_two_steps():
         PlainSwAV(spec, 24, 8, 5, 0.1, 0.05, 3, True, [(8, 0.05, 0.14), (16, 0.14, 1.0)], global_crops=1)
 
 
-@pytest.mark.parametrize("freeze, warmup", [(0, 0), (1, 3)])
-def test_plain_dino_matches_the_library_objective_over_two_steps(freeze, warmup):
+@pytest.mark.parametrize("freeze, warmup, centering", [(0, 0, "ema"), (1, 3, "ema"), (0, 3, "sinkhorn")])
+def test_plain_dino_matches_the_library_objective_over_two_steps(freeze, warmup, centering):
     """DINO's plain peer (multi-crop, centring, sharpening, EMA teacher) against the library's objective:
     loss, encoder and head gradients, the teacher and the centre after each step; with the last layer
-    frozen for the first step and the teacher's temperature warming up over three."""
+    frozen for the first step and the teacher's temperature warming up over three; with DINOv2's
+    Sinkhorn-Knopp centring."""
     from mmssl.bench.plain_loop import PlainDINO
     from mmssl.encoders.io import build_encoder
     from mmssl.registry import OBJECTIVES
@@ -327,10 +328,12 @@ def test_plain_dino_matches_the_library_objective_over_two_steps(freeze, warmup)
     torch.manual_seed(0)
     objective = OBJECTIVES.build("dino", encoder=build_encoder(spec), **settings, student_temp=0.1, teacher_temp=0.07,
                                  warmup_teacher_temp=0.04, warmup_teacher_temp_steps=warmup, center_momentum=0.9,
-                                 momentum_teacher=0.9, freeze_last_layer_steps=freeze, global_crops=2)
+                                 momentum_teacher=0.9, freeze_last_layer_steps=freeze, global_crops=2,
+                                 centering=centering)
     head = {**{k: v for k, v in settings.items() if k != "use_bn_in_head"}, "use_bn": False}
     peer = PlainDINO(spec, head, (0.1, 0.07, 0.04), warmup, 0.9, 0.9, freeze,
-                     [(16, 0.4, 1.0)] * 2 + [(8, 0.05, 0.4)] * 3, global_crops=2, total_steps=10)
+                     [(16, 0.4, 1.0)] * 2 + [(8, 0.05, 0.4)] * 3, global_crops=2, total_steps=10,
+                     centering=centering)
     for mine, theirs in ((peer.encoder, objective.encoder), (peer.head, objective.head),
                          (peer.teacher[0], objective.teacher_encoder), (peer.teacher[1], objective.teacher_head)):
         mine.load_state_dict(theirs.state_dict())

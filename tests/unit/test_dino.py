@@ -1,6 +1,7 @@
 """DINO (arXiv:2104.14294): the loss against a loop written from the paper's Algorithm 1 (with
 multi-crop and the centre) and against lightly's DINOLoss; the teacher and the centre change only in
-after_step and the teacher gets no gradient; the schedules and the frozen last layer."""
+after_step and the teacher gets no gradient; the schedules and the frozen last layer; DINOv2's
+Sinkhorn-Knopp centring against its algorithm written out."""
 import math
 from pathlib import Path
 
@@ -166,7 +167,8 @@ def test_last_layer_frozen_for_the_first_steps_and_unit_norm():
 
 
 def test_bad_settings_are_value_errors():
-    for kw in ({"student_temp": 0}, {"out_dim": 0}, {"center_momentum": 1.5}, {"freeze_last_layer_steps": -1}):
+    for kw in ({"student_temp": 0}, {"out_dim": 0}, {"center_momentum": 1.5}, {"freeze_last_layer_steps": -1},
+               {"centering": "mean"}, {"centering": "sinkhorn", "sinkhorn_iters": 0}):
         with pytest.raises(ValueError, match="DINO needs"):
             build(**kw)
     with pytest.raises(ValueError, match="global crops"):
@@ -212,3 +214,52 @@ def test_collapse_monitors_read_the_centred_sharpened_targets():
     split[torch.arange(B), torch.arange(B) % 3] = 10.0
     assert monitors(split)["target_usage"].item() == pytest.approx(3.0, abs=1e-3)
     assert {"target_entropy", "target_usage"} <= set(objective(crops()))
+
+
+def sinkhorn_knopp_reference(logits, temp, iters):
+    """DINOv2's teacher centring (arXiv:2304.07193, Sec. 4), as its reference code runs it, in float64:
+    Q = exp(t / tau_t) transposed to (K, B); Q /= its total; then ``iters`` times: each output's row
+    scaled to total 1/K, each crop's column to total 1/B; finally Q * B, transposed back."""
+    q = torch.exp(logits.double() / temp).t()
+    k, b = q.shape
+    q = q / q.sum()
+    for _ in range(iters):
+        q = q / q.sum(dim=1, keepdim=True) / k
+        q = q / q.sum(dim=0, keepdim=True) / b
+    return (q * b).t()
+
+
+def test_sinkhorn_centring_matches_dinov2s_algorithm():
+    dino = build(centering="sinkhorn", teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
+    dino.center.copy_(torch.randn(K))  # not read
+    dino.steps_done.fill_(4)
+    temp = 0.04 + 0.03 * 0.4
+    batch = crops()
+    out = dino(batch)
+    with torch.no_grad():
+        def head(enc, h, x):
+            return h(enc.pool(enc.forward_features(x)))
+        student = [head(dino.encoder, dino.head, x) for x in batch["views"]]
+        teacher = torch.cat([head(dino.teacher_encoder, dino.teacher_head, x) for x in batch["views"][:2]])
+    targets = sinkhorn_knopp_reference(teacher, temp, 3)
+    # every crop's target sums to 1, and the outputs' shares of the batch are far nearer equal than the
+    # plain sharpened softmax's (three rounds do not reach the exact equipartition)
+    torch.testing.assert_close(targets.sum(1), torch.ones(2 * B, dtype=torch.float64))
+    share = 2 * B / K
+    plain = F.softmax(teacher.double() / temp, dim=1).sum(0)
+    assert (targets.sum(0) - share).abs().max() < 0.5 * (plain - share).abs().max()
+    expected = 0.0
+    pairs = [(i, v) for i in range(2) for v in range(len(student)) if v != i]
+    for i, v in pairs:
+        log_p = F.log_softmax(student[v].double() / 0.1, dim=1)
+        expected -= (targets[i * B:(i + 1) * B] * log_p).sum(1).mean().item() / len(pairs)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert out["target_usage"].item() > 0.95 * K  # near equipartition: the usage reads about K
+    # the moving-average centre is neither read nor moved
+    center = dino.center.clone()
+    assert not dino._pending
+    dino.after_step(5, 10)
+    torch.testing.assert_close(dino.center, center)
+    ema = build(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
+    ema.steps_done.fill_(4)
+    assert ema(batch)["loss"].item() != pytest.approx(out["loss"].item(), rel=1e-3)
