@@ -61,10 +61,15 @@ def test_loss_matches_algorithm_1_with_multi_crop_and_centre():
     assert not torch.isclose(loss, dino_loss(student, teacher, torch.zeros(K), 0.1, 0.04))
 
 
-def test_objective_loss_is_the_loss_of_its_student_and_teacher():
-    dino = build(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
+WARM_TEMP = 0.04 + 0.03 * 4 / 10  # tau_t after 4 of 10 warm-up steps from 0.04 to 0.07
+
+
+def warmed_step(**kw):
+    """A DINO 4 steps into a 10-step teacher-temperature warm-up, with a random centre, run on one batch:
+    (the objective, its output, the student's logits per crop, the teacher's per global crop)."""
+    dino = build(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10, **kw)
     dino.center.copy_(torch.randn(K))
-    dino.steps_done.fill_(4)  # tau_t = 0.04 + 0.03 * 4 / 10
+    dino.steps_done.fill_(4)
     batch = crops()
     out = dino(batch)
     with torch.no_grad():
@@ -72,7 +77,12 @@ def test_objective_loss_is_the_loss_of_its_student_and_teacher():
             return h(enc.pool(enc.forward_features(x)))
         student = [head(dino.encoder, dino.head, x) for x in batch["views"]]
         teacher = [head(dino.teacher_encoder, dino.teacher_head, x) for x in batch["views"][:2]]
-        expected = reference_loss(student, teacher, dino.center, 0.1, 0.04 + 0.03 * 0.4)
+    return dino, out, student, teacher
+
+
+def test_objective_loss_is_the_loss_of_its_student_and_teacher():
+    dino, out, student, teacher = warmed_step()
+    expected = reference_loss(student, teacher, dino.center, 0.1, WARM_TEMP)
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -230,17 +240,9 @@ def sinkhorn_knopp_reference(logits, temp, iters):
 
 
 def test_sinkhorn_centring_matches_dinov2s_algorithm():
-    dino = build(centering="sinkhorn", teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
-    dino.center.copy_(torch.randn(K))  # not read
-    dino.steps_done.fill_(4)
-    temp = 0.04 + 0.03 * 0.4
-    batch = crops()
-    out = dino(batch)
-    with torch.no_grad():
-        def head(enc, h, x):
-            return h(enc.pool(enc.forward_features(x)))
-        student = [head(dino.encoder, dino.head, x) for x in batch["views"]]
-        teacher = torch.cat([head(dino.teacher_encoder, dino.teacher_head, x) for x in batch["views"][:2]])
+    dino, out, student, teacher = warmed_step(centering="sinkhorn")  # the random centre is not read
+    temp = WARM_TEMP
+    teacher = torch.cat(teacher)
     targets = sinkhorn_knopp_reference(teacher, temp, 3)
     # every crop's target sums to 1, and the outputs' shares of the batch are far nearer equal than the
     # plain sharpened softmax's (three rounds do not reach the exact equipartition)
@@ -260,6 +262,4 @@ def test_sinkhorn_centring_matches_dinov2s_algorithm():
     assert not dino._pending
     dino.after_step(5, 10)
     torch.testing.assert_close(dino.center, center)
-    ema = build(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
-    ema.steps_done.fill_(4)
-    assert ema(batch)["loss"].item() != pytest.approx(out["loss"].item(), rel=1e-3)
+    assert warmed_step()[1]["loss"].item() != pytest.approx(out["loss"].item(), rel=1e-3)  # the centre's
