@@ -98,10 +98,10 @@ class DINOSettings:
     weight-normalised last layer of unit norm (``norm_last_layer``), no BatchNorm in the head,
     tau_s = 0.1, tau_t = 0.04 (the paper's implementation details warm tau_t up from 0.04 to 0.07
     over 30 epochs: ``teacher_temp=0.07`` with ``warmup_teacher_temp_steps``), centre momentum m = 0.9 and a teacher
-    momentum rising from 0.996 to 1 on a cosine. ``centering``: "ema" (the paper's moving-average centre) or
-    "sinkhorn" (DINOv2's Sinkhorn-Knopp, ``sinkhorn_iters`` rounds; its reference code runs 3). The paper counts the temperature warm-up and the
-    frozen last layer (1 epoch) in epochs; an epoch's length in steps depends on the data, so here
-    both are counted in optimizer steps and a recipe sets them (0: none)."""
+    momentum rising from 0.996 to 1 on a cosine. ``centering``: "ema" (the paper's moving-average centre)
+    or "sinkhorn" (DINOv2's Sinkhorn-Knopp, ``sinkhorn_iters`` rounds; its reference code runs 3). The
+    paper counts the temperature warm-up and the frozen last layer (1 epoch) in epochs; an epoch's length
+    in steps depends on the data, so here both are counted in optimizer steps and a recipe sets them (0: none)."""
 
     out_dim: int = 65536
     hidden_dim: int = 2048
