@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from mmssl.losses import sinkhorn
 from mmssl.modalities.vision.augment import MEAN, STD
 from mmssl.modalities.vision.synthetic import _draw_params, generate_shapes
-from mmssl.objectives.dino import dino_targets
 from mmssl.objectives.heads import encode_views
 from mmssl.run import resolve_config
 from mmssl.trainer import train
@@ -61,10 +59,7 @@ def main() -> None:
         for start in range(0, len(x), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             t = objective.teacher_head(encode_views(objective.teacher_encoder, [x[idx]])[0])
-            temp = objective.teacher_temp_now()
-            q = (sinkhorn(t / temp, 1.0, objective.sinkhorn_iters) if objective.centering == "sinkhorn"
-                 else dino_targets(t, objective.center, temp))
-            picks[idx.numpy()] = q.argmax(1).numpy()
+            picks[idx.numpy()] = objective.teacher_targets(t).argmax(1).numpy()
     share = np.bincount(picks) / len(picks)
     share = share[share > 0]
     shuffled = np.random.default_rng(0).permutation(picks)

@@ -188,6 +188,13 @@ class DINO(Objective):
         progress = (self.steps_done.float() / max(self.warmup_teacher_temp_steps, 1)).clamp(max=1.0)
         return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * progress
 
+    def teacher_targets(self, logits: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (B, K) -> its targets at ``steps_done``, by ``centering``: centred and
+        sharpened, or Sinkhorn-Knopp on logits / tau_t (tau_t stays a tensor on the device: no sync)."""
+        if self.centering == "sinkhorn":
+            return sinkhorn(logits.detach().float() / self.teacher_temp_now(), 1.0, self.sinkhorn_iters)
+        return dino_targets(logits, self.center, self.teacher_temp_now())
+
     def forward(self, batch: dict) -> dict:
         """batch["views"] = [g0, .., g_{G-1}, l0, ...], each (B, ...). Returns loss and std."""
         views = views_of(batch, "dino", count=None)
@@ -200,11 +207,7 @@ class DINO(Objective):
         student = list(self.head(torch.cat(encode_views(self.encoder, views)), last_v).chunk(len(views)))
         with torch.no_grad():
             t = self.teacher_head(torch.cat(encode_views(self.teacher_encoder, views[: self.global_crops])))
-        # once, for the loss and the monitors
-        if self.centering == "sinkhorn":  # tau_t divides the logits, so it stays a tensor on the device
-            targets = sinkhorn(t.detach().float() / self.teacher_temp_now(), 1.0, self.sinkhorn_iters)
-        else:
-            targets = dino_targets(t, self.center, self.teacher_temp_now())
+        targets = self.teacher_targets(t)  # once, for the loss and the monitors
         loss = dino_cross_entropy(student, list(targets.chunk(self.global_crops)), self.student_temp)
         if self.training and self.centering == "ema":
             self._pending.append((t.float().sum(0), len(t)))
