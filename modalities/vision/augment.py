@@ -59,6 +59,8 @@ class ViewSettings:
     blur_sigma_min: float = 0.1  # in pixels of the output crop
     blur_sigma_max: float = 2.0
     solarize_prob: float = 0.0
+    # pixels at or above it are inverted, as torchvision's RandomSolarize (BYOL's 0.5); 0 inverts the whole crop
+    solarize_threshold: float = 0.5
     # "torchvision": RandomResizedCrop's box, whole source pixels, rejected when it does not fit (ten
     # tries, then a centred crop); "continuous": the first try's box in fractions of a pixel, clamped to
     # the image, placed uniformly (the crop of affine-grid loops; on 32 px sources it keeps more distinct
@@ -88,6 +90,8 @@ def check_views(views: tuple[ViewSettings, ...], key: str = "views") -> None:
         for field in ("brightness", "contrast", "saturation"):
             if getattr(v, field) < 0:
                 raise ConfigError(f"{name}.{field} must be >= 0, got {getattr(v, field)}")
+        if not 0.0 <= v.solarize_threshold <= 1.0:
+            raise ConfigError(f"{name}.solarize_threshold must be in [0, 1], got {v.solarize_threshold}")
         if not 0.0 <= v.hue <= 0.5:
             raise ConfigError(f"{name}.hue must be in [0, 0.5], got {v.hue}")
         if v.crop not in CROP_SAMPLERS:

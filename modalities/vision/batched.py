@@ -8,7 +8,8 @@ per sample, so a batch's views equal its samples' views made one at a time.
 The ops follow torchvision.transforms.v2 on float images in [0, 1], with its value ranges and
 order: resized crop, horizontal flip, colour jitter (brightness, contrast, saturation, hue in a
 per-sample random order), grayscale (ITU-R 601-2 luma: 0.2989 R + 0.587 G + 0.114 B), Gaussian
-blur (kernel ~10% of the crop side, reflect padding, per-sample sigma) and solarize (threshold 0.5).
+blur (kernel ~10% of the crop side, reflect padding, per-sample sigma) and solarize (at the group's
+threshold, 0.5 unless set).
 Unlike torchvision on uint8 images, nothing is rounded to 8 bits between ops.
 
 Crops use ``torchvision.ops.roi_align`` (aligned=True, adaptive sampling) rather than
@@ -246,9 +247,11 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Te
     return y.reshape(N, C, H, W)
 
 
-def solarize(x: torch.Tensor) -> torch.Tensor:
-    """1 - x where x >= 0.5, else x: the smaller of the two (exactly torchvision's, without a torch.where)."""
-    return torch.minimum(x, 1 - x)
+def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """1 - x where x >= threshold, else x (torchvision's solarize on float images)."""
+    if threshold == 0.5:  # then it is the smaller of the two, without a torch.where
+        return torch.minimum(x, 1 - x)
+    return torch.where(x >= threshold, 1 - x, x)
 
 
 def view_group(x: torch.Tensor, params: torch.Tensor, owner: torch.Tensor, v: ViewSettings) -> torch.Tensor:
@@ -265,7 +268,7 @@ def view_group(x: torch.Tensor, params: torch.Tensor, owner: torch.Tensor, v: Vi
         kernel = blur_kernel(v.size)
         y = _apply(params[:, BLUR] > 0.5, lambda z, sigma: gaussian_blur(z, sigma, kernel), y, params[:, SIGMA])
     if v.solarize_prob > 0:
-        y = _where(params[:, SOLARIZE] > 0.5, solarize(y), y)
+        y = _where(params[:, SOLARIZE] > 0.5, solarize(y, v.solarize_threshold), y)
     return y
 
 

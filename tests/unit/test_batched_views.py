@@ -469,10 +469,11 @@ def test_blur_matches_gaussian_blur():
     assert_same_distribution(detail(ours(img, settings)), detail(theirs(img, ref)))
 
 
-def test_solarize_matches_random_solarize():
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.0])
+def test_solarize_matches_random_solarize(threshold):
     img = smooth_image()
-    a = ours(img, dataclasses.replace(IDENTITY, solarize_prob=0.2))
-    b = theirs(img, v2.RandomSolarize(0.5, p=0.2))
+    a = ours(img, dataclasses.replace(IDENTITY, solarize_prob=0.2, solarize_threshold=threshold))
+    b = theirs(img, v2.RandomSolarize(threshold, p=0.2))
     assert_same_distribution(a.mean((1, 2, 3)), b.mean((1, 2, 3)))
     changed = [(v - img).abs().amax((1, 2, 3)) > 0 for v in (a, b)]
     assert_same_distribution(changed[0].float(), changed[1].float())
@@ -512,6 +513,8 @@ def test_every_view_key_reaches_the_view_maker(tmp_path):
     torch.testing.assert_close(gray, gray.mean(1, keepdim=True).expand_as(gray), atol=1e-5, rtol=0)
     torch.testing.assert_close(first_views(tmp_path, "views.0.solarize_prob=1")[0],
                                torch.where(base >= 0.5, 1 - base, base), atol=1e-5, rtol=0)
+    torch.testing.assert_close(first_views(tmp_path, "views.0.solarize_prob=1", "views.0.solarize_threshold=0")[0],
+                               1 - base, atol=1e-5, rtol=0)
 
     def detail(v):
         return (v[..., 1:] - v[..., :-1]).abs().mean().item()
@@ -551,6 +554,7 @@ def test_task_recipes_keep_their_papers_views():
     ("simclr_image", ["views.0.flip_prob=1.5"], "views.0.flip_prob is a probability"),
     ("simclr_image", ["views.0.gray_prob=-0.1"], "views.0.gray_prob is a probability"),
     ("byol_image", ["views.1.solarize_prob=2"], "views.1.solarize_prob is a probability"),
+    ("byol_image", ["views.1.solarize_threshold=1.5"], "views.1.solarize_threshold must be in [0, 1]"),
     ("simclr_image", ["views.0.min_scale=0.9", "views.0.max_scale=0.5"], "min_scale <= max_scale"),
     ("simclr_image", ["views.0.size=0"], "views.0.size must be a positive"),
     ("simclr_image", ["views.0.blur_sigma_min=2", "views.0.blur_sigma_max=1"], "blur_sigma_min <= blur_sigma_max"),
