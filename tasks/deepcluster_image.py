@@ -33,7 +33,13 @@ class DeepClusterImageConfig(ImageConfig):
     # The paper's crops: a random resized crop and a flip, no colour changes (the filter removes colour;
     # jitter and dropping colour only rescale the gradients). Crops of at least 20% of the image, not the
     # paper's 8%: an 8% crop of a 32 px image is 9 px wide and often holds no part of the shape.
-    views: tuple[ViewSettings, ...] = mae_views(None, min_scale=0.2)
+    # Not the paper's: half the crops inverted (solarized at threshold 0), which flips the sign of
+    # every gradient behind the filter. Without it k-means groups images by the polarity of their
+    # edges (lighter or darker than the background), which the classifier then learns; inverted
+    # crops make polarity unpredictable from a crop (docs/results/image.md). solarize_prob=0 restores
+    # the paper's views.
+    views: tuple[ViewSettings, ...] = (
+        dataclasses.replace(mae_views(None, min_scale=0.2)[0], solarize_prob=0.5, solarize_threshold=0.0),)
 
 
 @TASKS.register("deepcluster_image")

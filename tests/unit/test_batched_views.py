@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -548,6 +549,12 @@ def test_task_recipes_keep_their_papers_views():
     for name, scale in (("mae_image", 0.2), ("rotnet_image", 0.5)):
         (v,) = views(name)
         assert (v.crops, v.min_scale, v.flip_prob, v.jitter_prob, v.gray_prob, v.blur_prob) == (1, scale, 0.5, 0, 0, 0)
+    # DeepCluster: MAE's crops, half of them inverted on the demo; its ImageNet recipe keeps the paper's
+    (v,) = views("deepcluster_image")
+    assert (v.min_scale, v.jitter_prob, v.solarize_prob, v.solarize_threshold) == (0.2, 0, 0.5, 0.0)
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "deepcluster_imagenet.yaml"
+    (v,) = resolve_config("deepcluster_image", str(recipe), {}, [])[1].views
+    assert (v.min_scale, v.jitter_prob, v.solarize_prob) == (0.08, 0, 0)
 
 
 @pytest.mark.parametrize("task, overrides, needle", [
