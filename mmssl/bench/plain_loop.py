@@ -61,7 +61,7 @@ class Colour:
     [1 - x, 1 + x] and a hue shift uniform in [-hue, hue] turns of the colour wheel (applied in that
     order), then grayscale with ``gray_prob``, a Gaussian blur with ``blur_prob`` (sigma uniform in
     [blur_sigma_min, blur_sigma_max] output pixels, an odd kernel of about a tenth of the side, at least
-    3) and solarization (1 - x above 0.5) with ``solarize_prob``."""
+    3) and solarization (1 - x at or above ``solarize_threshold``) with ``solarize_prob``."""
 
     brightness: float = 0.4
     contrast: float = 0.4
@@ -73,6 +73,7 @@ class Colour:
     blur_sigma_min: float = 0.1
     blur_sigma_max: float = 2.0
     solarize_prob: float = 0.0
+    solarize_threshold: float = 0.5
 
     @classmethod
     def of(cls, view: object) -> Colour:
@@ -190,7 +191,7 @@ def batch_views(images: torch.Tensor, size: int, min_scale: float, gen: torch.Ge
             sigma = c.blur_sigma_min + (c.blur_sigma_max - c.blur_sigma_min) * rand(B)
             x = torch.where(chance(c.blur_prob), _blur(x, sigma), x)
         if c.solarize_prob > 0:
-            x = torch.where(chance(c.solarize_prob), torch.minimum(x, 1 - x), x)
+            x = torch.where(chance(c.solarize_prob), torch.where(x >= c.solarize_threshold, 1 - x, x), x)
     return (x - x.new_tensor(MEAN)[:, None, None]) / x.new_tensor(STD)[:, None, None]
 
 

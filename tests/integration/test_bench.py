@@ -426,6 +426,8 @@ def test_plain_views_follow_the_recipe_they_are_given():
     torch.testing.assert_close(views(SIMCLR_COLOUR), views(Colour(hue=0.0, blur_prob=0.0, solarize_prob=0.0)))
     plain, folded = unnormalise(views(Colour(solarize_prob=1.0))), unnormalise(views(SIMCLR_COLOUR))
     torch.testing.assert_close(plain, torch.minimum(folded, 1 - folded), atol=1e-5, rtol=0)
+    inverted = unnormalise(views(Colour(solarize_prob=1.0, solarize_threshold=0.0)))
+    torch.testing.assert_close(inverted, 1 - folded, atol=1e-5, rtol=0)
     assert not torch.allclose(views(Colour(hue=0.5)), views(SIMCLR_COLOUR))
 
     out = Path(tempfile.mkdtemp())
@@ -439,6 +441,15 @@ def test_plain_views_follow_the_recipe_they_are_given():
     byol = learning_config("byol_image", "default", "demo", out)[1]
     first, second = (Colour.of(v) for v in byol.views)
     assert (first.solarize_prob, second.solarize_prob) == (0.0, 0.2)  # BYOL's asymmetric pair (no blur at 32 px)
+    # every colour setting of a task's views reaches its peer's recipe (the rest are the crop's and flip's)
+    import dataclasses
+
+    from mmssl.modalities.vision.augment import ViewSettings
+
+    crop_fields = {"crops", "size", "min_scale", "max_scale", "flip_prob", "crop"}
+    assert {f.name for f in dataclasses.fields(ViewSettings)} - crop_fields == {f.name for f in dataclasses.fields(Colour)}
+    moved = learning_config("byol_image", "default", "demo", out, ["views.1.solarize_threshold=0.25"])[1]
+    assert Colour.of(moved.views[1]).solarize_threshold == 0.25
 
 
 @pytest.mark.parametrize("H, W, scale", [(32, 32, (0.08, 1.0)), (24, 40, (0.08, 1.0)), (32, 32, (0.14, 1.0)),
