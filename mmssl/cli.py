@@ -100,7 +100,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     base = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
     cfg = config_lib.apply_overrides(task.default_config(), {k: v for k, v in base.items() if v is not None})
     flags = _flag_overrides(args)
-    for flag, modality in (("readout", "image"), ("linear_protocol", "image"), ("finetune_steps", "image"),
+    for flag, modality in (("readout", "image"), ("linear_protocol", "image and audio"), ("finetune_steps", "image"),
                            ("finetune_lr", "image"), ("utterance_pooling", "audio")):
         if flag in flags and not hasattr(cfg, flag):
             raise MmsslError(f"--{flag.replace('_', '-')} applies to {modality} tasks; {meta['task']} has no {flag}")
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--utterance-pooling", choices=POOLINGS,
                        help="audio tasks: pool an utterance's frames by mean+std (meanstd) or mean (default: the run's)")
     probe.add_argument("--linear-protocol", choices=LINEAR_PROTOCOLS,
-                       help="image tasks: the linear probe, L-BFGS with its L2 chosen on held-out train (lbfgs), "
-                            "at a fixed L2 (lbfgs_fixed) or MAE's (mae) (default: the run's)")
+                       help="image and audio tasks: the linear probe, L-BFGS with its L2 chosen on held-out train "
+                            "(lbfgs), at a fixed L2 (lbfgs_fixed) or, for images, MAE's (mae) (default: the run's)")
     probe.add_argument("--finetune-steps", type=int,
                        help="image tasks: also fine-tune end to end for this many steps, the trained encoder "
                             "beside the same architecture from random initialisation (default: the run's setting)")

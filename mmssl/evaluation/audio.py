@@ -5,7 +5,11 @@ A linear classifier on frozen features for the speaker of an utterance and for t
 architecture. An utterance's frames are pooled by their mean and standard deviation over time, the
 statistics pooling of x-vectors (Snyder et al., ICASSP 2018), by default; ``pooling="mean"`` keeps
 the mean alone. Every column, MFCCs included, goes through the same pooling and the same
-standardised logistic regression (``mmssl.evaluation.linear``).
+standardised logistic regression (``mmssl.evaluation.linear``), at fixed L2 penalties
+(``protocol="lbfgs_fixed"``, the default: 1e-3 for utterances, 1e-4 for frames) or with each column's
+penalty chosen on a held-out part of its training items (``lbfgs``, as the image probes choose). The
+online speaker monitor always takes the fixed penalty: it runs every ``monitor_every`` steps, where a
+choice would cost twelve fits each time.
 """
 from __future__ import annotations
 
@@ -17,13 +21,23 @@ import torch
 from torch import nn
 
 from mmssl.config import ConfigError
-from mmssl.evaluation.linear import LBFGS, linear_probe
+from mmssl.evaluation.linear import LBFGS, PROTOCOLS, linear_probe
 
 FRAME_HOP = 160  # 10 ms at 16 kHz
 N_MFCC = 40
 POOLINGS = {"meanstd": "mean+std pooled", "mean": "mean pooled"}
-UTTERANCE_L2, FRAME_L2 = 1e-3, 1e-4  # l2 of the speaker and the phone probe (see docs of linear_probe)
+UTTERANCE_L2, FRAME_L2 = 1e-3, 1e-4  # l2 of the speaker and the phone probe under ``lbfgs_fixed`` and in the monitor
+AUDIO_PROTOCOLS = {"lbfgs": PROTOCOLS["lbfgs"],
+                   "lbfgs_fixed": f"{LBFGS} at L2 {UTTERANCE_L2:g} (utterances) and {FRAME_L2:g} (frames)"}
 PAPER = "CPC paper, LibriSpeech-100: phone 64.6 CPC / 39.7 MFCC / 27.6 random; speaker 97.4 / 17.6 / 1.87"
+
+
+def check_audio_protocol(protocol: str) -> str:
+    """``protocol`` if the audio probes run it, else a ConfigError naming the choices."""
+    if protocol not in AUDIO_PROTOCOLS:
+        raise ConfigError(f"linear_protocol for audio probes must be one of {', '.join(AUDIO_PROTOCOLS)}, "
+                          f"not '{protocol}'")
+    return protocol
 
 
 def check_pooling(pooling: str) -> str:
@@ -139,6 +153,7 @@ def collect(source: Any, featurize: Callable, max_items: int, max_samples: int, 
 def audio_probes(
     encoders: dict[str, nn.Module], train: Any, test: Any, max_items: int = 4000, max_seconds: float = 10.0,
     max_train_frames: int = 30000, pooling: str = "meanstd", seed: int = 0, random_init_seed: int | None = None,
+    protocol: str = "lbfgs_fixed",
 ) -> dict[str, Any]:
     """Speaker (utterance) and phone (frame) probes for each encoder and for MFCC.
 
@@ -150,15 +165,21 @@ def audio_probes(
         max_train_frames: the phone probe trains on a random subset of this many frames (``seed``).
         pooling: ``meanstd`` (statistics pooling) or ``mean``, for every column.
         random_init_seed: the seed the caller initialised its random encoder with, for the table.
+        protocol: ``lbfgs_fixed`` or ``lbfgs`` (each probe's L2 chosen on a held-out fifth of its
+            training items, drawn with ``seed``).
     Returns:
         {"speaker": {name: accuracy}, "phone": {...}, "majority": {...}, "pooling": str,
-         "sizes": {"train_utterances": n, ...}, "seed": int, "table": str, ...}.
+         "linear_protocol": str, "linear_l2": {probe: {name: L2}}, "sizes": {"train_utterances": n, ...},
+         "seed": int, "table": str, ...}.
     """
     check_pooling(pooling)
+    check_audio_protocol(protocol)
+    chosen = protocol == "lbfgs"
     columns = featurizers(encoders)
     max_samples = int(max_seconds * 16000)
     report: dict[str, Any] = {"train": getattr(train, "name", "train"), "test": getattr(test, "name", "test"),
-                              "pooling": pooling, "seed": seed, "random_init_seed": random_init_seed, "sizes": {}}
+                              "pooling": pooling, "seed": seed, "random_init_seed": random_init_seed,
+                              "linear_protocol": protocol, "linear_l2": {}, "sizes": {}}
     has_labels = bool(len(train)) and train[0]["label"] >= 0
     for name, (featurize, dims) in columns.items():
         tr = collect(train, featurize, max_items, max_samples, pooling, dims)
@@ -166,16 +187,20 @@ def audio_probes(
         sizes = report["sizes"]
         if has_labels:
             keep = te["labels"] >= 0  # test labels unseen in training cannot be scored
-            res = linear_probe(tr["pooled"], tr["labels"], te["pooled"][keep], te["labels"][keep], l2=UTTERANCE_L2)
+            res = linear_probe(tr["pooled"], tr["labels"], te["pooled"][keep], te["labels"][keep],
+                               l2=None if chosen else UTTERANCE_L2, seed=seed)
             report.setdefault("speaker", {})[name] = res["accuracy"]
+            report["linear_l2"].setdefault("speaker", {})[name] = res["l2"]
             report.setdefault("majority", {})["speaker"] = majority(te["labels"][keep])
             sizes.update(train_utterances=len(tr["labels"]), test_utterances=int(keep.sum()))
         if "frames" in tr and "frames" in te:
             # A fixed random subset of training frames keeps the frame probe fast; all test frames are scored.
             gen = torch.Generator().manual_seed(seed)
             pick = torch.randperm(len(tr["frames"]), generator=gen)[:max_train_frames]
-            res = linear_probe(tr["frames"][pick], tr["frame_labels"][pick], te["frames"], te["frame_labels"], l2=FRAME_L2)
+            res = linear_probe(tr["frames"][pick], tr["frame_labels"][pick], te["frames"], te["frame_labels"],
+                               l2=None if chosen else FRAME_L2, seed=seed)
             report.setdefault("phone", {})[name] = res["accuracy"]
+            report["linear_l2"].setdefault("phone", {})[name] = res["l2"]
             report.setdefault("majority", {})["phone"] = majority(te["frame_labels"])
             sizes.update(train_frames=len(pick), train_frames_total=len(tr["frames"]), test_frames=len(te["frames"]))
     report["table"] = format_table(report, list(columns))
@@ -201,11 +226,12 @@ def format_table(report: dict[str, Any], names: list[str]) -> str:
         parts.append(f"{sizes['train_utterances']} -> {sizes['test_utterances']} utterances")
     if "phone" in report:
         parts.append(f"{sizes['train_frames']} (of {sizes['train_frames_total']}) -> {sizes['test_frames']} frames")
-    seeds = f"seed {report['seed']} (frame subset)"
+    held_out = ", L2's held-out part" if report["linear_protocol"] == "lbfgs" else ""
+    seeds = f"seed {report['seed']} (frame subset{held_out})"
     if report.get("random_init_seed") is not None:
         seeds += f", random encoder initialised with seed {report['random_init_seed']}"
     lines = [
-        f"linear probes on frozen features, accuracy % ({LBFGS})",
+        f"linear probes on frozen features, accuracy % ({AUDIO_PROTOCOLS[report['linear_protocol']]})",
         f"train {report['train']} -> test {report['test']}: {'; '.join(parts)}; {seeds}",
     ]
     labels = {p: probe_label(p, report["pooling"]) for p in probes}
@@ -214,6 +240,10 @@ def format_table(report: dict[str, Any], names: list[str]) -> str:
     for probe in probes:
         row = "".join(f"{100 * report[probe][n]:>10.1f}" for n in names)
         lines.append(f"{labels[probe]:<{width}}{row}{100 * report['majority'][probe]:>10.1f}")
+    if report["linear_protocol"] == "lbfgs":  # the penalty each column's probe was fitted with
+        for probe in probes:
+            l2s = report["linear_l2"][probe]
+            lines.append(f"{probe + ' L2 chosen':<{width}}" + "".join(f"{l2s[n]:>10g}" for n in names))
     lines.append(f"mfcc: {N_MFCC} coefficients, 25 ms window, 10 ms hop; utterances pool the static coefficients, "
                  "frames add deltas and delta-deltas")
     lines.append(PAPER)

@@ -36,7 +36,7 @@ def audio_report(task: Any, cfg: Any, encoder: nn.Module, out_dir: Path | None =
     train, test = probe_splits(cfg)
     report = audio_probes({task.objective: encoder.eval(), "random": random}, train, test,
                           cfg.probe_max_utterances, cfg.probe_max_seconds, pooling=cfg.utterance_pooling,
-                          seed=cfg.seed, random_init_seed=cfg.seed + 1)
+                          seed=cfg.seed, random_init_seed=cfg.seed + 1, protocol=cfg.linear_protocol)
     curve = learning_curve(task, cfg, random, Path(out_dir)) if out_dir is not None else None
     if curve is not None:
         report["learning_curve"], report["plots"] = curve, [curve["path"]]

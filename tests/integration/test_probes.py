@@ -11,7 +11,7 @@ from tiny_images import TINY_MAE, ColourImages, TinyEncoder, dark_and_light_fold
 
 from mmssl.config import ConfigError
 from mmssl.evaluation.audio import MFCC, audio_probes, pool_utterance, speaker_monitor, speaker_monitor_set
-from mmssl.evaluation.linear import linear_probe, mae_head, mae_linear_probe
+from mmssl.evaluation.linear import L2_GRID, linear_probe, mae_head, mae_linear_probe
 from mmssl.evaluation.plots import learning_curve, run_learning_curve
 from mmssl.evaluation.vision import image_probes
 from mmssl.modalities.audio.data import CorpusSplit
@@ -106,13 +106,24 @@ def test_audio_table_names_pooling_sizes_and_seeds():
 
     task, cfg = tiny_config("unused")
     encoder = task.build_objective(cfg).export_encoder().eval()
-    report = audio_probes({"cpc": encoder}, train, test, max_train_frames=50, seed=3, random_init_seed=4)
+    report = audio_probes({"cpc": encoder}, train, test, max_train_frames=50, seed=3, random_init_seed=4,
+                          protocol="lbfgs")
     table = report["table"]
     for words in ("speaker (utterance, mean+std pooled)", "phone (frame)", "9 -> 6 utterances", "50 (of ",
-                  "seed 3 (frame subset)", "random encoder initialised with seed 4", "toy/train", "toy/test",
-                  "standardised", "40 coefficients"):
+                  "seed 3 (frame subset, L2's held-out part)", "random encoder initialised with seed 4", "toy/train",
+                  "toy/test", "standardised", "L2 chosen from 1e-6..1e5", "40 coefficients", "speaker L2 chosen",
+                  "phone L2 chosen"):
         assert words in table, words
     assert report["pooling"] == "meanstd" and report["sizes"]["train_frames"] == 50
+    # every column's penalty is chosen per probe from the grid, and the table prints it
+    assert report["linear_protocol"] == "lbfgs"
+    for probe in ("speaker", "phone"):
+        assert set(report["linear_l2"][probe]) == {"cpc", "mfcc"} and set(report["linear_l2"][probe].values()) <= set(L2_GRID)
+    fixed = audio_probes({"cpc": encoder}, train, test, max_train_frames=50, seed=3)  # the default
+    assert "at L2 0.001 (utterances) and 0.0001 (frames)" in fixed["table"] and "L2 chosen" not in fixed["table"]
+    assert fixed["linear_l2"] == {"speaker": {"cpc": 1e-3, "mfcc": 1e-3}, "phone": {"cpc": 1e-4, "mfcc": 1e-4}}
+    with pytest.raises(ConfigError, match="linear_protocol for audio probes must be one of lbfgs, lbfgs_fixed"):
+        audio_probes({"cpc": encoder}, train, test, protocol="mae")
     mean = audio_probes({"cpc": encoder}, train, test, max_train_frames=50, pooling="mean")
     assert "speaker (utterance, mean pooled)" in mean["table"] and set(mean["speaker"]) == {"cpc", "mfcc"}
     with pytest.raises(ConfigError, match="utterance_pooling"):
@@ -257,8 +268,16 @@ def test_audio_run_logs_the_speaker_monitor_and_draws_its_learning_curve(tmp_pat
                  "--report", str(out)]) in (0, None)
     probed = json.loads(out.read_text())
     assert probed["pooling"] == "mean" and "speaker (utterance, mean pooled)" in probed["table"]
+    assert report["linear_l2"]["speaker"]["cpc"] == 1e-3  # the run's probes took the fixed L2; `probe` can choose
+    chosen = tmp_path / "chosen.json"
+    assert main(["probe", "--checkpoint", str(tmp_path / "run"), "--linear-protocol", "lbfgs",
+                 "--report", str(chosen)]) in (0, None)
+    probed = json.loads(chosen.read_text())
+    assert probed["linear_protocol"] == "lbfgs" and "speaker L2 chosen" in probed["table"]
     with pytest.raises(ConfigError, match="utterance_pooling must be meanstd or mean, not 'max'"):
         resolve_config("cpc_audio", None, {"output_dir": str(tmp_path / "bad")}, ["utterance_pooling=max"])
+    with pytest.raises(ConfigError, match="linear_protocol for audio probes must be one of lbfgs, lbfgs_fixed"):
+        resolve_config("cpc_audio", None, {"output_dir": str(tmp_path / "bad")}, ["linear_protocol=mae"])
 
 
 def test_image_run_draws_its_learning_curve_with_random_and_pixel_baselines(tmp_path):
