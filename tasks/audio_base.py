@@ -39,9 +39,9 @@ class AudioConfig(TrainConfig):
     probe_max_utterances: int = 4000
     probe_max_seconds: float = 10.0
     utterance_pooling: str = "meanstd"  # meanstd (x-vector statistics pooling) | mean (the CPC paper's)
-    # lbfgs_fixed: L2 1e-3 (utterances) / 1e-4 (frames) | lbfgs: each probe's L2 chosen on a held-out fifth
-    # of its training items. Fixed by default: a fifth of the demo's 16 utterances per speaker is too few to
-    # choose by (docs/results/audio.md, "The linear probes' L2 chosen on held-out utterances").
+    # lbfgs_fixed: L2 1e-3 (utterances) / 1e-4 (frames) | lbfgs: each probe's L2 chosen on its training items
+    # (5-fold cross-validation for utterances, a held-out fifth for frames). Fixed by default, the protocol of
+    # every audio table (docs/results/audio.md, "The linear probes' L2 chosen on held-out utterances").
     linear_protocol: str = "lbfgs_fixed"
     # Online monitor: the speaker probe on a few short utterances per speaker, cheap enough to run often.
     monitor_every: int = 25

@@ -7,7 +7,8 @@ statistics pooling of x-vectors (Snyder et al., ICASSP 2018), by default; ``pool
 the mean alone. Every column, MFCCs included, goes through the same pooling and the same
 standardised logistic regression (``mmssl.evaluation.linear``), at fixed L2 penalties
 (``protocol="lbfgs_fixed"``, the default: 1e-3 for utterances, 1e-4 for frames) or with each column's
-penalty chosen on a held-out part of its training items (``lbfgs``, as the image probes choose). The
+penalty chosen on its training items (``lbfgs``: by 5-fold cross-validation for utterances, on a
+held-out fifth for frames, as the image probes choose). The
 online speaker monitor always takes the fixed penalty: it runs every ``monitor_every`` steps, where a
 choice would cost twelve fits each time.
 """
@@ -21,13 +22,17 @@ import torch
 from torch import nn
 
 from mmssl.config import ConfigError
-from mmssl.evaluation.linear import LBFGS, PROTOCOLS, linear_probe
+from mmssl.evaluation.linear import LBFGS, VAL_FRACTION, linear_probe
 
 FRAME_HOP = 160  # 10 ms at 16 kHz
 N_MFCC = 40
 POOLINGS = {"meanstd": "mean+std pooled", "mean": "mean pooled"}
 UTTERANCE_L2, FRAME_L2 = 1e-3, 1e-4  # l2 of the speaker and the phone probe under ``lbfgs_fixed`` and in the monitor
-AUDIO_PROTOCOLS = {"lbfgs": PROTOCOLS["lbfgs"],
+# A held-out fifth of a speaker's few utterances is too few to choose by: utterances cross-validate.
+UTTERANCE_FOLDS = 5
+AUDIO_PROTOCOLS = {"lbfgs": (f"{LBFGS}, its L2 chosen from 1e-6..1e5 (a decade apart) by {UTTERANCE_FOLDS}-fold "
+                             f"cross-validation (utterances) or on {VAL_FRACTION:.0%} held out (frames), then "
+                             "refitted on all of train"),
                    "lbfgs_fixed": f"{LBFGS} at L2 {UTTERANCE_L2:g} (utterances) and {FRAME_L2:g} (frames)"}
 PAPER = "CPC paper, LibriSpeech-100: phone 64.6 CPC / 39.7 MFCC / 27.6 random; speaker 97.4 / 17.6 / 1.87"
 
@@ -165,8 +170,8 @@ def audio_probes(
         max_train_frames: the phone probe trains on a random subset of this many frames (``seed``).
         pooling: ``meanstd`` (statistics pooling) or ``mean``, for every column.
         random_init_seed: the seed the caller initialised its random encoder with, for the table.
-        protocol: ``lbfgs_fixed`` or ``lbfgs`` (each probe's L2 chosen on a held-out fifth of its
-            training items, drawn with ``seed``).
+        protocol: ``lbfgs_fixed`` or ``lbfgs`` (each probe's L2 chosen on its training items: 5-fold
+            cross-validation for utterances, a held-out fifth for frames, drawn with ``seed``).
     Returns:
         {"speaker": {name: accuracy}, "phone": {...}, "majority": {...}, "pooling": str,
          "linear_protocol": str, "linear_l2": {probe: {name: L2}}, "sizes": {"train_utterances": n, ...},
@@ -188,7 +193,7 @@ def audio_probes(
         if has_labels:
             keep = te["labels"] >= 0  # test labels unseen in training cannot be scored
             res = linear_probe(tr["pooled"], tr["labels"], te["pooled"][keep], te["labels"][keep],
-                               l2=None if chosen else UTTERANCE_L2, seed=seed)
+                               l2=None if chosen else UTTERANCE_L2, seed=seed, folds=UTTERANCE_FOLDS)
             report.setdefault("speaker", {})[name] = res["accuracy"]
             report["linear_l2"].setdefault("speaker", {})[name] = res["l2"]
             report.setdefault("majority", {})["speaker"] = majority(te["labels"][keep])

@@ -105,23 +105,44 @@ def held_out_split(labels: torch.Tensor, fraction: float = VAL_FRACTION, seed: i
     return mask.nonzero().flatten(), held_out
 
 
+def fold_splits(labels: torch.Tensor, folds: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(fit, held-out) index pairs for k-fold cross-validation: each class's items, in a seeded order, are
+    dealt to the ``folds`` folds in turn, so every item is held out once and each fold holds about a
+    ``1 / folds`` share of every class. As in ``held_out_split``, a class with one item is never held
+    out; folds left with nothing to hold out (more folds than any class has items) are dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    fold_of = torch.full((len(labels),), -1, dtype=torch.long)
+    for c in labels.unique():
+        members = (labels == c).nonzero().flatten()
+        if len(members) > 1:
+            fold_of[members[torch.randperm(len(members), generator=gen)]] = torch.arange(len(members)) % folds
+    pairs = [((fold_of != f).nonzero().flatten(), (fold_of == f).nonzero().flatten()) for f in range(folds)]
+    return [(fit, held) for fit, held in pairs if len(held)]
+
+
 def select_l2(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, grid: Sequence[float] = L2_GRID,
-              fraction: float = VAL_FRACTION, seed: int = 0, max_iter: int = 150) -> tuple[float, dict[float, float]]:
+              fraction: float = VAL_FRACTION, seed: int = 0, max_iter: int = 150,
+              folds: int = 1) -> tuple[float, dict[float, float]]:
     """The L2 of ``grid`` whose probe, fitted on the training items outside a held-out part
     (``held_out_split``) and standardised with their statistics, scores best on the held-out part;
     ties go to the larger L2. Fits run from the largest L2 down, each starting from the last one's
-    solution, so the weakly penalised fits, the slow ones, start near their optimum.
+    solution, so the weakly penalised fits, the slow ones, start near their optimum. ``folds`` > 1
+    scores each L2 by k-fold cross-validation instead (``fold_splits``: every training item held out
+    once, the accuracy over all of them), the stable choice where a held-out fifth is a few items a class.
     Returns (the chosen L2, {L2: held-out accuracy})."""
-    fit_idx, val_idx = held_out_split(train_y, fraction, seed)
-    if not len(val_idx):
+    splits = [held_out_split(train_y, fraction, seed)] if folds <= 1 else fold_splits(train_y, folds, seed)
+    if not splits or not all(len(val_idx) for _, val_idx in splits):
         raise ValueError("choosing the linear probe's L2 needs two or more training items of some class")
-    fit_x, val_x = _standardise(train_x[fit_idx], train_x[val_idx])
-    fit_y, val_y = train_y[fit_idx], train_y[val_idx]
-    scores: dict[float, float] = {}
-    state = None
-    for l2 in sorted(grid, reverse=True):
-        state = _fit(fit_x, fit_y, num_classes, l2, max_iter, state, tight=True)
-        scores[l2] = _accuracy(val_x, val_y, state)
+    correct = dict.fromkeys(grid, 0.0)
+    for fit_idx, val_idx in splits:
+        fit_x, val_x = _standardise(train_x[fit_idx], train_x[val_idx])
+        fit_y, val_y = train_y[fit_idx], train_y[val_idx]
+        state = None
+        for l2 in sorted(grid, reverse=True):
+            state = _fit(fit_x, fit_y, num_classes, l2, max_iter, state, tight=True)
+            correct[l2] += _accuracy(val_x, val_y, state) * len(val_idx)
+    held = sum(len(val_idx) for _, val_idx in splits)
+    scores = {l2: correct[l2] / held for l2 in grid}
     best = max(scores.values())
     return max(l2 for l2, acc in scores.items() if acc == best), scores
 
@@ -135,6 +156,7 @@ def linear_probe(
     l2: float | None = FIXED_L2,
     max_iter: int = 150,
     seed: int = 0,
+    folds: int = 1,
 ) -> dict[str, float]:
     """Fit a linear classifier on standardised ``train_x`` (N, D), score ``test_x`` (M, D).
 
@@ -144,7 +166,7 @@ def linear_probe(
     standardised (train mean and std), so the penalty weighs each dimension alike whatever
     its scale: an 80-dim MFCC statistic and a 512-dim encoder statistic meet the same prior.
     ``l2=None`` chooses the penalty on a held-out part of the training set (``select_l2``,
-    ``seed`` draws the part) and then fits on all of it.
+    ``seed`` draws the part; ``folds`` > 1 cross-validates over all of it instead) and then fits on all of it.
     Returns {"accuracy": test accuracy, "train_accuracy": ..., "l2": the penalty used}, and
     with ``l2=None`` also "l2_scores": {L2: held-out accuracy}.
     """
@@ -153,7 +175,7 @@ def linear_probe(
     extra: dict = {}
     chosen = l2 is None
     if chosen:
-        l2, extra["l2_scores"] = select_l2(train_x, train_y, num_classes, seed=seed, max_iter=max_iter)
+        l2, extra["l2_scores"] = select_l2(train_x, train_y, num_classes, seed=seed, max_iter=max_iter, folds=folds)
     train_x, test_x = _standardise(train_x, test_x)
     fit = _fit(train_x, train_y, num_classes, l2, max_iter, tight=chosen)
     return {"accuracy": _accuracy(test_x, test_y, fit), "train_accuracy": _accuracy(train_x, train_y, fit), "l2": l2,

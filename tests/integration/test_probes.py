@@ -111,7 +111,7 @@ def test_audio_table_names_pooling_sizes_and_seeds():
     table = report["table"]
     for words in ("speaker (utterance, mean+std pooled)", "phone (frame)", "9 -> 6 utterances", "50 (of ",
                   "seed 3 (frame subset, L2's held-out part)", "random encoder initialised with seed 4", "toy/train",
-                  "toy/test", "standardised", "L2 chosen from 1e-6..1e5", "40 coefficients", "speaker L2 chosen",
+                  "toy/test", "standardised", "5-fold cross-validation (utterances)", "40 coefficients", "speaker L2 chosen",
                   "phone L2 chosen"):
         assert words in table, words
     assert report["pooling"] == "meanstd" and report["sizes"]["train_frames"] == 50

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmssl.evaluation.linear import L2_GRID, held_out_split, linear_probe, probe, select_l2
+from mmssl.evaluation.linear import L2_GRID, fold_splits, held_out_split, linear_probe, probe, select_l2
 
 
 def _blobs(n: int, dim: int, informative: int, seed: int, shift: float = 1.0):
@@ -35,6 +35,31 @@ def _plain_choice(x, y, grid, seed):
               for l2 in grid}
     best = max(scores.values())
     return max(l2 for l2, acc in scores.items() if acc == best), scores
+
+
+def test_fold_splits_hold_every_item_out_once_and_share_each_class():
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 1 + [3] * 2)
+    splits = fold_splits(y, 5, seed=3)
+    held = torch.cat([h for _, h in splits])
+    assert sorted(held.tolist()) == [i for i in range(len(y)) if i != 15]  # all once, but the class of one item
+    for fit, h in splits:
+        assert sorted((*fit.tolist(), *h.tolist())) == list(range(len(y)))  # each pair a partition
+        assert int((y[h] == 0).sum()) == 2 and int((y[h] == 1).sum()) == 1  # a fifth of each class
+    assert len(fold_splits(torch.tensor([0, 1]), 5)) == 0 and len(fold_splits(torch.tensor([0, 0, 1, 1]), 5)) == 2
+    assert [h.tolist() for _, h in fold_splits(y, 5, seed=3)] == [h.tolist() for _, h in splits]  # seeded
+
+
+def test_select_l2_by_folds_matches_cross_validation_written_out():
+    x, y = _blobs(150, 40, 4, seed=2, shift=0.6)
+    grid = (1e-4, 1e-2, 1.0, 100.0)
+    chosen, scores = select_l2(x, y, 3, grid=grid, seed=1, max_iter=500, folds=5)
+    want = {}
+    for l2 in grid:  # each fold fitted from zero at this L2 (the fixed-L2 probe), its held-out items scored
+        hits = sum(linear_probe(x[f], y[f], x[h], y[h], num_classes=3, l2=l2, max_iter=500)["accuracy"] * len(h)
+                   for f, h in fold_splits(y, 5, seed=1))
+        want[l2] = hits / len(y)
+    best = max(want.values())
+    assert chosen == max(l2 for l2, a in want.items() if a == best) and scores == pytest.approx(want, abs=1e-9)
 
 
 def test_select_l2_matches_the_selection_written_out():
