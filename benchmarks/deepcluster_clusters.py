@@ -24,35 +24,33 @@ from dino_targets import factors
 from sklearn.metrics import mutual_info_score
 
 from mmssl.encoders.io import load_encoder
+from mmssl.evaluation.knn import extract_features
 from mmssl.objectives.deepcluster import DeepCluster
 from mmssl.run import resolve_config
 
 SEEDS = 3
 
 
-def glyph_factors(seed: int = 0, per_class: int = 400) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-    """The glyphs set's training images (N, 3, H, W) uint8 and their factors, from each image's own
-    generator draws (``image_sets.glyph`` draws its background first: two colours, the kind, the angle)."""
+def glyph_factors(seed: int = 0, per_class: int = 400) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The glyphs set's training images as items {"image": (3, H, W) uint8, "label"} and their factors,
+    from each image's own generator draws (``image_sets.glyph`` draws its background first)."""
     images = [im for im in image_sets.glyphs(seed) if im[2] == "train"]
     out: dict[str, list[int]] = {"class": [], "background_kind": [], "background_direction": [],
                                  "background_value": [], "polarity": []}
     for label in range(10):
         for k in range(per_class):
-            value = image_sets._background(np.random.default_rng([seed, label, k])).mean()
-            rng = np.random.default_rng([seed, label, k])
-            rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)  # the two colours
-            kind = int(rng.integers(3))
-            # a gradient's angle in [0, 2 pi) and the stripes' in [0, pi), both as an undirected line
-            angle = rng.uniform(0, 2 * np.pi) % np.pi if kind == 1 else rng.uniform(0, np.pi) if kind == 2 else None
+            d = image_sets.background_draws(np.random.default_rng([seed, label, k]))
+            value = image_sets.paint_background(d).mean()
+            angle = d["angle"] % np.pi if "angle" in d else None  # a gradient's or the stripes' line
             out["class"].append(label)
-            out["background_kind"].append(kind)
+            out["background_kind"].append(d["kind"])
             out["background_direction"].append(4 if angle is None else min(int(angle / np.pi * 4), 3))
             out["background_value"].append(min(int(value * 4), 3))
             out["polarity"].append(int(value < 0.5))  # the letter is drawn light on a dark background
     if [im[1] for im in images] != out["class"]:
         raise SystemExit("the glyphs set's training images are not in class-major order")
-    x = torch.stack([torch.from_numpy(im[0]).permute(2, 0, 1).contiguous() for im in images])
-    return x, {k: np.array(v) for k, v in out.items()}
+    items = [{"image": torch.from_numpy(im[0]).permute(2, 0, 1).contiguous(), "label": im[1]} for im in images]
+    return items, {k: np.array(v) for k, v in out.items()}
 
 
 def main() -> None:
@@ -69,11 +67,7 @@ def main() -> None:
                                 **dataclasses.asdict(cfg.objective))
     encoder = task.random_encoder(cfg, objective.encoder) if args.encoder == "random" else load_encoder(args.encoder)
     if args.glyphs:
-        view = task.eval_view(cfg)
-        encoder.eval()
-        with torch.no_grad():
-            features = torch.cat([encoder.pool(encoder.forward_features(torch.stack([view(im) for im in images[s:s + 256]])))
-                                  for s in range(0, len(images), 256)]).float()
+        features = extract_features(encoder, images, task.eval_view(cfg))[0]
     else:
         features = task.train_features(cfg, encoder)
         source = task.source(cfg, cfg.split)

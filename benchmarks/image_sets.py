@@ -65,21 +65,38 @@ def _split_digits(seed: int):
             yield (data.images[i] * (255 / 16)).astype(np.uint8), label, "train" if k < cut else "test"
 
 
+BACKGROUND_KINDS = ("noise", "gradient", "stripes")
+
+
+def background_draws(rng: np.random.Generator) -> dict:
+    """A background's random choices, in the order the sets draw them: two colours, the kind (an index
+    of BACKGROUND_KINDS), then the noise's 5 x 5 grid, the gradient's angle in [0, 2 pi), or the
+    stripes' angle in [0, pi) and frequency."""
+    d = {"a": rng.uniform(0, 1, 3), "b": rng.uniform(0, 1, 3), "kind": int(rng.integers(3))}
+    if d["kind"] == 0:
+        d["grid"] = rng.uniform(0, 1, (5, 5)).astype(np.float32)
+    elif d["kind"] == 1:
+        d["angle"] = rng.uniform(0, 2 * np.pi)
+    else:
+        d["angle"], d["freq"] = rng.uniform(0, np.pi), rng.uniform(2, 6)
+    return d
+
+
+def paint_background(d: dict) -> np.ndarray:
+    """(SIZE, SIZE, 3) float in [0, 1]: the background ``background_draws`` chose."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    if d["kind"] == 0:
+        t = np.asarray(Image.fromarray(d["grid"], mode="F").resize((SIZE, SIZE), Image.BICUBIC)).clip(0, 1)
+    elif d["kind"] == 1:
+        t = (np.cos(d["angle"]) * x + np.sin(d["angle"]) * y + 1) / 2
+    else:
+        t = (np.sin(2 * np.pi * d["freq"] * (np.cos(d["angle"]) * x + np.sin(d["angle"]) * y)) + 1) / 2
+    return d["a"] * (1 - t[..., None]) + d["b"] * t[..., None]
+
+
 def _background(rng: np.random.Generator) -> np.ndarray:
     """(SIZE, SIZE, 3) float in [0, 1]: smooth noise, a gradient or stripes in two random colours."""
-    a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    kind = rng.integers(3)
-    if kind == 0:
-        grid = rng.uniform(0, 1, (5, 5)).astype(np.float32)
-        t = np.asarray(Image.fromarray(grid, mode="F").resize((SIZE, SIZE), Image.BICUBIC)).clip(0, 1)
-    elif kind == 1:
-        angle = rng.uniform(0, 2 * np.pi)
-        t = (np.cos(angle) * x + np.sin(angle) * y + 1) / 2
-    else:
-        angle, freq = rng.uniform(0, np.pi), rng.uniform(2, 6)
-        t = (np.sin(2 * np.pi * freq * (np.cos(angle) * x + np.sin(angle) * y)) + 1) / 2
-    return a * (1 - t[..., None]) + b * t[..., None]
+    return paint_background(background_draws(rng))
 
 
 def glyph(label: int, rng: np.random.Generator) -> np.ndarray:
