@@ -14,7 +14,10 @@ groups of ``shuffle_bn`` samples, each group normalised by its own statistics,
 and the key batch of all processes is permuted (one permutation, shared) before
 it is split, so a query's group and its key's group hold different samples. On
 one process the groups stand in for the paper's GPUs. Encoders without
-BatchNorm (ViT, GroupNorm convs) are unaffected by it.
+BatchNorm (ViT, GroupNorm convs) are unaffected by it. The groups go through
+the encoder in one pass whose BatchNorm layers split the batch
+(``batchnorm_groups``): the same numbers as a pass per group, in larger
+operations.
 """
 from __future__ import annotations
 
@@ -29,16 +32,36 @@ from torch import nn
 from mmssl import dist
 from mmssl.losses import info_nce
 from mmssl.objectives.base import Objective
+from mmssl.objectives.batchnorm_groups import batchnorm_groups, groupable
 from mmssl.objectives.heads import ema_update, embedding_std, encode_views, mlp, views_of
 from mmssl.optim import cosine
 from mmssl.registry import OBJECTIVES
 
 
-def _grouped(encoder: nn.Module, x: torch.Tensor, groups: int, pool: bool = True) -> torch.Tensor:
-    """Pooled features (B, D), or tokens (B, N, D) if not ``pool``, of x (B, ...) encoded in
-    ``groups`` near-equal consecutive pieces, so BatchNorm normalises each piece with its own statistics."""
-    parts = [encoder.forward_features(part) for part in x.tensor_split(groups)]
+def group_sizes(batch: int, groups: int) -> list[int]:
+    """Sizes of ``groups`` near-equal consecutive pieces of a batch, as ``Tensor.tensor_split`` cuts them."""
+    return [batch // groups + (i < batch % groups) for i in range(groups)]
+
+
+def _grouped(encoder: nn.Module, x: torch.Tensor, sizes: list[int], pool: bool = True) -> torch.Tensor:
+    """Pooled features (B, D), or tokens (B, N, D) if not ``pool``, of x (B, ...) encoded so that
+    BatchNorm normalises each consecutive group of ``sizes`` samples with its own statistics: one pass
+    with the BatchNorm layers split (``batchnorm_groups``), or a pass per group where a layer cannot be
+    split (SyncBatchNorm)."""
+    if groupable(encoder):
+        with batchnorm_groups(encoder, sizes):
+            h = encoder.forward_features(x)
+        return encoder.pool(h) if pool else h
+    parts = [encoder.forward_features(part) for part in x.split(sizes)]
     return torch.cat([encoder.pool(h) for h in parts] if pool else parts)
+
+
+def _grouped_views(encoder: nn.Module, views: list[torch.Tensor], groups: int, pool: bool) -> list[torch.Tensor]:
+    """``_grouped`` of each view, each cut into ``groups`` pieces; views of one shape share a pass."""
+    if any(v.shape != views[0].shape for v in views):
+        return [_grouped(encoder, v, group_sizes(len(v), groups), pool) for v in views]
+    sizes = [s for v in views for s in group_sizes(len(v), groups)]
+    return list(_grouped(encoder, torch.cat(views), sizes, pool).chunk(len(views)))
 
 
 def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
@@ -119,15 +142,25 @@ class MoCo(Objective):
         """The online encoder's pooled features (B, D) of each view, or its tokens (B, N, D) for
         an objective that reads the feature map (``pool_features`` False)."""
         if self.shuffle_bn:
-            return [_grouped(self.encoder, v, self._groups(len(v)), self.pool_features) for v in views]
+            return _grouped_views(self.encoder, views, self._groups(len(views[0])), self.pool_features)
         return encode_views(self.encoder, views, pool=self.pool_features)
 
     @torch.no_grad()
     def _key_features(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The momentum encoder's features of each view, as ``_features`` (shuffle-BN when on)."""
-        if self.shuffle_bn:
-            return [self._shuffled_keys(v) for v in views]
-        return encode_views(self.momentum_encoder, views, pool=self.pool_features)
+        """The momentum encoder's features of each view, as ``_features`` (shuffle-BN when on): each
+        view's global batch is gathered and permuted, this process encodes its shard of every view in
+        groups, and the features travel back to their images."""
+        if not self.shuffle_bn:
+            return encode_views(self.momentum_encoder, views, pool=self.pool_features)
+        world, rank = dist.world_size(), dist.rank()
+        shards, perms = [], []
+        for v in views:
+            full = dist.all_gather_nograd(v)  # (world * B, ...)
+            perm = dist.broadcast(torch.randperm(len(full), device=v.device))
+            shards.append(full[perm].chunk(world)[rank])
+            perms.append(perm)
+        h = _grouped_views(self.momentum_encoder, shards, self._groups(len(views[0])), self.pool_features)
+        return [dist.all_gather_nograd(hv)[torch.argsort(perm)].chunk(world)[rank] for hv, perm in zip(h, perms)]
 
     def _queries(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         h = self._features(views)
@@ -137,18 +170,6 @@ class MoCo(Objective):
     def _keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         h = self._key_features(views)
         return list(F.normalize(self.momentum_projector(torch.cat(h)), dim=1).chunk(len(views)))
-
-    @torch.no_grad()
-    def _shuffled_keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Momentum-encoder features (B, D), or tokens (B, N, D), of this process's x (B, ...),
-        computed on a shuffled shard of the global batch: gather, permute, encode this process's
-        shard in groups, gather the features back and undo the permutation."""
-        world, rank, groups = dist.world_size(), dist.rank(), self._groups(len(x))
-        full = dist.all_gather_nograd(x)  # (world * B, ...)
-        perm = dist.broadcast(torch.randperm(len(full), device=x.device))
-        shard = full[perm].chunk(world)[rank]
-        h = dist.all_gather_nograd(_grouped(self.momentum_encoder, shard, groups, self.pool_features))  # permuted
-        return h[torch.argsort(perm)].chunk(world)[rank]
 
     def forward(self, batch: dict) -> dict:
         """batch["views"] = [x0, x1], each (B, ...). Returns loss, acc (of the positive) and std."""
