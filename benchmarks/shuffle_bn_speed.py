@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mmssl.bench.learning import learning_config
+from mmssl.bench.learning import learning_config, objective_stepper
 from mmssl.host_memory import keep_freed_memory
 from mmssl.objectives import moco
 
@@ -39,15 +39,7 @@ def main() -> None:
         with torch.no_grad():
             batches = [task.on_device(cfg, next(loader)) for _ in range(args.steps)]
         torch.manual_seed(cfg.seed)
-        objective = task.build_objective(cfg).train()
-        opt = torch.optim.AdamW([q for q in objective.parameters() if q.requires_grad], lr=cfg.lr)
-
-        def step(batch: dict) -> None:
-            loss = objective(batch)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            objective.after_step(1, cfg.max_steps)
+        step = objective_stepper(task.build_objective(cfg).train(), cfg)
 
         ways = {"one pass": moco.groupable, "pass per group": lambda module: False}
         times: dict[str, list[float]] = {name: [] for name in ways}

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from mmssl.bench.learning import learning_config, library_rate, plain_peer
+from mmssl.bench.learning import learning_config, library_rate, objective_stepper, plain_peer
 from mmssl.bench.plain_loop import batch_views, load_images, peer_colours, peer_crops, peer_samplers
 from mmssl.host_memory import keep_freed_memory
 
@@ -74,15 +74,7 @@ def main() -> None:
         rows.append(("library views", per_step(lambda i: task.on_device(cfg, raw[i]), n)))
 
         torch.manual_seed(cfg.seed)
-        objective = task.build_objective(cfg).train()
-        opt = torch.optim.AdamW([q for q in objective.parameters() if q.requires_grad], lr=cfg.lr)
-
-        def library_step(batch: dict) -> None:
-            loss = objective(batch)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            objective.after_step(1, cfg.max_steps)
+        library_step = objective_stepper(task.build_objective(cfg).train(), cfg)
 
         def library_both(i: int) -> None:
             with torch.no_grad():

@@ -190,6 +190,21 @@ def library_curve(task: Any, cfg: Any) -> dict:
     return {"points": points, "train_s": points[-1]["seconds"], "images": points[-1]["images"], "monitor_s": paused}
 
 
+def objective_stepper(objective: nn.Module, cfg: Any) -> Callable[[dict], None]:
+    """A training step of ``objective`` on a batch of views made beforehand, without the trainer:
+    forward, backward, AdamW at ``cfg.lr``, and the objective's ``after_step`` (targets, queues)."""
+    opt = torch.optim.AdamW([q for q in objective.parameters() if q.requires_grad], lr=cfg.lr)
+
+    def step(batch: dict) -> None:
+        loss = objective(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        objective.after_step(1, cfg.max_steps)
+
+    return step
+
+
 def library_rate(task: Any, cfg: Any, out_dir: Path, steps: int) -> float:
     """Images/s of a short run of the library (the first logged steps, which start the workers, left out)."""
     from mmssl.run import run_training
