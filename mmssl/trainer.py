@@ -223,6 +223,15 @@ class _FiniteGuard:
             )
 
 
+def distributed_batchnorm(objective: Objective, processes: int, device_type: str) -> Objective:
+    """The objective with SyncBatchNorm for BatchNorm where several processes train on GPUs and the
+    objective wants statistics over the global batch (``Objective.sync_batchnorm``; MoCo's shuffle-BN
+    does not). SyncBatchNorm has no CPU kernel: on CPU (gloo) BatchNorm statistics stay per process."""
+    if processes > 1 and device_type != "cpu" and objective.sync_batchnorm:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+    return objective
+
+
 def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple[nn.Module, Accelerator]:
     """Train ``task`` with ``cfg`` for ``cfg.max_steps`` optimizer steps (resuming if possible).
 
@@ -240,9 +249,7 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
                         f"not {type(objective).__name__}")
     if cfg.init:  # before prepare, so every process starts from the same weights
         init_objective(objective, cfg.init)
-    if accelerator.num_processes > 1 and accelerator.device.type != "cpu":
-        # SyncBatchNorm has no CPU kernel; on CPU (gloo) BatchNorm statistics stay per process.
-        objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+    objective = distributed_batchnorm(objective, accelerator.num_processes, accelerator.device.type)
     if accelerator.num_processes > 1:
         own = dict(objective.named_buffers())
         unsynced = [name for name in dict.fromkeys((*objective.unsynced_buffers, *objective.per_process_buffers))

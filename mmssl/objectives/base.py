@@ -58,6 +58,12 @@ class Objective(nn.Module):
     # process back its own, so a multi-process resume continues as the uninterrupted run would.
     per_process_buffers: ClassVar[tuple[str, ...]] = ()
 
+    @property
+    def sync_batchnorm(self) -> bool:
+        """Whether the trainer makes BatchNorm SyncBatchNorm when several GPUs train (statistics over
+        the global batch). False for a method whose BatchNorm statistics must stay per process."""
+        return True
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

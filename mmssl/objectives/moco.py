@@ -13,7 +13,9 @@ batches) lack, and training can learn to spot it instead of the image. Shuffle-B
 groups of ``shuffle_bn`` samples, each group normalised by its own statistics,
 and the key batch of all processes is permuted (one permutation, shared) before
 it is split, so a query's group and its key's group hold different samples. On
-one process the groups stand in for the paper's GPUs. Encoders without
+one process the groups stand in for the paper's GPUs; on several GPUs the
+BatchNorm statistics stay per process (no SyncBatchNorm), as the paper's
+are. Encoders without
 BatchNorm (ViT, GroupNorm convs) are unaffected by it. The groups go through
 the encoder in one pass whose BatchNorm layers split the batch
 (``batchnorm_groups``): the same numbers as a pass per group, in larger
@@ -134,6 +136,12 @@ class MoCo(Objective):
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))  # (Q, proj_dim)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending: list[torch.Tensor] = []  # gathered keys of micro-batches since the last optimizer step
+
+    @property
+    def sync_batchnorm(self) -> bool:
+        # Shuffle-BN normalises each process's (or group's) samples by their own statistics, as the
+        # paper's per-GPU BatchNorm does; SyncBatchNorm would pool them over every process.
+        return not self.shuffle_bn
 
     def _groups(self, batch: int) -> int:
         return max(1, batch // self.shuffle_bn)

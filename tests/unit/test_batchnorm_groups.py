@@ -5,11 +5,14 @@ import copy
 
 import pytest
 import torch
+from tiny_encoders import BNEncoder
 from torch import nn
 
 from mmssl.encoders.convnet import ConvNet
 from mmssl.objectives.batchnorm_groups import batchnorm_groups, groupable
-from mmssl.objectives.moco import group_sizes
+from mmssl.objectives.moco import MoCo, group_sizes
+from mmssl.objectives.simclr import SimCLR
+from mmssl.trainer import distributed_batchnorm
 
 
 def per_group(module: nn.Module, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -131,3 +134,17 @@ def test_forward_restored_and_bad_input_refused():
 def test_group_sizes_are_tensor_splits():
     for n, g in [(64, 4), (10, 3), (5, 5), (7, 2)]:
         assert group_sizes(n, g) == [len(p) for p in torch.arange(n).tensor_split(g)]
+
+
+def test_shuffle_bn_keeps_batchnorm_per_process_on_gpus():
+    """Several GPUs turn BatchNorm into SyncBatchNorm, but not under shuffle-BN, whose statistics are
+    per process by design; a CPU or a single process keeps BatchNorm whatever the objective."""
+    def synced(objective):
+        return any(isinstance(m, nn.SyncBatchNorm) for m in objective.modules())
+
+    assert synced(distributed_batchnorm(SimCLR(BNEncoder(), proj_hidden=8, proj_dim=4), 2, "cuda"))
+    assert synced(distributed_batchnorm(MoCo(BNEncoder(), proj_hidden=8, proj_dim=4, queue_size=8, shuffle_bn=0), 2, "cuda"))
+    moco = MoCo(BNEncoder(), proj_hidden=8, proj_dim=4, queue_size=8, shuffle_bn=2)
+    assert not moco.sync_batchnorm and not synced(distributed_batchnorm(moco, 2, "cuda"))
+    for processes, device in ((1, "cuda"), (2, "cpu")):
+        assert not synced(distributed_batchnorm(SimCLR(BNEncoder(), proj_hidden=8, proj_dim=4), processes, device))
