@@ -61,8 +61,9 @@ def run_training(task: Any, cfg: Any) -> dict | None:
     header = (f"task {task.name} ({task.modality}, {task.encoder_names()}, {task.objective}); "
               f"{accelerator.num_processes} process(es) on {accelerator.device}, "
               f"mixed precision {accelerator.mixed_precision}")
-    accelerator.print("\n".join([header, describe_changes(task, cfg), *notes]))
-    objective, accelerator = train(task, cfg, accelerator)
+    # printed once the objective is built, so that a setting it refuses is the only line of the run
+    objective, accelerator = train(task, cfg, accelerator,
+                                   announce=lambda: accelerator.print("\n".join([header, describe_changes(task, cfg), *notes])))
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         save_encoder(objective.export_encoder(), out / "encoder", **task.encoder_meta(cfg))

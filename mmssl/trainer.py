@@ -12,6 +12,7 @@ import functools
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +233,10 @@ def distributed_batchnorm(objective: Objective, processes: int, device_type: str
     return objective
 
 
-def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple[nn.Module, Accelerator]:
+def train(task: Task, cfg: Any, accelerator: Accelerator | None = None,
+          announce: Callable[[], None] | None = None) -> tuple[nn.Module, Accelerator]:
     """Train ``task`` with ``cfg`` for ``cfg.max_steps`` optimizer steps (resuming if possible).
+    ``announce`` runs once the objective is built, so a setting the objective refuses fails first.
 
     Returns the unwrapped objective and the accelerator.
     """
@@ -241,12 +244,14 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None) -> tuple
     check_optimizer_name(cfg.optimizer)  # before anything is written
     accelerator = accelerator or Accelerator(log_with=cfg.log_with, project_dir=str(out_dir))
     in_workers = views_in_workers(cfg)  # a bad value fails before anything is written
-    _prepare_output(accelerator, cfg, out_dir)
     set_seed(cfg.seed)
-    objective = task.build_objective(cfg)
+    objective = task.build_objective(cfg)  # a setting the objective refuses fails before anything is written
     if not isinstance(objective, Objective):
         raise TypeError(f"{task.name}.build_objective must return an mmssl.objectives.base.Objective, "
                         f"not {type(objective).__name__}")
+    _prepare_output(accelerator, cfg, out_dir)
+    if announce is not None:
+        announce()
     if cfg.init:  # before prepare, so every process starts from the same weights
         init_objective(objective, cfg.init)
     objective = distributed_batchnorm(objective, accelerator.num_processes, accelerator.device.type)

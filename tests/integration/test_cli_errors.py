@@ -328,3 +328,13 @@ def test_unknown_optimizer_before_anything_is_written(in_process, tmp_path):
     result = in_process(["--task", "cpc_audio", "--output-dir", str(out), "optimizer=adam"])
     assert_one_error(result, "optimizer must be one of adamw, sgd, lars", "adam")
     assert not out.exists()
+
+
+def test_a_setting_the_objective_refuses_is_the_runs_only_line(in_process, tmp_path):
+    """Refused when the objective is built: one error line, no config echo before it, nothing written."""
+    out = tmp_path / "run"
+    result = in_process(["--task", "simclr_image", "--output-dir", str(out), "--max-steps", "1", "batch_size=2",
+                         "num_workers=0", "objective.temperature=0"])
+    assert_one_error(result, "objective (simclr): temperature must be positive")
+    assert "task simclr_image" not in result.stdout and "config:" not in result.stdout, result.stdout
+    assert not out.exists()
