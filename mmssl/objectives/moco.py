@@ -14,11 +14,10 @@ groups of ``shuffle_bn`` samples, each group normalised by its own statistics,
 and the key batch of all processes is permuted (one permutation, shared) before
 it is split, so a query's group and its key's group hold different samples. On
 one process the groups stand in for the paper's GPUs; on several GPUs the
-BatchNorm statistics stay per process (no SyncBatchNorm), as the paper's
-are. Encoders without
-BatchNorm (ViT, GroupNorm convs) are unaffected by it. The groups go through
-the encoder in one pass whose BatchNorm layers split the batch
-(``batchnorm_groups``): the same numbers as a pass per group, in larger
+BatchNorm statistics stay per process (no SyncBatchNorm), as the paper's are.
+Encoders without BatchNorm (ViT, GroupNorm convs) are unaffected by it. The
+groups go through the encoder in one pass whose BatchNorm layers split the
+batch (``batchnorm_groups``): the same numbers as a pass per group, in larger
 operations.
 """
 from __future__ import annotations
