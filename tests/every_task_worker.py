@@ -30,8 +30,8 @@ def _checked_train(record: dict):
 
     plain = trainer.train
 
-    def train(task, cfg, accelerator):
-        objective, accelerator = plain(task, cfg, accelerator)
+    def train(task, cfg, accelerator, **kwargs):
+        objective, accelerator = plain(task, cfg, accelerator, **kwargs)
         flat = torch.cat([p.detach().double().flatten() for p in accelerator.unwrap_model(objective).parameters()])
         ref = flat.clone()
         dist.broadcast(ref, src=0)
