@@ -48,8 +48,9 @@ def _grouped(encoder: nn.Module, x: torch.Tensor, sizes: list[int], pool: bool =
     """Pooled features (B, D), or tokens (B, N, D) if not ``pool``, of x (B, ...) encoded so that
     BatchNorm normalises each consecutive group of ``sizes`` samples with its own statistics: one pass
     with the BatchNorm layers split (``batchnorm_groups``), or a pass per group where a layer cannot be
-    split (SyncBatchNorm)."""
-    if groupable(encoder):
+    split (SyncBatchNorm) or where the pass is being compiled (the split swaps the layers' forward for the
+    pass's duration, which torch.compile does not trace)."""
+    if groupable(encoder) and not torch.compiler.is_compiling():
         with batchnorm_groups(encoder, sizes):
             h = encoder.forward_features(x)
         return encoder.pool(h) if pool else h
@@ -63,6 +64,13 @@ def _grouped_views(encoder: nn.Module, views: list[torch.Tensor], groups: int, p
         return [_grouped(encoder, v, group_sizes(len(v), groups), pool) for v in views]
     sizes = [s for v in views for s in group_sizes(len(v), groups)]
     return list(_grouped(encoder, torch.cat(views), sizes, pool).chunk(len(views)))
+
+
+@torch.compiler.disable
+def _shared_permutation(n: int, device: torch.device) -> torch.Tensor:
+    """A permutation of range(n) drawn on process 0 and broadcast. Outside any compiled graph: inductor's
+    joint-graph pattern pass fails on a randperm that indexes inside it (pytorch/pytorch#188223)."""
+    return dist.broadcast(torch.randperm(n, device=device))
 
 
 def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
@@ -163,7 +171,7 @@ class MoCo(Objective):
         shards, perms = [], []
         for v in views:
             full = dist.all_gather_nograd(v)  # (world * B, ...)
-            perm = dist.broadcast(torch.randperm(len(full), device=v.device))
+            perm = _shared_permutation(len(full), v.device)
             shards.append(full[perm].chunk(world)[rank])
             perms.append(perm)
         h = _grouped_views(self.momentum_encoder, shards, self._groups(len(views[0])), self.pool_features)

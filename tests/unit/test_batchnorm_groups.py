@@ -148,3 +148,22 @@ def test_shuffle_bn_keeps_batchnorm_per_process_on_gpus():
     assert not moco.sync_batchnorm and not synced(distributed_batchnorm(moco, 2, "cuda"))
     for processes, device in ((1, "cuda"), (2, "cpu")):
         assert not synced(distributed_batchnorm(SimCLR(BNEncoder(), proj_hidden=8, proj_dim=4), processes, device))
+
+
+def test_a_compiled_pass_runs_a_pass_per_group(monkeypatch):
+    """Under torch.compile the layers' forward cannot be swapped: MoCo's groups then take a pass each,
+    with the same numbers."""
+    import mmssl.objectives.moco as moco_module
+
+    torch.manual_seed(6)
+    encoder = BNEncoder()
+    x = torch.randn(8, 3, 4, 4)
+    reference = copy.deepcopy(encoder)
+    one_pass = moco_module._grouped(reference, x, [4, 4])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("batchnorm_groups used while compiling")
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(moco_module, "batchnorm_groups", refuse)
+    torch.testing.assert_close(moco_module._grouped(encoder, x, [4, 4]), one_pass)
