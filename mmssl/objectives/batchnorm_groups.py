@@ -43,12 +43,13 @@ class _GroupedBatchNorm(torch.autograd.Function):
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.affine[0], ctx.needs_input_grad[2] and ctx.affine[1]]
         grad_in = torch.empty_like(x) if mask[0] else None
         grad_weight = grad_bias = None
-        parts = zip(x.split(ctx.sizes), grad_out.split(ctx.sizes), stats[0::2], stats[1::2])
-        for i, (part, grad, mean, invstd) in enumerate(parts):
+        dsts = grad_in.split(ctx.sizes) if mask[0] else [None] * len(ctx.sizes)
+        parts = zip(x.split(ctx.sizes), grad_out.split(ctx.sizes), stats[0::2], stats[1::2], dsts)
+        for part, grad, mean, invstd, dst in parts:
             gi, gw, gb = torch.ops.aten.native_batch_norm_backward(grad, part, weight, None, None, mean, invstd,
                                                                    True, ctx.eps, mask)
             if mask[0]:
-                grad_in.narrow(0, sum(ctx.sizes[:i]), len(part)).copy_(gi)
+                dst.copy_(gi)
             if mask[1]:
                 grad_weight = gw if grad_weight is None else grad_weight + gw
             if mask[2]:
@@ -60,9 +61,13 @@ class _GroupedBatchNorm(torch.autograd.Function):
 _GROUPABLE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def groupable(module: nn.Module) -> bool:
     """Whether every BatchNorm layer of ``module`` is one that ``batchnorm_groups`` can split."""
-    return all(isinstance(m, _GROUPABLE) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    return all(isinstance(m, _GROUPABLE) for m in _norms(module))
 
 
 def _grouped_forward(bn: nn.modules.batchnorm._BatchNorm, sizes: list[int], x: torch.Tensor) -> torch.Tensor:
@@ -102,9 +107,9 @@ def batchnorm_groups(module: nn.Module, sizes: Sequence[int]) -> Iterator[None]:
     sizes = [int(s) for s in sizes]
     if not sizes or min(sizes) < 1:
         raise ValueError(f"group sizes must be positive, not {sizes}")
-    if not groupable(module):
+    norms = _norms(module)
+    if not all(isinstance(m, _GROUPABLE) for m in norms):
         raise TypeError("grouped BatchNorm splits BatchNorm1d/2d/3d layers; this module has others (SyncBatchNorm?)")
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in norms:
         bn.forward = functools.partial(_grouped_forward, bn, sizes)
     try:
