@@ -100,6 +100,12 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 
 def glyph(label: int, rng: np.random.Generator) -> np.ndarray:
+    return glyph_and_mask(label, rng)[0]
+
+
+def glyph_and_mask(label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A glyph image and its letter's (SIZE, SIZE) alpha in [0, 1], distractor strokes included
+    (they are drawn into the letter's mask)."""
     back = _background(rng)
     # Draw the letter large, rotate, then shrink: the bundled font hints poorly at 10-20 px.
     big = SIZE * 4
@@ -116,7 +122,7 @@ def glyph(label: int, rng: np.random.Generator) -> np.ndarray:
     value = back.mean()
     fore = rng.uniform(0, 1, 3)
     fore = fore * 0.4 + (0.6 if value < 0.5 else 0.0)  # keep the letter visible against the background
-    return ((back * (1 - alpha) + fore * alpha) * 255).round().clip(0, 255).astype(np.uint8)
+    return ((back * (1 - alpha) + fore * alpha) * 255).round().clip(0, 255).astype(np.uint8), alpha[..., 0]
 
 
 def _place(grey: np.ndarray, rng: np.random.Generator, side: int, centre: tuple[float, float]) -> np.ndarray:
@@ -130,6 +136,12 @@ def _place(grey: np.ndarray, rng: np.random.Generator, side: int, centre: tuple[
 
 
 def cluttered(grey: np.ndarray, other: np.ndarray, rng: np.random.Generator, background: str = "texture") -> np.ndarray:
+    return cluttered_and_mask(grey, other, rng, background)[0]
+
+
+def cluttered_and_mask(grey: np.ndarray, other: np.ndarray, rng: np.random.Generator,
+                       background: str = "texture") -> tuple[np.ndarray, np.ndarray]:
+    """A clutter image and its digit's (SIZE, SIZE) alpha in [0, 1] (the border fragment left out)."""
     back = _background(rng)  # drawn whatever the background, so that every variant places the same digits
     if background == "flat":  # the texture's mean colour, no texture
         back = np.broadcast_to(back.reshape(-1, 3).mean(0), back.shape).copy()
@@ -138,13 +150,13 @@ def cluttered(grey: np.ndarray, other: np.ndarray, rng: np.random.Generator, bac
     side = int(rng.integers(12, 27))
     margin = side / 2 - 2
     centre = (rng.uniform(margin, SIZE - margin), rng.uniform(margin, SIZE - margin))
-    alpha = _place(grey, rng, side, centre)
+    alpha = digit = _place(grey, rng, side, centre)
     # A fragment of another digit, centred beyond one border so that only part of it shows.
     edge, along = rng.integers(4), rng.uniform(0, SIZE)
     spot = [(along, -4.0), (along, SIZE + 4.0), (-4.0, along), (SIZE + 4.0, along)][edge]
     alpha = np.maximum(alpha, _place(other, rng, int(rng.integers(14, 27)), spot))[..., None]
     fore = rng.uniform(0, 1, 3) * 0.4 + (0.6 if back.mean() < 0.5 else 0.0)
-    return ((back * (1 - alpha) + fore * alpha) * 255).round().clip(0, 255).astype(np.uint8)
+    return ((back * (1 - alpha) + fore * alpha) * 255).round().clip(0, 255).astype(np.uint8), digit
 
 
 def clutter(seed: int, renders: int = 3, background: str = "texture") -> list[tuple[np.ndarray, int, str]]:

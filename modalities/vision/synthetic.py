@@ -142,15 +142,22 @@ def _upsample_matrix(n: int, size: int) -> np.ndarray:
     return m
 
 
-def _render(name: str, p: dict, size: int) -> np.ndarray:
-    """A batch of images of class ``name`` from stacked parameters p (arrays of length n) -> (n, size, size, 3) floats."""
+def shape_coverage(name: str, p: dict, size: int) -> np.ndarray:
+    """The share of each pixel that the shapes of class ``name`` cover, from stacked parameters p
+    (arrays of length n) -> (n, size, size) floats in [0, 1]."""
     n, ss = len(p["radius"]), _SUPERSAMPLE
-    # Shape coverage: sub-pixel sample positions -> shape coordinates (undo translation, rotation, scale).
+    # Sub-pixel sample positions -> shape coordinates (undo translation, rotation, scale).
     sub = ((np.arange(size * ss) + 0.5) / ss).astype(np.float32)
     px, py = sub[None, None, :] - p["cx"][:, None, None], sub[None, :, None] - p["cy"][:, None, None]
     cos, sin = (np.cos(p["rot"]) / p["radius"])[:, None, None], (np.sin(p["rot"]) / p["radius"])[:, None, None]
     x, y = (cos * px + sin * py).astype(np.float32), (cos * py - sin * px).astype(np.float32)
-    alpha = _inside(name, x, y).reshape(n, size, ss, size, ss).mean(axis=(2, 4), dtype=np.float32)[..., None]
+    return _inside(name, x, y).reshape(n, size, ss, size, ss).mean(axis=(2, 4), dtype=np.float32)
+
+
+def _render(name: str, p: dict, size: int) -> np.ndarray:
+    """A batch of images of class ``name`` from stacked parameters p (arrays of length n) -> (n, size, size, 3) floats."""
+    n = len(p["radius"])
+    alpha = shape_coverage(name, p, size)[..., None]
 
     # Background: one weight map w in [0, 1] per pattern, blending colour bg (w = 0) into bg2 (w = 1).
     pix = (np.arange(size) + 0.5) - size / 2

@@ -92,6 +92,25 @@ def test_demo_generation_is_deterministic_balanced_and_size_independent():
     assert not np.array_equal(a["train"]["image"][:2], a["test"]["image"][:2])  # test images are new draws
 
 
+def test_shape_coverage_is_where_the_shape_was_painted():
+    from mmssl.modalities.vision.synthetic import _draw_params, _hsv_to_rgb, shape_coverage
+    images = generate_shapes(4, 0, seed=0)["train"]["image"]
+    for c, name in enumerate(CLASSES):
+        params = [_draw_params(0, c, i, 32, 30.0) for i in range(4)]
+        stacked = {k: np.array([q[k] for q in params]) for k in params[0]}
+        cover = shape_coverage(name, stacked, 32)
+        assert cover.shape == (4, 32, 32) and cover.min() >= 0 and cover.max() <= 1
+        fg = _hsv_to_rgb(*stacked["fg"].T)  # (4, 3)
+        for i in range(4):
+            image = images[4 * c + i].astype(np.float64) / 255
+            full, empty = cover[i] == 1, cover[i] == 0
+            assert full.sum() >= 5 and empty.sum() > 100
+            # Fully covered pixels hold the shape's colour (up to the added noise, std 0.015); empty
+            # ones are farther from it on average (the background keeps a value gap of 0.3-0.6).
+            inside = np.abs(image[full] - fg[i]).max(axis=1)
+            outside = np.abs(image[empty] - fg[i]).max(axis=1)
+            assert np.quantile(inside, 0.99) < 0.07 and outside.mean() > 0.2
+
 def test_load_demo_images_caches_atomically(tmp_path):
     first = load_demo_images(tmp_path, train_per_class=2, test_per_class=1)
     files = sorted(p.name for p in tmp_path.iterdir())
