@@ -20,7 +20,9 @@ class MoCoImageConfig(ImageConfig):
         symmetric=True,  # both views act as query once (solo-learn's CIFAR setting)
         shuffle_bn=16,  # 4 BatchNorm groups in the demo's batch of 64 (the paper: 32 per GPU)
     )
-    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.2)  # MoCo v2's views are SimCLR's
+    # MoCo v2's views are SimCLR's, with crops of 40-100% (the paper: 20-100%) as BYOL's, Barlow Twins'
+    # and VICReg's at 32 px: both views of a pair then usually hold the object (docs/results/image.md)
+    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.4)
 
 
 @TASKS.register("moco_image")
