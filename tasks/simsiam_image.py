@@ -17,7 +17,9 @@ class SimSiamImageConfig(ImageConfig):
         proj_dim=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
         pred_hidden=128,  # the paper's bottleneck: a quarter of proj_dim
     )
-    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.2)  # SimSiam's views are SimCLR's
+    # SimSiam's views are SimCLR's, with crops of 40-100% (the paper: 20-100%) as MoCo's and BYOL's at
+    # 32 px: both views of a pair then usually hold the object (docs/results/image.md)
+    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.4)
 
 
 @TASKS.register("simsiam_image")
