@@ -65,9 +65,13 @@ def _norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def _splittable(norms: list[nn.modules.batchnorm._BatchNorm]) -> bool:
+    return all(isinstance(m, _GROUPABLE) for m in norms)
+
+
 def groupable(module: nn.Module) -> bool:
     """Whether every BatchNorm layer of ``module`` is one that ``batchnorm_groups`` can split."""
-    return all(isinstance(m, _GROUPABLE) for m in _norms(module))
+    return _splittable(_norms(module))
 
 
 def _grouped_forward(bn: nn.modules.batchnorm._BatchNorm, sizes: list[int], x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +112,7 @@ def batchnorm_groups(module: nn.Module, sizes: Sequence[int]) -> Iterator[None]:
     if not sizes or min(sizes) < 1:
         raise ValueError(f"group sizes must be positive, not {sizes}")
     norms = _norms(module)
-    if not all(isinstance(m, _GROUPABLE) for m in norms):
+    if not _splittable(norms):
         raise TypeError("grouped BatchNorm splits BatchNorm1d/2d/3d layers; this module has others (SyncBatchNorm?)")
     for bn in norms:
         bn.forward = functools.partial(_grouped_forward, bn, sizes)
