@@ -102,12 +102,11 @@ def main() -> None:
         for task, views in recipes.items():
             for g, v in enumerate(views):
                 gen = torch.Generator().manual_seed(g)
-                crops = max(v.crops, 2)
-                share = torch.cat([coverage(masks, (v.min_scale, v.max_scale), v.crop == "continuous", crops, gen)
+                share = torch.cat([coverage(masks, (v.min_scale, v.max_scale), v.crop == "continuous", v.crops, gen)
                                    for _ in range(args.draws)])
                 line = (f"  {task} views.{g} ({v.crops} crops of {v.min_scale:g}-{v.max_scale:g}): "
-                        f">= 1/2 of the object {100 * (share[:, :v.crops] >= 0.5).double().mean():.1f}%, "
-                        f"< 1/5 {100 * (share[:, :v.crops] < 0.2).double().mean():.1f}%")
+                        f">= 1/2 of the object {100 * (share >= 0.5).double().mean():.1f}%, "
+                        f"< 1/5 {100 * (share < 0.2).double().mean():.1f}%")
                 if v.crops >= 2:
                     line += f"; both of a pair >= 1/2 {100 * (share[:, :2] >= 0.5).all(1).double().mean():.1f}%"
                 print(line)
