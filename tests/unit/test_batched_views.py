@@ -541,7 +541,11 @@ def test_task_recipes_keep_their_papers_views():
     byol = views("byol_image")
     assert (byol[0].solarize_prob, byol[1].solarize_prob, byol[0].saturation) == (0.0, 0.2, 0.2)
     swav = views("swav_image")
-    assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in swav] == [(2, None, 0.14, 1.0), (4, 16, 0.05, 0.14)]
+    assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in swav] == [(2, None, 0.4, 1.0), (4, 16, 0.05, 0.4)]
+    # the demo's split is DINO's 40%; the CIFAR recipe keeps the paper's 14%
+    cifar = Path(__file__).resolve().parents[2] / "configs" / "swav_cifar10.yaml"
+    recipe = resolve_config("swav_image", str(cifar), {}, [])[1].views
+    assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in recipe] == [(2, None, 0.14, 1.0), (4, 16, 0.05, 0.14)]
     for name in ("simclr_image", "moco_image", "simsiam_image"):
         (v,) = views(name)
         assert (v.crops, v.brightness, v.contrast, v.saturation, v.hue, v.jitter_prob, v.gray_prob) == \
@@ -608,7 +612,7 @@ def test_views_from_a_yaml_recipe_and_the_saved_config(tmp_path):
 
 def test_a_whole_section_on_the_command_line(tmp_path):
     _, cfg = resolve_config("swav_image", None, {}, ["views=[{crops: 2}, {crops: 6, size: 8}]"])
-    assert [(v.crops, v.size, v.min_scale) for v in cfg.views] == [(2, None, 0.14), (6, 8, 0.05)]
+    assert [(v.crops, v.size, v.min_scale) for v in cfg.views] == [(2, None, 0.4), (6, 8, 0.05)]
     with pytest.raises(ConfigError, match="expected a list of ViewSettings"):
         resolve_config("swav_image", None, {}, ["views=3"])
     with pytest.raises(ConfigError, match="image_size has no fields"):
