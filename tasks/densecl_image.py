@@ -22,7 +22,8 @@ class DenseCLImageConfig(ImageConfig):
         symmetric=True,  # both views act as query once, as moco_image (the paper: one query per pair)
         shuffle_bn=16,  # 4 BatchNorm groups in the demo's batch of 64 (the paper: 32 per GPU)
     )
-    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.2)  # DenseCL's views are MoCo v2's
+    # DenseCL's views are MoCo v2's, at moco_image's crops of 40-100% (the paper: 20-100%)
+    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.4)
 
 
 @TASKS.register("densecl_image")

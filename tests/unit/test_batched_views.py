@@ -546,6 +546,7 @@ def test_task_recipes_keep_their_papers_views():
     cifar = Path(__file__).resolve().parents[2] / "configs" / "swav_cifar10.yaml"
     recipe = resolve_config("swav_image", str(cifar), {}, [])[1].views
     assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in recipe] == [(2, None, 0.14, 1.0), (4, 16, 0.05, 0.14)]
+    assert views("densecl_image") == views("moco_image")  # so that the two demos compare
     for name in ("simclr_image", "moco_image", "simsiam_image"):
         (v,) = views(name)
         assert (v.crops, v.brightness, v.contrast, v.saturation, v.hue, v.jitter_prob, v.gray_prob) == \
