@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.modalities.vision.augment import ViewSettings, simclr_views
+from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.densecl import DenseCLSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
+from mmssl.tasks.moco_image import MoCoImageConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +23,7 @@ class DenseCLImageConfig(ImageConfig):
         symmetric=True,  # both views act as query once, as moco_image (the paper: one query per pair)
         shuffle_bn=16,  # 4 BatchNorm groups in the demo's batch of 64 (the paper: 32 per GPU)
     )
-    # DenseCL's views are MoCo v2's, at moco_image's crops of 40-100% (the paper: 20-100%)
-    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.4)
+    views: tuple[ViewSettings, ...] = MoCoImageConfig.views  # DenseCL's views are MoCo v2's: moco_image's own
 
 
 @TASKS.register("densecl_image")
