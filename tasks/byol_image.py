@@ -12,7 +12,7 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class BYOLImageConfig(ImageConfig):
-    max_steps: int = 1600  # its kNN passes raw pixels at 1600 steps (about 7.5 minutes here)
+    max_steps: int = 1600  # twice the base's: with the target's momentum schedule below, set together
     objective: BYOLSettings = BYOLSettings(
         proj_hidden=512,  # widths sized to the demo conv net's 256 features, not ResNet-50's 2048
         proj_dim=128,  # the output width of the other image tasks' projectors

@@ -19,7 +19,7 @@ from mmssl.tasks.video_base import VideoConfig, VideoTask
 
 @dataclasses.dataclass(frozen=True)
 class ColorizeVideoConfig(VideoConfig):
-    max_steps: int = 1500  # about 4 minutes on 2 CPU cores; tracking keeps improving past 400 steps
+    max_steps: int = 1500  # tracking keeps improving well past the base's 400 steps
     objective: ColorizationSettings = ColorizationSettings()
     clusters: int = 16  # k-means colour clusters of Lab ab, fitted before training (the paper's 16)
     quantizer_frames: int = 256  # training frames the colour clusters are fitted on (8 per sampled video)

@@ -14,7 +14,7 @@ from mmssl.tasks.audio_base import AudioConfig, AudioTask
 
 @dataclasses.dataclass(frozen=True)
 class CPCAudioConfig(AudioConfig):
-    max_steps: int = 250  # about 2.5 minutes on 2 CPU cores
+    max_steps: int = 250
     # The paper's Adam rate. At 1e-3, Adam moves every conv weight by about its initial size within
     # the first 25 steps: ReLUs die, the utterance-level features collapse to a few directions and
     # both probes end lower (docs/results/audio.md).

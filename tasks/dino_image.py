@@ -13,7 +13,7 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class DINOImageConfig(ImageConfig):
-    max_steps: int = 1600  # its kNN passes raw pixels at 1600 steps (about 10 minutes here), not at 800
+    max_steps: int = 1600  # twice the base's: at 800 its kNN had not passed raw pixels on the shapes
     objective: DINOSettings = DINOSettings(
         # The paper's 65536 outputs and 2048-wide head serve ViTs of 384-768 features on ImageNet's
         # 1.28M images; the demo conv net has 256 features and the demo set a few thousand images in

@@ -33,7 +33,7 @@ from mmssl.tasks.sections import BACKBONE, DEMO_VIT, VIT_KEYS, ImageEncoders
 class ImageConfig(TrainConfig):
     # Demo defaults: a small conv net on the 32 px embedded shapes, a few CPU minutes
     # (configs/ holds the ResNet-18 / ViT-B recipes for CIFAR-10 and ImageNet).
-    max_steps: int = 800  # 2-4 minutes per task on 2 CPU cores with the conv net
+    max_steps: int = 800
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05

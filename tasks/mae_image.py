@@ -15,8 +15,7 @@ from mmssl.tasks.sections import DEMO_VIT, ViTEncoder
 
 @dataclasses.dataclass(frozen=True)
 class MAEImageConfig(ImageConfig):
-    # Demo defaults (about 8 minutes on 2 CPU cores): 8 x 8 patches, so a 32 px image is 16 tokens
-    # and the encoder sees 4.
+    # Demo defaults: 8 x 8 patches, so a 32 px image is 16 tokens and the encoder sees 4.
     lr: float = 1.5e-3
     encoder: ViTEncoder = ViTEncoder(vit=dataclasses.replace(DEMO_VIT, patch=(8,)))
     # MAE's only augmentation: a random resized crop (20-100%) and a flip (bilinear; the paper: bicubic).

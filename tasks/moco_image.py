@@ -12,7 +12,7 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class MoCoImageConfig(ImageConfig):
-    max_steps: int = 1600  # its kNN passes raw pixels at 1600 steps (about 8 minutes here), not yet at 800
+    max_steps: int = 1600  # twice the base's: at 800 its kNN had not passed raw pixels on the shapes
     objective: MoCoSettings = MoCoSettings(
         proj_hidden=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
         queue_size=4096,  # 32 steps of 128 keys: 65536 would hold keys of a much older encoder in a short run

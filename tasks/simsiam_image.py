@@ -12,7 +12,7 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 
 @dataclasses.dataclass(frozen=True)
 class SimSiamImageConfig(ImageConfig):
-    max_steps: int = 1600  # its kNN passes raw pixels between 800 and 1600 steps (about 6 minutes here)
+    max_steps: int = 1600  # twice the base's: at 800 its kNN had not passed raw pixels on the shapes
     objective: SimSiamSettings = SimSiamSettings(
         proj_dim=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
         pred_hidden=128,  # the paper's bottleneck: a quarter of proj_dim
