@@ -547,6 +547,12 @@ def test_task_recipes_keep_their_papers_views():
     recipe = resolve_config("swav_image", str(cifar), {}, [])[1].views
     assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in recipe] == [(2, None, 0.14, 1.0), (4, 16, 0.05, 0.14)]
     assert views("densecl_image") == views("moco_image")  # so that the two demos compare
+    # the demos' crop-invariance pairs crop 40-100% at 32 px; the CIFAR recipes keep solo-learn's 8-100%
+    for name in ("simclr_image", "moco_image", "simsiam_image", "byol_image"):
+        assert {v.min_scale for v in views(name)} == {0.4}, name
+    for name in ("simclr", "moco"):
+        recipe = Path(__file__).resolve().parents[2] / "configs" / f"{name}_cifar10.yaml"
+        assert resolve_config(f"{name}_image", str(recipe), {}, [])[1].views[0].min_scale == 0.08
     for name in ("simclr_image", "moco_image", "simsiam_image"):
         (v,) = views(name)
         assert (v.crops, v.brightness, v.contrast, v.saturation, v.hue, v.jitter_prob, v.gray_prob) == \
