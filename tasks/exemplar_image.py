@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.modalities.vision.augment import ViewSettings, simclr_views
+from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.exemplar import Exemplar, ExemplarSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
+from mmssl.tasks.simclr_image import SimCLRImageConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +20,9 @@ class ExemplarImageConfig(ImageConfig):
     max_steps: int = 1600
     lr: float = 1e-4
     objective: ExemplarSettings = ExemplarSettings()
-    # SimCLR's crops, flips and colour changes, one crop per image (the paper's heavy augmentation of each seed patch).
-    views: tuple[ViewSettings, ...] = (dataclasses.replace(simclr_views(min_scale=0.2)[0], crops=1),)
+    # simclr_image's crops (40-100% at 32 px), flips and colour changes, one crop per image (the paper's
+    # heavy augmentation of each seed patch): the crop and its bank entry then usually both hold the object.
+    views: tuple[ViewSettings, ...] = (dataclasses.replace(SimCLRImageConfig.views[0], crops=1),)
 
 
 @TASKS.register("exemplar_image")

@@ -553,6 +553,9 @@ def test_task_recipes_keep_their_papers_views():
     for name in ("simclr", "moco"):
         recipe = Path(__file__).resolve().parents[2] / "configs" / f"{name}_cifar10.yaml"
         assert resolve_config(f"{name}_image", str(recipe), {}, [])[1].views[0].min_scale == 0.08
+    assert views("exemplar_image") == (dataclasses.replace(views("simclr_image")[0], crops=1),)  # one crop of SimCLR's
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "exemplar_imagenet.yaml"
+    assert resolve_config("exemplar_image", str(recipe), {}, [])[1].views[0].min_scale == 0.2  # the authors' code's
     for name in ("simclr_image", "moco_image", "simsiam_image"):
         (v,) = views(name)
         assert (v.crops, v.brightness, v.contrast, v.saturation, v.hue, v.jitter_prob, v.gray_prob) == \
