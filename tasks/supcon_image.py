@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmssl.modalities.vision.augment import ViewSettings, simclr_views
+from mmssl.modalities.vision.augment import ViewSettings
 from mmssl.objectives.supcon import SupConSettings
 from mmssl.registry import TASKS
 from mmssl.tasks.image_base import ImageConfig, ImageTask
+from mmssl.tasks.simclr_image import SimCLRImageConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +17,7 @@ class SupConImageConfig(ImageConfig):
     objective: SupConSettings = SupConSettings(
         proj_hidden=256,  # the paper's hidden layer is as wide as ResNet-50's features; here the conv net's 256
     )
-    views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.2)  # the paper's views are SimCLR's
+    views: tuple[ViewSettings, ...] = SimCLRImageConfig.views  # the paper's views are SimCLR's (40-100% at 32 px)
 
 
 @TASKS.register("supcon_image")

@@ -550,10 +550,11 @@ def test_task_recipes_keep_their_papers_views():
     # the demos' crop-invariance pairs crop 40-100% at 32 px; the CIFAR recipes keep solo-learn's 8-100%
     for name in ("simclr_image", "moco_image", "simsiam_image", "byol_image"):
         assert {v.min_scale for v in views(name)} == {0.4}, name
-    for name in ("simclr", "moco"):
+    for name in ("simclr", "moco", "supcon"):
         recipe = Path(__file__).resolve().parents[2] / "configs" / f"{name}_cifar10.yaml"
         assert resolve_config(f"{name}_image", str(recipe), {}, [])[1].views[0].min_scale == 0.08
     assert views("exemplar_image") == (dataclasses.replace(views("simclr_image")[0], crops=1),)  # one crop of SimCLR's
+    assert views("supcon_image") == views("simclr_image")  # the SupCon paper's views are SimCLR's
     recipe = Path(__file__).resolve().parents[2] / "configs" / "exemplar_imagenet.yaml"
     assert resolve_config("exemplar_image", str(recipe), {}, [])[1].views[0].min_scale == 0.2  # the authors' code's
     for name in ("simclr_image", "moco_image", "simsiam_image"):
