@@ -535,28 +535,27 @@ def test_working_size_sets_the_decoded_size(tmp_path):
 
 
 def test_task_recipes_keep_their_papers_views():
-    def views(name):
-        return resolve_config(name, None, {}, [])[1].views
+    def views(name, recipe=None):
+        """The task's views at its defaults, or under configs/RECIPE."""
+        path = str(Path(__file__).resolve().parents[2] / "configs" / recipe) if recipe else None
+        return resolve_config(name, path, {}, [])[1].views
 
     byol = views("byol_image")
     assert (byol[0].solarize_prob, byol[1].solarize_prob, byol[0].saturation) == (0.0, 0.2, 0.2)
     swav = views("swav_image")
     assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in swav] == [(2, None, 0.4, 1.0), (4, 16, 0.05, 0.4)]
     # the demo's split is DINO's 40%; the CIFAR recipe keeps the paper's 14%
-    cifar = Path(__file__).resolve().parents[2] / "configs" / "swav_cifar10.yaml"
-    recipe = resolve_config("swav_image", str(cifar), {}, [])[1].views
+    recipe = views("swav_image", "swav_cifar10.yaml")
     assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in recipe] == [(2, None, 0.14, 1.0), (4, 16, 0.05, 0.14)]
     assert views("densecl_image") == views("moco_image")  # so that the two demos compare
     # the demos' crop-invariance pairs crop 40-100% at 32 px; the CIFAR recipes keep solo-learn's 8-100%
     for name in ("simclr_image", "moco_image", "simsiam_image", "byol_image"):
         assert {v.min_scale for v in views(name)} == {0.4}, name
     for name in ("simclr", "moco", "supcon"):
-        recipe = Path(__file__).resolve().parents[2] / "configs" / f"{name}_cifar10.yaml"
-        assert resolve_config(f"{name}_image", str(recipe), {}, [])[1].views[0].min_scale == 0.08
+        assert views(f"{name}_image", f"{name}_cifar10.yaml")[0].min_scale == 0.08
     assert views("exemplar_image") == (dataclasses.replace(views("simclr_image")[0], crops=1),)  # one crop of SimCLR's
     assert views("supcon_image") == views("simclr_image")  # the SupCon paper's views are SimCLR's
-    recipe = Path(__file__).resolve().parents[2] / "configs" / "exemplar_imagenet.yaml"
-    assert resolve_config("exemplar_image", str(recipe), {}, [])[1].views[0].min_scale == 0.2  # the authors' code's
+    assert views("exemplar_image", "exemplar_imagenet.yaml")[0].min_scale == 0.2  # the authors' code's
     for name in ("simclr_image", "moco_image", "simsiam_image"):
         (v,) = views(name)
         assert (v.crops, v.brightness, v.contrast, v.saturation, v.hue, v.jitter_prob, v.gray_prob) == \
@@ -567,8 +566,7 @@ def test_task_recipes_keep_their_papers_views():
     # DeepCluster: MAE's crops, half of them inverted on the demo; its ImageNet recipe keeps the paper's
     (v,) = views("deepcluster_image")
     assert (v.min_scale, v.jitter_prob, v.solarize_prob, v.solarize_threshold) == (0.2, 0, 0.5, 0.0)
-    recipe = Path(__file__).resolve().parents[2] / "configs" / "deepcluster_imagenet.yaml"
-    (v,) = resolve_config("deepcluster_image", str(recipe), {}, [])[1].views
+    (v,) = views("deepcluster_image", "deepcluster_imagenet.yaml")
     assert (v.min_scale, v.jitter_prob, v.solarize_prob) == (0.08, 0, 0)
 
 
