@@ -64,7 +64,10 @@ def knn_predict(
     preds: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, len(test_x), chunk):
         q = F.normalize(test_x[start : start + chunk].to(train_n.device).float(), dim=1)
-        sim, idx = (q @ train_n.T).topk(k_max, dim=1)  # (c, k_max), sorted by decreasing similarity
+        # fp32 under a caller's autocast too (the online monitor runs inside the training step's): bf16
+        # similarities would tie neighbours 0.004 apart and give bf16 votes
+        with torch.autocast(q.device.type, enabled=False):
+            sim, idx = (q @ train_n.T).topk(k_max, dim=1)  # (c, k_max), sorted by decreasing similarity
         # Subtracting each row's best similarity scales that row's votes by one constant: the
         # argmax is unchanged and exp cannot overflow at small temperatures.
         weight = ((sim - sim[:, :1]) / temperature).exp()

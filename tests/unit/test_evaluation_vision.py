@@ -41,6 +41,18 @@ def test_knn_matches_loop_reference_in_chunks_and_clips_k():
     assert torch.equal(preds[500], knn_predict(train_x, train_y, test_x, (50,), 0.07, 4)[50])
 
 
+def test_knn_inside_bf16_autocast_matches_fp32():
+    # the online monitor runs inside the training step's autocast (accelerate --mixed_precision bf16)
+    g = torch.Generator().manual_seed(1)
+    train_x, test_x = torch.randn(300, 32, generator=g), torch.randn(64, 32, generator=g)
+    train_y = torch.randint(0, 5, (300,), generator=g)
+    plain = knn_predict(train_x, train_y, test_x, (1, 20, 200), num_classes=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = knn_predict(train_x, train_y, test_x, (1, 20, 200), num_classes=5)
+    for k in plain:
+        assert torch.equal(mixed[k], plain[k]), k
+
+
 def test_knn_hand_example_temperature_and_scale():
     # Query (1, 0): similarity 1 to a (class 0), 0.707 to c and 0 to b (both class 1).
     train_x = torch.tensor([[5.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # a's length must not matter
