@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -191,7 +192,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     report = bench.run(args.tasks, size=args.size, device=args.device, steps=args.steps, warmup=args.warmup,
                        repeats=args.repeats, compile=args.compile, seconds=args.seconds, dataset=args.dataset,
                        points=args.points, pairs=args.pairs, log=lambda line: print(line, file=sys.stderr),
-                       overrides=args.set)
+                       overrides=args.set, mixed_precision=args.mixed_precision)
     print(report["table"])
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))
@@ -265,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                        help="learning rows: task settings changed from the defaults (e.g. views.0.crop=continuous); "
                             "the peers read theirs from the task's")
+    bench.add_argument("--mixed-precision", choices=["no", "bf16"],
+                       default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+                       help="learning rows: train both sides at this precision (default: accelerate launch's "
+                            "--mixed_precision, else no); bf16 autocast speeds a CPU with native bf16 too")
     bench.add_argument("--report", help="also write the results as JSON here")
     bench.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)

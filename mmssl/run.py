@@ -40,7 +40,9 @@ def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], ov
     return task, cfg
 
 
-def run_training(task: Any, cfg: Any) -> dict | None:
+def run_training(task: Any, cfg: Any, mixed_precision: str | None = None) -> dict | None:
+    """Train, save the encoder and evaluate. ``mixed_precision`` (no, bf16, fp16) is accelerate's; None takes
+    it from the launcher (``accelerate launch --mixed_precision``, through its environment)."""
     from accelerate import Accelerator
 
     from mmssl.encoders.io import load_encoder, save_encoder
@@ -53,7 +55,8 @@ def run_training(task: Any, cfg: Any) -> dict | None:
     check_output_dir(cfg)
     cfg, notes = check_data(task, cfg)  # every data error before anything is printed or built
     check_resume(cfg)  # after check_data: a resumed run compares the label column it chose
-    accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir, cpu=_cpu_processes())
+    accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir, cpu=_cpu_processes(),
+                              mixed_precision=mixed_precision)
     if accelerator.device.type == "cpu":  # before the DataLoader workers fork, so they share it
         from mmssl.host_memory import keep_freed_memory
 

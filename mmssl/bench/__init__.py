@@ -54,14 +54,16 @@ def expand_tasks(tasks: list[str] | None) -> list[str]:
 
 def run(tasks: list[str] | None = None, size: str | None = None, device: str | None = None, steps: int = 2,
         warmup: int = 3, repeats: int = 5, compile: bool = False, seconds: float = 240, dataset: str = "demo",
-        points: int = 6, pairs: int = 1, log: Callable[[str], None] = print, overrides: list[str] | None = None) -> dict:
+        points: int = 6, pairs: int = 1, log: Callable[[str], None] = print, overrides: list[str] | None = None,
+        mixed_precision: str = "no") -> dict:
     """Every requested measurement; returns the JSON-able report, its printed table under ``"table"``.
 
     ``size`` None is "full" on a GPU and "small" on a CPU; ``device`` None is cuda where available.
     ``seconds``, ``dataset``, ``points`` and ``pairs`` are the learning rows': training seconds per side,
     an image dataset (demo, or a folder with train/ and test/ class folders), kNN points per curve and
     how many times the two sides run in turn (``bench_learning``); ``overrides`` (KEY=VALUE) change
-    the learning rows' tasks, and through them their peers, from the defaults.
+    the learning rows' tasks, and through them their peers, from the defaults; ``mixed_precision`` (no or
+    bf16) is the precision both sides of a learning row train at.
     """
     tasks = expand_tasks(tasks)
     if size is not None and size not in SIZES:
@@ -87,7 +89,7 @@ def run(tasks: list[str] | None = None, size: str | None = None, device: str | N
         "device": str(dev), "device_name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "size": size, "host_allocator": allocator, "settings": {"steps": steps, "warmup": warmup, "repeats": repeats, "compile": compile,
                                    "seconds": seconds, "dataset": dataset, "points": points, "pairs": pairs,
-                                   "overrides": list(overrides or [])},
+                                   "overrides": list(overrides or []), "mixed_precision": mixed_precision},
         "peers": peer_versions(), "memory_kind": PeakMemory(dev).kind, "tasks": {},
     }
     peak = None
@@ -108,7 +110,7 @@ def run(tasks: list[str] | None = None, size: str | None = None, device: str | N
             report["tasks"][t] = bench_tracking(size, dev, log=log)
         else:
             report["tasks"][t] = bench_learning(t.split(":", 1)[1], size, seconds, dataset, points, log, pairs,
-                                               overrides)
+                                               overrides, mixed_precision)
     if peak is not None:
         report["matmul_peak"], report["matmul_peak_flops"] = peak, peak["flops_per_s"]
         for row in report["tasks"].values():

@@ -19,6 +19,10 @@ task trained by the library and for a plain loop (``plain_loop.py``) on the same
     the peer's training step where the peer reads two views (SimCLR, BYOL, SimSiam, MoCo, Barlow
     Twins, VICReg), else a plain SimCLR model's; images/s only.
 
+Precision: the library trains at ``mixed_precision`` (accelerate's, fp32 by default), and (b) and (c)
+run their training steps and kNN under the same autocast, so a row compares pipelines at one precision
+(bf16 autocast speeds the demo conv net's step on a CPU with native bf16, e.g. AVX512-BF16).
+
 The clock is paused while kNN is measured, in both: (a)'s monitor time is its monitor row's
 ``wall_s`` less the log row's of the same step, taken out of every later time. Start-up (building
 the model, opening the data, and decoding the training set into memory where it fits in the task's
@@ -172,11 +176,22 @@ def count_views(task: Any, cfg: Any) -> int:
     return max(1, round(sum(len(t) for t in tensors) / cfg.batch_size))
 
 
-def library_curve(task: Any, cfg: Any) -> dict:
+PRECISIONS = {"no": None, "bf16": torch.bfloat16}  # the learning rows' mixed precision -> the peers' autocast dtype
+
+
+def peer_autocast(device: torch.device, mixed_precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context for (b)'s and (c)'s forward passes and kNN at ``mixed_precision``, as accelerate runs (a)'s."""
+    if mixed_precision not in PRECISIONS:
+        raise MmsslError(f"the learning rows train at mixed precision no or bf16, not '{mixed_precision}'")
+    dtype = PRECISIONS[mixed_precision]
+    return contextlib.nullcontext if dtype is None else (lambda: torch.autocast(device.type, dtype=dtype))
+
+
+def library_curve(task: Any, cfg: Any, mixed_precision: str = "no") -> dict:
     """Train through ``run_training``; the kNN points with their training seconds (monitor time removed)."""
     from mmssl.run import run_training
 
-    quietly(lambda: run_training(task, cfg))
+    quietly(lambda: run_training(task, cfg, mixed_precision))
     rows = metric_rows(Path(cfg.output_dir))
     logged = {r["step"]: r["wall_s"] for r in rows if "loss" in r}
     points, paused = [], 0.0
@@ -205,23 +220,24 @@ def objective_stepper(objective: nn.Module, cfg: Any) -> Callable[[dict], None]:
     return step
 
 
-def library_rate(task: Any, cfg: Any, out_dir: Path, steps: int) -> float:
+def library_rate(task: Any, cfg: Any, out_dir: Path, steps: int, mixed_precision: str = "no") -> float:
     """Images/s of a short run of the library (the first logged steps, which start the workers, left out)."""
     from mmssl.run import run_training
 
     every = max(1, steps // 4)
     warm = dataclasses.replace(cfg, output_dir=str(out_dir), max_steps=steps, monitor_every=0, log_every=every,
                                save_every=steps)
-    quietly(lambda: run_training(task, warm))
+    quietly(lambda: run_training(task, warm, mixed_precision))
     rows = [r for r in metric_rows(out_dir) if "loss" in r]
     first, last = rows[0], rows[-1]
     return (last["samples"] - first["samples"]) / max(1e-6, last["wall_s"] - first["wall_s"])
 
 
 def reference_rate(model: torch.nn.Module, images: torch.Tensor, cfg: Any, views: PerItemSimCLRViews,
-                   seconds: float) -> float:
+                   seconds: float, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                   ) -> float:
     """Images/s of per-item views made in ``cfg.num_workers`` DataLoader workers feeding ``model``'s
-    training steps, for about ``seconds`` after the first two batches (worker start-up)."""
+    training steps (forward under ``autocast``), for about ``seconds`` after the first two batches (worker start-up)."""
     loader = torch.utils.data.DataLoader(PerItemDataset(images, views, cfg.seed), batch_size=cfg.batch_size,
                                          shuffle=True, drop_last=True, num_workers=cfg.num_workers,
                                          generator=torch.Generator().manual_seed(cfg.seed))
@@ -231,7 +247,8 @@ def reference_rate(model: torch.nn.Module, images: torch.Tensor, cfg: Any, views
     seen, steps, start = 0, 0, None
     while start is None or time.perf_counter() - start < seconds:
         for v0, v1 in loader:
-            loss = model(v0.to(dev), v1.to(dev))
+            with autocast():
+                loss = model(v0.to(dev), v1.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -250,7 +267,8 @@ def reference_rate(model: torch.nn.Module, images: torch.Tensor, cfg: Any, views
 
 
 def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "demo", points: int = 6,
-                   log: Callable[[str], None] = print, pairs: int = 1, overrides: list[str] | None = None) -> dict:
+                   log: Callable[[str], None] = print, pairs: int = 1, overrides: list[str] | None = None,
+                   mixed_precision: str = "no") -> dict:
     """(a), (b) and (c) of the module docstring for one image task; a JSON-able row.
 
     ``pairs`` > 1 runs (a), (b) and (c) that many times in turn (a, b, c, a, b, c, ...) with the same
@@ -260,9 +278,11 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
     The row's figures are the means over the pairs, each pair's kept beside them with its seed, and the
     curve target is read on the means. ``overrides`` (KEY=VALUE) set the task's config, which the peer
     reads its settings from (its objective, views and crop sampler); a stand-in SimCLR peer keeps
-    SimCLR's defaults."""
+    SimCLR's defaults. ``mixed_precision`` (no or bf16): the library's, and the peers' autocast.
+    """
     if pairs < 1:
         raise MmsslError(f"need pairs >= 1, not {pairs}")
+    autocast = peer_autocast(train_device(), mixed_precision)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         task, cfg = learning_config(task_name, size, dataset, tmp / "run", overrides=overrides)
@@ -278,19 +298,21 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         images = load_images(dataset, cfg.split, cfg.image_size)  # the plain loop's data, (N, 3, S, S) uint8
         if len(images) < cfg.batch_size:
             raise MmsslError(f"{dataset}: {len(images)} training images, fewer than one batch of {cfg.batch_size}")
-        rate = library_rate(task, cfg, tmp / "rate", RATE_STEPS[size])
+        rate = library_rate(task, cfg, tmp / "rate", RATE_STEPS[size], mixed_precision)
         steps = max(points, round(seconds * rate / cfg.batch_size))
         every = math.ceil(steps / points)
         cfg = dataclasses.replace(cfg, max_steps=every * points, monitor_every=every, log_every=every,
                                   save_every=every * points)
         log(f"learning:{task_name}: {rate:.0f} images/s in a warm-up run -> {cfg.max_steps} steps of "
-            f"{cfg.batch_size}, kNN every {every}" + (f", {pairs} pairs of runs" if pairs > 1 else ""))
+            f"{cfg.batch_size}, kNN every {every}" + (f", {pairs} pairs of runs" if pairs > 1 else "")
+            + (f", mixed precision {mixed_precision}" if mixed_precision != "no" else ""))
         dev = train_device()
         images = images.to(dev)
         runs = []
         for i in range(pairs):
             seed = cfg.seed + i
-            ours = library_curve(task, dataclasses.replace(cfg, output_dir=str(tmp / f"run{i}"), seed=seed))
+            ours = library_curve(task, dataclasses.replace(cfg, output_dir=str(tmp / f"run{i}"), seed=seed),
+                                 mixed_precision)
             log(f"  mmssl, seed {seed}: {ours['train_s']:.0f} s of training, kNN {100 * ours['points'][-1]['knn_top1']:.1f}")
             torch.manual_seed(seed)
             model, min_scale, peer = plain_peer(task_name, cfg, simclr, spec)
@@ -299,7 +321,8 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
                                 warmup_steps=cfg.warmup_steps, size=cfg.image_size, min_scale=min_scale,
                                 at_seconds=[p["seconds"] for p in ours["points"]],
                                 measure=lambda enc: task.monitor(cfg, enc)["knn_top1"], seed=seed,
-                                cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio)
+                                cosine_seconds=ours["points"][-1]["seconds"], min_lr_ratio=cfg.min_lr_ratio,
+                                autocast=autocast)
             log(f"  plain loop, seed {seed}: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
             # the per-item views feed the same method's step where the peer reads two views (SimCLR, BYOL,
             # SimSiam, MoCo, Barlow Twins, VICReg: its weights do not change the speed), so the ratio compares
@@ -308,12 +331,12 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
                 spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
             ref = reference_rate(reference_model, images.cpu(), dataclasses.replace(cfg, seed=seed),
                                  PerItemSimCLRViews(cfg.image_size, simclr.views[0].min_scale),
-                                 min(30.0, max(2.0, seconds / 8)))
+                                 min(30.0, max(2.0, seconds / 8)), autocast)
             runs.append({**pair_figures(ours, plain, ref, views, model.num_views), "seed": seed})
         reference = f"{type(reference_model).__name__}'s step on SimCLR's per-item views (2 per image)"
     return {
         "task": f"learning:{task_name}", "dataset": dataset, "seconds": seconds, "device": str(dev),
-        "overrides": list(overrides or []), "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
+        "overrides": list(overrides or []), "mixed_precision": mixed_precision, "batch_size": cfg.batch_size, "encoder": spec, "views": views, "monitor_items": cfg.monitor_items,
         "clock": "kNN measurement paused in both", "peer": peer, "random_init_knn_top1": random_knn,
         "per_item_reference": reference,
         **mean_of_pairs(runs),

@@ -19,6 +19,7 @@ one a peer crops continuously, as every peer did before 2026-12-06 (later).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -581,7 +582,8 @@ def peer_crops(model: nn.Module, size: int, min_scale: float) -> list[tuple[int,
 def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: float, weight_decay: float,
                 warmup_steps: int, size: int, min_scale: float, at_seconds: list[float] | None = None,
                 measure: Callable[[nn.Module], float], seed: int = 0, at_steps: list[int] | None = None,
-                cosine_steps: int = 0, cosine_seconds: float = 0.0, min_lr_ratio: float = 0.01) -> dict:
+                cosine_steps: int = 0, cosine_seconds: float = 0.0, min_lr_ratio: float = 0.01,
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> dict:
     """Train until the training clock passes the last of ``at_seconds``, measuring the encoder with
     ``measure`` (in eval mode, without gradients, the clock paused) the first time it passes each;
     or, with ``at_steps`` instead, after each of those optimizer steps.
@@ -592,7 +594,8 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
     AdamW at ``lr`` after a linear warm-up, then constant, or along a half cosine from the end of the
     warm-up to ``min_lr_ratio * lr`` at step ``cosine_steps`` (the library's schedule) or at
     ``cosine_seconds`` of the training clock (the same shape for a run that stops by the clock);
-    epochs of random batches, the last partial one dropped.
+    epochs of random batches, the last partial one dropped. The forward pass and ``measure`` run
+    under ``autocast`` (e.g. bf16, as the library's under accelerate's mixed precision); the views before it.
     Returns {"points": [{"seconds" (with at_seconds), "at_s", "knn_top1", "step", "images"}], "train_s",
     "images"}.
     """
@@ -624,7 +627,8 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
                      for (s, lo, hi), c, k in zip(crops, colours, samplers)]
         for group in opt.param_groups:
             group["lr"] = rate(step, lr, warmup_steps, cosine_steps, min_lr_ratio, progress)
-        loss = model(*views)
+        with autocast():
+            loss = model(*views)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -637,7 +641,7 @@ def train_plain(model: nn.Module, images: torch.Tensor, *, batch_size: int, lr: 
         while pending and (step if by_step else clock) >= pending[0]:
             target = pending.pop(0)
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 acc = measure(model.encoder)
             model.train()
             points.append({**({} if by_step else {"seconds": target}), "at_s": round(clock, 3), "knn_top1": acc,

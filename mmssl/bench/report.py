@@ -77,7 +77,8 @@ def throughput_table(report: dict) -> str:
 def learning_table(r: dict) -> str:
     """One learning row: the two kNN curves at matched training seconds, the final ratio and views/s."""
     v = r["views_per_s"]
-    lines = [(f"{r['task']} on {r['dataset']} ({r['device']}, batch {r['batch_size']}): kNN top-1 (k = 20, "
+    precision = "" if r.get("mixed_precision", "no") == "no" else f", mixed precision {r['mixed_precision']} on both sides"
+    lines = [(f"{r['task']} on {r['dataset']} ({r['device']}, batch {r['batch_size']}{precision}): kNN top-1 (k = 20, "
              f"{r['monitor_items']} items per split) against training seconds; {r['clock']}"),
              f"peer: {r['peer']}; random init {100 * r['random_init_knn_top1']:.1f}%"]
     rows = [("seconds", "mmssl kNN %", "plain kNN %", "plain at s", "mmssl step", "plain step")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 
 import pytest
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from mmssl.bench import meters, models, peers
 from mmssl.cli import main
+from mmssl.errors import MmsslError
 
 CPU = torch.device("cpu")
 
@@ -133,9 +135,11 @@ def test_learning_row_pairs_report_the_means_of_runs_taken_in_turn(tmp_path, cap
     data = _image_folder(tmp_path / "images")
     out = tmp_path / "r.json"
     assert main(["bench", "--tasks", "learning:simclr_image", "--size", "tiny", "--seconds", "2", "--points", "2",
-                 "--pairs", "2", "--dataset", str(data), "--report", str(out), "--set", "views.0.crop=continuous"]) == 0
+                 "--pairs", "2", "--dataset", str(data), "--report", str(out), "--set", "views.0.crop=continuous",
+                 "--mixed-precision", "bf16"]) == 0
     row = json.loads(out.read_text())["tasks"]["learning:simclr_image"]
     assert row["overrides"] == ["views.0.crop=continuous"]
+    assert row["mixed_precision"] == "bf16"  # the library's runs (below) and the peers' autocast
     pairs = row["pairs"]
     assert len(pairs) == 2 and all(len(q["curve"]) == 2 for q in pairs)
     assert [q["seed"] for q in pairs] == [0, 1]  # pair i trains both sides from seed + i
@@ -153,7 +157,10 @@ def test_learning_row_pairs_report_the_means_of_runs_taken_in_turn(tmp_path, cap
     assert row["mean_gap"]["per_pair"] == pytest.approx(gaps, abs=1e-4)
     assert row["mean_gap"]["mean"] == pytest.approx(sum(gaps) / 2)
     assert row["mean_gap"]["standard_error"] == pytest.approx(abs(gaps[0] - gaps[1]) / 2)
-    assert "means of 2 pairs of runs (mmssl, plain, mmssl, plain, ...), seeds 0, 1" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "means of 2 pairs of runs (mmssl, plain, mmssl, plain, ...), seeds 0, 1" in printed.out
+    assert "mixed precision bf16 on both sides" in printed.out
+    assert len(re.findall(r"process\(es\) on \S+, mixed precision bf16", printed.err)) == 3  # the warm-up run and both of the library's runs
 
 
 def test_learning_expands_to_every_image_task():
@@ -569,3 +576,30 @@ def test_plain_loop_on_the_clock_spreads_the_cosine_over_its_seconds(monkeypatch
     assert seen[:3] == [None] * 3 and seen[3] == 0.0  # the warm-up, then the cosine from its start
     after = seen[3:]  # each step's place is read on the clock before it runs, so the last is below 1
     assert all(b > a for a, b in itertools.pairwise(after)) and 0.5 < after[-1] < 1.0 and out["train_s"] >= 0.5
+
+
+def test_plain_loop_steps_and_measures_under_the_autocast_it_is_given(monkeypatch):
+    # a bf16 learning row: the peer's forward and kNN run at the precision the library trains at
+    from mmssl.bench.learning import peer_autocast
+    from mmssl.bench.plain_loop import PlainRotNet
+
+    dtypes = []
+    real = PlainRotNet.forward
+
+    def forward(self, v):
+        out = real(self, v)
+        dtypes.append((torch.is_autocast_enabled("cpu"), self.encoder.forward_features(v[:1]).dtype))
+        return out
+
+    monkeypatch.setattr(PlainRotNet, "forward", forward)
+    measured = []
+    mixed = peer_autocast(torch.device("cpu"), "bf16")
+    out = _train_tiny_rotnet(warmup_steps=1, measure=lambda enc: measured.append(
+        enc.forward_features(torch.zeros(1, 3, 16, 16)).dtype) or 0.5, at_steps=[2], autocast=mixed)
+    assert dtypes == [(True, torch.bfloat16)] * 2 and measured == [torch.bfloat16]
+    assert torch.isfinite(torch.tensor(out["train_s"]))
+    dtypes.clear()
+    _train_tiny_rotnet(warmup_steps=1, measure=lambda enc: 0.5, at_steps=[1])
+    assert dtypes == [(False, torch.float32)]
+    with pytest.raises(MmsslError, match="no or bf16"):
+        peer_autocast(torch.device("cpu"), "fp16")
