@@ -386,7 +386,7 @@ class PlainMoCo(nn.Module):
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         follow(self.key, nn.ModuleList([self.encoder, self.projector]), self.momentum)
-        k = torch.cat(self.pending)  # the step's keys replace the oldest in the queue
+        k = torch.cat(self.pending).to(self.queue.dtype)  # the step's keys (bf16 under autocast) replace the oldest
         self.queue[(self.pointer + torch.arange(len(k), device=k.device)) % len(self.queue)] = k
         self.pointer = (self.pointer + len(k)) % len(self.queue)
         self.pending = []

@@ -603,3 +603,18 @@ def test_plain_loop_steps_and_measures_under_the_autocast_it_is_given(monkeypatc
     assert dtypes == [(False, torch.float32)]
     with pytest.raises(MmsslError, match="no or bf16"):
         peer_autocast(torch.device("cpu"), "fp16")
+
+
+def test_plain_moco_queues_bf16_keys_as_fp32():
+    from mmssl.bench.learning import peer_autocast
+    from mmssl.bench.plain_loop import PlainMoCo, train_plain
+
+    torch.manual_seed(0)
+    model = PlainMoCo({"name": "convnet", "kwargs": {"widths": [4, 8]}}, 16, 8, queue_size=12, momentum=0.9,
+                      temperature=0.2, symmetric=True, shuffle_bn=2)
+    before = model.queue.clone()
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
+    train_plain(model, images, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=1, size=16, min_scale=0.5,
+                at_steps=[2], measure=lambda enc: 0.5, autocast=peer_autocast(torch.device("cpu"), "bf16"))
+    assert model.queue.dtype == torch.float32 and torch.isfinite(model.queue).all()
+    assert (model.queue != before).any(dim=1).sum() == 12  # 2 steps x 2 views x 4 keys, wrapped round the 12 rows
