@@ -114,10 +114,15 @@ def batchnorm_groups(module: nn.Module, sizes: Sequence[int]) -> Iterator[None]:
     norms = _norms(module)
     if not _splittable(norms):
         raise TypeError("grouped BatchNorm splits BatchNorm1d/2d/3d layers; this module has others (SyncBatchNorm?)")
+    # An enclosing block's grouping is put back on exit (blocks nest), the class's forward otherwise.
+    before = [bn.__dict__.get("forward") for bn in norms]
     for bn in norms:
         bn.forward = functools.partial(_grouped_forward, bn, sizes)
     try:
         yield
     finally:
-        for bn in norms:
-            del bn.forward
+        for bn, forward in zip(norms, before):
+            if forward is None:
+                del bn.forward
+            else:
+                bn.forward = forward

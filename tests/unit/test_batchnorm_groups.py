@@ -131,6 +131,18 @@ def test_forward_restored_and_bad_input_refused():
         pass
 
 
+def test_nested_blocks_restore_the_enclosing_grouping():
+    torch.manual_seed(6)
+    bn = nn.BatchNorm2d(3, track_running_stats=False)
+    x = torch.randn(8, 3, 2, 2)
+    with batchnorm_groups(bn, [4, 4]):
+        with batchnorm_groups(bn, [2, 2, 2, 2]):
+            torch.testing.assert_close(bn(x), per_group(nn.BatchNorm2d(3, track_running_stats=False), x, [2] * 4))
+        # back to the enclosing block's two groups, not to one batch
+        torch.testing.assert_close(bn(x), per_group(nn.BatchNorm2d(3, track_running_stats=False), x, [4, 4]))
+    assert "forward" not in bn.__dict__
+
+
 def test_group_sizes_are_tensor_splits():
     for n, g in [(64, 4), (10, 3), (5, 5), (7, 2)]:
         assert group_sizes(n, g) == [len(p) for p in torch.arange(n).tensor_split(g)]
