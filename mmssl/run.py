@@ -30,6 +30,9 @@ def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], ov
     cfg = config_lib.apply_overrides(cfg, dict(config_lib.parse_override(o) for o in overrides))
     if not cfg.output_dir:  # a recipe or override that empties it falls back to the default
         cfg = dataclasses.replace(cfg, output_dir=f"runs/{task_name}")
+    # A recipe's "~/runs/x" is no shell word, so nothing else expands it: every reader of the
+    # config (the checks, the trainer, the evaluation) then sees the same folder.
+    cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser()))
     if cfg.log_with not in (None, "tensorboard", "wandb"):
         raise config_lib.ConfigError(f"log_with must be tensorboard or wandb, not '{cfg.log_with}'")
     for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
@@ -46,7 +49,7 @@ def run_training(task: Any, cfg: Any, mixed_precision: str | None = None) -> dic
     from accelerate import Accelerator
 
     from mmssl.encoders.io import load_encoder, save_encoder
-    from mmssl.trainer import train
+    from mmssl.trainer import check_saved_config, train
 
     if cfg.log_with == "tensorboard":
         _require("tensorboard", "--log-with tensorboard needs tensorboard: pip install 'mmssl[track]'")
@@ -54,7 +57,7 @@ def run_training(task: Any, cfg: Any, mixed_precision: str | None = None) -> dic
         _require("wandb", "--log-with wandb needs wandb: pip install wandb")
     check_output_dir(cfg)
     cfg, notes = check_data(task, cfg)  # every data error before anything is printed or built
-    check_resume(cfg)  # after check_data: a resumed run compares the label column it chose
+    check_saved_config(Path(cfg.output_dir), cfg)  # after check_data: a resumed run compares the label column it chose
     accelerator = Accelerator(log_with=cfg.log_with, project_dir=cfg.output_dir, cpu=_cpu_processes(),
                               mixed_precision=mixed_precision)
     if accelerator.device.type == "cpu":  # before the DataLoader workers fork, so they share it
@@ -112,21 +115,6 @@ def check_output_dir(cfg: Any) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise MmsslError(f"--output-dir {cfg.output_dir}: cannot write to {parent}")
-
-
-def check_resume(cfg: Any) -> None:
-    """A run directory with checkpoints is resumed only with the config it was started with."""
-    import yaml
-
-    from mmssl.trainer import latest_checkpoint
-
-    out = Path(cfg.output_dir).expanduser()
-    saved = out / "config.yaml"
-    if saved.is_file() and latest_checkpoint(out) is not None:
-        diff = config_lib.differences(yaml.safe_load(saved.read_text()) or {}, cfg)
-        if diff:
-            raise config_lib.ConfigError(f"{out} holds a run with another config ({'; '.join(diff[:3])}); "
-                                         "use a new --output-dir to start a new run")
 
 
 def check_data(task: Any, cfg: Any) -> tuple[Any, list[str]]:

@@ -79,7 +79,8 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _prepare_output(accelerator: Accelerator, cfg: Any, out_dir: Path) -> None:
+def check_saved_config(out_dir: Path, cfg: Any) -> None:
+    """A run directory with checkpoints is resumed only with the config it was started with."""
     saved = out_dir / "config.yaml"
     if saved.is_file() and latest_checkpoint(out_dir) is not None:
         import yaml
@@ -90,10 +91,13 @@ def _prepare_output(accelerator: Accelerator, cfg: Any, out_dir: Path) -> None:
                 f"{out_dir} holds a run with another config ({'; '.join(diff[:3])}); "
                 "use a new --output-dir to start a new run"
             )
+
+
+def _prepare_output(accelerator: Accelerator, cfg: Any, out_dir: Path) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.save(cfg, saved)
+        config_lib.save(cfg, out_dir / "config.yaml")
 
 
 def _process_buffers_file(ckpt: Path, process: int) -> Path:
@@ -240,8 +244,9 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None,
 
     Returns the unwrapped objective and the accelerator.
     """
-    out_dir = Path(cfg.output_dir)
+    out_dir = Path(cfg.output_dir).expanduser()
     check_optimizer_name(cfg.optimizer)  # before anything is written
+    check_saved_config(out_dir, cfg)  # before the objective is built: building one can take a while
     accelerator = accelerator or Accelerator(log_with=cfg.log_with, project_dir=str(out_dir))
     in_workers = views_in_workers(cfg)  # a bad value fails before anything is written
     set_seed(cfg.seed)

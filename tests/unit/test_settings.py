@@ -128,6 +128,32 @@ def test_resuming_with_another_objective_setting_is_refused(tmp_path):
         train(task, other)
 
 
+def test_a_changed_config_is_refused_before_the_objective_is_built(tmp_path, monkeypatch):
+    from tiny_tasks import tiny_config
+
+    from mmssl.trainer import train
+
+    task, cfg = tiny_config(tmp_path / "run", max_steps=2, save_every=2)
+    train(task, cfg)
+    built = []
+    monkeypatch.setattr(type(task), "build_objective", lambda self, c: built.append(c) or 1 / 0)
+    other = dataclasses.replace(cfg, lr=cfg.lr / 2)
+    with pytest.raises(ConfigError, match=r"another config \(lr: "):
+        train(task, other)
+    assert built == []
+
+
+def test_a_home_relative_output_dir_is_expanded_wherever_it_is_set(tmp_path, monkeypatch):
+    # No shell expands "~" in a recipe, so the config does: checks, trainer and evaluation then see one folder.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _, cfg = resolve_config("simclr_image", None, {}, ["output_dir=~/runs/a"])
+    assert cfg.output_dir == str(tmp_path / "runs" / "a")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: simclr_image\noutput_dir: ~/runs/b\n")
+    _, cfg = resolve_config("simclr_image", str(recipe), {}, [])
+    assert cfg.output_dir == str(tmp_path / "runs" / "b")
+
+
 # --- encoder settings: the nested ``encoder`` section -----------------------------------------------
 
 def _encoder_settings():
