@@ -97,6 +97,12 @@ class Task:
         state, so a resumed run repeats it, and must not read back to the host on a step where
         it does nothing. The default does nothing."""
 
+    def before_step_period(self, cfg: Any, objective: nn.Module) -> int:
+        """Optimizer steps between two runs of work in ``before_step`` that recurs (DeepCluster's
+        re-clustering), 0 where there is none. A throughput measured over fewer steps than this
+        leaves that work out."""
+        return 0
+
     def encoder_meta(self, cfg: Any) -> dict:
         """Metadata saved beside the encoder (modality, sample rate, ...)."""
         return {"task": self.name, "modality": self.modality}

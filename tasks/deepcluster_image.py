@@ -57,6 +57,9 @@ class DeepClusterImage(ImageTask):
         if objective.due(step):
             objective.recluster(self.train_features(cfg, objective.encoder), step)
 
+    def before_step_period(self, cfg: DeepClusterImageConfig, objective: DeepCluster) -> int:
+        return objective.period
+
     @torch.no_grad()
     def train_features(self, cfg: DeepClusterImageConfig, encoder: nn.Module, batch_size: int = 256) -> torch.Tensor:
         """Pooled features (N, D) of every training image (the evaluation's view: resized, no

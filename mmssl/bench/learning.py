@@ -76,6 +76,7 @@ TINY = {**_TINY_RUN, "encoder.name": "convnet", "encoder.convnet.widths": "8,16,
 TINY_MAE = {**_TINY_RUN, "encoder.vit.dim": 32, "encoder.vit.depth": 1, "encoder.vit.heads": 2,
             "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2}
 RATE_STEPS = {"tiny": 8, "small": 20, "full": 20}  # steps of the warm-up run that estimates the library's images/s
+PERIOD_CAP = 1000  # longest recurring-work period (in steps) that the warm-up run spans twice
 
 
 def plain_peer(task_name: str, cfg: Any, simclr: Any, spec: dict) -> tuple[nn.Module, float, str]:
@@ -220,11 +221,17 @@ def objective_stepper(objective: nn.Module, cfg: Any) -> Callable[[dict], None]:
     return step
 
 
-def library_rate(task: Any, cfg: Any, out_dir: Path, steps: int, mixed_precision: str = "no") -> float:
-    """Images/s of a short run of the library (the first logged steps, which start the workers, left out)."""
+def library_rate(task: Any, cfg: Any, out_dir: Path, steps: int, mixed_precision: str = "no", period: int = 0) -> float:
+    """Images/s of a short run of the library (the first logged steps, which start the workers, left out).
+    ``period``: steps between recurring work outside the training step (``Task.before_step_period``);
+    the rate is then read over whole periods, each holding that work once."""
     from mmssl.run import run_training
 
-    every = max(1, steps // 4)
+    if period:
+        every = period * math.ceil(steps / period)
+        steps = 2 * every
+    else:
+        every = max(1, steps // 4)
     warm = dataclasses.replace(cfg, output_dir=str(out_dir), max_steps=steps, monitor_every=0, log_every=every,
                                save_every=steps)
     quietly(lambda: run_training(task, warm, mixed_precision))
@@ -287,7 +294,13 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         tmp = Path(tmp)
         task, cfg = learning_config(task_name, size, dataset, tmp / "run", overrides=overrides)
         simclr = learning_config("simclr_image", size, dataset, tmp / "unused")[1]  # the peer's objective settings
-        spec = task.build_objective(cfg).export_encoder().spec
+        objective = task.build_objective(cfg)
+        spec = objective.export_encoder().spec
+        # A rate over fewer steps than the task's recurring work (DeepCluster's re-clustering) would
+        # leave it out, and the row would train past its seconds; up to PERIOD_CAP steps it is read in.
+        recurring = task.before_step_period(cfg, objective)
+        period = recurring if recurring <= PERIOD_CAP else 0
+        del objective
         torch.manual_seed(cfg.seed)
         floor = build_encoder(spec)
         with torch.no_grad():
@@ -298,14 +311,17 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
         images = load_images(dataset, cfg.split, cfg.image_size)  # the plain loop's data, (N, 3, S, S) uint8
         if len(images) < cfg.batch_size:
             raise MmsslError(f"{dataset}: {len(images)} training images, fewer than one batch of {cfg.batch_size}")
-        rate = library_rate(task, cfg, tmp / "rate", RATE_STEPS[size], mixed_precision)
+        rate = library_rate(task, cfg, tmp / "rate", RATE_STEPS[size], mixed_precision, period)
         steps = max(points, round(seconds * rate / cfg.batch_size))
         every = math.ceil(steps / points)
         cfg = dataclasses.replace(cfg, max_steps=every * points, monitor_every=every, log_every=every,
                                   save_every=every * points)
         log(f"learning:{task_name}: {rate:.0f} images/s in a warm-up run -> {cfg.max_steps} steps of "
             f"{cfg.batch_size}, kNN every {every}" + (f", {pairs} pairs of runs" if pairs > 1 else "")
-            + (f", mixed precision {mixed_precision}" if mixed_precision != "no" else ""))
+            + (f", mixed precision {mixed_precision}" if mixed_precision != "no" else "")
+            + (f"; the rate includes the work it repeats every {period} steps" if period else "")
+            + (f"; the rate leaves out the work it repeats every {recurring} steps (over {PERIOD_CAP}), so the "
+               f"row trains longer than {seconds:.0f} s" if recurring and not period else ""))
         dev = train_device()
         images = images.to(dev)
         runs = []

@@ -618,3 +618,25 @@ def test_plain_moco_queues_bf16_keys_as_fp32():
                 at_steps=[2], measure=lambda enc: 0.5, autocast=peer_autocast(torch.device("cpu"), "bf16"))
     assert model.queue.dtype == torch.float32 and torch.isfinite(model.queue).all()
     assert (model.queue != before).any(dim=1).sum() == 12  # 2 steps x 2 views x 4 keys, wrapped round the 12 rows
+
+
+def test_the_warm_up_rate_holds_work_a_task_repeats_between_steps(tmp_path):
+    # DeepCluster re-clusters every `period` steps; a rate read between two clusterings would leave that
+    # out and the learning row would train past its seconds. Here a stand-in repeats 0.4 s of work.
+    import time
+
+    from tiny_tasks import TinyCPC, tiny_config
+
+    from mmssl.bench.learning import library_rate
+
+    class Periodic(TinyCPC):
+        def before_step(self, cfg, objective, step):
+            if step % 4 == 0:
+                time.sleep(0.4)
+
+    task, cfg = tiny_config(tmp_path / "run", evaluate=False)
+    task = Periodic()
+    without = library_rate(task, cfg, tmp_path / "a", 4)
+    with_period = library_rate(task, cfg, tmp_path / "b", 4, period=4)
+    # the window spans one period (4 steps of 4 samples) and so one 0.4 s pause: at most 16 / 0.4 samples/s
+    assert with_period <= 16 / 0.4 < without
