@@ -131,8 +131,23 @@ def cmd_probe(args: argparse.Namespace) -> None:
         print(f"wrote {args.report}")
 
 
-def _tracking_features(checkpoint: str | None, baseline: str | None) -> tuple[str, Any]:
-    """(name, frames -> dense features) for --checkpoint DIR | random | random:DIR, or --baseline pixels."""
+def _saved_seed(path: str) -> int:
+    """The seed a run directory (or its encoder/ folder) was trained with; 0 where none is saved."""
+    import yaml
+
+    for folder in (Path(path), Path(path).parent):
+        saved = folder / "config.yaml"
+        if saved.is_file():
+            return int((yaml.safe_load(saved.read_text()) or {}).get("seed", 0))
+    return 0
+
+
+def _tracking_features(checkpoint: str | None, baseline: str | None, seed: int | None = None) -> tuple[str, Any]:
+    """(name, frames -> dense features) for --checkpoint DIR | random | random:DIR, or --baseline pixels.
+    An untrained encoder is drawn from ``seed`` + 1 (``seed``: DIR's training seed when None, else 0), as a
+    run's own evaluation draws its random column, without moving the global random stream."""
+    import torch
+
     from mmssl.encoders.io import build_encoder, load_encoder
     from mmssl.evaluation.video import features_for
 
@@ -142,16 +157,21 @@ def _tracking_features(checkpoint: str | None, baseline: str | None) -> tuple[st
         return "pixels (Lab)", features_for("pixels")
     if checkpoint is None:
         raise MmsslError("pass --checkpoint DIR (or random, or random:DIR), or --baseline pixels")
-    if checkpoint == "random":  # the colorize_video demo architecture, randomly initialised
-        load_tasks()
-        task = TASKS.get("colorize_video")()
-        encoder = build_encoder(task.encoder_spec(task.default_config()))
-        return "random (colorize_video encoder)", features_for(encoder.eval(), task.input_kind)
-    pretrained = not checkpoint.startswith("random:")
+    pretrained = checkpoint != "random" and not checkpoint.startswith("random:")
     path = checkpoint if pretrained else checkpoint[len("random:"):]
-    encoder = load_encoder(path, pretrained=pretrained)
-    kind = encoder.meta.get("input", "rgb")
-    return (path if pretrained else f"random ({path} architecture)"), features_for(encoder, kind)
+    if pretrained:
+        encoder = load_encoder(path)
+        return path, features_for(encoder, encoder.meta.get("input", "rgb"))
+    draw = (seed if seed is not None else _saved_seed(path) if path else 0) + 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(draw)
+        if not path:  # "random": the colorize_video demo architecture
+            load_tasks()
+            task = TASKS.get("colorize_video")()
+            encoder = build_encoder(task.encoder_spec(task.default_config())).eval()
+            return f"random (colorize_video encoder, seed {draw})", features_for(encoder, task.input_kind)
+        encoder = load_encoder(path, pretrained=False)
+    return f"random ({path} architecture, seed {draw})", features_for(encoder, encoder.meta.get("input", "rgb"))
 
 
 def cmd_track(args: argparse.Namespace) -> None:
@@ -167,7 +187,7 @@ def cmd_track(args: argparse.Namespace) -> None:
     if args.temperature <= 0 or args.radius < 0:
         raise MmsslError("--temperature must be positive and --radius non-negative")
     davis = DavisRoot(davis_path(args.davis), args.split)
-    label, features = _tracking_features(args.checkpoint, args.baseline)
+    label, features = _tracking_features(args.checkpoint, args.baseline, args.seed)
     torch.manual_seed(0)
     output = args.output
     result = track_davis(features, davis, context=args.context, topk=args.topk, radius=args.radius,
@@ -230,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     track.add_argument("--checkpoint", help="a run directory, 'random' (the colorize_video encoder untrained) "
                                             "or 'random:DIR' (DIR's architecture untrained)")
     track.add_argument("--baseline", help="pixels: propagate with raw Lab pixels instead of an encoder")
+    track.add_argument("--seed", type=int, help="an untrained encoder (random, random:DIR) is drawn from SEED + 1, as a "
+                                                "run's evaluation draws its random column (default: DIR's seed, else 0)")
     track.add_argument("--davis", required=True, help="a DAVIS-2017 root (JPEGImages/480p, Annotations/480p, "
                                                       "ImageSets/2017), demo or demo_ambiguous")
     track.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt (default val)")

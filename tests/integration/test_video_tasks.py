@@ -15,8 +15,11 @@ from test_cli_errors import assert_one_error, run
 
 from mmssl.cli import main
 from mmssl.evaluation.overlay import load_palette_png
+from mmssl.evaluation.video import features_for
 from mmssl.modalities.video import render_scene, write_video
 from mmssl.modalities.video.synthetic import write_davis_sequence
+from mmssl.registry import TASKS
+from mmssl.run import load_tasks
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +115,33 @@ def test_colorization_learns_to_track_better_than_its_random_encoder(tmp_path):
     report = task.evaluate(cfg, load_encoder(tmp_path / "run"), tmp_path / "run")
     tracking = report["tracking"]
     assert tracking["colorize_video"]["J&F"] > tracking["random"]["J&F"] + 0.15, report["table"]
+
+
+def test_an_untrained_encoder_is_drawn_from_the_runs_seed_plus_one(tmp_path):
+    # `track --checkpoint random:DIR` must score the same net as DIR's own evaluation (Task.random_encoder:
+    # seed + 1), and two calls the same net: unseeded, each process drew another one.
+    import dataclasses
+
+    import yaml
+
+    from mmssl.cli import _tracking_features
+    from mmssl.encoders.io import save_encoder
+
+    load_tasks()
+    task = TASKS.get("colorize_video")()
+    cfg = dataclasses.replace(task.default_config(), seed=3)
+    trained = task.build_encoder(cfg)
+    save_encoder(trained, tmp_path / "encoder", **task.encoder_meta(cfg))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"seed": 3}))
+    frames = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    state = torch.random.get_rng_state()
+    label, features = _tracking_features(f"random:{tmp_path}", None)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream does not move
+    assert "seed 4" in label
+    expected = features_for(task.random_encoder(cfg, trained), task.input_kind)(frames)
+    torch.testing.assert_close(features(frames), expected)
+    torch.testing.assert_close(_tracking_features(f"random:{tmp_path}", None)[1](frames), expected)
+    other = _tracking_features(f"random:{tmp_path}", None, seed=0)[1](frames)  # --seed 0: drawn from 1
+    assert not torch.allclose(other, expected)
+    a, b = (_tracking_features("random", None)[1](frames) for _ in range(2))
+    torch.testing.assert_close(a, b)
