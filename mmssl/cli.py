@@ -151,13 +151,16 @@ def _tracking_features(checkpoint: str | None, baseline: str | None, seed: int |
     from mmssl.encoders.io import build_encoder, load_encoder
     from mmssl.evaluation.video import features_for
 
+    pretrained = checkpoint is not None and checkpoint != "random" and not checkpoint.startswith("random:")
+    if seed is not None and (baseline is not None or pretrained):
+        raise MmsslError("--seed draws an untrained encoder (--checkpoint random or random:DIR); "
+                         "a trained checkpoint and the pixel baseline have none to draw")
     if baseline is not None:
         if baseline != "pixels":
             raise MmsslError(f"--baseline must be pixels, not '{baseline}'")
         return "pixels (Lab)", features_for("pixels")
     if checkpoint is None:
         raise MmsslError("pass --checkpoint DIR (or random, or random:DIR), or --baseline pixels")
-    pretrained = checkpoint != "random" and not checkpoint.startswith("random:")
     path = checkpoint if pretrained else checkpoint[len("random:"):]
     if pretrained:
         encoder = load_encoder(path)

@@ -14,6 +14,7 @@ from PIL import Image
 from test_cli_errors import assert_one_error, run
 
 from mmssl.cli import main
+from mmssl.errors import MmsslError
 from mmssl.evaluation.overlay import load_palette_png
 from mmssl.evaluation.video import features_for
 from mmssl.modalities.video import render_scene, write_video
@@ -145,3 +146,6 @@ def test_an_untrained_encoder_is_drawn_from_the_runs_seed_plus_one(tmp_path):
     assert not torch.allclose(other, expected)
     a, b = (_tracking_features("random", None)[1](frames) for _ in range(2))
     torch.testing.assert_close(a, b)
+    for checkpoint, baseline in ((str(tmp_path), None), (None, "pixels")):  # nothing to draw: refused, not ignored
+        with pytest.raises(MmsslError, match="--seed draws an untrained encoder"):
+            _tracking_features(checkpoint, baseline, seed=1)
