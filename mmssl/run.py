@@ -51,6 +51,7 @@ def run_training(task: Any, cfg: Any, mixed_precision: str | None = None) -> dic
     from mmssl.encoders.io import load_encoder, save_encoder
     from mmssl.trainer import check_saved_config, train
 
+    cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser()))  # as resolve_config does
     if cfg.log_with == "tensorboard":
         _require("tensorboard", "--log-with tensorboard needs tensorboard: pip install 'mmssl[track]'")
     elif cfg.log_with == "wandb":

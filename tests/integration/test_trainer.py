@@ -26,6 +26,19 @@ def test_lr_schedule_is_warmup_then_cosine():
     assert lr_at(14, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(0.55)
 
 
+def test_a_run_called_from_python_with_a_home_relative_output_dir_writes_there(tmp_path, monkeypatch):
+    # train() and run_training() expand "~" themselves, so a caller that skips resolve_config gets every
+    # output (checkpoints, metrics, encoder) in one folder rather than some under a literal ./~
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    task, cfg = tiny_config("~/run", max_steps=2, save_every=2, evaluate=False)
+    run_training(task, cfg)
+    run = tmp_path / "home" / "run"
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file() and (run / "encoder").is_dir()
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
 def test_run_writes_outputs_and_rerun_resumes(tmp_path):
     task, cfg = tiny_config(tmp_path / "run")
     report = run_training(task, cfg)
