@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow  # two torchrun launches of a few seconds of train
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # queue_size 12 at 4 images a process fills the queue in the first 3 steps; Sinkhorn reads it from step 4 on.
 OVERRIDES = ["batch_size=4", "num_workers=0", "image_size=16", "encoder.convnet.widths=8,8,8,8",
-             "objective.proj_hidden=16", "objective.proj_dim=8", "objective.num_prototypes=8", "views.1.crops=2",
-             "views.1.size=8", "objective.queue_size=12", "evaluate=false", "monitor_every=0", "save_every=3"]
+             "objective.proj_hidden=16", "objective.proj_dim=8", "objective.num_prototypes=8",
+             "views=[{crops: 2, min_scale: 0.4}, {crops: 2, size: 8, min_scale: 0.05, max_scale: 0.4}]", "objective.queue_size=12", "evaluate=false", "monitor_every=0", "save_every=3"]
 
 
 def _train(out: Path) -> None:

@@ -273,7 +273,8 @@ def _close(a, b) -> None:
 @pytest.mark.parametrize("key, extra", [
     ("simclr_audio", {}), ("colorize_video", {}), ("mae_video", {}),
     ("simclr_image", {"batch_size": 4, "encoder.convnet.widths": "8,8,8,8"}),
-    ("swav_image", {"batch_size": 4, "encoder.convnet.widths": "8,8,8,8", "views.1.crops": 2, "views.1.size": 16}),
+    ("swav_image", {"batch_size": 4, "encoder.convnet.widths": "8,8,8,8",  # multi-crop: local crops of 16 px
+                    "views": "[{crops: 2, min_scale: 0.4}, {crops: 2, size: 16, min_scale: 0.05, max_scale: 0.4}]"}),
 ])
 def test_views_made_in_the_loader_workers_equal_views_made_after_collation(key, extra, tmp_path):
     """view_placement=workers: a worker applies on_device to the batch it collated; the result is the

@@ -530,7 +530,8 @@ def test_working_size_sets_the_decoded_size(tmp_path):
     batch = next(iter(task.train_loader(cfg, 0, 1, 0)))
     assert batch["image"].shape == (4, 3, 24, 24) and batch["image"].dtype == torch.uint8
     assert batch["view_seed"].shape == (4,) and batch["source_size"].tolist() == [[32, 32]] * 4
-    task, cfg = resolve_config("swav_image", None, {"output_dir": str(tmp_path)}, [*TINY, "views.1.size=40"])
+    task, cfg = resolve_config("swav_image", None, {"output_dir": str(tmp_path)},
+                               [*TINY, "views=[{crops: 2}, {crops: 2, size: 40, min_scale: 0.05, max_scale: 0.4}]"])
     assert next(iter(task.train_loader(cfg, 0, 1, 0)))["image"].shape[-1] == 40  # default: the largest crop
 
 
@@ -542,9 +543,9 @@ def test_task_recipes_keep_their_papers_views():
 
     byol = views("byol_image")
     assert (byol[0].solarize_prob, byol[1].solarize_prob, byol[0].saturation) == (0.0, 0.2, 0.2)
-    swav = views("swav_image")
-    assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in swav] == [(2, None, 0.4, 1.0), (4, 16, 0.05, 0.4)]
-    # the demo's split is DINO's 40%; the CIFAR recipe keeps the paper's 14%
+    # the demo takes SimCLR's two crops of 40-100%, as solo-learn's CIFAR SwAV; the CIFAR recipe keeps the
+    # paper's multi-crop at its 14% split
+    assert views("swav_image") == views("simclr_image")
     recipe = views("swav_image", "swav_cifar10.yaml")
     assert [(v.crops, v.size, v.min_scale, v.max_scale) for v in recipe] == [(2, None, 0.14, 1.0), (4, 16, 0.05, 0.14)]
     assert views("densecl_image") == views("moco_image")  # so that the two demos compare
@@ -620,8 +621,11 @@ def test_views_from_a_yaml_recipe_and_the_saved_config(tmp_path):
 
 
 def test_a_whole_section_on_the_command_line(tmp_path):
-    _, cfg = resolve_config("swav_image", None, {}, ["views=[{crops: 2}, {crops: 6, size: 8}]"])
+    _, cfg = resolve_config("dino_image", None, {}, ["views=[{crops: 2}, {crops: 6, size: 8}]"])
     assert [(v.crops, v.size, v.min_scale) for v in cfg.views] == [(2, None, 0.4), (6, 8, 0.05)]
+    # an item beyond the task's own views starts from ViewSettings' defaults
+    _, cfg = resolve_config("swav_image", None, {}, ["views=[{crops: 2}, {crops: 6, size: 8}]"])
+    assert [(v.crops, v.size, v.min_scale) for v in cfg.views] == [(2, None, 0.4), (6, 8, ViewSettings().min_scale)]
     with pytest.raises(ConfigError, match="expected a list of ViewSettings"):
         resolve_config("swav_image", None, {}, ["views=3"])
     with pytest.raises(ConfigError, match="image_size has no fields"):
