@@ -193,7 +193,10 @@ def test_the_task_counts_the_leading_full_size_crops_as_global():
     task, cfg = resolve_config("dino_image", None, {}, [])
     assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # 2 global + 4 local 16 px crops
     task, cfg = resolve_config("dino_image", str(ROOT / "configs" / "dino_cifar10.yaml"), {}, [])
-    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # the asymmetric pair: both global
+    # solo-learn's asymmetric pair of 8-100% crops, both global, and no local crops
+    assert [(v.crops, v.size, v.min_scale, v.max_scale, v.solarize_prob) for v in task.view_settings(cfg)] == \
+        [(1, 32, 0.08, 1.0, 0.0), (1, 32, 0.08, 1.0, 0.2)]
+    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2
     assert task.build_objective(cfg).global_crops == 2
     with pytest.raises(ConfigError, match="global crops at image_size"):
         resolve_config("dino_image", None, {}, ["views.0.size=16"])
