@@ -571,6 +571,29 @@ def test_task_recipes_keep_their_papers_views():
     assert (v.min_scale, v.jitter_prob, v.solarize_prob) == (0.08, 0, 0)
 
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+VIEW_RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml")
+                      if isinstance((yaml.safe_load(p.read_text()).get("views") or [None])[0], dict))
+
+
+@pytest.mark.parametrize("recipe", VIEW_RECIPES)
+def test_a_recipe_states_the_crop_count_of_each_of_its_views(recipe, monkeypatch):
+    """A recipe's views override the task's item by item, so what an item leaves unsaid comes from the
+    demo's defaults: each item states how many crops it takes, so that a change to a demo's views cannot
+    move a paper's recipe (the DINO recipe once took the demo's four local crops)."""
+    from mmssl.registry import TASKS
+
+    def crops():
+        return [(v.crops, v.size, v.min_scale, v.max_scale) for v in resolve_config(name, str(CONFIGS / recipe), {}, [])[1].views]
+
+    name = yaml.safe_load((CONFIGS / recipe).read_text())["task"]
+    want = crops()
+    cls, base = TASKS.get(name), TASKS.get(name).default_config
+    other = (ViewSettings(crops=3),) * 3
+    monkeypatch.setattr(cls, "default_config", lambda self: dataclasses.replace(base(self), views=other))
+    assert crops() == want
+
+
 @pytest.mark.parametrize("task, overrides, needle", [
     ("simclr_image", ["views.0.flip_prob=1.5"], "views.0.flip_prob is a probability"),
     ("simclr_image", ["views.0.gray_prob=-0.1"], "views.0.gray_prob is a probability"),
