@@ -253,15 +253,6 @@ def byol_views(min_scale: float = 0.4) -> tuple[ViewSettings, ViewSettings]:
             ViewSettings(min_scale=min_scale, saturation=0.2, blur_prob=0.0, solarize_prob=0.2))
 
 
-def multicrop_views(split: float, local_crops: int = 4, local_size: int = 16) -> tuple[ViewSettings, ViewSettings]:
-    """SwAV's / DINO's multi-crop: 2 global crops (``split``-100% of the area, image_size) and
-    ``local_crops`` small ones (5%-``split``, ``local_size`` px), each with SimCLR's colour ops; no blur
-    at 32 px, as in the CIFAR recipes (``blur_prob=0.5`` on both groups gives the ImageNet views). The
-    first group's crops are the global ones."""
-    return (ViewSettings(crops=2, min_scale=split, max_scale=1.0, blur_prob=0.0),
-            ViewSettings(crops=local_crops, size=local_size, min_scale=0.05, max_scale=split, blur_prob=0.0))
-
-
 def mae_views(size: int | None, min_scale: float = 0.2) -> tuple[ViewSettings]:
     """MAE's only augmentation (arXiv:2111.06377): a random resized crop and a flip (bilinear, where
     the paper resamples bicubically), no colour changes."""

@@ -63,12 +63,14 @@ def _dino_learns(tmp_path):
 
     # Colour distortion strong enough that the two colours differ between the crops of one image
     # (hue over the whole wheel, grayscale half the time): the crops then agree only on the direction.
-    colour = [f"views.{i}.{k}={v}" for i in (0, 1) for k, v in (("hue", 0.5), ("saturation", 0.8), ("gray_prob", 0.5))]
+    # Multi-crop, the paper's: 2 global crops of 40-100% and 2 local 8 px crops of 5-40%.
+    colour = "hue: 0.5, saturation: 0.8, gray_prob: 0.5, blur_prob: 0.0"
+    views = f"views=[{{crops: 2, min_scale: 0.4, {colour}}}, {{crops: 2, size: 8, min_scale: 0.05, max_scale: 0.4, {colour}}}]"
     task, cfg = resolve_config("tiny_stripes_dino", None, {"output_dir": str(tmp_path / "run"), "max_steps": 100},
                                ["num_workers=0", "monitor_every=0", "log_every=50", "save_every=1000", "image_size=16",
-                                "encoder.convnet.widths=16,32,64", "batch_size=32", "warmup_steps=10", "views.1.size=8",
-                                "views.1.crops=2", "objective.out_dim=256", "objective.hidden_dim=128",
-                                "objective.bottleneck_dim=64", "objective.momentum_teacher=0.99", *colour])
+                                "encoder.convnet.widths=16,32,64", "batch_size=32", "warmup_steps=10", views,
+                                "objective.out_dim=256", "objective.hidden_dim=128",
+                                "objective.bottleneck_dim=64", "objective.momentum_teacher=0.99"])
     objective, _ = train(task, cfg, Accelerator(cpu=True))
     encoder = objective.export_encoder()
     random = task.random_encoder(cfg, encoder)

@@ -644,8 +644,10 @@ def test_views_from_a_yaml_recipe_and_the_saved_config(tmp_path):
 
 
 def test_a_whole_section_on_the_command_line(tmp_path):
-    _, cfg = resolve_config("dino_image", None, {}, ["views=[{crops: 2}, {crops: 6, size: 8}]"])
-    assert [(v.crops, v.size, v.min_scale) for v in cfg.views] == [(2, None, 0.4), (6, 8, 0.05)]
+    # an item of the task's own views keeps what the section leaves unsaid (BYOL's second view solarizes)
+    _, cfg = resolve_config("byol_image", None, {}, ["views=[{crops: 2}, {size: 8}]"])
+    assert [(v.crops, v.size, v.min_scale, v.solarize_prob) for v in cfg.views] == [(2, None, 0.4, 0.0),
+                                                                                  (1, 8, 0.4, 0.2)]
     # an item beyond the task's own views starts from ViewSettings' defaults
     _, cfg = resolve_config("swav_image", None, {}, ["views=[{crops: 2}, {crops: 6, size: 8}]"])
     assert [(v.crops, v.size, v.min_scale) for v in cfg.views] == [(2, None, 0.4), (6, 8, ViewSettings().min_scale)]

@@ -23,7 +23,7 @@ _HEAD = {"objective.proj_hidden": 16, "objective.proj_dim": 8}
 _VID = {"batch_size": 2, "num_workers": 0, "frame_size": 32, "encoder.dense_convnet.widths": "8,8,8"}
 _AUDIO = {"batch_size": 4, "num_workers": 0, "encoder.cpc.channels": 16, "encoder.cpc.context_dim": 16,
           "crop_samples": 3200}
-SWAV_MULTICROP = "[{crops: 2, min_scale: 0.4, blur_prob: 0.0}, {crops: 2, size: 8, min_scale: 0.05, max_scale: 0.4, blur_prob: 0.0}]"
+MULTICROP = "[{crops: 2, min_scale: 0.4, blur_prob: 0.0}, {crops: 2, size: 8, min_scale: 0.05, max_scale: 0.4, blur_prob: 0.0}]"
 SMOKE = {
     "cpc_audio": tiny_cpc(dataset="demo"),
     "simclr_audio": {**_AUDIO, **_HEAD},
@@ -35,10 +35,10 @@ SMOKE = {
     "densecl_image": {**_IMG, **_HEAD, "objective.queue_size": 16, "objective.dense_queue_size": 16},
     "byol_image": {**_IMG, **_HEAD, "objective.pred_hidden": 16},
     "simsiam_image": {**_IMG, "objective.proj_dim": 16, "objective.pred_hidden": 8},
-    # multi-crop (swav_image's demo takes two crops): 2 global + 2 local crops of 8 px
-    "swav_image": {**_IMG, **_HEAD, "objective.num_prototypes": 8, "views": SWAV_MULTICROP, "objective.queue_size": 8},
+    # multi-crop (the demos take two crops): 2 global + 2 local crops of 8 px
+    "swav_image": {**_IMG, **_HEAD, "objective.num_prototypes": 8, "views": MULTICROP, "objective.queue_size": 8},
     "dino_image": {**_IMG, "objective.out_dim": 16, "objective.hidden_dim": 16, "objective.bottleneck_dim": 8,
-                   "views.1.crops": 2, "views.1.size": 8},
+                   "views": MULTICROP},
     "rotnet_image": {**_IMG},
     "exemplar_image": {**_IMG, "objective.dim": 8, "objective.num_negatives": 16},
     "deepcluster_image": {**_IMG, "objective.num_clusters": 4},
@@ -56,7 +56,7 @@ SMOKE = {
     "mae_image": {**_VIT, "objective.decoder_dim": 16, "objective.decoder_depth": 1, "objective.decoder_heads": 2},
     # the other backbones, through a two-view and a multi-crop method (local crops of another size)
     "simclr_image/resnet18": {**_IMG, **_HEAD, "encoder.name": "resnet"},
-    "swav_image/vit": {**_VIT, **_HEAD, "objective.num_prototypes": 8, "views": SWAV_MULTICROP},
+    "swav_image/vit": {**_VIT, **_HEAD, "objective.num_prototypes": 8, "views": MULTICROP},
     "rotnet_image/vit": {**_VIT},
     "rotnet_image/sobel_resnet18": {**_IMG, "encoder.sobel": "true", "encoder.name": "resnet"},  # DeepCluster's input
     "colorize_video": {**_VID, "quantizer_frames": 8},

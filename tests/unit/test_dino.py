@@ -191,7 +191,7 @@ def test_the_task_counts_the_leading_full_size_crops_as_global():
     from mmssl.tasks.dino_image import global_crops
 
     task, cfg = resolve_config("dino_image", None, {}, [])
-    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # 2 global + 4 local 16 px crops
+    assert global_crops(task.view_settings(cfg), cfg.image_size) == 2  # two crops of 40-100%, both global
     task, cfg = resolve_config("dino_image", str(ROOT / "configs" / "dino_cifar10.yaml"), {}, [])
     # solo-learn's asymmetric pair of 8-100% crops, both global, and no local crops
     assert [(v.crops, v.size, v.min_scale, v.max_scale, v.solarize_prob) for v in task.view_settings(cfg)] == \
