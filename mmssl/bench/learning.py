@@ -342,7 +342,7 @@ def bench_learning(task_name: str, size: str, seconds: float, dataset: str = "de
             log(f"  plain loop, seed {seed}: kNN {100 * plain['points'][-1]['knn_top1']:.1f}")
             # the per-item views feed the same method's step where the peer reads two views (SimCLR, BYOL,
             # SimSiam, MoCo, Barlow Twins, VICReg: its weights do not change the speed), so the ratio compares
-            # pipelines, not models; else (RotNet's one view, SwAV's and DINO's multi-crop) a SimCLR model built for the purpose
+            # pipelines, not models; else (RotNet's one view, SwAV's or DINO's multi-crop) a SimCLR model built for the purpose
             reference_model = model if model.num_views == 2 else PlainSimCLR(
                 spec, simclr.objective.proj_hidden, simclr.objective.proj_dim, simclr.objective.temperature).to(dev)
             ref = reference_rate(reference_model, images.cpu(), dataclasses.replace(cfg, seed=seed),
