@@ -30,9 +30,7 @@ def resolve_config(task_name: str, recipe: str | None, flags: dict[str, Any], ov
     cfg = config_lib.apply_overrides(cfg, dict(config_lib.parse_override(o) for o in overrides))
     if not cfg.output_dir:  # a recipe or override that empties it falls back to the default
         cfg = dataclasses.replace(cfg, output_dir=f"runs/{task_name}")
-    # A recipe's "~/runs/x" is no shell word, so nothing else expands it: every reader of the
-    # config (the checks, the trainer, the evaluation) then sees the same folder.
-    cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser()))
+    cfg = with_output_dir_expanded(cfg)
     if cfg.log_with not in (None, "tensorboard", "wandb"):
         raise config_lib.ConfigError(f"log_with must be tensorboard or wandb, not '{cfg.log_with}'")
     for name in ("max_steps", "batch_size", "grad_accum", "log_every", "save_every", "keep_checkpoints"):
@@ -51,7 +49,7 @@ def run_training(task: Any, cfg: Any, mixed_precision: str | None = None) -> dic
     from mmssl.encoders.io import load_encoder, save_encoder
     from mmssl.trainer import check_saved_config, train
 
-    cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser()))  # as resolve_config does
+    cfg = with_output_dir_expanded(cfg)  # a caller from Python may skip resolve_config
     if cfg.log_with == "tensorboard":
         _require("tensorboard", "--log-with tensorboard needs tensorboard: pip install 'mmssl[track]'")
     elif cfg.log_with == "wandb":
@@ -104,11 +102,18 @@ def describe_changes(task: Any, cfg: Any) -> str:
     return "\n".join(lines) + f"\n        (all of it in {Path(cfg.output_dir) / 'config.yaml'})"
 
 
+def with_output_dir_expanded(cfg: Any) -> Any:
+    """``cfg`` with a leading "~" of its output_dir expanded. A recipe's "~/runs/x" is no shell word, so
+    nothing else expands it: every reader of the config (the checks, the trainer, the evaluation) then
+    sees the same folder."""
+    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser()))
+
+
 def check_output_dir(cfg: Any) -> None:
-    """The output folder is a folder, or can be made."""
+    """The output folder (already expanded) is a folder, or can be made."""
     import os
 
-    out = Path(cfg.output_dir).expanduser()
+    out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise MmsslError(f"--output-dir {cfg.output_dir} is a file, not a folder")
     parent = out

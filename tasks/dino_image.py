@@ -35,9 +35,9 @@ class DINOImageConfig(ImageConfig):
     # Two global crops of 40-100% (SimCLR's, as the other crop-invariance demos at 32 px) and no local
     # crops, as solo-learn's CIFAR DINO runs at 32 px and as SwAV's demo: local crops of a 32 px image
     # (16 px, 5-40% of it) mostly hold background, and without them the probes read higher on the shapes
-    # and glyphs at two seeds, and on clutter's linear probe (docs/results/image.md). Multi-crop, the
-    # paper's split: views=[{crops: 2,
-    # min_scale: 0.4}, {crops: 4, size: 16, min_scale: 0.05, max_scale: 0.4, blur_prob: 0.0}].
+    # and glyphs at two seeds, and on clutter's linear probe (docs/results/image.md). Multi-crop at the
+    # paper's split: views=[{crops: 2, min_scale: 0.4}, {crops: 4, size: 16, min_scale: 0.05,
+    # max_scale: 0.4, blur_prob: 0.0}].
     views: tuple[ViewSettings, ...] = simclr_views(min_scale=0.4)
 
 
