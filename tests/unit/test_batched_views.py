@@ -576,22 +576,29 @@ VIEW_RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml")
                       if isinstance((yaml.safe_load(p.read_text()).get("views") or [None])[0], dict))
 
 
+# A demo's views unlike any recipe's in every setting
+OTHER_VIEWS = (ViewSettings(crops=3, size=12, min_scale=0.3, max_scale=0.9, flip_prob=0.25, brightness=0.1, contrast=0.2,
+                            saturation=0.3, hue=0.05, jitter_prob=0.3, gray_prob=0.6, blur_prob=0.7, blur_sigma_min=0.3,
+                            blur_sigma_max=1.1, solarize_prob=0.4, solarize_threshold=0.3, crop="continuous"),) * 3
+
+
 @pytest.mark.parametrize("recipe", VIEW_RECIPES)
-def test_a_recipe_states_the_crop_count_of_each_of_its_views(recipe, monkeypatch):
+def test_a_recipe_states_every_setting_of_each_of_its_views(recipe, monkeypatch):
     """A recipe's views override the task's item by item, so what an item leaves unsaid comes from the
-    demo's defaults: each item states how many crops it takes, so that a change to a demo's views cannot
-    move a paper's recipe (the DINO recipe once took the demo's four local crops)."""
+    demo's defaults: each item states every setting, so that a change to a demo's views cannot move a
+    paper's recipe (the DINO recipe once took the demo's four local crops)."""
     from mmssl.registry import TASKS
 
-    def crops():
-        return [(v.crops, v.size, v.min_scale, v.max_scale) for v in resolve_config(name, str(CONFIGS / recipe), {}, [])[1].views]
+    assert all(getattr(OTHER_VIEWS[0], f.name) != f.default for f in dataclasses.fields(ViewSettings))
+
+    def views():
+        return resolve_config(name, str(CONFIGS / recipe), {}, [])[1].views
 
     name = yaml.safe_load((CONFIGS / recipe).read_text())["task"]
-    want = crops()
+    want = views()
     cls, base = TASKS.get(name), TASKS.get(name).default_config
-    other = (ViewSettings(crops=3),) * 3
-    monkeypatch.setattr(cls, "default_config", lambda self: dataclasses.replace(base(self), views=other))
-    assert crops() == want
+    monkeypatch.setattr(cls, "default_config", lambda self: dataclasses.replace(base(self), views=OTHER_VIEWS))
+    assert views() == want
 
 
 @pytest.mark.parametrize("task, overrides, needle", [
