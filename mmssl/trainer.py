@@ -189,20 +189,26 @@ class _FiniteGuard:
         self.found_inf: torch.Tensor | None = None
         self.step = 0
 
-    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | float | None) -> None:
-        """Flags ``step`` (1-based) when its loss or gradient norm is not finite."""
+    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | float | None) -> torch.Tensor | None:
+        """Flags ``step`` (1-based) when its loss or gradient norm is not finite. Returns the gradient's
+        global norm (``grad_norm``, or computed here when not clipping); None under fp16 loss scaling,
+        whose overflowing steps are the scaler's to skip."""
         bad = ~torch.isfinite(loss.detach().float())
-        if self.scaler is None:
+        if self.scaler is not None:
+            grad_norm = None
+        else:
             if grad_norm is None:
                 grads = [p.grad for p in self.params if p.grad is not None]
                 grad_norm = torch.stack(torch._foreach_norm(grads)).norm() if grads else torch.zeros(())
-            bad = bad | ~torch.isfinite(torch.as_tensor(grad_norm, device=self.first_bad.device).float())
+            grad_norm = torch.as_tensor(grad_norm, device=self.first_bad.device)
+            bad = bad | ~torch.isfinite(grad_norm.float())
         bad = bad.float().reshape(1)
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")  # every process skips the same steps
         self.found_inf = (bad[0] > 0).float()
         self.first_bad = torch.where((self.first_bad == 0) & (bad[0] > 0), step, self.first_bad)
         self.step = step
+        return grad_norm
 
     @contextlib.contextmanager
     def skip_if_bad(self):
@@ -322,7 +328,9 @@ def train(task: Task, cfg: Any, accelerator: Accelerator | None = None,
             for k, v in out.items():
                 metrics[k] = metrics.get(k, 0) + v.detach().float() / cfg.grad_accum
         grad_norm = accelerator.clip_grad_norm_(params, cfg.clip_grad) if cfg.clip_grad > 0 else None
-        guard.observe(step + 1, metrics["loss"], grad_norm)
+        grad_norm = guard.observe(step + 1, metrics["loss"], grad_norm)
+        if grad_norm is not None:  # before clipping, so a log shows how often and how far clipping cuts
+            metrics["grad_norm"] = grad_norm.detach().float()
         with guard.skip_if_bad():
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)

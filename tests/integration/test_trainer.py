@@ -145,6 +145,19 @@ def test_optimizer_skips_a_flagged_step_on_the_device(name, state_key):
     assert not torch.equal(layer.weight, before["weight"]) and int(guard.first_bad) == 2
 
 
+def test_the_log_holds_the_gradient_norm_before_clipping_whether_or_not_it_clips(tmp_path):
+    def norms(clip):
+        task, cfg = tiny_config(tmp_path / f"clip{clip}", max_steps=4, save_every=4, evaluate=False, clip_grad=clip)
+        train(task, cfg)
+        return [json.loads(line)["grad_norm"] for line in (tmp_path / f"clip{clip}" / "metrics.jsonl").read_text().splitlines()]
+
+    off, never, tight = norms(0.0), norms(1e6), norms(1e-3)
+    assert len(off) == 4 and all(0 < n < float("inf") for n in off)
+    assert never == pytest.approx(off, rel=1e-5)  # the clipping path and the guard's own norm agree
+    # the first step's gradient precedes any update: clipping at 1e-3 logs it uncut, then trains otherwise
+    assert tight[0] == pytest.approx(off[0], rel=1e-5) and tight[0] > 1e-3 and tight[1:] != pytest.approx(off[1:])
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "lars"])
 def test_training_steps_make_no_host_syncs(tmp_path, optimizer):
     """Library code reads tensors on the host (item, bool, int, float, tolist) at log, monitor and
