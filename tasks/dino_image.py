@@ -15,9 +15,9 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 class DINOImageConfig(ImageConfig):
     max_steps: int = 1600  # twice the base's: at 800 its kNN had not passed raw pixels on the shapes
     # No gradient clipping, as solo-learn's CIFAR DINO (DINO's own code clips each parameter's gradient at 3):
-    # the gradient's global norm sits near 2 for most of the run, so the demos' clip of 1 halved nearly
-    # every step, and without it the probes read higher on the shapes and glyphs at two seeds and level
-    # on clutter (docs/results/image.md)
+    # the gradient's global norm rises from about 1 to about 2 early in the run, so the demos' clip of 1
+    # shrank AdamW's later updates against its average of the earlier gradients; without it the probes
+    # read higher on the shapes and glyphs at two seeds and level on clutter (docs/results/image.md)
     clip_grad: float = 0.0
     objective: DINOSettings = DINOSettings(
         # The paper's 65536 outputs and 2048-wide head serve ViTs of 384-768 features on ImageNet's

@@ -14,8 +14,9 @@ from mmssl.tasks.image_base import ImageConfig, ImageTask
 class SwAVImageConfig(ImageConfig):
     max_steps: int = 1600  # twice the base's: at 800 its kNN had not passed raw pixels on the shapes
     # No gradient clipping, as SwAV's code and solo-learn: the swapped-prediction gradient's norm sits above
-    # the demos' clip of 1 for nearly the whole run, so clipping it slowed every step, and without it the
-    # kNN probes read higher on the shapes, glyphs and clutter at two seeds (docs/results/image.md)
+    # the demos' clip of 1 for nearly the whole run and rises as it goes, so clipping shrank AdamW's later
+    # updates against its average of the earlier gradients; without it the kNN probes read higher on the
+    # shapes, glyphs and clutter at two seeds (docs/results/image.md)
     clip_grad: float = 0.0
     objective: SwAVSettings = SwAVSettings(
         proj_hidden=512,  # twice the demo conv net's 256 features, not ResNet-50's 2048
