@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from recipes import CONFIGS, readings_under_other_defaults
 from torchvision.transforms import v2
 
 from mmssl import config as config_lib
@@ -538,7 +538,7 @@ def test_working_size_sets_the_decoded_size(tmp_path):
 def test_task_recipes_keep_their_papers_views():
     def views(name, recipe=None):
         """The task's views at its defaults, or under configs/RECIPE."""
-        path = str(Path(__file__).resolve().parents[2] / "configs" / recipe) if recipe else None
+        path = str(CONFIGS / recipe) if recipe else None
         return resolve_config(name, path, {}, [])[1].views
 
     byol = views("byol_image")
@@ -571,7 +571,6 @@ def test_task_recipes_keep_their_papers_views():
     assert (v.min_scale, v.jitter_prob, v.solarize_prob) == (0.08, 0, 0)
 
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VIEW_RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml")
                       if isinstance((yaml.safe_load(p.read_text()).get("views") or [None])[0], dict))
 
@@ -587,18 +586,10 @@ def test_a_recipe_states_every_setting_of_each_of_its_views(recipe, monkeypatch)
     """A recipe's views override the task's item by item, so what an item leaves unsaid comes from the
     demo's defaults: each item states every setting, so that a change to a demo's views cannot move a
     paper's recipe (the DINO recipe once took the demo's four local crops)."""
-    from mmssl.registry import TASKS
-
     assert all(getattr(OTHER_VIEWS[0], f.name) != f.default for f in dataclasses.fields(ViewSettings))
-
-    def views():
-        return resolve_config(name, str(CONFIGS / recipe), {}, [])[1].views
-
-    name = yaml.safe_load((CONFIGS / recipe).read_text())["task"]
-    want = views()
-    cls, base = TASKS.get(name), TASKS.get(name).default_config
-    monkeypatch.setattr(cls, "default_config", lambda self: dataclasses.replace(base(self), views=OTHER_VIEWS))
-    assert views() == want
+    own, other = readings_under_other_defaults(CONFIGS / recipe, monkeypatch, [{"views": OTHER_VIEWS}],
+                                               lambda cfg: cfg.views)
+    assert other == own
 
 
 @pytest.mark.parametrize("task, overrides, needle", [

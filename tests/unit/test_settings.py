@@ -2,10 +2,10 @@
 the config machinery that reaches into it (dotted overrides, YAML mappings, saving and resuming)."""
 import dataclasses
 import inspect
-from pathlib import Path
 
 import pytest
 import yaml
+from recipes import CONFIGS, readings_under_other_defaults
 
 import mmssl.tasks  # noqa: F401  (registers every task)
 from mmssl import config as config_lib
@@ -299,7 +299,7 @@ def test_simclr_audio_views_are_a_nested_section_that_reaches_the_crops():
             resolve_config("simclr_audio", None, {}, [bad])
 
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+RECIPES = sorted(CONFIGS.glob("*.yaml"))
 # The optimisation settings whose shared defaults are the demos' choices, not a paper's (the demos clip
 # gradients at norm 1 and end their cosine at 1% of the rate; most papers' code does neither). Two sets of
 # demo defaults, unlike each other in every setting, so that each recipe's value differs from one of them.
@@ -314,15 +314,6 @@ def test_a_recipe_states_its_optimisation(recipe, monkeypatch):
     """A recipe overrides the task's demo config key by key: what it leaves unsaid comes from the demo,
     so each recipe states its schedule, rate, decay, optimizer and clipping, and a change to a demo's
     defaults cannot move a paper's recipe."""
-    name = yaml.safe_load(recipe.read_text())["task"]
-    keys = OTHER_DEFAULTS[0].keys()
-
-    def settings():
-        cfg = resolve_config(name, str(recipe), {}, [])[1]
-        return {k: getattr(cfg, k) for k in keys}
-
-    want = settings()
-    cls, base = TASKS.get(name), TASKS.get(name).default_config
-    for other in OTHER_DEFAULTS:
-        monkeypatch.setattr(cls, "default_config", lambda self, other=other: dataclasses.replace(base(self), **other))
-        assert settings() == want
+    first, *others = readings_under_other_defaults(
+        recipe, monkeypatch, OTHER_DEFAULTS, lambda cfg: {k: getattr(cfg, k) for k in OTHER_DEFAULTS[0]})
+    assert others == [first] * len(OTHER_DEFAULTS)
